@@ -1,0 +1,14 @@
+//! Load generation and benchmarking support for hotsup.
+//!
+//! [`loadgen`] drives HTTP/1.1 load at a server on loopback with plain
+//! threads and counts every failure; [`http`] is the minimal blocking client
+//! it is built on, also usable for one-off probes ([`request_once`]).
+
+pub mod http;
+pub mod loadgen;
+
+pub use http::{Connection, Failure, FailureKind, Identity, Response, request_once};
+pub use loadgen::{
+    FailureSample, LatencyStats, Load, LoadConfig, MAX_FAILURE_SAMPLES, Report, Sample, Snapshot,
+    Window, percentile,
+};

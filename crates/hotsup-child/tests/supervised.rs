@@ -1,0 +1,106 @@
+//! The process-global API under an emulated supervisor. The only test in
+//! this binary, because the handoff happens once per process.
+
+use std::io::Read;
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::os::fd::{AsFd, AsRawFd};
+use std::time::Duration;
+
+use hotsup_child::{DrainReason, Error, Kind};
+use hotsup_protocol::{ENV_FD, ENV_GENERATION, ListenerInfo, ToChild, chunk_listeners};
+use rustix::net::{AddressFamily, SocketFlags, SocketType, socketpair};
+
+#[test]
+fn supervised_process() {
+    let web = TcpListener::bind("127.0.0.1:0").unwrap();
+    let dns = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let infos = vec![
+        ListenerInfo {
+            name: "web".into(),
+            kind: Kind::Tcp,
+            address: web.local_addr().unwrap().to_string(),
+        },
+        ListenerInfo {
+            name: "dns".into(),
+            kind: Kind::Udp,
+            address: dns.local_addr().unwrap().to_string(),
+        },
+    ];
+    let (sup, child) = socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::empty(),
+        None,
+    )
+    .unwrap();
+    let hello = ToChild::Hello {
+        version: 1,
+        generation: 7,
+        listeners: infos.len(),
+    };
+    hotsup_protocol::send(sup.as_fd(), &hello.encode().unwrap(), &[]).unwrap();
+    let fds = [web.as_fd(), dns.as_fd()];
+    for (msg, range) in chunk_listeners(&infos) {
+        hotsup_protocol::send(sup.as_fd(), &msg.encode().unwrap(), &fds[range]).unwrap();
+    }
+
+    // SAFETY: this is the only test of this binary and no other thread of
+    // the harness reads the environment while it runs.
+    unsafe {
+        std::env::set_var(ENV_FD, child.as_raw_fd().to_string());
+        std::env::set_var(ENV_GENERATION, "7");
+    }
+    // The library owns the child's end from now on.
+    std::mem::forget(child);
+
+    assert!(hotsup_child::is_supervised());
+    hotsup_child::init().unwrap();
+    assert_eq!(std::env::var_os(ENV_FD), None, "HOTSUP_FD must be scrubbed");
+    assert_eq!(std::env::var_os(ENV_GENERATION), None);
+    assert_eq!(hotsup_child::generation(), Some(7));
+    assert_eq!(hotsup_child::listeners(), &infos[..]);
+
+    // The fallback is not used under hotsup.
+    let listener = hotsup_child::inherit_listener("127.0.0.1:1").unwrap();
+    assert_eq!(listener.local_addr().unwrap(), web.local_addr().unwrap());
+    assert!(matches!(
+        hotsup_child::tcp_listener("web"),
+        Err(Error::AlreadyTaken { .. })
+    ));
+    assert!(matches!(
+        hotsup_child::tcp_listener_or_bind("other", "127.0.0.1:0"),
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        hotsup_child::tcp_listener("dns"),
+        Err(Error::WrongKind { .. })
+    ));
+    let udp = hotsup_child::udp_socket_or_bind("dns", "127.0.0.1:0").unwrap();
+    assert_eq!(udp.local_addr().unwrap(), dns.local_addr().unwrap());
+
+    let mut client = TcpStream::connect(web.local_addr().unwrap()).unwrap();
+    let (conn, _) = listener.accept().unwrap();
+    drop(conn);
+    assert_eq!(client.read(&mut [0; 1]).unwrap(), 0);
+
+    hotsup_child::ready().unwrap();
+    hotsup_child::ready().unwrap();
+    let msg = hotsup_protocol::recv(sup.as_fd(), false).unwrap();
+    assert_eq!(msg.bytes, b"READY");
+    assert!(hotsup_protocol::recv(sup.as_fd(), true).is_err());
+
+    let drain = hotsup_child::drain();
+    assert!(!drain.is_draining());
+    let msg = ToChild::Drain {
+        timeout: Duration::from_secs(3),
+    };
+    hotsup_protocol::send(sup.as_fd(), &msg.encode().unwrap(), &[]).unwrap();
+    assert!(drain.wait_timeout(Duration::from_secs(5)));
+    assert_eq!(
+        drain.reason(),
+        Some(DrainReason::Supervisor {
+            timeout: Duration::from_secs(3)
+        })
+    );
+    assert!(drain.deadline().is_some());
+}

@@ -1,0 +1,509 @@
+//! The wire protocol between the hotsup supervisor and the servers it runs.
+//!
+//! This crate is shared by the supervisor (`hotsup`) and the app-side library
+//! (`hotsup-child`). The protocol itself is documented for implementers in
+//! other languages in `hotsup-child`'s crate docs; this module is the
+//! reference implementation of the framing.
+//!
+//! # Framing in one paragraph
+//!
+//! The channel is one end of a `socketpair(AF_UNIX, SOCK_SEQPACKET)`, so every
+//! `sendmsg` is one message and boundaries are kept by the kernel. A message is
+//! UTF-8 text of at most [`MAX_MESSAGE`] bytes. Its first line is a verb
+//! followed by space-separated `key=value` fields; a `LISTENERS` message has
+//! one further line per listener. File descriptors travel as one
+//! `SCM_RIGHTS` control message on the `LISTENERS` message that describes
+//! them, at most [`MAX_FDS_PER_MESSAGE`] per message.
+
+use std::fmt::{self, Write as _};
+use std::io::{IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Duration;
+
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
+};
+
+/// The protocol version this crate speaks, sent in `HELLO`.
+pub const VERSION: u32 = 1;
+
+/// Most file descriptors attached to one message.
+///
+/// The kernel's `SCM_MAX_FD` is 253; musl's libc caps it at 252, so 252 is the
+/// largest number every peer can receive in one `recvmsg`.
+pub const MAX_FDS_PER_MESSAGE: usize = 252;
+
+/// Largest message in bytes, in either direction.
+///
+/// A `LISTENERS` message with 252 Unix socket paths of 108 bytes stays well
+/// below this.
+pub const MAX_MESSAGE: usize = 64 * 1024;
+
+/// Environment variable naming the child's end of the channel.
+pub const ENV_FD: &str = "HOTSUP_FD";
+/// Environment variable carrying the child's generation number (1, 2, …).
+pub const ENV_GENERATION: &str = "HOTSUP_GENERATION";
+
+/// What kind of socket a listener is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// A listening TCP socket (IPv4 or IPv6).
+    Tcp,
+    /// A bound UDP socket.
+    Udp,
+    /// A listening Unix stream socket.
+    Unix,
+}
+
+impl Kind {
+    /// The protocol's spelling: `tcp`, `udp` or `unix`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Tcp => "tcp",
+            Kind::Udp => "udp",
+            Kind::Unix => "unix",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Kind> {
+        match s {
+            "tcp" => Some(Kind::Tcp),
+            "udp" => Some(Kind::Udp),
+            "unix" => Some(Kind::Unix),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One listener as described on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerInfo {
+    /// Unique name, matching [`valid_name`].
+    pub name: String,
+    /// Socket kind.
+    pub kind: Kind,
+    /// The bound address: `ip:port`, `[v6]:port`, or a Unix socket path.
+    pub address: String,
+}
+
+/// Whether `name` may name a listener: 1 to 255 bytes of ASCII letters,
+/// digits, `-`, `_` and `.`.
+///
+/// This is a subset of what systemd allows in `LISTEN_FDNAMES`, so every
+/// name also works there.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// A message from the supervisor to a child.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToChild {
+    /// First message on every channel.
+    Hello {
+        /// Protocol version; a child rejects a version it does not know.
+        version: u32,
+        /// The child's generation number.
+        generation: u64,
+        /// How many listeners the following `LISTENERS` messages carry.
+        listeners: usize,
+    },
+    /// A chunk of listeners, with their fds attached in the same order.
+    Listeners {
+        /// Index of the first listener of this chunk.
+        start: usize,
+        /// The listeners of this chunk.
+        entries: Vec<ListenerInfo>,
+    },
+    /// Stop accepting, finish in-flight work and exit within `timeout`.
+    Drain {
+        /// Time left before the supervisor kills the child's process group.
+        timeout: Duration,
+    },
+}
+
+/// A message from a child to the supervisor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FromChild {
+    /// The child serves; the supervisor may drain the previous generation.
+    Ready,
+    /// Free-form status text for logs, at most one line.
+    Status(String),
+}
+
+/// Why bytes could not be decoded as a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The message is not UTF-8.
+    #[error("message is not UTF-8")]
+    NotUtf8,
+    /// The message is empty or its first line has no verb.
+    #[error("empty message")]
+    Empty,
+    /// The verb is not one this version knows for this direction.
+    #[error("unknown message {0:?}")]
+    UnknownVerb(String),
+    /// A required field is absent.
+    #[error("{verb} lacks the field {field}")]
+    MissingField {
+        /// The message verb.
+        verb: &'static str,
+        /// The missing key.
+        field: &'static str,
+    },
+    /// A field's value does not parse.
+    #[error("{verb} has a bad value for {field}: {value:?}")]
+    BadField {
+        /// The message verb.
+        verb: &'static str,
+        /// The key.
+        field: &'static str,
+        /// The raw value.
+        value: String,
+    },
+    /// A listener line is malformed.
+    #[error("bad listener line {0:?}")]
+    BadListener(String),
+    /// The number of listener lines disagrees with `count`.
+    #[error("LISTENERS says count={expected} but has {found} lines")]
+    CountMismatch {
+        /// Declared count.
+        expected: usize,
+        /// Lines present.
+        found: usize,
+    },
+    /// The message exceeds [`MAX_MESSAGE`].
+    #[error("message of {0} bytes exceeds the limit of {MAX_MESSAGE}")]
+    TooLong(usize),
+}
+
+/// Why a message could not be encoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    /// A listener name fails [`valid_name`].
+    #[error("invalid listener name {0:?}")]
+    BadName(String),
+    /// An address or status text contains a line break.
+    #[error("text contains a line break: {0:?}")]
+    LineBreak(String),
+    /// More entries than fit in one message.
+    #[error("{0} listeners do not fit in one message (max {MAX_FDS_PER_MESSAGE})")]
+    TooManyEntries(usize),
+    /// The encoded message exceeds [`MAX_MESSAGE`].
+    #[error("message of {0} bytes exceeds the limit of {MAX_MESSAGE}")]
+    TooLong(usize),
+}
+
+fn check_line(s: &str) -> Result<(), EncodeError> {
+    if s.contains(['\n', '\r']) {
+        return Err(EncodeError::LineBreak(s.to_owned()));
+    }
+    Ok(())
+}
+
+fn finish(buf: String) -> Result<Vec<u8>, EncodeError> {
+    if buf.len() > MAX_MESSAGE {
+        return Err(EncodeError::TooLong(buf.len()));
+    }
+    Ok(buf.into_bytes())
+}
+
+impl ToChild {
+    /// Encodes the message to its wire bytes.
+    pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
+        let mut out = String::new();
+        match self {
+            ToChild::Hello {
+                version,
+                generation,
+                listeners,
+            } => {
+                let _ = write!(
+                    out,
+                    "HELLO version={version} generation={generation} listeners={listeners}"
+                );
+            }
+            ToChild::Listeners { start, entries } => {
+                if entries.len() > MAX_FDS_PER_MESSAGE {
+                    return Err(EncodeError::TooManyEntries(entries.len()));
+                }
+                let _ = write!(out, "LISTENERS start={start} count={}", entries.len());
+                for e in entries {
+                    if !valid_name(&e.name) {
+                        return Err(EncodeError::BadName(e.name.clone()));
+                    }
+                    check_line(&e.address)?;
+                    let _ = write!(out, "\n{} {} {}", e.kind, e.name, e.address);
+                }
+            }
+            ToChild::Drain { timeout } => {
+                let _ = write!(out, "DRAIN timeout_ms={}", timeout.as_millis());
+            }
+        }
+        finish(out)
+    }
+
+    /// Decodes wire bytes sent by a supervisor.
+    pub fn decode(bytes: &[u8]) -> Result<ToChild, DecodeError> {
+        let (verb, fields, rest) = split(bytes)?;
+        match verb {
+            "HELLO" => Ok(ToChild::Hello {
+                version: fields.num("HELLO", "version")?,
+                generation: fields.num("HELLO", "generation")?,
+                listeners: fields.num("HELLO", "listeners")?,
+            }),
+            "LISTENERS" => {
+                let start = fields.num("LISTENERS", "start")?;
+                let count: usize = fields.num("LISTENERS", "count")?;
+                if count > MAX_FDS_PER_MESSAGE {
+                    return Err(DecodeError::BadField {
+                        verb: "LISTENERS",
+                        field: "count",
+                        value: count.to_string(),
+                    });
+                }
+                let mut entries = Vec::with_capacity(count);
+                for line in rest.split('\n').filter(|_| !rest.is_empty()) {
+                    entries.push(parse_listener(line)?);
+                }
+                if entries.len() != count {
+                    return Err(DecodeError::CountMismatch {
+                        expected: count,
+                        found: entries.len(),
+                    });
+                }
+                Ok(ToChild::Listeners { start, entries })
+            }
+            "DRAIN" => Ok(ToChild::Drain {
+                timeout: Duration::from_millis(fields.num("DRAIN", "timeout_ms")?),
+            }),
+            other => Err(DecodeError::UnknownVerb(truncate(other))),
+        }
+    }
+}
+
+impl FromChild {
+    /// Encodes the message to its wire bytes.
+    pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
+        match self {
+            FromChild::Ready => finish("READY".to_owned()),
+            FromChild::Status(text) => {
+                check_line(text)?;
+                finish(format!("STATUS {text}"))
+            }
+        }
+    }
+
+    /// Decodes wire bytes sent by a child.
+    pub fn decode(bytes: &[u8]) -> Result<FromChild, DecodeError> {
+        if bytes.len() > MAX_MESSAGE {
+            return Err(DecodeError::TooLong(bytes.len()));
+        }
+        let text = std::str::from_utf8(bytes).map_err(|_| DecodeError::NotUtf8)?;
+        let first = text.split('\n').next().unwrap_or("");
+        let (verb, tail) = first.split_once(' ').unwrap_or((first, ""));
+        match verb {
+            "READY" => Ok(FromChild::Ready),
+            "STATUS" => Ok(FromChild::Status(tail.to_owned())),
+            "" => Err(DecodeError::Empty),
+            other => Err(DecodeError::UnknownVerb(truncate(other))),
+        }
+    }
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+struct Fields<'a>(Vec<(&'a str, &'a str)>);
+
+impl Fields<'_> {
+    fn num<T: std::str::FromStr>(
+        &self,
+        verb: &'static str,
+        field: &'static str,
+    ) -> Result<T, DecodeError> {
+        let raw = self
+            .0
+            .iter()
+            .find(|(k, _)| *k == field)
+            .map(|(_, v)| *v)
+            .ok_or(DecodeError::MissingField { verb, field })?;
+        raw.parse().map_err(|_| DecodeError::BadField {
+            verb,
+            field,
+            value: truncate(raw),
+        })
+    }
+}
+
+/// Splits a message into its verb, its `key=value` fields (unknown keys are
+/// kept and ignored, so later versions can add fields) and the lines after
+/// the first.
+fn split(bytes: &[u8]) -> Result<(&str, Fields<'_>, &str), DecodeError> {
+    if bytes.len() > MAX_MESSAGE {
+        return Err(DecodeError::TooLong(bytes.len()));
+    }
+    let text = std::str::from_utf8(bytes).map_err(|_| DecodeError::NotUtf8)?;
+    let (first, rest) = text.split_once('\n').unwrap_or((text, ""));
+    let mut words = first.split(' ').filter(|w| !w.is_empty());
+    let verb = words.next().ok_or(DecodeError::Empty)?;
+    let fields = words.filter_map(|w| w.split_once('=')).collect();
+    Ok((verb, Fields(fields), rest))
+}
+
+fn parse_listener(line: &str) -> Result<ListenerInfo, DecodeError> {
+    let bad = || DecodeError::BadListener(truncate(line));
+    let mut parts = line.splitn(3, ' ');
+    let kind = parts.next().and_then(Kind::parse).ok_or_else(bad)?;
+    let name = parts.next().filter(|n| valid_name(n)).ok_or_else(bad)?;
+    let address = parts.next().filter(|a| !a.is_empty()).ok_or_else(bad)?;
+    Ok(ListenerInfo {
+        name: name.to_owned(),
+        kind,
+        address: address.to_owned(),
+    })
+}
+
+/// Why a message could not be received.
+#[derive(Debug, thiserror::Error)]
+pub enum RecvError {
+    /// The peer closed the channel.
+    #[error("channel closed by peer")]
+    Closed,
+    /// The message was larger than the buffer; it was discarded.
+    #[error("message truncated")]
+    Truncated,
+    /// More fds were attached than [`MAX_FDS_PER_MESSAGE`], or the kernel
+    /// truncated them (`MSG_CTRUNC`, for example at `RLIMIT_NOFILE`). The ones
+    /// that did arrive were closed.
+    #[error("file descriptors truncated (too many, or RLIMIT_NOFILE reached)")]
+    FdsTruncated,
+    /// The operation would block (nonblocking socket).
+    #[error("would block")]
+    WouldBlock,
+    /// Any other OS error.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// One received message: its bytes and the fds attached to it.
+#[derive(Debug)]
+pub struct Received {
+    /// The message bytes.
+    pub bytes: Vec<u8>,
+    /// File descriptors attached with `SCM_RIGHTS`, close-on-exec.
+    pub fds: Vec<OwnedFd>,
+}
+
+/// Sends one message with `fds` attached, in a single `sendmsg`.
+///
+/// `fds` must hold at most [`MAX_FDS_PER_MESSAGE`] descriptors. On a
+/// nonblocking socket this may fail with `WouldBlock`; nothing was sent then.
+pub fn send(socket: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> std::io::Result<()> {
+    if fds.len() > MAX_FDS_PER_MESSAGE {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "too many fds for one message",
+        ));
+    }
+    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len()))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(std::io::Error::other("control buffer too small"));
+    }
+    let sent = rustix::net::sendmsg(
+        socket,
+        &[IoSlice::new(bytes)],
+        &mut control,
+        SendFlags::NOSIGNAL,
+    )?;
+    if sent != bytes.len() {
+        // SOCK_SEQPACKET sends whole records or fails; a short count would
+        // mean the socket is of the wrong type.
+        return Err(std::io::Error::other("short send on a SEQPACKET channel"));
+    }
+    Ok(())
+}
+
+/// Receives one message and the fds attached to it.
+///
+/// The fds are received close-on-exec. A message larger than
+/// [`MAX_MESSAGE`] or carrying more than [`MAX_FDS_PER_MESSAGE`] fds is an
+/// error, and every fd that came with it is closed before returning.
+pub fn recv(socket: BorrowedFd<'_>, nonblocking: bool) -> Result<Received, RecvError> {
+    let mut buf = vec![0u8; MAX_MESSAGE + 1];
+    let mut space =
+        vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let mut flags = RecvFlags::CMSG_CLOEXEC;
+    if nonblocking {
+        flags |= RecvFlags::DONTWAIT;
+    }
+    let msg = loop {
+        match rustix::net::recvmsg(
+            socket.as_fd(),
+            &mut [IoSliceMut::new(&mut buf)],
+            &mut control,
+            flags,
+        ) {
+            Ok(m) => break m,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(rustix::io::Errno::AGAIN) => return Err(RecvError::WouldBlock),
+            Err(e) => return Err(RecvError::Io(e.into())),
+        }
+    };
+    // Take ownership of every fd first, so that any error below closes them.
+    let mut fds = Vec::new();
+    for m in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(rights) = m {
+            fds.extend(rights);
+        }
+    }
+    // The control buffer's alignment padding can fit a 253rd fd; the limit is
+    // the protocol's, not the buffer's.
+    if msg.flags.contains(ReturnFlags::CTRUNC) || fds.len() > MAX_FDS_PER_MESSAGE {
+        return Err(RecvError::FdsTruncated);
+    }
+    if msg.flags.contains(ReturnFlags::TRUNC) || msg.bytes > MAX_MESSAGE {
+        return Err(RecvError::Truncated);
+    }
+    if msg.bytes == 0 && fds.is_empty() {
+        return Err(RecvError::Closed);
+    }
+    buf.truncate(msg.bytes);
+    Ok(Received { bytes: buf, fds })
+}
+
+/// Splits `listeners` into the `LISTENERS` messages that follow `HELLO`, each
+/// with the indices of the fds it carries.
+pub fn chunk_listeners(listeners: &[ListenerInfo]) -> Vec<(ToChild, std::ops::Range<usize>)> {
+    listeners
+        .chunks(MAX_FDS_PER_MESSAGE)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let start = i * MAX_FDS_PER_MESSAGE;
+            (
+                ToChild::Listeners {
+                    start,
+                    entries: chunk.to_vec(),
+                },
+                start..start + chunk.len(),
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

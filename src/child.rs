@@ -1,0 +1,174 @@
+//! Resolving COMMAND and starting one generation of it.
+//!
+//! Everything the child needs is prepared before `fork`; the `pre_exec` hook
+//! only makes raw syscalls.
+
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use rustix::net::{AddressFamily, SocketFlags, SocketType};
+use rustix::process::{Pid, Signal};
+
+use hotsup_protocol::{ENV_FD, ENV_GENERATION};
+
+/// Variables meant for hotsup itself, which must not reach the app: a child
+/// that sent `STOPPING=1` to hotsup's own systemd would get the whole unit
+/// stopped.
+const SCRUBBED_ENV: &[&str] = &[
+    "NOTIFY_SOCKET",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+];
+
+/// Why COMMAND cannot be run.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("COMMAND {0:?} not found in PATH")]
+    NotInPath(OsString),
+    #[error("COMMAND {0:?} does not exist")]
+    Missing(PathBuf),
+    #[error("COMMAND {0:?} is a directory")]
+    Directory(PathBuf),
+    #[error("COMMAND {0:?} is not executable (no x permission)")]
+    NotExecutable(PathBuf),
+    #[error("COMMAND {path:?}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+/// Finds the file COMMAND names now. Called again at every upgrade, so a
+/// binary replaced at the same path (or earlier in PATH) is picked up.
+pub fn resolve(program: &OsStr) -> Result<PathBuf, ResolveError> {
+    let as_path = Path::new(program);
+    let path = if as_path.components().count() > 1 || program.as_encoded_bytes().contains(&b'/') {
+        as_path.to_path_buf()
+    } else {
+        which::which(program).map_err(|_| ResolveError::NotInPath(program.to_owned()))?
+    };
+    let meta = std::fs::metadata(&path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => ResolveError::Missing(path.clone()),
+        _ => ResolveError::Io {
+            path: path.clone(),
+            source: e,
+        },
+    })?;
+    if meta.is_dir() {
+        return Err(ResolveError::Directory(path));
+    }
+    if meta.permissions().mode() & 0o111 == 0
+        || rustix::fs::access(&path, rustix::fs::Access::EXEC_OK).is_err()
+    {
+        return Err(ResolveError::NotExecutable(path));
+    }
+    Ok(path)
+}
+
+/// A started child: its pid (also its process group id) and the
+/// supervisor's end of its channel.
+pub struct Spawned {
+    pub pid: Pid,
+    pub channel: OwnedFd,
+}
+
+/// Starts one generation of `program` with `args`.
+///
+/// The child gets its own `SOCK_SEQPACKET` channel at the fd named by
+/// `HOTSUP_FD`, runs in a new process group (so its whole tree can be
+/// killed), and receives SIGTERM if hotsup dies.
+pub fn spawn(
+    program: &Path,
+    argv0: &OsStr,
+    args: &[OsString],
+    generation: u64,
+) -> io::Result<Spawned> {
+    let (parent_end, child_end) = rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )?;
+    // The child's end must block: apps read it with plain recvmsg.
+    rustix::io::ioctl_fionbio(&child_end, false)?;
+    let child_fd = child_end.as_raw_fd();
+    let hotsup_pid = rustix::process::getpid();
+
+    let mut cmd = Command::new(program);
+    cmd.arg0(argv0)
+        .args(args)
+        .env(ENV_FD, child_fd.to_string())
+        .env(ENV_GENERATION, generation.to_string())
+        .process_group(0);
+    for var in SCRUBBED_ENV {
+        cmd.env_remove(var);
+    }
+    // SAFETY: the closure runs between fork and exec in the child, where
+    // only async-signal-safe calls are allowed; `prepare_child` makes only
+    // raw syscalls on values captured by copy, and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || prepare_child(child_fd, hotsup_pid));
+    }
+    let child = cmd.spawn()?;
+    drop(child_end);
+    let raw = i32::try_from(child.id()).map_err(io::Error::other)?;
+    let pid = Pid::from_raw(raw).ok_or_else(|| io::Error::other("spawn returned pid 0"))?;
+    // The `Child` handle is dropped without waiting: exit statuses are
+    // collected by the supervisor's single waitpid(-1) loop.
+    drop(child);
+    Ok(Spawned {
+        pid,
+        channel: parent_end,
+    })
+}
+
+/// Runs in the forked child before exec: async-signal-safe syscalls only
+/// (fcntl, sigprocmask, prctl, getppid); no allocation, locks or logging.
+fn prepare_child(child_fd: RawFd, hotsup_pid: Pid) -> io::Result<()> {
+    // SAFETY: child_fd is open in the child: it was inherited from the
+    // parent's copy, which stays open until spawn returns.
+    let fd = unsafe { BorrowedFd::borrow_raw(child_fd) };
+    rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
+    // A signal blocked in hotsup would stay blocked across exec.
+    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset initialises the set it is given; sigprocmask gets
+    // that initialised set and a null old-set pointer, which it allows.
+    let rc = unsafe {
+        libc::sigemptyset(set.as_mut_ptr());
+        libc::sigprocmask(libc::SIG_SETMASK, set.as_ptr(), std::ptr::null_mut())
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // The spawning thread is the runtime's only thread, which lives as long
+    // as hotsup, so this fires only when hotsup itself dies.
+    rustix::process::set_parent_process_death_signal(Some(Signal::TERM))?;
+    if rustix::process::getppid() != Some(hotsup_pid) {
+        // hotsup died before the prctl took effect. A raw errno, because
+        // building a custom io::Error would allocate.
+        return Err(io::Error::from_raw_os_error(libc::ESRCH));
+    }
+    Ok(())
+}
+
+/// Human form of a wait status: `exited with code 3`, `killed by SIGKILL`.
+pub fn describe_status(status: &rustix::process::WaitStatus) -> String {
+    if let Some(code) = status.exit_status() {
+        format!("exited with code {code}")
+    } else if let Some(sig) = status.terminating_signal() {
+        format!("killed by {}", crate::cli::signal_name(sig))
+    } else {
+        format!("status {:#x}", status.as_raw())
+    }
+}
+
+/// Signals a generation's whole process group, ignoring a group that is
+/// already gone. Returns whether any process was signalled.
+pub fn kill_group(pgid: Pid, sig: Signal) -> bool {
+    rustix::process::kill_process_group(pgid, sig).is_ok()
+}

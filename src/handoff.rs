@@ -1,0 +1,179 @@
+//! The supervisor's side of one child's channel: send the listeners, then
+//! relay what the child says to the supervisor loop.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hotsup_protocol::{DecodeError, FromChild, ListenerInfo, RecvError, ToChild, VERSION};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::listeners::Listener;
+
+/// After this many malformed messages a channel is no longer read, so a
+/// child spewing garbage cannot flood the log or busy the supervisor.
+const MAX_BAD_MESSAGES: u32 = 10;
+
+/// The listeners every generation receives, encoded once.
+pub struct Outbox {
+    pub listeners: Vec<Listener>,
+    chunks: Vec<(Vec<u8>, std::ops::Range<usize>)>,
+}
+
+impl Outbox {
+    pub fn new(listeners: Vec<Listener>) -> Result<Outbox, hotsup_protocol::EncodeError> {
+        let infos: Vec<ListenerInfo> = listeners.iter().map(|l| l.info.clone()).collect();
+        let chunks = hotsup_protocol::chunk_listeners(&infos)
+            .into_iter()
+            .map(|(msg, range)| Ok((msg.encode()?, range)))
+            .collect::<Result<_, hotsup_protocol::EncodeError>>()?;
+        Ok(Outbox { listeners, chunks })
+    }
+}
+
+/// What a channel reports to the supervisor loop.
+#[derive(Debug)]
+pub enum ChannelEvent {
+    /// Every listener was sent.
+    HandedOff { elapsed: Duration },
+    /// The child said READY.
+    Ready,
+    /// The child sent a status line.
+    Status(String),
+    /// The child sent something that is not a valid message.
+    Malformed(String),
+    /// The child stopped reading or closed its end.
+    Closed(String),
+}
+
+/// A channel shared by its task (which reads) and the supervisor (which
+/// writes DRAIN).
+pub type Channel = Arc<AsyncFd<OwnedFd>>;
+
+/// Registers the supervisor's end with the runtime. Must run inside it.
+pub fn register(fd: OwnedFd) -> std::io::Result<Channel> {
+    // SAFETY: an OwnedFd is open and keeps returning the same fd until it is
+    // dropped, which happens only when the AsyncFd that owns it is dropped.
+    let registered =
+        unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE | Interest::WRITABLE) };
+    registered.map(Arc::new).map_err(|e| e.into())
+}
+
+async fn send(chan: &Channel, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> std::io::Result<()> {
+    chan.async_io(Interest::WRITABLE, |fd| {
+        hotsup_protocol::send(fd.as_fd(), bytes, fds)
+    })
+    .await
+}
+
+/// Sends the handoff, then relays messages until the channel closes.
+pub async fn run(
+    generation: u64,
+    chan: Channel,
+    outbox: Arc<Outbox>,
+    tx: UnboundedSender<(u64, ChannelEvent)>,
+) {
+    let emit = |ev| {
+        let _ = tx.send((generation, ev));
+    };
+    let start = Instant::now();
+    let hello = ToChild::Hello {
+        version: VERSION,
+        generation,
+        listeners: outbox.listeners.len(),
+    };
+    // A Hello of three integers always encodes.
+    let hello = hello.encode().unwrap_or_default();
+    if let Err(e) = send(&chan, &hello, &[]).await {
+        emit(ChannelEvent::Closed(format!("sending HELLO failed: {e}")));
+        return;
+    }
+    for (bytes, range) in &outbox.chunks {
+        let fds: Vec<BorrowedFd<'_>> = outbox.listeners[range.clone()]
+            .iter()
+            .map(|l| l.fd())
+            .collect();
+        if let Err(e) = send(&chan, bytes, &fds).await {
+            emit(ChannelEvent::Closed(format!(
+                "sending listeners {}..{} failed: {e}",
+                range.start, range.end
+            )));
+            return;
+        }
+    }
+    emit(ChannelEvent::HandedOff {
+        elapsed: start.elapsed(),
+    });
+
+    let mut bad = 0;
+    loop {
+        let received = match chan.readable().await {
+            Ok(mut guard) => match hotsup_protocol::recv(chan.get_ref().as_fd(), true) {
+                Err(RecvError::WouldBlock) => {
+                    guard.clear_ready();
+                    continue;
+                }
+                other => other,
+            },
+            Err(e) => Err(RecvError::Io(e)),
+        };
+        let ev = match received {
+            Ok(msg) => {
+                // Fds a child sends are dropped (closed) right here.
+                let extra = msg.fds.len();
+                match FromChild::decode(&msg.bytes) {
+                    Ok(_) if extra > 0 => Err(format!("message carried {extra} unexpected fds")),
+                    Ok(FromChild::Ready) => Ok(ChannelEvent::Ready),
+                    Ok(FromChild::Status(s)) => Ok(ChannelEvent::Status(s)),
+                    Err(e) => Err(describe(&e, &msg.bytes)),
+                }
+            }
+            Err(RecvError::Closed) => {
+                emit(ChannelEvent::Closed("child closed its end".into()));
+                return;
+            }
+            // A child that exits with messages unread resets the pair.
+            Err(RecvError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                emit(ChannelEvent::Closed("child closed its end".into()));
+                return;
+            }
+            Err(e @ (RecvError::Truncated | RecvError::FdsTruncated)) => Err(e.to_string()),
+            Err(e) => {
+                emit(ChannelEvent::Closed(format!("read failed: {e}")));
+                return;
+            }
+        };
+        match ev {
+            Ok(ev) => emit(ev),
+            Err(why) => {
+                bad += 1;
+                emit(ChannelEvent::Malformed(why));
+                if bad >= MAX_BAD_MESSAGES {
+                    emit(ChannelEvent::Closed(format!(
+                        "stopped reading after {bad} malformed messages"
+                    )));
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn describe(e: &DecodeError, bytes: &[u8]) -> String {
+    let shown: String = String::from_utf8_lossy(&bytes[..bytes.len().min(40)])
+        .chars()
+        .map(|c| if c.is_control() { '.' } else { c })
+        .collect();
+    format!("{e} (starts with {shown:?})")
+}
+
+/// Sends DRAIN without waiting. Fails if the child's buffer is full or the
+/// channel is gone; the caller then falls back to the drain signal.
+pub fn send_drain(chan: &Channel, timeout: Duration) -> std::io::Result<()> {
+    let bytes = ToChild::Drain { timeout }
+        .encode()
+        .map_err(std::io::Error::other)?;
+    hotsup_protocol::send(chan.get_ref().as_fd(), &bytes, &[])
+}

@@ -1,0 +1,486 @@
+//! Parsing `--listen` and binding the sockets hotsup holds for its whole life.
+
+use std::fmt;
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use hotsup_protocol::{Kind, ListenerInfo, valid_name};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+/// Longest Unix socket path: `sun_path` is 108 bytes including the NUL.
+const UNIX_PATH_MAX: usize = 107;
+
+/// Where a listener binds, as written after `NAME=` in `--listen`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Address {
+    /// A TCP host and port, resolved when bound.
+    Tcp(String),
+    /// A UDP host and port.
+    Udp(String),
+    /// A Unix stream socket path.
+    Unix(PathBuf),
+}
+
+/// One `--listen` argument.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenSpec {
+    /// The name given with `NAME=`, if any.
+    pub name: Option<String>,
+    /// The address.
+    pub address: Address,
+    /// The argument as the user wrote it, for error messages.
+    pub raw: String,
+}
+
+impl fmt::Display for ListenSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.raw)
+    }
+}
+
+/// Why a `--listen` argument is malformed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SpecError {
+    #[error("empty address")]
+    Empty,
+    #[error("invalid name {0:?}: names are 1 to 255 of the characters A-Z a-z 0-9 - _ .")]
+    BadName(String),
+    #[error("unknown scheme {0:?}: use tcp://, udp:// or unix:")]
+    BadScheme(String),
+    #[error("{0:?} is not HOST:PORT, [V6]:PORT or :PORT")]
+    BadHostPort(String),
+    #[error("port {0:?} is not a number from 0 to 65535")]
+    BadPort(String),
+    #[error("empty Unix socket path")]
+    EmptyPath,
+    #[error("Unix socket path is {0} bytes long; the limit is {UNIX_PATH_MAX}")]
+    PathTooLong(usize),
+    #[error("Unix socket path contains a line break or NUL")]
+    PathBadChar,
+}
+
+impl std::str::FromStr for ListenSpec {
+    type Err = SpecError;
+
+    fn from_str(raw: &str) -> Result<Self, SpecError> {
+        // `NAME=` is a prefix only when what precedes `=` could be a name;
+        // this keeps `unix:/tmp/a=b` a path.
+        let (name, addr) = match raw.split_once('=') {
+            Some((n, a)) if !n.contains([':', '/', '[']) => {
+                if !valid_name(n) {
+                    return Err(SpecError::BadName(n.to_owned()));
+                }
+                (Some(n.to_owned()), a)
+            }
+            _ => (None, raw),
+        };
+        if addr.is_empty() {
+            return Err(SpecError::Empty);
+        }
+        let address = if let Some(rest) = addr.strip_prefix("tcp://") {
+            Address::Tcp(check_host_port(rest)?)
+        } else if let Some(rest) = addr.strip_prefix("udp://") {
+            Address::Udp(check_host_port(rest)?)
+        } else if let Some(rest) = addr.strip_prefix("unix:") {
+            // Accept `unix:///path` as well as `unix:/path`.
+            let path = rest.strip_prefix("//").unwrap_or(rest);
+            Address::Unix(check_path(path)?)
+        } else if let Some((scheme, _)) = addr.split_once("://") {
+            return Err(SpecError::BadScheme(scheme.to_owned()));
+        } else {
+            Address::Tcp(check_host_port(addr)?)
+        };
+        Ok(ListenSpec {
+            name,
+            address,
+            raw: raw.to_owned(),
+        })
+    }
+}
+
+fn check_host_port(s: &str) -> Result<String, SpecError> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| SpecError::BadHostPort(s.to_owned()))?;
+    let host_ok = if let Some(inner) = host.strip_prefix('[') {
+        inner
+            .strip_suffix(']')
+            .is_some_and(|v6| v6.parse::<std::net::Ipv6Addr>().is_ok())
+    } else {
+        // A bare IPv6 address needs brackets; anything else is an IPv4
+        // address or a host name resolved when binding.
+        !host.contains(':') && !host.contains(char::is_whitespace) && !host.contains('/')
+    };
+    if !host_ok {
+        return Err(SpecError::BadHostPort(s.to_owned()));
+    }
+    if port.parse::<u16>().is_err() {
+        return Err(SpecError::BadPort(port.to_owned()));
+    }
+    if host.is_empty() {
+        return Ok(format!("0.0.0.0:{port}"));
+    }
+    Ok(s.to_owned())
+}
+
+fn check_path(p: &str) -> Result<PathBuf, SpecError> {
+    if p.is_empty() {
+        return Err(SpecError::EmptyPath);
+    }
+    if p.len() > UNIX_PATH_MAX {
+        return Err(SpecError::PathTooLong(p.len()));
+    }
+    if p.contains(['\n', '\r', '\0']) {
+        return Err(SpecError::PathBadChar);
+    }
+    Ok(PathBuf::from(p))
+}
+
+/// Socket options that apply to every listener.
+#[derive(Debug, Clone)]
+pub struct BindOptions {
+    pub backlog: i32,
+    pub reuseport: bool,
+    pub ipv6_only: bool,
+    pub unix_mode: Option<u32>,
+}
+
+/// Why binding failed; the message names the `--listen` argument.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("duplicate listener name {name:?} (from --listen {first} and --listen {second})")]
+    DuplicateName {
+        name: String,
+        first: String,
+        second: String,
+    },
+    #[error("cannot resolve --listen {spec}: {source}")]
+    Resolve { spec: String, source: io::Error },
+    #[error("cannot bind --listen {spec}: {cause}")]
+    Bind { spec: String, cause: String },
+    #[error(
+        "cannot bind --listen {spec}: {path} is in use by a live process (another server is accepting on it)"
+    )]
+    UnixInUse { spec: String, path: String },
+    #[error(
+        "cannot bind --listen {spec}: {path} exists and is not a socket; refusing to replace it"
+    )]
+    UnixNotSocket { spec: String, path: String },
+}
+
+/// A bound socket held by the supervisor.
+#[derive(Debug)]
+pub struct Listener {
+    pub info: ListenerInfo,
+    socket: OwnedFd,
+    /// The Unix socket file we created and must remove at exit, with its
+    /// device and inode so we never remove a file that replaced ours.
+    owned_path: Option<(PathBuf, u64, u64)>,
+}
+
+impl Listener {
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Some((path, dev, ino)) = &self.owned_path {
+            if let Ok(meta) = std::fs::symlink_metadata(path) {
+                if meta.dev() == *dev && meta.ino() == *ino {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+        }
+    }
+}
+
+/// The default name of the listener at `index`: its kind and position, such
+/// as `tcp0` or `unix2`.
+pub fn default_name(kind: Kind, index: usize) -> String {
+    format!("{kind}{index}")
+}
+
+fn kind_of(a: &Address) -> Kind {
+    match a {
+        Address::Tcp(_) => Kind::Tcp,
+        Address::Udp(_) => Kind::Udp,
+        Address::Unix(_) => Kind::Unix,
+    }
+}
+
+/// Assigns names and checks they are unique, before anything is bound.
+pub fn name_all(specs: &[ListenSpec]) -> Result<Vec<String>, BindError> {
+    let mut names: Vec<String> = Vec::with_capacity(specs.len());
+    for (i, spec) in specs.iter().enumerate() {
+        let name = spec
+            .name
+            .clone()
+            .unwrap_or_else(|| default_name(kind_of(&spec.address), i));
+        if let Some(j) = names.iter().position(|n| *n == name) {
+            return Err(BindError::DuplicateName {
+                name,
+                first: specs[j].raw.clone(),
+                second: spec.raw.clone(),
+            });
+        }
+        names.push(name);
+    }
+    Ok(names)
+}
+
+/// Binds every listener, or none: on error, those already bound are closed
+/// and their socket files removed.
+pub fn bind_all(specs: &[ListenSpec], opts: &BindOptions) -> Result<Vec<Listener>, BindError> {
+    let names = name_all(specs)?;
+    let mut out = Vec::with_capacity(specs.len());
+    for (spec, name) in specs.iter().zip(names) {
+        out.push(bind_one(spec, name, opts)?);
+    }
+    Ok(out)
+}
+
+fn describe(e: &io::Error, what: &str) -> String {
+    match e.raw_os_error() {
+        Some(code) if code == rustix::io::Errno::ACCESS.raw_os_error() && what == "port" => {
+            format!("{e}: ports below 1024 need root or CAP_NET_BIND_SERVICE")
+        }
+        Some(code) if code == rustix::io::Errno::ADDRINUSE.raw_os_error() => {
+            format!("{e}: another process is listening on it")
+        }
+        _ => e.to_string(),
+    }
+}
+
+fn bind_one(spec: &ListenSpec, name: String, opts: &BindOptions) -> Result<Listener, BindError> {
+    let bind_err = |e: io::Error, what: &str| BindError::Bind {
+        spec: spec.raw.clone(),
+        cause: describe(&e, what),
+    };
+    let (socket, address, owned_path) = match &spec.address {
+        Address::Tcp(hp) | Address::Udp(hp) => {
+            let addr = resolve(hp).map_err(|source| BindError::Resolve {
+                spec: spec.raw.clone(),
+                source,
+            })?;
+            let tcp = matches!(spec.address, Address::Tcp(_));
+            let (ty, proto) = if tcp {
+                (Type::STREAM, Protocol::TCP)
+            } else {
+                (Type::DGRAM, Protocol::UDP)
+            };
+            let s = Socket::new(Domain::for_address(addr), ty, Some(proto))
+                .map_err(|e| bind_err(e, "socket"))?;
+            // SO_REUSEADDR only lets hotsup rebind past TIME_WAIT after its
+            // own restart; it does not allow two live listeners.
+            if tcp {
+                s.set_reuse_address(true).map_err(|e| bind_err(e, "opt"))?;
+            }
+            if opts.reuseport {
+                s.set_reuse_port(true).map_err(|e| bind_err(e, "opt"))?;
+            }
+            if addr.is_ipv6() {
+                s.set_only_v6(opts.ipv6_only)
+                    .map_err(|e| bind_err(e, "opt"))?;
+            }
+            s.bind(&addr.into()).map_err(|e| bind_err(e, "port"))?;
+            if tcp {
+                s.listen(opts.backlog).map_err(|e| bind_err(e, "listen"))?;
+            }
+            let local = s
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+                .unwrap_or(addr);
+            (s, local.to_string(), None)
+        }
+        Address::Unix(path) => {
+            clear_stale(spec, path)?;
+            let s =
+                Socket::new(Domain::UNIX, Type::STREAM, None).map_err(|e| bind_err(e, "socket"))?;
+            let sa = SockAddr::unix(path).map_err(|e| bind_err(e, "path"))?;
+            s.bind(&sa).map_err(|e| bind_err(e, "path"))?;
+            let meta = std::fs::symlink_metadata(path).map_err(|e| bind_err(e, "path"))?;
+            // Record ownership before anything else can fail, so the file is
+            // removed on every error path below.
+            let owned = Some((path.clone(), meta.dev(), meta.ino()));
+            let listener = Listener {
+                info: ListenerInfo {
+                    name: name.clone(),
+                    kind: Kind::Unix,
+                    address: path.display().to_string(),
+                },
+                socket: s.into(),
+                owned_path: owned,
+            };
+            if let Some(mode) = opts.unix_mode {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                    .map_err(|e| bind_err(e, "chmod"))?;
+            }
+            rustix::net::listen(&listener.socket, opts.backlog)
+                .map_err(|e| bind_err(e.into(), "listen"))?;
+            return Ok(listener);
+        }
+    };
+    Ok(Listener {
+        info: ListenerInfo {
+            name,
+            kind: kind_of(&spec.address),
+            address,
+        },
+        socket: socket.into(),
+        owned_path,
+    })
+}
+
+fn resolve(host_port: &str) -> io::Result<SocketAddr> {
+    if let Ok(a) = host_port.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    host_port
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "host name has no address"))
+}
+
+/// Removes a socket file left by a dead process. A file that some process
+/// still accepts on, or that is not a socket, is an error.
+fn clear_stale(spec: &ListenSpec, path: &Path) -> Result<(), BindError> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(BindError::Bind {
+                spec: spec.raw.clone(),
+                cause: e.to_string(),
+            });
+        }
+    };
+    let shown = path.display().to_string();
+    if !meta.file_type().is_socket() {
+        return Err(BindError::UnixNotSocket {
+            spec: spec.raw.clone(),
+            path: shown,
+        });
+    }
+    match UnixStream::connect(path) {
+        Ok(_) => Err(BindError::UnixInUse {
+            spec: spec.raw.clone(),
+            path: shown,
+        }),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => std::fs::remove_file(path)
+            .map_err(|e| BindError::Bind {
+                spec: spec.raw.clone(),
+                cause: format!("cannot remove stale socket file {shown}: {e}"),
+            }),
+        Err(e) => Err(BindError::Bind {
+            spec: spec.raw.clone(),
+            cause: format!("cannot probe existing socket file {shown}: {e}"),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Result<ListenSpec, SpecError> {
+        s.parse()
+    }
+
+    #[test]
+    fn parses_every_form() {
+        let cases = [
+            (
+                "127.0.0.1:8080",
+                None,
+                Address::Tcp("127.0.0.1:8080".into()),
+            ),
+            (
+                "http=127.0.0.1:0",
+                Some("http"),
+                Address::Tcp("127.0.0.1:0".into()),
+            ),
+            ("[::1]:80", None, Address::Tcp("[::1]:80".into())),
+            (
+                "tcp://localhost:80",
+                None,
+                Address::Tcp("localhost:80".into()),
+            ),
+            (":9000", None, Address::Tcp("0.0.0.0:9000".into())),
+            (
+                "dns=udp://127.0.0.1:53",
+                Some("dns"),
+                Address::Udp("127.0.0.1:53".into()),
+            ),
+            (
+                "unix:/run/a.sock",
+                None,
+                Address::Unix("/run/a.sock".into()),
+            ),
+            (
+                "unix:///run/a.sock",
+                None,
+                Address::Unix("/run/a.sock".into()),
+            ),
+            ("unix:/tmp/a=b", None, Address::Unix("/tmp/a=b".into())),
+            (
+                "adm=unix:rel/x.sock",
+                Some("adm"),
+                Address::Unix("rel/x.sock".into()),
+            ),
+        ];
+        for (raw, name, addr) in cases {
+            let s = p(raw).unwrap_or_else(|e| panic!("{raw}: {e}"));
+            assert_eq!(s.name.as_deref(), name, "{raw}");
+            assert_eq!(s.address, addr, "{raw}");
+        }
+    }
+
+    #[test]
+    fn rejects_malformed() {
+        assert_eq!(p(""), Err(SpecError::Empty));
+        assert_eq!(p("x="), Err(SpecError::Empty));
+        assert!(matches!(
+            p("bad name=1.2.3.4:5"),
+            Err(SpecError::BadName(_))
+        ));
+        assert!(matches!(
+            p("sctp://1.2.3.4:5"),
+            Err(SpecError::BadScheme(_))
+        ));
+        assert!(matches!(p("8080"), Err(SpecError::BadHostPort(_))));
+        assert!(matches!(p("::1:80"), Err(SpecError::BadHostPort(_))));
+        assert!(matches!(p("[::zz]:80"), Err(SpecError::BadHostPort(_))));
+        assert!(matches!(p("1.2.3.4:99999"), Err(SpecError::BadPort(_))));
+        assert!(matches!(p("1.2.3.4:http"), Err(SpecError::BadPort(_))));
+        assert_eq!(p("unix:"), Err(SpecError::EmptyPath));
+        assert!(matches!(
+            p(&format!("unix:/{}", "a".repeat(200))),
+            Err(SpecError::PathTooLong(_))
+        ));
+    }
+
+    #[test]
+    fn names_default_and_must_be_unique() {
+        let specs: Vec<ListenSpec> = ["127.0.0.1:0", "udp://127.0.0.1:0", "x=unix:/a"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(name_all(&specs).unwrap(), ["tcp0", "udp1", "x"]);
+        let dup: Vec<ListenSpec> = ["a=127.0.0.1:0", "a=127.0.0.1:1"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert!(matches!(
+            name_all(&dup),
+            Err(BindError::DuplicateName { .. })
+        ));
+    }
+}
