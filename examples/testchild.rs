@@ -213,7 +213,15 @@ fn main() {
     let sockets = if args.dump_listeners {
         take_all_listeners()
     } else {
-        match hotsup_child::inherit_listener(args.listen.as_str()) {
+        let first_tcp = hotsup_child::listeners()
+            .iter()
+            .find(|l| l.kind == Kind::Tcp)
+            .map(|l| l.name.clone());
+        let taken = match first_tcp {
+            Some(name) => take_nonblocking(&name, Kind::Tcp).map(TcpListener::from),
+            None => hotsup_child::inherit_listener(args.listen.as_str()),
+        };
+        match taken {
             Ok(l) => {
                 if !hotsup_child::is_supervised() {
                     if let Ok(addr) = l.local_addr() {
@@ -283,6 +291,10 @@ fn main() {
     let drain = drain.expect("serving modes have a drain handle");
     drain.wait();
     say(&format!("testchild draining pid={pid}"));
+    if args.dump_listeners {
+        // The dump answers are one-shot; nothing is in flight to finish.
+        std::process::exit(0);
+    }
     let now = Instant::now();
     let deadline = drain.deadline().unwrap_or(now + DEFAULT_DRAIN);
     let left = deadline.saturating_duration_since(now);
@@ -392,11 +404,11 @@ fn take_all_listeners() -> Vec<Socket> {
             l.name, l.kind, l.address
         ));
         let name = l.name.clone();
-        let taken = match l.kind {
-            Kind::Tcp => hotsup_child::tcp_listener(&name).map(|s| Socket::TcpName(s, name)),
-            Kind::Unix => hotsup_child::unix_listener(&name).map(|s| Socket::UnixName(s, name)),
-            Kind::Udp => hotsup_child::udp_socket(&name).map(|s| Socket::UdpEcho(s, name)),
-        };
+        let taken = take_nonblocking(&name, l.kind).map(|fd| match l.kind {
+            Kind::Tcp => Socket::TcpName(fd.into(), name),
+            Kind::Unix => Socket::UnixName(fd.into(), name),
+            Kind::Udp => Socket::UdpEcho(fd.into(), name),
+        });
         match taken {
             Ok(s) => sockets.push(s),
             Err(e) => {
@@ -406,6 +418,18 @@ fn take_all_listeners() -> Vec<Socket> {
         }
     }
     sockets
+}
+
+/// Takes an inherited socket and makes it nonblocking.
+///
+/// `O_NONBLOCK` is shared by every generation holding the socket. Every
+/// testchild generation uses its sockets nonblocking, and takes them without
+/// the blocking-mode step of the std accessors, so no generation (not even
+/// one that never serves) can leave an older one stuck in a blocking accept.
+fn take_nonblocking(name: &str, kind: Kind) -> Result<std::os::fd::OwnedFd, hotsup_child::Error> {
+    let fd = hotsup_child::take_socket(name, kind)?;
+    rustix::io::ioctl_fionbio(&fd, true).map_err(io::Error::from)?;
+    Ok(fd)
 }
 
 impl Socket {

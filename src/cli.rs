@@ -68,6 +68,17 @@ pub enum Restart {
     Never,
 }
 
+impl Restart {
+    /// The spelling used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Restart::Always => "always",
+            Restart::OnFailure => "on-failure",
+            Restart::Never => "never",
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Listen on ADDR, optionally naming it: HOST:PORT, [V6]:PORT,

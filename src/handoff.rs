@@ -42,6 +42,9 @@ pub enum ChannelEvent {
     Ready,
     /// The child sent a status line.
     Status(String),
+    /// The child sent a well-formed message with a verb this version does
+    /// not know.
+    Unknown(String),
     /// The child sent something that is not a valid message.
     Malformed(String),
     /// The child stopped reading or closed its end.
@@ -127,6 +130,9 @@ pub async fn run(
                     Ok(_) if extra > 0 => Err(format!("message carried {extra} unexpected fds")),
                     Ok(FromChild::Ready) => Ok(ChannelEvent::Ready),
                     Ok(FromChild::Status(s)) => Ok(ChannelEvent::Status(s)),
+                    // Well-formed but from a newer protocol: ignored, as the
+                    // protocol's versioning rules require.
+                    Err(DecodeError::UnknownVerb(verb)) => Ok(ChannelEvent::Unknown(verb)),
                     Err(e) => Err(describe(&e, &msg.bytes)),
                 }
             }

@@ -342,6 +342,9 @@ impl Supervisor {
                     debug!(generation = id, pid, "repeated READY ignored");
                 }
             }
+            ChannelEvent::Unknown(verb) => {
+                debug!(generation = id, pid, "ignored unknown message {verb:?}");
+            }
             ChannelEvent::Malformed(why) => {
                 warn!(generation = id, pid, "malformed message from child: {why}");
                 if matches!(g.state, State::Starting { .. }) {
@@ -558,8 +561,8 @@ impl Supervisor {
                     info!(
                         generation = id,
                         pid = p,
-                        "serving child {how}; not restarting (--restart {:?}), exiting {code}",
-                        self.cfg.restart
+                        "serving child {how}; --restart {} leaves it down, exiting {code}",
+                        self.cfg.restart.name()
                     );
                     self.exit_code = Some(code);
                     self.begin_shutdown(Shutdown::Graceful);

@@ -1,1 +1,9 @@
+//! End-to-end tests: the real `hotsup` binary supervising real servers on
+//! loopback. One test binary, as ripgrep does; each module is one area.
 
+mod bad_input;
+mod lifecycle;
+mod listeners;
+mod rollback;
+mod upgrade;
+mod util;

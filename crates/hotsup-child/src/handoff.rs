@@ -133,6 +133,17 @@ impl Handoff {
         &self.listeners
     }
 
+    /// Takes the socket named `name`, checked to be of `kind`, leaving its
+    /// `O_NONBLOCK` flag as it is.
+    ///
+    /// For apps that set the mode themselves. The flag is shared by every
+    /// generation holding the socket, so all generations of the app must use
+    /// the same mode: a generation that makes a listener blocking can leave
+    /// an older one stuck in `accept` while it drains.
+    pub fn take_socket(&self, name: &str, kind: Kind) -> Result<OwnedFd, Error> {
+        self.take(self.index_of(name)?, kind)
+    }
+
     /// Takes the TCP listener named `name`, set to blocking mode.
     pub fn take_tcp(&self, name: &str) -> Result<TcpListener, Error> {
         let listener = TcpListener::from(self.take(self.index_of(name)?, Kind::Tcp)?);

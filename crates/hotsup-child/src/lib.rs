@@ -1,4 +1,4 @@
-//! Inherit listening sockets from the [hotsup] supervisor, tell it when you
+//! Inherit listening sockets from the hotsup supervisor, tell it when you
 //! serve, and learn when to stop.
 //!
 //! hotsup is a zero-downtime restart supervisor. It binds the listening
@@ -123,6 +123,12 @@
 //! an accept loop that must notice a drain promptly should poll (see the
 //! example above) rather than block.
 //!
+//! All generations of an app must agree on the mode. A generation that makes
+//! a listener blocking while an older one is parked in a nonblocking-style
+//! `accept` can leave the older one blocked in the kernel, unable to notice
+//! its drain. [`take_socket`] hands a socket over without touching the flag,
+//! for apps that set it themselves.
+//!
 //! # Draining
 //!
 //! [`drain()`] returns a [`Drain`] handle. It turns draining when
@@ -244,8 +250,6 @@
 //! supervisor -> child   DRAIN timeout_ms=30000
 //!      ... the child closes its listeners, finishes its requests, exits 0
 //! ```
-//!
-//! [hotsup]: https://example.invalid/hotsup
 
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs, UdpSocket};
 use std::os::unix::net::UnixListener;
@@ -308,6 +312,14 @@ pub fn inherit_listener<A: ToSocketAddrs>(fallback: A) -> Result<TcpListener, Er
         Some(handoff) => handoff.take_first_tcp(),
         None => bind_tcp(fallback),
     }
+}
+
+/// Takes the inherited socket named `name`, checked to be of `kind`,
+/// without changing its `O_NONBLOCK` flag. See [`Handoff::take_socket`].
+///
+/// Standalone this returns [`Error::NotFound`].
+pub fn take_socket(name: &str, kind: Kind) -> Result<std::os::fd::OwnedFd, Error> {
+    supervised(name)?.take_socket(name, kind)
 }
 
 /// Takes the inherited TCP listener named `name`, in blocking mode.

@@ -1,0 +1,248 @@
+//! Drain escalation, crash restarts and shutdown.
+
+use std::time::Duration;
+
+use hotsup_bench::http::FailureKind;
+use hotsup_bench::http::request_once;
+use hotsup_bench::loadgen::{Load, LoadConfig};
+use rustix::process::Signal;
+
+use crate::util::{Hotsup, WAIT, alive, example, field, tempdir, wait_dead, zombies_of};
+
+#[test]
+fn old_child_ignoring_drain_is_killed_with_its_whole_group() {
+    let dir = tempdir();
+    let mode = dir.path().join("mode");
+    std::fs::write(&mode, "ignore-drain").unwrap();
+    let mut h = Hotsup::run(
+        &["-l", "http=127.0.0.1:0", "--drain-timeout", "1s"],
+        &[
+            example("testchild"),
+            "--mode-file".into(),
+            mode.clone(),
+        ],
+    );
+    let old = h.ready(1);
+    let grandchild: i32 = field(&h.out.wait(&["testchild grandchild"]), "pid")
+        .parse()
+        .unwrap();
+    assert!(alive(grandchild));
+
+    std::fs::write(&mode, "serve").unwrap();
+    h.upgrade();
+    h.ready(2);
+    h.log.wait(&["draining", "generation=1 "]);
+    h.log
+        .wait(&["still running at the drain deadline", "generation=1 "]);
+    h.log.wait(&["killed by SIGKILL", "generation=1 "]);
+    assert!(wait_dead(old, WAIT), "old child survived");
+    assert!(
+        wait_dead(grandchild, WAIT),
+        "grandchild survived its group's kill"
+    );
+    assert!(zombies_of(h.pid).is_empty());
+
+    // Generation 2 serves.
+    let body = request_once(h.addr("http"), "/", WAIT).unwrap().body_text();
+    assert!(body.contains("generation=2"), "{body}");
+    h.signal(Signal::TERM);
+    assert_eq!(h.wait_exit(WAIT).code(), Some(0));
+}
+
+#[test]
+fn crashes_restart_with_backoff_while_clients_queue() {
+    let dir = tempdir();
+    let mode = dir.path().join("mode");
+    std::fs::write(&mode, "crash-after-ready").unwrap();
+    let mut h = Hotsup::run(
+        &["-l", "http=127.0.0.1:0"],
+        &[
+            example("testchild"),
+            "--mode-file".into(),
+            mode.clone(),
+            "--crash-after-ms".into(),
+            "200".into(),
+        ],
+    );
+    let addr = h.addr("http");
+    h.ready(1);
+    // Fresh connections all through the crash loop: they wait in the
+    // backlog hotsup holds, and are never refused.
+    let load = Load::start(LoadConfig {
+        keep_alive: false,
+        concurrency: 2,
+        max_duration: Duration::from_secs(120),
+        timeout: Duration::from_secs(20),
+        ..LoadConfig::new(addr)
+    });
+    h.log
+        .wait(&["serving child exited with code 4", "generation=1 "]);
+    h.log.wait(&["restarting in 100ms"]);
+    h.ready(2);
+    h.log.wait(&["restarting in 200ms"]);
+    h.ready(3);
+    h.log.wait(&["restarting in 400ms"]);
+    std::fs::write(&mode, "serve").unwrap();
+    h.ready(4);
+    assert!(load.wait_for_more_ok(50, WAIT));
+    let report = load.stop();
+    assert_eq!(
+        report.failures_of(&FailureKind::Refused),
+        0,
+        "a connection was refused: {:?}",
+        report.samples
+    );
+    // Requests a crashing child had accepted die with it; requests that
+    // were only queued are served by the next generation.
+    let served: Vec<u64> = report.generations_seen().into_iter().collect();
+    assert!(
+        served.contains(&4),
+        "generation 4 served nothing: {served:?}"
+    );
+    assert!(zombies_of(h.pid).is_empty());
+    h.signal(Signal::TERM);
+    assert_eq!(h.wait_exit(WAIT).code(), Some(0));
+}
+
+#[test]
+fn shutdown_drains_in_flight_requests_and_exits_0() {
+    let dir = tempdir();
+    let sock = dir.path().join("app.sock");
+    let unix_arg = format!("admin=unix:{}", sock.display());
+    let mut h = Hotsup::run(
+        &[
+            "-l",
+            "http=127.0.0.1:0",
+            "-l",
+            &unix_arg,
+            "--unix-mode",
+            "600",
+        ],
+        &[example("http")],
+    );
+    let addr = h.addr("http");
+    let pid = h.ready(1);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&sock).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let slow = std::thread::spawn(move || request_once(addr, "/?sleep_ms=1500", WAIT));
+    // The request is in flight once the server has accepted it; give the
+    // connection a moment to be accepted, bounded by observing the socket.
+    let deadline = std::time::Instant::now() + WAIT;
+    while std::time::Instant::now() < deadline && !has_established(pid) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    h.signal(Signal::TERM);
+    h.log.wait(&["draining via protocol", "generation=1 "]);
+    let resp = slow.join().unwrap().expect("in-flight request failed");
+    assert_eq!(resp.status, 200);
+    assert_eq!(h.wait_exit(WAIT).code(), Some(0));
+    assert!(!alive(pid));
+    assert!(!sock.exists(), "socket file left behind");
+}
+
+/// Whether `pid` holds an established TCP connection (it accepted one).
+fn has_established(pid: i32) -> bool {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .map(|l| l.to_string_lossy().into_owned())
+                .filter_map(|l| {
+                    l.strip_prefix("socket:[")
+                        .map(|s| s.trim_end_matches(']').to_string())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    tcp.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.get(3) == Some(&"01") && f.get(9).is_some_and(|i| inodes.iter().any(|x| x == i))
+    })
+}
+
+#[test]
+fn second_interrupt_kills_at_once_and_exits_1() {
+    let dir = tempdir();
+    let mode = dir.path().join("mode");
+    std::fs::write(&mode, "ignore-drain").unwrap();
+    let mut h = Hotsup::run(
+        &["-l", "127.0.0.1:0", "--drain-timeout", "60s"],
+        &[example("testchild"), "--mode-file".into(), mode],
+    );
+    let pid = h.ready(1);
+    h.signal(Signal::TERM);
+    h.log.wait(&["graceful shutdown"]);
+    h.log.wait(&["draining", "generation=1 "]);
+    h.signal(Signal::INT);
+    // Far sooner than the 60s drain timeout.
+    assert_eq!(h.wait_exit(Duration::from_secs(10)).code(), Some(1));
+    assert!(wait_dead(pid, WAIT));
+}
+
+#[test]
+fn restart_policy_decides_what_an_exit_means() {
+    let dir = tempdir();
+    let mode = dir.path().join("mode");
+    // A child that exits 0 on its own is done, under the default policy.
+    std::fs::write(&mode, "exit-after-ready").unwrap();
+    let mut h = Hotsup::run(
+        &["-l", "127.0.0.1:0"],
+        &[
+            example("testchild"),
+            "--mode-file".into(),
+            mode.clone(),
+        ],
+    );
+    h.ready(1);
+    assert_eq!(h.wait_exit(WAIT).code(), Some(0));
+    assert_eq!(h.log.count(&["restarting in"]), 0);
+    h.log
+        .wait(&["--restart on-failure leaves it down, exiting 0"]);
+
+    // A crash under --restart never is a runtime failure.
+    std::fs::write(&mode, "crash-after-ready").unwrap();
+    let mut h = Hotsup::run(
+        &["-l", "127.0.0.1:0", "--restart", "never"],
+        &[
+            example("testchild"),
+            "--mode-file".into(),
+            mode.clone(),
+        ],
+    );
+    h.ready(1);
+    assert_eq!(h.wait_exit(WAIT).code(), Some(1));
+
+    // --restart always restarts even a clean exit.
+    std::fs::write(&mode, "exit-after-ready").unwrap();
+    let mut h = Hotsup::run(
+        &["-l", "127.0.0.1:0", "--restart", "always"],
+        &[
+            example("testchild"),
+            "--mode-file".into(),
+            mode.clone(),
+        ],
+    );
+    h.ready(1);
+    h.ready(2);
+    h.signal(Signal::TERM);
+    h.wait_exit(WAIT);
+}
+
+#[test]
+fn quit_and_usr1_are_forwarded_to_the_serving_child() {
+    let mut h = Hotsup::run(
+        &["-l", "127.0.0.1:0", "--restart", "never"],
+        &[example("http")],
+    );
+    let pid = h.ready(1);
+    h.signal(Signal::USR1);
+    h.log.wait(&["forwarding SIGUSR1", &format!("pid={pid}")]);
+    // The http example does not handle SIGUSR1, so it dies of it: proof the
+    // signal reached the child, not just the log.
+    h.log.wait(&["killed by SIGUSR1", "generation=1 "]);
+    assert_eq!(h.wait_exit(WAIT).code(), Some(1));
+}

@@ -1,0 +1,316 @@
+//! A small harness: run the real `hotsup` binary, follow its log, find the
+//! example servers, and check processes.
+
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Upper bound for any single wait; a healthy run needs a fraction of it,
+/// and a loaded 2-core CI machine must not turn slowness into failure.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+pub fn hotsup_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_hotsup")
+}
+
+/// An example binary, built by `cargo test` next to the test binary.
+pub fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = profile_dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the examples (cargo test builds them)",
+        path.display()
+    );
+    path
+}
+
+/// A fresh private directory, removed on drop.
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("hotsup-e2e-")
+        .tempdir()
+        .expect("tempdir")
+}
+
+#[derive(Default)]
+struct Lines {
+    lines: Vec<String>,
+    closed: bool,
+}
+
+/// Lines of a child's stream, collected by a thread as they arrive.
+#[derive(Clone)]
+pub struct Stream(Arc<(Mutex<Lines>, Condvar)>);
+
+impl Stream {
+    fn follow(r: impl std::io::Read + Send + 'static, echo: &'static str) -> Stream {
+        let s = Stream(Arc::default());
+        let inner = s.0.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(r).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("[{echo}] {line}");
+                let (m, cv) = &*inner;
+                m.lock().unwrap().lines.push(line);
+                cv.notify_all();
+            }
+            let (m, cv) = &*inner;
+            m.lock().unwrap().closed = true;
+            cv.notify_all();
+        });
+        s
+    }
+
+    pub fn all(&self) -> Vec<String> {
+        self.0.0.lock().unwrap().lines.clone()
+    }
+
+    /// Waits for a line, at or after index `from`, that contains every
+    /// needle. Returns its index and text.
+    pub fn wait_from(&self, from: usize, needles: &[&str], timeout: Duration) -> (usize, String) {
+        let deadline = Instant::now() + timeout;
+        let (m, cv) = &*self.0;
+        let mut g = m.lock().unwrap();
+        loop {
+            if let Some((i, l)) = g
+                .lines
+                .iter()
+                .enumerate()
+                .skip(from)
+                .find(|(_, l)| needles.iter().all(|n| l.contains(n)))
+            {
+                return (i, l.clone());
+            }
+            let now = Instant::now();
+            if now >= deadline || g.closed {
+                let all = g.lines.join("\n");
+                drop(g);
+                panic!("no line with {needles:?} within {timeout:?}; got:\n{all}");
+            }
+            g = cv.wait_timeout(g, deadline - now).unwrap().0;
+        }
+    }
+
+    pub fn wait(&self, needles: &[&str]) -> String {
+        self.wait_from(0, needles, WAIT).1
+    }
+
+    pub fn count(&self, needles: &[&str]) -> usize {
+        self.all()
+            .iter()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .count()
+    }
+}
+
+/// A running `hotsup`, killed with every generation's group on drop.
+pub struct Hotsup {
+    child: Child,
+    pub pid: i32,
+    pub log: Stream,
+    pub out: Stream,
+    status: Option<ExitStatus>,
+}
+
+impl Hotsup {
+    /// `hotsup run ARGS -- COMMAND...`
+    pub fn run<S: AsRef<OsStr>>(args: &[&str], command: &[S]) -> Hotsup {
+        let mut cmd = Command::new(hotsup_bin());
+        cmd.arg("run")
+            .args(args)
+            .arg("--")
+            .args(command)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn hotsup");
+        let log = Stream::follow(child.stderr.take().unwrap(), "hotsup");
+        let out = Stream::follow(child.stdout.take().unwrap(), "child");
+        let pid = child.id() as i32;
+        Hotsup {
+            child,
+            pid,
+            log,
+            out,
+            status: None,
+        }
+    }
+
+    /// The bound address of listener `name`, from the `listening` line.
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        let line = self.log.wait(&["listening", &format!("name={name} ")]);
+        field(&line, "address").parse().expect("address")
+    }
+
+    /// Waits until generation `g` is ready; returns its pid.
+    pub fn ready(&self, g: u64) -> i32 {
+        let line = self.log.wait(&[" ready ", &format!("generation={g} ")]);
+        field(&line, "pid").parse().unwrap()
+    }
+
+    /// The pid generation `g` was spawned with.
+    pub fn spawned_pid(&self, g: u64) -> i32 {
+        let line = self.log.wait(&["spawned", &format!("generation={g} ")]);
+        field(&line, "pid").parse().unwrap()
+    }
+
+    pub fn signal(&self, sig: rustix::process::Signal) {
+        rustix::process::kill_process(rustix::process::Pid::from_raw(self.pid).unwrap(), sig)
+            .expect("signal hotsup");
+    }
+
+    pub fn upgrade(&self) {
+        self.signal(rustix::process::Signal::USR2);
+    }
+
+    /// Waits for hotsup to exit, bounded.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                self.status = Some(s);
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "hotsup did not exit within {timeout:?}; log:\n{}",
+                self.log.all().join("\n")
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.status.is_none() && self.child.try_wait().unwrap().is_none()
+    }
+
+    /// fds hotsup holds open now.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Hotsup {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Children get SIGTERM from PR_SET_PDEATHSIG, but some test children
+        // ignore it on purpose.
+        for line in self.log.all() {
+            if line.contains("spawned") {
+                if let Some(pid) = field(&line, "pid")
+                    .parse()
+                    .ok()
+                    .and_then(rustix::process::Pid::from_raw)
+                {
+                    let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+                }
+            }
+        }
+    }
+}
+
+/// The value of `key=value` in a log line (quotes stripped).
+pub fn field(line: &str, key: &str) -> String {
+    let pat = format!("{key}=");
+    let start = line
+        .match_indices(&pat)
+        .find(|(i, _)| *i == 0 || line.as_bytes()[i - 1] == b' ')
+        .map(|(i, _)| i + pat.len())
+        .unwrap_or_else(|| panic!("no {key}= in {line:?}"));
+    line[start..]
+        .split(' ')
+        .next()
+        .unwrap()
+        .trim_matches('"')
+        .to_string()
+}
+
+/// Whether a process is alive: it exists and is not a zombie. A killed
+/// orphan is reparented to init, which may reap it late; as a zombie it no
+/// longer runs or holds sockets.
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|s| s.split_whitespace().next());
+            !matches!(state, Some("Z") | Some("X"))
+        }
+        Err(_) => false,
+    }
+}
+
+/// Waits until `pid` is dead, bounded.
+pub fn wait_dead(pid: i32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if !alive(pid) {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    !alive(pid)
+}
+
+/// Zombie children of `pid`.
+pub fn zombies_of(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        let rest: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        if rest.first() == Some(&"Z") && rest.get(1) == Some(&pid.to_string().as_str()) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Runs `hotsup ARGS` to completion (for bad-input cases), bounded.
+pub fn run_to_end(args: &[&str]) -> (i32, String) {
+    let mut child = Command::new(hotsup_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn hotsup");
+    let stderr = child.stderr.take().unwrap();
+    let reader = thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("hotsup {args:?} did not exit");
+        }
+        thread::sleep(Duration::from_millis(5));
+    };
+    (status.code().unwrap_or(-1), reader.join().unwrap())
+}
