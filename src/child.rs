@@ -11,16 +11,20 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use command_fds::{CommandFdExt, FdMapping};
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
 use rustix::process::{Pid, Signal};
 
 use hotsup_protocol::{ENV_FD, ENV_GENERATION};
 
+use crate::listeners::Listener;
+
 /// Variables meant for hotsup itself, which must not reach the app: a child
 /// that sent `STOPPING=1` to hotsup's own systemd would get the whole unit
-/// stopped.
+/// stopped. Children get hotsup's own `NOTIFY_SOCKET` instead.
 const SCRUBBED_ENV: &[&str] = &[
     "NOTIFY_SOCKET",
+    "HOTSUP_FD",
     "LISTEN_FDS",
     "LISTEN_PID",
     "LISTEN_FDNAMES",
@@ -70,70 +74,150 @@ pub fn resolve(program: &OsStr) -> Result<PathBuf, ResolveError> {
     Ok(path)
 }
 
-/// A started child: its pid (also its process group id) and the
-/// supervisor's end of its channel.
+/// A started child: its pid (also its process group id) and, in native
+/// mode, the supervisor's end of its channel.
 pub struct Spawned {
     pub pid: Pid,
-    pub channel: OwnedFd,
+    pub channel: Option<OwnedFd>,
 }
 
-/// Starts one generation of `program` with `args`.
-///
-/// The child gets its own `SOCK_SEQPACKET` channel at the fd named by
-/// `HOTSUP_FD`, runs in a new process group (so its whole tree can be
-/// killed), and receives SIGTERM if hotsup dies.
-pub fn spawn(
-    program: &Path,
-    argv0: &OsStr,
-    args: &[OsString],
-    generation: u64,
-) -> io::Result<Spawned> {
-    let (parent_end, child_end) = rustix::net::socketpair(
-        AddressFamily::UNIX,
-        SocketType::SEQPACKET,
-        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
-        None,
-    )?;
-    // The child's end must block: apps read it with plain recvmsg.
-    rustix::io::ioctl_fionbio(&child_end, false)?;
-    let child_fd = child_end.as_raw_fd();
-    let hotsup_pid = rustix::process::getpid();
+/// How a child receives the listeners.
+pub enum Pass<'a> {
+    /// A `SOCK_SEQPACKET` channel at the fd named by `HOTSUP_FD`.
+    Native,
+    /// systemd socket activation: the listeners at fds 3, 4, ...
+    Systemd(&'a [Listener]),
+}
 
-    let mut cmd = Command::new(program);
-    cmd.arg0(argv0)
-        .args(args)
-        .env(ENV_FD, child_fd.to_string())
-        .env(ENV_GENERATION, generation.to_string())
-        .process_group(0);
-    for var in SCRUBBED_ENV {
-        cmd.env_remove(var);
+/// The hidden subcommand through which hotsup re-executes itself in the
+/// child to set `LISTEN_PID` to the child's own pid before running the app.
+pub const EXEC_LISTEN_PID: &str = "__exec-listen-pid";
+
+/// What to start.
+pub struct Spec<'a> {
+    pub program: &'a Path,
+    pub argv0: &'a OsStr,
+    pub args: &'a [OsString],
+    pub generation: u64,
+    pub notify_socket: Option<&'a Path>,
+    pub pass: Pass<'a>,
+}
+
+/// Starts one generation.
+///
+/// The child runs in a new process group (so its whole tree can be killed)
+/// and receives SIGTERM if hotsup dies.
+pub fn spawn(spec: &Spec<'_>) -> io::Result<Spawned> {
+    let hotsup_pid = rustix::process::getpid();
+    let mut cmd;
+    let mut channel = None;
+    let mut child_fd = None;
+    match spec.pass {
+        Pass::Native => {
+            let (parent_end, child_end) = rustix::net::socketpair(
+                AddressFamily::UNIX,
+                SocketType::SEQPACKET,
+                SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+                None,
+            )?;
+            // The child's end must block: apps read it with plain recvmsg.
+            rustix::io::ioctl_fionbio(&child_end, false)?;
+            cmd = scrubbed(spec.program);
+            cmd.arg0(spec.argv0)
+                .args(spec.args)
+                .env(ENV_FD, child_end.as_raw_fd().to_string());
+            child_fd = Some(child_end);
+            channel = Some(parent_end);
+        }
+        Pass::Systemd(listeners) => {
+            // Only the child knows its pid, and LISTEN_PID must be exactly
+            // that: hotsup re-executes itself, sets it, and execs the app.
+            cmd = scrubbed(Path::new("/proc/self/exe"));
+            cmd.arg0("hotsup")
+                .arg(EXEC_LISTEN_PID)
+                .arg(spec.argv0)
+                .arg(spec.program)
+                .args(spec.args)
+                .env("LISTEN_FDS", listeners.len().to_string())
+                .env(
+                    "LISTEN_FDNAMES",
+                    listeners
+                        .iter()
+                        .map(|l| l.info.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(":"),
+                );
+            let mut mappings = Vec::with_capacity(listeners.len());
+            for (i, l) in listeners.iter().enumerate() {
+                mappings.push(FdMapping {
+                    parent_fd: l.fd().try_clone_to_owned()?,
+                    child_fd: 3 + i as RawFd,
+                });
+            }
+            cmd.fd_mappings(mappings)
+                .map_err(|_| io::Error::other("listener fds collide"))?;
+        }
     }
+    cmd.env(ENV_GENERATION, spec.generation.to_string())
+        .process_group(0);
+    if let Some(path) = spec.notify_socket {
+        cmd.env("NOTIFY_SOCKET", path);
+    }
+    let raw_child_fd = child_fd.as_ref().map(|f| f.as_raw_fd());
     // SAFETY: the closure runs between fork and exec in the child, where
     // only async-signal-safe calls are allowed; `prepare_child` makes only
     // raw syscalls on values captured by copy, and allocates nothing.
     unsafe {
-        cmd.pre_exec(move || prepare_child(child_fd, hotsup_pid));
+        cmd.pre_exec(move || prepare_child(raw_child_fd, hotsup_pid));
     }
     let child = cmd.spawn()?;
-    drop(child_end);
+    drop(child_fd);
     let raw = i32::try_from(child.id()).map_err(io::Error::other)?;
     let pid = Pid::from_raw(raw).ok_or_else(|| io::Error::other("spawn returned pid 0"))?;
     // The `Child` handle is dropped without waiting: exit statuses are
-    // collected by the supervisor's single waitpid(-1) loop.
+    // collected by the supervisor's single wait() loop.
     drop(child);
-    Ok(Spawned {
-        pid,
-        channel: parent_end,
-    })
+    Ok(Spawned { pid, channel })
+}
+
+/// A command for `program` with hotsup's own variables removed; the
+/// variables meant for the child are set afterwards.
+fn scrubbed(program: &Path) -> Command {
+    let mut cmd = Command::new(program);
+    for var in SCRUBBED_ENV {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// The hidden `__exec-listen-pid ARGV0 PROGRAM ARGS...` step: runs in the
+/// child, single-threaded, before anything else in `main`.
+pub fn exec_listen_pid(rest: &[OsString]) -> ! {
+    let [argv0, program, args @ ..] = rest else {
+        eprintln!("hotsup: {EXEC_LISTEN_PID} needs ARGV0 PROGRAM [ARGS...]");
+        std::process::exit(2);
+    };
+    let mut cmd = Command::new(program);
+    cmd.arg0(argv0)
+        .args(args)
+        .env("LISTEN_PID", std::process::id().to_string());
+    let err = cmd.exec();
+    eprintln!(
+        "hotsup: cannot exec {}: {err}",
+        Path::new(program).display()
+    );
+    std::process::exit(127);
 }
 
 /// Runs in the forked child before exec: async-signal-safe syscalls only
 /// (fcntl, sigprocmask, prctl, getppid); no allocation, locks or logging.
-fn prepare_child(child_fd: RawFd, hotsup_pid: Pid) -> io::Result<()> {
-    // SAFETY: child_fd is open in the child: it was inherited from the
-    // parent's copy, which stays open until spawn returns.
-    let fd = unsafe { BorrowedFd::borrow_raw(child_fd) };
-    rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
+fn prepare_child(child_fd: Option<RawFd>, hotsup_pid: Pid) -> io::Result<()> {
+    if let Some(child_fd) = child_fd {
+        // SAFETY: child_fd is open in the child: it was inherited from the
+        // parent's copy, which stays open until spawn returns.
+        let fd = unsafe { BorrowedFd::borrow_raw(child_fd) };
+        rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
+    }
     // A signal blocked in hotsup would stay blocked across exec.
     let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
     // SAFETY: sigemptyset initialises the set it is given; sigprocmask gets

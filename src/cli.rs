@@ -29,17 +29,115 @@ pub struct Cli {
 
 pub const EXIT_CODES: &str = "\
 Exit codes:
-  0  clean exit: a graceful shutdown completed, or the child exited 0 and
-     the restart policy did not restart it
-  1  runtime failure: a socket could not be bound, the child failed and was
-     not restarted, or a shutdown had to kill
-  2  usage error: bad arguments, or COMMAND not found or not executable";
+  0  clean exit: a graceful shutdown completed
+  1  runtime failure: a socket could not be bound, nothing could be started,
+     or a shutdown had to kill
+  2  usage error: bad arguments, or COMMAND not found or not executable
+  N  the serving child exited with code N (or 128+signal) and the restart
+     policy left it down, as tini reports it";
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Bind the listeners and run COMMAND under supervision.
     #[command(after_help = RUN_HELP)]
     Run(RunArgs),
+    /// Upgrade a running hotsup and wait for the outcome.
+    ///
+    /// Exits 0 when the new generation is ready, 1 when the upgrade failed
+    /// (the reason is printed) or hotsup cannot be reached.
+    Upgrade {
+        #[command(flatten)]
+        target: Target,
+        /// Return as soon as the upgrade has started.
+        #[arg(long)]
+        no_wait: bool,
+        /// Give up waiting after this long (the upgrade goes on).
+        #[arg(long, default_value = "10m", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Show a running hotsup's listeners and generations.
+    Status {
+        #[command(flatten)]
+        target: Target,
+        /// Machine-readable output (a stable schema, see the README).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Gracefully stop a running hotsup and wait until it exits.
+    Stop {
+        #[command(flatten)]
+        target: Target,
+        /// Return once the shutdown has begun.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Send SIGNAL to the serving child of a running hotsup.
+    Signal {
+        #[command(flatten)]
+        target: Target,
+        /// Name or number, e.g. USR1 or 10.
+        signal: String,
+    },
+    /// Print the man page or shell completions (for packaging).
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        what: Generate,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Generate {
+    /// The man pages (hotsup.1, hotsup-run.1, ...), in roff, into DIR.
+    Man { dir: std::path::PathBuf },
+    /// Completions for SHELL.
+    Completions { shell: clap_complete::Shell },
+}
+
+/// Which running hotsup a client subcommand talks to.
+#[derive(Debug, Args)]
+pub struct Target {
+    /// The control socket's path.
+    #[arg(long, value_name = "PATH", conflicts_with = "name")]
+    pub control: Option<std::path::PathBuf>,
+    /// The name given to `hotsup run --name` (by default, the file name of
+    /// its COMMAND); the socket is found at the default path for it.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+}
+
+/// How children receive the listeners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Fds {
+    /// hotsup's own protocol on a private channel (see hotsup-child).
+    Native,
+    /// systemd socket activation: fds 3, 4, ... with LISTEN_FDS,
+    /// LISTEN_FDNAMES and LISTEN_PID, for unmodified apps.
+    Systemd,
+}
+
+/// How hotsup decides that a new generation is ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadyMode {
+    /// The child says so: READY on the hotsup channel, or READY=1 on
+    /// NOTIFY_SOCKET.
+    Notify,
+    /// The child stayed alive this long (it may also say so sooner).
+    Delay(Duration),
+    /// At once, as soon as it is started.
+    Exec,
+}
+
+/// Parses `notify`, `exec` or `delay:DURATION`.
+pub fn parse_ready(s: &str) -> Result<ReadyMode, String> {
+    match s {
+        "notify" => Ok(ReadyMode::Notify),
+        "exec" => Ok(ReadyMode::Exec),
+        _ => match s.strip_prefix("delay:") {
+            Some(d) => parse_duration(d).map(ReadyMode::Delay),
+            None => Err("expected notify, exec or delay:DURATION (e.g. delay:2s)".into()),
+        },
+    }
 }
 
 const RUN_HELP: &str = "\
@@ -55,7 +153,8 @@ Examples:
   kill -USR2 $(pidof hotsup)
 
 Exit codes:
-  0  clean exit, 1  runtime failure, 2  usage error";
+  0  clean exit, 1  runtime failure, 2  usage error, or the child's own code
+  (128+signal) when it stopped and was not restarted";
 
 /// When to restart a child that exits while serving.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -115,6 +214,38 @@ pub struct RunArgs {
     /// File mode of Unix socket files, in octal (e.g. 660).
     #[arg(long, value_name = "MODE", value_parser = parse_mode, help_heading = "Listeners")]
     pub unix_mode: Option<u32>,
+
+    /// How children receive the listeners: `native` (hotsup's protocol,
+    /// for apps using hotsup-child) or `systemd` (LISTEN_FDS, for apps
+    /// written for systemd socket activation, unmodified).
+    #[arg(long, value_enum, default_value_t = Fds::Native, help_heading = "Children")]
+    pub fds: Fds,
+
+    /// How a new generation counts as ready: `notify` (it says so, natively
+    /// or with READY=1 on NOTIFY_SOCKET), `delay:DURATION` (it stayed alive
+    /// that long) or `exec` (at once).
+    #[arg(long, default_value = "notify", value_name = "MODE", value_parser = parse_ready, help_heading = "Children")]
+    pub ready: ReadyMode,
+
+    /// Serve the control socket at PATH (default: see --name).
+    #[arg(long, value_name = "PATH", help_heading = "Control")]
+    pub control: Option<std::path::PathBuf>,
+
+    /// Name of this supervisor, for the default control socket
+    /// $XDG_RUNTIME_DIR/hotsup/NAME.sock (/run/hotsup/NAME.sock for root).
+    /// Default: the file name of COMMAND.
+    #[arg(long, value_name = "NAME", help_heading = "Control")]
+    pub name: Option<String>,
+
+    /// Most generations draining at once; an upgrade beyond it kills the
+    /// oldest draining generation early.
+    #[arg(long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u16).range(1..), help_heading = "Lifecycle")]
+    pub max_draining: u16,
+
+    /// Become a child subreaper, so orphans of the children are re-parented
+    /// to hotsup and reaped (automatic when hotsup runs as PID 1).
+    #[arg(long, help_heading = "Children")]
+    pub subreaper: bool,
 
     /// How long a new generation may take to report ready before the
     /// upgrade is abandoned.
@@ -229,6 +360,18 @@ mod tests {
         assert!(parse_signal("NOPE").is_err());
         assert!(parse_signal("0").is_err());
         assert_eq!(signal_name(9), "SIGKILL");
+    }
+
+    #[test]
+    fn ready_modes() {
+        assert_eq!(parse_ready("notify"), Ok(ReadyMode::Notify));
+        assert_eq!(parse_ready("exec"), Ok(ReadyMode::Exec));
+        assert_eq!(
+            parse_ready("delay:300ms"),
+            Ok(ReadyMode::Delay(Duration::from_millis(300)))
+        );
+        assert!(parse_ready("delay:").is_err());
+        assert!(parse_ready("later").is_err());
     }
 
     #[test]

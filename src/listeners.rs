@@ -200,6 +200,140 @@ impl Drop for Listener {
     }
 }
 
+/// Why sockets passed to hotsup by socket activation cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivationError {
+    #[error("LISTEN_FDS={0:?} is not a number")]
+    BadCount(String),
+    #[error("fd {fd} ({name}) from LISTEN_FDS is not a socket")]
+    NotASocket { fd: i32, name: String },
+    #[error("fd {fd} ({name}) from LISTEN_FDS is a stream socket that is not listening")]
+    NotListening { fd: i32, name: String },
+    #[error(
+        "fd {fd} ({name}) from LISTEN_FDS is {what}; only TCP, UDP and Unix stream sockets are supported"
+    )]
+    Unsupported { fd: i32, name: String, what: String },
+    #[error("fd {fd} ({name}) from LISTEN_FDS: {source}")]
+    Io {
+        fd: i32,
+        name: String,
+        source: io::Error,
+    },
+}
+
+/// Adopts the sockets of a socket-activated hotsup (`LISTEN_FDS`, fds from
+/// 3, named by `LISTEN_FDNAMES`). Their Unix socket files belong to the
+/// service manager and are never removed.
+pub fn adopt_activated() -> Result<Vec<Listener>, ActivationError> {
+    let Some(count) = std::env::var_os("LISTEN_FDS") else {
+        return Ok(Vec::new());
+    };
+    if let Some(pid) = std::env::var_os("LISTEN_PID").filter(|p| !p.is_empty()) {
+        if pid.to_str() != Some(std::process::id().to_string().as_str()) {
+            return Ok(Vec::new()); // meant for another process
+        }
+    }
+    let count = count.to_string_lossy().into_owned();
+    let n: i32 = count
+        .parse()
+        .map_err(|_| ActivationError::BadCount(count.clone()))?;
+    if !(0..=65536).contains(&n) {
+        return Err(ActivationError::BadCount(count));
+    }
+    let names: Vec<String> = std::env::var("LISTEN_FDNAMES")
+        .unwrap_or_default()
+        .split(':')
+        .map(str::to_owned)
+        .collect();
+    let mut out = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let fd = 3 + i;
+        let given = names.get(i as usize).filter(|s| !s.is_empty()).cloned();
+        let shown = given.clone().unwrap_or_else(|| format!("#{i}"));
+        // SAFETY: by the socket-activation protocol the service manager hands
+        // hotsup ownership of fds 3..3+LISTEN_FDS; each is adopted once, here.
+        let owned = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let (kind, address) = inspect(&owned).map_err(|e| match e {
+            Inspect::NotSocket => ActivationError::NotASocket {
+                fd,
+                name: shown.clone(),
+            },
+            Inspect::NotListening => ActivationError::NotListening {
+                fd,
+                name: shown.clone(),
+            },
+            Inspect::Unsupported(what) => ActivationError::Unsupported {
+                fd,
+                name: shown.clone(),
+                what,
+            },
+            Inspect::Io(source) => ActivationError::Io {
+                fd,
+                name: shown.clone(),
+                source,
+            },
+        })?;
+        let _ = rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC);
+        let name = given
+            .filter(|n| valid_name(n))
+            .unwrap_or_else(|| default_name(kind, i as usize));
+        out.push(Listener {
+            info: ListenerInfo {
+                name,
+                kind,
+                address,
+            },
+            socket: owned,
+            owned_path: None,
+        });
+    }
+    Ok(out)
+}
+
+enum Inspect {
+    NotSocket,
+    NotListening,
+    Unsupported(String),
+    Io(io::Error),
+}
+
+fn inspect(fd: &OwnedFd) -> Result<(Kind, String), Inspect> {
+    use rustix::net::{AddressFamily, SocketType, sockopt};
+    let ty = match sockopt::socket_type(fd) {
+        Ok(t) => t,
+        Err(rustix::io::Errno::NOTSOCK) | Err(rustix::io::Errno::BADF) => {
+            return Err(Inspect::NotSocket);
+        }
+        Err(e) => return Err(Inspect::Io(e.into())),
+    };
+    let domain = sockopt::socket_domain(fd).map_err(|e| Inspect::Io(e.into()))?;
+    let inet = domain == AddressFamily::INET || domain == AddressFamily::INET6;
+    let kind = match (ty, inet, domain == AddressFamily::UNIX) {
+        (SocketType::STREAM, true, _) => Kind::Tcp,
+        (SocketType::DGRAM, true, _) => Kind::Udp,
+        (SocketType::STREAM, _, true) => Kind::Unix,
+        _ => {
+            return Err(Inspect::Unsupported(format!(
+                "a {ty:?} socket of family {domain:?}"
+            )));
+        }
+    };
+    if ty == SocketType::STREAM
+        && !sockopt::socket_acceptconn(fd).map_err(|e| Inspect::Io(e.into()))?
+    {
+        return Err(Inspect::NotListening);
+    }
+    let local = socket2::SockRef::from(fd)
+        .local_addr()
+        .map_err(Inspect::Io)?;
+    let address = match (local.as_socket(), local.as_pathname()) {
+        (Some(a), _) => a.to_string(),
+        (None, Some(p)) => p.display().to_string(),
+        (None, None) => "(unnamed)".to_string(),
+    };
+    Ok((kind, address))
+}
+
 /// The default name of the listener at `index`: its kind and position, such
 /// as `tcp0` or `unix2`.
 pub fn default_name(kind: Kind, index: usize) -> String {
@@ -215,17 +349,38 @@ fn kind_of(a: &Address) -> Kind {
 }
 
 /// Assigns names and checks they are unique, before anything is bound.
-pub fn name_all(specs: &[ListenSpec]) -> Result<Vec<String>, BindError> {
+/// `taken` are the names of sockets adopted by socket activation, which come
+/// first.
+pub fn name_all(specs: &[ListenSpec], taken: &[String]) -> Result<Vec<String>, BindError> {
+    if let Some(name) = taken
+        .iter()
+        .enumerate()
+        .find_map(|(i, n)| taken[..i].contains(n).then_some(n))
+    {
+        return Err(BindError::DuplicateName {
+            name: name.clone(),
+            first: "LISTEN_FDNAMES".into(),
+            second: "LISTEN_FDNAMES".into(),
+        });
+    }
     let mut names: Vec<String> = Vec::with_capacity(specs.len());
-    for (i, spec) in specs.iter().enumerate() {
+    for (j, spec) in specs.iter().enumerate() {
+        let i = j + taken.len();
+        if let Some(name) = spec.name.as_ref().filter(|n| taken.contains(n)) {
+            return Err(BindError::DuplicateName {
+                name: name.clone(),
+                first: "LISTEN_FDNAMES".into(),
+                second: spec.raw.clone(),
+            });
+        }
         let name = spec
             .name
             .clone()
             .unwrap_or_else(|| default_name(kind_of(&spec.address), i));
-        if let Some(j) = names.iter().position(|n| *n == name) {
+        if let Some(k) = names.iter().position(|n| *n == name) {
             return Err(BindError::DuplicateName {
                 name,
-                first: specs[j].raw.clone(),
+                first: specs[k].raw.clone(),
                 second: spec.raw.clone(),
             });
         }
@@ -236,8 +391,12 @@ pub fn name_all(specs: &[ListenSpec]) -> Result<Vec<String>, BindError> {
 
 /// Binds every listener, or none: on error, those already bound are closed
 /// and their socket files removed.
-pub fn bind_all(specs: &[ListenSpec], opts: &BindOptions) -> Result<Vec<Listener>, BindError> {
-    let names = name_all(specs)?;
+pub fn bind_all(
+    specs: &[ListenSpec],
+    taken: &[String],
+    opts: &BindOptions,
+) -> Result<Vec<Listener>, BindError> {
+    let names = name_all(specs, taken)?;
     let mut out = Vec::with_capacity(specs.len());
     for (spec, name) in specs.iter().zip(names) {
         out.push(bind_one(spec, name, opts)?);
@@ -473,13 +632,19 @@ mod tests {
             .iter()
             .map(|s| s.parse().unwrap())
             .collect();
-        assert_eq!(name_all(&specs).unwrap(), ["tcp0", "udp1", "x"]);
+        assert_eq!(name_all(&specs, &[]).unwrap(), ["tcp0", "udp1", "x"]);
+        // Adopted sockets come first and shift the positions.
+        assert_eq!(
+            name_all(&specs, &["web".into()]).unwrap(),
+            ["tcp1", "udp2", "x"]
+        );
+        assert!(name_all(&specs, &["x".into()]).is_err());
         let dup: Vec<ListenSpec> = ["a=127.0.0.1:0", "a=127.0.0.1:1"]
             .iter()
             .map(|s| s.parse().unwrap())
             .collect();
         assert!(matches!(
-            name_all(&dup),
+            name_all(&dup, &[]),
             Err(BindError::DuplicateName { .. })
         ));
     }

@@ -5,8 +5,11 @@
 
 mod child;
 mod cli;
+mod client;
+mod control;
 mod handoff;
 mod listeners;
+mod notify;
 mod supervisor;
 
 use std::process::ExitCode;
@@ -21,7 +24,14 @@ const EXIT_RUNTIME: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
+    // The trampoline of `--fds systemd` runs in the child, before anything
+    // else touches the process.
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv.get(1).is_some_and(|a| a == child::EXEC_LISTEN_PID) {
+        child::exec_listen_pid(&argv[2..]);
+    }
     ensure_std_fds();
+    close_inherited_fds_on_exec();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return ExitCode::from(usage_error(e)),
@@ -29,7 +39,38 @@ fn main() -> ExitCode {
     init_logging(cli.verbose, cli.quiet);
     match cli.command {
         Command::Run(args) => ExitCode::from(run(args)),
+        Command::Generate { what } => ExitCode::from(generate(what)),
+        Command::Upgrade {
+            target,
+            no_wait,
+            timeout,
+        } => ExitCode::from(client::upgrade(&target, no_wait, timeout)),
+        Command::Status { target, json } => ExitCode::from(client::status(&target, json)),
+        Command::Stop { target, no_wait } => ExitCode::from(client::stop(&target, no_wait)),
+        Command::Signal { target, signal } => ExitCode::from(client::signal(&target, &signal)),
     }
+}
+
+/// Man page and completions, generated from the clap definitions.
+fn generate(what: cli::Generate) -> u8 {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    let mut out = std::io::stdout().lock();
+    match what {
+        cli::Generate::Man { dir } => {
+            cmd.build();
+            if let Err(e) = clap_mangen::generate_to(cmd, &dir) {
+                return runtime_failure(format!(
+                    "cannot write man pages to {}: {e}",
+                    dir.display()
+                ));
+            }
+        }
+        cli::Generate::Completions { shell } => {
+            clap_complete::generate(shell, &mut cmd, "hotsup", &mut out);
+        }
+    }
+    0
 }
 
 /// Prints a clap error as one line (help and version print in full).
@@ -95,8 +136,17 @@ fn run(args: RunArgs) -> u8 {
     let Some((program, rest)) = args.command.split_first() else {
         return usage("no COMMAND given: usage: hotsup run [OPTIONS] -- COMMAND [ARGS]...");
     };
-    if let Err(e) = listeners::name_all(&args.listen) {
+    // Sockets handed to hotsup itself by socket activation come first.
+    let adopted = match listeners::adopt_activated() {
+        Ok(a) => a,
+        Err(e) => return runtime_failure(format!("socket activation: {e}")),
+    };
+    let taken: Vec<String> = adopted.iter().map(|l| l.info.name.clone()).collect();
+    if let Err(e) = listeners::name_all(&args.listen, &taken) {
         return usage(e);
+    }
+    if adopted.is_empty() && args.listen.is_empty() {
+        return usage("no listeners: give --listen ADDR, or start hotsup with socket activation");
     }
     if let Err(e) = child::resolve(program) {
         return usage(e);
@@ -110,8 +160,9 @@ fn run(args: RunArgs) -> u8 {
     };
     // Dropping `bound` (on every return path) closes the sockets and removes
     // the Unix socket files hotsup created.
-    let bound = match listeners::bind_all(&args.listen, &opts) {
-        Ok(b) => b,
+    let mut bound = adopted;
+    match listeners::bind_all(&args.listen, &taken, &opts) {
+        Ok(b) => bound.extend(b),
         Err(e) => return runtime_failure(e),
     };
     for l in &bound {
@@ -121,6 +172,11 @@ fn run(args: RunArgs) -> u8 {
         Ok(o) => o,
         Err(e) => return runtime_failure(format!("cannot describe listeners: {e}")),
     };
+    if args.subreaper || rustix::process::getpid().is_init() {
+        if let Err(e) = rustix::process::set_child_subreaper(Some(rustix::process::getpid())) {
+            return runtime_failure(format!("cannot become a child subreaper: {e}"));
+        }
+    }
     let cfg = supervisor::Config {
         program: program.clone(),
         args: rest.to_vec(),
@@ -128,7 +184,22 @@ fn run(args: RunArgs) -> u8 {
         drain_timeout: args.drain_timeout,
         drain_signal: args.drain_signal,
         restart: args.restart,
+        fds: args.fds,
+        ready: args.ready,
+        notify_path: None,
+        max_draining: usize::from(args.max_draining),
     };
+    let name = args.name.clone().unwrap_or_else(|| {
+        std::path::Path::new(program)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "hotsup".into())
+    });
+    let explicit_control = args.control.is_some();
+    let control_path = args
+        .control
+        .clone()
+        .unwrap_or_else(|| control::default_path(&name));
     // One thread: spawning from the thread that lives as long as hotsup
     // keeps PR_SET_PDEATHSIG meaningful, and the supervisor does no
     // per-request work that could use more.
@@ -139,12 +210,68 @@ fn run(args: RunArgs) -> u8 {
         Ok(rt) => rt,
         Err(e) => return runtime_failure(format!("cannot start the event loop: {e}")),
     };
-    match rt.block_on(supervisor::Supervisor::new(cfg, outbox).run()) {
+    let result = rt.block_on(async move {
+        // Bound before the first child starts, so no READY=1 can be missed.
+        let notify = notify::ChildNotify::bind()
+            .map_err(|e| format!("cannot create the children's NOTIFY_SOCKET: {e}"))?;
+        tracing::info!(path = %notify.path.display(), "children's NOTIFY_SOCKET");
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let _reader = notify.spawn_reader(tx);
+        let cfg = supervisor::Config {
+            notify_path: Some(notify.path.clone()),
+            ..cfg
+        };
+        let (control_tx, control_rx) = tokio::sync::mpsc::unbounded_channel();
+        // An explicit --control must work; the default one is a convenience
+        // that must not stop a supervisor from starting.
+        let control = match control::Server::bind(&control_path) {
+            Ok(mut server) => {
+                tracing::info!(path = %server.path.display(), "control socket");
+                server.spawn(control_tx);
+                Some(server)
+            }
+            Err(e) if explicit_control => return Err(e.to_string()),
+            Err(e) => {
+                tracing::warn!("no control socket: {e}");
+                None
+            }
+        };
+        let code = supervisor::Supervisor::new(cfg, outbox, rx, control_rx)
+            .run()
+            .await
+            .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+        drop(notify);
+        if let Some(c) = &control {
+            c.quiesce(std::time::Duration::from_secs(1)).await;
+        }
+        drop(control);
+        Ok::<u8, String>(code)
+    });
+    match result {
         Ok(code) => {
             tracing::info!(code, "exiting");
             code
         }
-        Err(e) => runtime_failure(format!("cannot install signal handlers: {e}")),
+        Err(e) => runtime_failure(e),
+    }
+}
+
+/// fds hotsup inherited (a shell's, a CI runner's) must not reach the
+/// children: only stdio and the sockets hotsup passes on purpose do.
+fn close_inherited_fds_on_exec() {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<i32> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: fcntl(F_SETFD) on a plain integer only changes that fd's
+        // flags; one that is no longer open (the directory's own) gives
+        // EBADF. No Rust object owns or borrows it here.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
     }
 }
 
@@ -162,9 +289,9 @@ fn raise_nofile_limit() {
 /// writing to stdout would write into it.
 fn ensure_std_fds() {
     for fd in 0..3 {
-        // SAFETY: only queried, never closed or owned.
-        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-        if rustix::io::fcntl_getfd(borrowed).is_err() {
+        // SAFETY: fcntl(F_GETFD) on a plain integer only queries it; a closed
+        // fd gives -1 (EBADF). No Rust object owns or borrows it here.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
             if let Ok(null) = std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)

@@ -18,9 +18,14 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use crate::child::{self, describe_status, kill_group};
-use crate::cli::{Restart, signal_name};
+use crate::child::{self, Pass, describe_status, kill_group};
+use crate::cli::{Fds, ReadyMode, Restart, signal_name};
+use crate::control::{self, Outcome, Reply, Request};
 use crate::handoff::{self, Channel, ChannelEvent, Outbox};
+use crate::notify::{self, Datagram};
+
+/// Clients waiting for an outcome.
+type Waiters = Vec<tokio::sync::oneshot::Sender<Reply>>;
 
 /// First crash-restart delay; it doubles per consecutive crash.
 const BACKOFF_START: Duration = Duration::from_millis(100);
@@ -40,12 +45,20 @@ pub struct Config {
     pub drain_timeout: Duration,
     pub drain_signal: Signal,
     pub restart: Restart,
+    pub fds: Fds,
+    pub ready: ReadyMode,
+    /// The `NOTIFY_SOCKET` every child gets.
+    pub notify_path: Option<std::path::PathBuf>,
+    /// Most generations draining at once; beyond it the oldest is killed.
+    pub max_draining: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
+    /// `ready_at` is set with `--ready delay:…`.
     Starting {
         deadline: Instant,
+        ready_at: Option<Instant>,
     },
     Serving {
         since: Instant,
@@ -63,18 +76,22 @@ struct Generation {
     spawned_at: Instant,
     state: State,
     channel: Option<Channel>,
-    task: JoinHandle<()>,
+    task: Option<JoinHandle<()>>,
     /// Whether the child ever sent a valid message: such a child gets DRAIN
     /// on its channel rather than the drain signal.
     spoke: bool,
     /// Why a Starting generation can no longer become ready, reported if it
     /// has not exited by its (shortened) deadline.
     doomed: Option<String>,
+    /// How it became ready, for status.
+    ready_via: Option<&'static str>,
 }
 
 impl Drop for Generation {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(t) = &self.task {
+            t.abort();
+        }
     }
 }
 
@@ -100,10 +117,29 @@ pub struct Supervisor {
     exit_code: Option<u8>,
     tx: mpsc::UnboundedSender<(u64, ChannelEvent)>,
     rx: mpsc::UnboundedReceiver<(u64, ChannelEvent)>,
+    notify_rx: mpsc::UnboundedReceiver<Datagram>,
+    manager: notify::Manager,
+    /// Why the last upgrade failed, for STATUS=.
+    last_failure: Option<String>,
+    control_rx: mpsc::UnboundedReceiver<control::Message>,
+    /// Upgrade clients, by the generation whose outcome answers them.
+    waiters: BTreeMap<u64, Waiters>,
+    /// Upgrade clients covered by the coalesced follow-up upgrade.
+    pending_waiters: Waiters,
+    stop_waiters: Waiters,
+    started_at: Instant,
+    restarts: u64,
+    /// Generation, result, reason and time of the last upgrade.
+    last_upgrade: Option<(Option<u64>, &'static str, Option<String>, Instant)>,
 }
 
 impl Supervisor {
-    pub fn new(cfg: Config, outbox: Outbox) -> Supervisor {
+    pub fn new(
+        cfg: Config,
+        outbox: Outbox,
+        notify_rx: mpsc::UnboundedReceiver<Datagram>,
+        control_rx: mpsc::UnboundedReceiver<control::Message>,
+    ) -> Supervisor {
         let (tx, rx) = mpsc::unbounded_channel();
         Supervisor {
             cfg,
@@ -117,6 +153,16 @@ impl Supervisor {
             exit_code: None,
             tx,
             rx,
+            notify_rx,
+            manager: notify::Manager::from_env(),
+            last_failure: None,
+            control_rx,
+            waiters: BTreeMap::new(),
+            pending_waiters: Vec::new(),
+            stop_waiters: Vec::new(),
+            started_at: Instant::now(),
+            restarts: 0,
+            last_upgrade: None,
         }
     }
 
@@ -129,23 +175,41 @@ impl Supervisor {
         let mut int = signal(SignalKind::interrupt())?;
         let mut quit = signal(SignalKind::quit())?;
         let mut usr1 = signal(SignalKind::user_defined1())?;
+        // Pings only when the service manager asked for a watchdog: no
+        // periodic wakeups otherwise.
+        let mut watchdog = sd_notify::watchdog_enabled().map(|period| {
+            let mut t = tokio::time::interval(period / 2);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        });
 
-        if let Err(e) = self.start_generation("start") {
+        if let Err(e) = self.start_generation("start", &mut Vec::new()) {
             error!("cannot start COMMAND: {e}");
             return Ok(1);
         }
         loop {
             if self.gens.is_empty() {
                 if let Some(code) = self.exit_code {
+                    for w in self.stop_waiters.drain(..) {
+                        let _ = w.send(Reply {
+                            version: control::VERSION,
+                            ok: true,
+                            stop: Some(control::Stopped { exit_code: code }),
+                            ..Reply::default()
+                        });
+                    }
                     return Ok(code);
                 }
             }
             let deadline = self.next_deadline();
             tokio::select! {
                 Some((id, ev)) = self.rx.recv() => self.on_channel(id, ev),
+                Some(d) = self.notify_rx.recv() => self.on_notify(d),
+                () = tick(&mut watchdog) => self.manager.watchdog(),
                 Some(()) = sigchld.recv() => self.reap(),
-                Some(()) = usr2.recv() => self.request_upgrade("SIGUSR2"),
-                Some(()) = hup.recv() => self.request_upgrade("SIGHUP"),
+                Some(()) = usr2.recv() => self.request_upgrade("SIGUSR2", None),
+                Some(()) = hup.recv() => self.request_upgrade("SIGHUP", None),
+                Some(m) = self.control_rx.recv() => self.on_control(m),
                 Some(()) = term.recv() => self.request_shutdown("SIGTERM"),
                 Some(()) = int.recv() => self.request_shutdown("SIGINT"),
                 Some(()) = quit.recv() => self.forward(Signal::QUIT),
@@ -171,7 +235,10 @@ impl Supervisor {
         self.gens
             .values()
             .filter_map(|g| match g.state {
-                State::Starting { deadline } | State::Draining { deadline } => Some(deadline),
+                State::Starting { deadline, ready_at } => {
+                    Some(ready_at.map_or(deadline, |r| r.min(deadline)))
+                }
+                State::Draining { deadline } => Some(deadline),
                 _ => None,
             })
             .chain(self.restart_at)
@@ -179,67 +246,108 @@ impl Supervisor {
     }
 
     /// Spawns a new generation in the Starting state.
-    fn start_generation(&mut self, why: &str) -> Result<(), String> {
+    /// Takes the `waiters` only when the generation was started.
+    fn start_generation(&mut self, why: &str, waiters: &mut Waiters) -> Result<(), String> {
         let program = child::resolve(&self.cfg.program).map_err(|e| e.to_string())?;
         let id = self.next_id;
-        let spawned = child::spawn(&program, &self.cfg.program, &self.cfg.args, id)
-            .map_err(|e| format!("cannot spawn {}: {e}", program.display()))?;
+        let spec = child::Spec {
+            program: &program,
+            argv0: &self.cfg.program,
+            args: &self.cfg.args,
+            generation: id,
+            notify_socket: self.cfg.notify_path.as_deref(),
+            pass: match self.cfg.fds {
+                Fds::Native => Pass::Native,
+                Fds::Systemd => Pass::Systemd(&self.outbox.listeners),
+            },
+        };
+        let spawned =
+            child::spawn(&spec).map_err(|e| format!("cannot spawn {}: {e}", program.display()))?;
         self.next_id += 1;
         let now = Instant::now();
-        let chan = handoff::register(spawned.channel).map_err(|e| {
-            kill_group(spawned.pid, Signal::KILL);
-            format!("cannot register channel: {e}")
-        });
-        let (channel, task) = match chan {
-            Ok(chan) => {
+        let pid = spawned.pid;
+        let mut state = State::Starting {
+            deadline: now + self.cfg.ready_timeout,
+            ready_at: match self.cfg.ready {
+                ReadyMode::Delay(d) => Some(now + d),
+                _ => None,
+            },
+        };
+        let (channel, task) = match spawned.channel.map(handoff::register) {
+            None => (None, None),
+            Some(Ok(chan)) => {
                 let task = tokio::spawn(handoff::run(
                     id,
                     chan.clone(),
                     self.outbox.clone(),
                     self.tx.clone(),
                 ));
-                (Some(chan), task)
+                (Some(chan), Some(task))
             }
-            Err(e) => {
-                // The child is already signalled; it will be reaped as a
-                // failed generation.
-                warn!(generation = id, "{e}");
-                (None, tokio::spawn(async {}))
+            Some(Err(e)) => {
+                // It can never receive its sockets; reaped as a failure.
+                kill_group(pid, Signal::KILL);
+                warn!(generation = id, "cannot register channel: {e}");
+                state = State::Killing;
+                (None, None)
             }
         };
         info!(
             generation = id,
-            pid = spawned.pid.as_raw_pid(),
+            pid = pid.as_raw_pid(),
             reason = why,
             "spawned {}",
             program.display()
         );
+        if self.cfg.fds == Fds::Systemd {
+            info!(
+                generation = id,
+                pid = pid.as_raw_pid(),
+                listeners = self.outbox.listeners.len(),
+                "passed listeners as LISTEN_FDS"
+            );
+        }
         self.gens.insert(
             id,
             Generation {
                 id,
-                pid: spawned.pid,
+                pid,
                 spawned_at: now,
-                state: if channel.is_some() {
-                    State::Starting {
-                        deadline: now + self.cfg.ready_timeout,
-                    }
-                } else {
-                    State::Killing
-                },
+                state,
                 channel,
                 task,
                 spoke: false,
                 doomed: None,
+                ready_via: None,
             },
         );
+        if !waiters.is_empty() {
+            self.waiters.insert(id, std::mem::take(waiters));
+        }
+        if self.cfg.ready == ReadyMode::Exec && matches!(state, State::Starting { .. }) {
+            self.on_ready(id, "exec");
+        }
         Ok(())
     }
 
-    fn request_upgrade(&mut self, source: &str) {
+    fn request_upgrade(
+        &mut self,
+        source: &str,
+        mut waiter: Option<tokio::sync::oneshot::Sender<Reply>>,
+    ) {
         if self.shutdown != Shutdown::No {
             info!("{source}: ignored, shutting down");
+            answer(
+                waiter.into_iter().collect(),
+                "superseded",
+                None,
+                None,
+                Some("hotsup is shutting down"),
+            );
             return;
+        }
+        if self.starting().is_some() {
+            self.pending_waiters.extend(waiter.take());
         }
         if let Some(g) = self.starting() {
             if !self.pending_upgrade {
@@ -255,11 +363,15 @@ impl Supervisor {
         }
         info!("{source}: upgrade requested");
         self.restart_at = None;
-        self.begin_upgrade(source);
+        self.begin_upgrade(source, waiter.into_iter().collect());
     }
 
-    fn begin_upgrade(&mut self, why: &str) {
-        if let Err(e) = self.start_generation(why) {
+    fn begin_upgrade(&mut self, why: &str, mut waiters: Waiters) {
+        if self.serving().is_some() {
+            self.manager.reloading();
+        }
+        if let Err(e) = self.start_generation(why, &mut waiters) {
+            answer(waiters, "failed", None, None, Some(&e));
             self.upgrade_failed(None, &e);
         }
     }
@@ -269,14 +381,36 @@ impl Supervisor {
         let gen_txt = id
             .map(|i| format!(" to generation {i}"))
             .unwrap_or_default();
+        self.last_failure = Some(format!("upgrade{gen_txt} failed: {reason}"));
+        self.last_upgrade = Some((id, "failed", Some(reason.to_string()), Instant::now()));
+        // A generation that never started had its clients answered by the
+        // caller.
+        if let Some(i) = id {
+            answer(
+                self.waiters.remove(&i).unwrap_or_default(),
+                "failed",
+                id,
+                None,
+                Some(reason),
+            );
+        }
         match self.serving() {
-            Some(s) => error!(
-                serving = s.id,
-                pid = s.pid.as_raw_pid(),
-                "upgrade{gen_txt} failed: {reason}; rolled back, generation {} keeps serving",
-                s.id
-            ),
-            None => error!("start{gen_txt} failed: {reason}; nothing is serving"),
+            Some(s) => {
+                error!(
+                    serving = s.id,
+                    pid = s.pid.as_raw_pid(),
+                    "upgrade{gen_txt} failed: {reason}; rolled back, generation {} keeps serving",
+                    s.id
+                );
+                // The reload is over: the rollback is complete.
+                let status = self.status_line();
+                self.manager.ready(&status);
+            }
+            None => {
+                error!("start{gen_txt} failed: {reason}; nothing is serving");
+                let status = self.status_line();
+                self.manager.status(&status);
+            }
         }
         self.after_attempt();
     }
@@ -290,7 +424,8 @@ impl Supervisor {
         if self.pending_upgrade && self.starting().is_none() {
             self.pending_upgrade = false;
             info!("starting the upgrade requested during the previous one");
-            self.begin_upgrade("coalesced upgrade");
+            let waiters = std::mem::take(&mut self.pending_waiters);
+            self.begin_upgrade("coalesced upgrade", waiters);
             return;
         }
         if self.serving().is_none() && self.starting().is_none() {
@@ -337,7 +472,7 @@ impl Supervisor {
             ChannelEvent::Ready => {
                 g.spoke = true;
                 if matches!(g.state, State::Starting { .. }) {
-                    self.on_ready(id);
+                    self.on_ready(id, "READY");
                 } else {
                     debug!(generation = id, pid, "repeated READY ignored");
                 }
@@ -354,13 +489,14 @@ impl Supervisor {
             ChannelEvent::Closed(why) => {
                 g.channel = None;
                 g.spoke = false;
-                if let State::Starting { deadline } = g.state {
+                if let State::Starting { deadline, ready_at } = g.state {
                     // A crashing child closes its channel just before it
                     // becomes reapable; wait briefly so the failure can
                     // name the exit status rather than the closed channel.
                     g.doomed = Some(format!("closed the hotsup channel before READY ({why})"));
                     g.state = State::Starting {
                         deadline: deadline.min(Instant::now() + CLOSED_GRACE),
+                        ready_at,
                     };
                 } else {
                     debug!(generation = id, pid, "channel closed: {why}");
@@ -369,26 +505,97 @@ impl Supervisor {
         }
     }
 
-    fn on_ready(&mut self, id: u64) {
+    /// A datagram on the children's NOTIFY_SOCKET counts only when it comes
+    /// from a generation's process or its process group, so a stray process
+    /// cannot promote a broken generation.
+    fn on_notify(&mut self, d: Datagram) {
+        let owner = d.pid.and_then(|pid| {
+            let pgid = rustix::process::getpgid(Some(pid)).ok();
+            self.gens
+                .values()
+                .find(|g| g.pid == pid || Some(g.pid) == pgid)
+                .map(|g| g.id)
+        });
+        let Some(id) = owner else {
+            warn!(
+                sender = d.pid.map(|p| p.as_raw_pid()),
+                "ignored NOTIFY_SOCKET message from a process that is not a generation"
+            );
+            return;
+        };
+        let parsed = notify::parse(&d.text);
+        let Some(g) = self.gens.get(&id) else { return };
+        let pid = g.pid.as_raw_pid();
+        if let Some(status) = &parsed.status {
+            info!(generation = id, pid, "status: {status}");
+        }
+        if parsed.stopping {
+            // Noted, never passed on: it would stop hotsup's own unit.
+            debug!(generation = id, pid, "child reports STOPPING=1");
+        }
+        if parsed.ready {
+            if matches!(g.state, State::Starting { .. }) {
+                self.on_ready(id, "READY=1");
+            } else {
+                debug!(generation = id, pid, "repeated READY=1 ignored");
+            }
+        }
+    }
+
+    /// One line for the service manager's STATUS=.
+    fn status_line(&self) -> String {
+        let mut s = match self.serving() {
+            Some(g) => format!("generation {} (pid {}) serving", g.id, g.pid.as_raw_pid()),
+            None => "nothing serving".to_string(),
+        };
+        if let Some(f) = &self.last_failure {
+            s.push_str("; last ");
+            s.push_str(f);
+        }
+        s
+    }
+
+    fn on_ready(&mut self, id: u64, how: &'static str) {
         let now = Instant::now();
         let Some(g) = self.gens.get_mut(&id) else {
             return;
         };
         g.state = State::Serving { since: now };
+        g.ready_via = Some(how);
+        let pid = g.pid.as_raw_pid();
         info!(
             generation = id,
             pid = g.pid.as_raw_pid(),
             after_ms = now.duration_since(g.spawned_at).as_millis() as u64,
+            via = how,
             "ready"
         );
+
         let old: Vec<u64> = self
             .gens
             .values()
             .filter(|o| o.id != id && matches!(o.state, State::Serving { .. }))
             .map(|o| o.id)
             .collect();
+        let upgrade = !old.is_empty();
         for o in old {
             self.drain(o);
+        }
+        self.enforce_max_draining();
+        answer(
+            self.waiters.remove(&id).unwrap_or_default(),
+            "ready",
+            Some(id),
+            Some(pid),
+            None,
+        );
+        if upgrade {
+            self.last_upgrade = Some((Some(id), "ready", None, now));
+        }
+        if self.shutdown == Shutdown::No {
+            self.last_failure = None;
+            let status = self.status_line();
+            self.manager.ready(&status);
         }
         self.after_attempt();
     }
@@ -437,16 +644,31 @@ impl Supervisor {
         if self.restart_at.is_some_and(|t| t <= now) {
             self.restart_at = None;
             if self.serving().is_none() && self.starting().is_none() {
-                if let Err(e) = self.start_generation("restart") {
+                self.restarts += 1;
+                if let Err(e) = self.start_generation("restart", &mut Vec::new()) {
                     self.upgrade_failed(None, &e);
                 }
             }
+        }
+        let delayed: Vec<u64> = self
+            .gens
+            .values()
+            .filter(|g| match g.state {
+                State::Starting { deadline, ready_at } => {
+                    g.doomed.is_none() && ready_at.is_some_and(|r| r <= now && r < deadline)
+                }
+                _ => false,
+            })
+            .map(|g| g.id)
+            .collect();
+        for id in delayed {
+            self.on_ready(id, "delay");
         }
         let expired: Vec<(u64, State)> = self
             .gens
             .values()
             .filter(|g| match g.state {
-                State::Starting { deadline } | State::Draining { deadline } => deadline <= now,
+                State::Starting { deadline, .. } | State::Draining { deadline } => deadline <= now,
                 _ => false,
             })
             .map(|g| (g.id, g.state))
@@ -457,7 +679,10 @@ impl Supervisor {
                     let reason = self.gens.get_mut(&id).and_then(|g| g.doomed.take());
                     let reason = reason.unwrap_or_else(|| {
                         let t = humantime::format_duration(self.cfg.ready_timeout);
-                        format!("not ready within {t}")
+                        format!(
+                            "not ready within {t} (it never reported ready; for an app that \
+                             cannot, use --ready delay:DURATION, e.g. --ready delay:2s)"
+                        )
                     });
                     self.fail_starting(id, &reason);
                 }
@@ -557,7 +782,11 @@ impl Supervisor {
                     error!(generation = id, pid = p, "serving child {how}");
                     self.schedule_restart();
                 } else {
-                    let code = if success { 0 } else { 1 };
+                    // As tini does: the child's own code, or 128+signal.
+                    let code = status
+                        .exit_status()
+                        .or_else(|| status.terminating_signal().map(|s| 128 + s))
+                        .map_or(1, |c| c.clamp(0, 255) as u8);
                     info!(
                         generation = id,
                         pid = p,
@@ -583,6 +812,20 @@ impl Supervisor {
     }
 
     fn begin_shutdown(&mut self, how: Shutdown) {
+        if self.shutdown == Shutdown::No {
+            self.manager.stopping();
+        }
+        let mut waiters = std::mem::take(&mut self.pending_waiters);
+        for (_, w) in std::mem::take(&mut self.waiters) {
+            waiters.extend(w);
+        }
+        answer(
+            waiters,
+            "superseded",
+            None,
+            None,
+            Some("hotsup began shutting down"),
+        );
         self.shutdown = how;
         self.pending_upgrade = false;
         self.restart_at = None;
@@ -610,6 +853,165 @@ impl Supervisor {
         }
     }
 
+    /// Kills the oldest draining generations beyond `--max-draining`.
+    fn enforce_max_draining(&mut self) {
+        let draining: Vec<u64> = self
+            .gens
+            .values()
+            .filter(|g| matches!(g.state, State::Draining { .. }))
+            .map(|g| g.id)
+            .collect();
+        let excess = draining.len().saturating_sub(self.cfg.max_draining);
+        for id in draining.into_iter().take(excess) {
+            if let Some(g) = self.gens.get_mut(&id) {
+                g.state = State::Killing;
+                kill_group(g.pid, Signal::KILL);
+                warn!(
+                    generation = id,
+                    pid = g.pid.as_raw_pid(),
+                    "more than {} generations draining (--max-draining): killed the oldest",
+                    self.cfg.max_draining
+                );
+            }
+        }
+    }
+
+    fn on_control(&mut self, m: control::Message) {
+        match m.request {
+            Request::Upgrade { wait } => {
+                if wait {
+                    self.request_upgrade("control socket", Some(m.reply));
+                } else {
+                    let queued = self.starting().is_some();
+                    self.request_upgrade("control socket", None);
+                    let result = if self.shutdown != Shutdown::No {
+                        "superseded"
+                    } else if queued {
+                        "queued"
+                    } else {
+                        "started"
+                    };
+                    let g = self.starting().map(|g| (g.id, g.pid.as_raw_pid()));
+                    let _ = m.reply.send(Reply::upgrade(Outcome {
+                        result: result.into(),
+                        generation: g.map(|g| g.0),
+                        pid: g.map(|g| g.1),
+                        reason: None,
+                    }));
+                }
+            }
+            Request::Status => {
+                let status = self.status();
+                let _ = m.reply.send(Reply {
+                    version: control::VERSION,
+                    ok: true,
+                    status: Some(status),
+                    ..Reply::default()
+                });
+            }
+            Request::Stop { wait } => {
+                if wait {
+                    self.stop_waiters.push(m.reply);
+                } else {
+                    let _ = m.reply.send(Reply {
+                        version: control::VERSION,
+                        ok: true,
+                        ..Reply::default()
+                    });
+                }
+                if self.shutdown == Shutdown::No {
+                    info!("control socket: graceful shutdown");
+                    self.begin_shutdown(Shutdown::Graceful);
+                }
+            }
+            Request::Signal { signal } => {
+                let reply = match crate::cli::parse_signal(&signal) {
+                    Err(e) => Reply::error(format!("{signal:?}: {e}")),
+                    Ok(sig) => match self.serving().map(|g| (g.id, g.pid)) {
+                        None => Reply::error("no generation is serving"),
+                        Some((id, pid)) => {
+                            info!(
+                                generation = id,
+                                pid = pid.as_raw_pid(),
+                                "control socket: sending {}",
+                                signal_name(sig.as_raw())
+                            );
+                            match rustix::process::kill_process(pid, sig) {
+                                Ok(()) => Reply {
+                                    version: control::VERSION,
+                                    ok: true,
+                                    signal: Some(control::Signalled {
+                                        signal: signal_name(sig.as_raw()),
+                                        generation: id,
+                                        pid: pid.as_raw_pid(),
+                                    }),
+                                    ..Reply::default()
+                                },
+                                Err(e) => Reply::error(format!(
+                                    "cannot signal pid {}: {e}",
+                                    pid.as_raw_pid()
+                                )),
+                            }
+                        }
+                    },
+                };
+                let _ = m.reply.send(reply);
+            }
+        }
+    }
+
+    fn status(&self) -> control::Status {
+        let now = Instant::now();
+        let ms = |d: Duration| d.as_millis() as u64;
+        let describe = |g: &Generation| control::GenerationStatus {
+            generation: g.id,
+            pid: g.pid.as_raw_pid(),
+            age_ms: ms(now.duration_since(g.spawned_at)),
+            ready_via: g.ready_via.map(str::to_owned),
+            serving_ms: match g.state {
+                State::Serving { since } => Some(ms(now.duration_since(since))),
+                _ => None,
+            },
+            deadline_in_ms: match g.state {
+                State::Draining { deadline } => Some(ms(deadline.saturating_duration_since(now))),
+                _ => None,
+            },
+        };
+        control::Status {
+            pid: rustix::process::getpid().as_raw_pid(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            uptime_ms: ms(now.duration_since(self.started_at)),
+            listeners: self
+                .outbox
+                .listeners
+                .iter()
+                .map(|l| control::ListenerStatus {
+                    name: l.info.name.clone(),
+                    kind: l.info.kind.to_string(),
+                    address: l.info.address.clone(),
+                })
+                .collect(),
+            serving: self.serving().map(describe),
+            starting: self.starting().map(describe),
+            draining: self
+                .gens
+                .values()
+                .filter(|g| matches!(g.state, State::Draining { .. } | State::Killing))
+                .map(describe)
+                .collect(),
+            last_upgrade: self
+                .last_upgrade
+                .as_ref()
+                .map(|(g, r, why, at)| control::LastUpgrade {
+                    generation: *g,
+                    result: (*r).to_string(),
+                    reason: why.clone(),
+                    ago_ms: ms(now.duration_since(*at)),
+                }),
+            restarts: self.restarts,
+        }
+    }
+
     fn forward(&mut self, sig: Signal) {
         match self.serving() {
             Some(g) => {
@@ -626,6 +1028,33 @@ impl Supervisor {
                 signal_name(sig.as_raw())
             ),
         }
+    }
+}
+
+/// Answers upgrade clients.
+fn answer(
+    waiters: Waiters,
+    result: &str,
+    generation: Option<u64>,
+    pid: Option<i32>,
+    reason: Option<&str>,
+) {
+    for w in waiters {
+        let _ = w.send(Reply::upgrade(Outcome {
+            result: result.to_string(),
+            generation,
+            pid,
+            reason: reason.map(str::to_owned),
+        }));
+    }
+}
+
+async fn tick(t: &mut Option<tokio::time::Interval>) {
+    match t {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 

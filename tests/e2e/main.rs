@@ -2,8 +2,10 @@
 //! loopback. One test binary, as ripgrep does; each module is one area.
 
 mod bad_input;
+mod control;
 mod lifecycle;
 mod listeners;
 mod rollback;
+mod systemd;
 mod upgrade;
 mod util;

@@ -144,6 +144,21 @@ impl Hotsup {
         }
     }
 
+    /// Follows an already spawned `hotsup` whose stdout and stderr are
+    /// piped.
+    pub fn from_child(mut child: Child) -> Hotsup {
+        let log = Stream::follow(child.stderr.take().expect("piped stderr"), "hotsup");
+        let out = Stream::follow(child.stdout.take().expect("piped stdout"), "child");
+        let pid = child.id() as i32;
+        Hotsup {
+            child,
+            pid,
+            log,
+            out,
+            status: None,
+        }
+    }
+
     /// The bound address of listener `name`, from the `listening` line.
     pub fn addr(&self, name: &str) -> SocketAddr {
         let line = self.log.wait(&["listening", &format!("name={name} ")]);

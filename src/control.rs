@@ -1,0 +1,447 @@
+//! The control socket: a Unix stream socket that deploy scripts and the
+//! `hotsup upgrade|status|stop|signal` subcommands talk to.
+//!
+//! # Protocol, version 1
+//!
+//! One request per connection. The client sends one line of JSON, the
+//! server answers one line of JSON and closes the connection.
+//!
+//! ```text
+//! -> {"version":1,"command":"upgrade","wait":true}
+//! <- {"version":1,"ok":true,"upgrade":{"result":"ready","generation":3,"pid":4242}}
+//! -> {"version":1,"command":"status"}
+//! <- {"version":1,"ok":true,"status":{...}}
+//! -> {"version":1,"command":"stop","wait":true}
+//! -> {"version":1,"command":"signal","signal":"USR1"}
+//! <- {"version":1,"ok":false,"error":"malformed request: ..."}
+//! ```
+//!
+//! `upgrade` with `"wait": true` (the default) answers when the upgrade that
+//! covers the request has an outcome: `ready`, `failed` (with `reason`) or
+//! `superseded` (hotsup began shutting down first). With `"wait": false` it
+//! answers `started` (or `queued`, when it will follow the upgrade in
+//! progress) at once. Unknown fields are ignored; a new incompatible
+//! protocol gets a new `version`.
+
+use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, warn};
+
+/// The control protocol version this hotsup speaks.
+pub const VERSION: u32 = 1;
+
+/// Longest request line accepted.
+const MAX_REQUEST: usize = 64 * 1024;
+/// A client must send its request within this time.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A request, tagged by `command`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "lowercase")]
+pub enum Request {
+    /// Start an upgrade; with `wait`, answer with its outcome.
+    Upgrade {
+        #[serde(default = "yes")]
+        wait: bool,
+    },
+    /// Describe the supervisor.
+    Status,
+    /// Graceful shutdown; with `wait`, answer when it is done.
+    Stop {
+        #[serde(default = "yes")]
+        wait: bool,
+    },
+    /// Forward a signal (name or number) to the serving child.
+    Signal { signal: String },
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Envelope {
+    pub version: u32,
+    #[serde(flatten)]
+    pub request: Request,
+}
+
+/// Every reply: `ok`, and one of the payloads or `error`.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct Reply {
+    pub version: u32,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<Outcome>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<Stopped>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<Signalled>,
+}
+
+impl Reply {
+    pub fn error(msg: impl Into<String>) -> Reply {
+        Reply {
+            version: VERSION,
+            ok: false,
+            error: Some(msg.into()),
+            ..Reply::default()
+        }
+    }
+
+    pub fn upgrade(o: Outcome) -> Reply {
+        Reply {
+            version: VERSION,
+            ok: matches!(o.result.as_str(), "ready" | "started" | "queued"),
+            upgrade: Some(o),
+            ..Reply::default()
+        }
+    }
+}
+
+/// What became of an upgrade.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcome {
+    /// `ready`, `failed`, `superseded`, `started` or `queued`.
+    pub result: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Stopped {
+    pub exit_code: u8,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Signalled {
+    pub signal: String,
+    pub generation: u64,
+    pub pid: i32,
+}
+
+/// `hotsup status --json`: this schema is stable within version 1.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub pid: i32,
+    pub version: String,
+    pub uptime_ms: u64,
+    pub listeners: Vec<ListenerStatus>,
+    pub serving: Option<GenerationStatus>,
+    pub starting: Option<GenerationStatus>,
+    pub draining: Vec<GenerationStatus>,
+    pub last_upgrade: Option<LastUpgrade>,
+    pub restarts: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ListenerStatus {
+    pub name: String,
+    pub kind: String,
+    pub address: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GenerationStatus {
+    pub generation: u64,
+    pub pid: i32,
+    /// Milliseconds since it was spawned.
+    pub age_ms: u64,
+    /// How it became ready: `READY`, `READY=1`, `delay` or `exec`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_via: Option<String>,
+    /// Milliseconds since it became ready (serving only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving_ms: Option<u64>,
+    /// Milliseconds until it is killed (draining only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_in_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LastUpgrade {
+    pub generation: Option<u64>,
+    /// `ready` or `failed`.
+    pub result: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub ago_ms: u64,
+}
+
+/// A request on its way to the supervisor loop, with where to answer.
+pub struct Message {
+    pub request: Request,
+    pub reply: oneshot::Sender<Reply>,
+}
+
+/// Why the control socket could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error(
+        "control socket {0} is in use by a live process: another hotsup runs with this name (choose one with --name or --control)"
+    )]
+    InUse(String),
+    #[error("control socket {0} exists and is not a socket; refusing to replace it")]
+    NotSocket(String),
+    #[error("cannot create control socket {path}: {source}")]
+    Io { path: String, source: io::Error },
+}
+
+/// The default control socket for `name`: `$XDG_RUNTIME_DIR/hotsup/NAME.sock`,
+/// or `/run/hotsup/NAME.sock` for root (and when `XDG_RUNTIME_DIR` is unset).
+pub fn default_path(name: &str) -> PathBuf {
+    let root = rustix::process::geteuid().is_root();
+    let base = match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) if !root && !dir.is_empty() => PathBuf::from(dir).join("hotsup"),
+        _ if root => PathBuf::from("/run/hotsup"),
+        _ => std::env::temp_dir().join(format!("hotsup-{}", rustix::process::geteuid().as_raw())),
+    };
+    base.join(format!("{name}.sock"))
+}
+
+/// The bound control socket; its file is removed on drop if still ours.
+pub struct Server {
+    pub path: PathBuf,
+    listener: Option<UnixListener>,
+    ident: (u64, u64),
+    /// Connections being served, so replies sent at exit get written.
+    active: std::sync::Arc<(std::sync::atomic::AtomicUsize, tokio::sync::Notify)>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(meta) = std::fs::symlink_metadata(&self.path) {
+            if (meta.dev(), meta.ino()) == self.ident {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
+    }
+}
+
+fn io_err(path: &Path) -> impl Fn(io::Error) -> ControlError + '_ {
+    move |source| ControlError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+impl Server {
+    /// Binds `path` with mode 0600, replacing a stale socket file. Must run
+    /// inside the runtime.
+    pub fn bind(path: &Path) -> Result<Server, ControlError> {
+        use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if !dir.exists() {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
+                    .map_err(io_err(path))?;
+            }
+        }
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if !meta.file_type().is_socket() => {
+                return Err(ControlError::NotSocket(path.display().to_string()));
+            }
+            Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
+                Ok(_) => return Err(ControlError::InUse(path.display().to_string())),
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    std::fs::remove_file(path).map_err(io_err(path))?;
+                }
+                Err(e) => return Err(io_err(path)(e)),
+            },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(path)(e)),
+        }
+        let listener = UnixListener::bind(path).map_err(io_err(path))?;
+        let meta = std::fs::symlink_metadata(path).map_err(io_err(path))?;
+        let server = Server {
+            path: path.to_path_buf(),
+            listener: Some(listener),
+            ident: (meta.dev(), meta.ino()),
+            active: Default::default(),
+        };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(io_err(path))?;
+        Ok(server)
+    }
+
+    /// Lets the connections in flight write their replies (the answers to
+    /// `stop` are sent as hotsup exits), for at most `timeout`.
+    pub async fn quiesce(&self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.active.1.notified();
+            if self.active.0.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Accepts connections and forwards their requests.
+    pub fn spawn(&mut self, tx: mpsc::UnboundedSender<Message>) -> tokio::task::JoinHandle<()> {
+        let listener = self.listener.take();
+        let active = self.active.clone();
+        tokio::spawn(async move {
+            let Some(listener) = listener else { return };
+            let me = rustix::process::geteuid().as_raw();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    // EMFILE and the like: keep serving later connections.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let tx = tx.clone();
+                let active = active.clone();
+                active.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    serve(stream, me, tx).await;
+                    active.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                    active.1.notify_waiters();
+                });
+            }
+        })
+    }
+}
+
+async fn serve(stream: UnixStream, me: u32, tx: mpsc::UnboundedSender<Message>) {
+    let (read, mut write) = stream.into_split();
+    let peer = write.as_ref().peer_cred().ok();
+    let uid = peer.as_ref().map(|c| c.uid());
+    if uid != Some(me) && uid != Some(0) {
+        warn!(
+            peer_uid = uid,
+            peer_pid = peer.as_ref().and_then(|c| c.pid()),
+            "control socket: refused a client of another user"
+        );
+        let _ = send(
+            &mut write,
+            &Reply::error("permission denied: not the same user as hotsup, nor root"),
+        )
+        .await;
+        return;
+    }
+    let mut line = Vec::new();
+    let mut reader = BufReader::new(read).take(MAX_REQUEST as u64 + 1);
+    let read = tokio::time::timeout(REQUEST_TIMEOUT, reader.read_until(b'\n', &mut line)).await;
+    let reply = match read {
+        Err(_) => Reply::error("no request within 10s"),
+        Ok(Err(e)) => Reply::error(format!("cannot read the request: {e}")),
+        Ok(Ok(_)) if line.len() > MAX_REQUEST => Reply::error("request longer than 64 KiB"),
+        Ok(Ok(_)) => match parse(&line) {
+            Err(e) => Reply::error(e),
+            Ok(request) => {
+                debug!(?request, "control request");
+                let (reply_tx, reply_rx) = oneshot::channel();
+                if tx
+                    .send(Message {
+                        request,
+                        reply: reply_tx,
+                    })
+                    .is_err()
+                {
+                    Reply::error("hotsup is exiting")
+                } else {
+                    reply_rx
+                        .await
+                        .unwrap_or_else(|_| Reply::error("hotsup is exiting"))
+                }
+            }
+        },
+    };
+    let _ = send(&mut write, &reply).await;
+}
+
+/// Parses one request line.
+pub fn parse(line: &[u8]) -> Result<Request, String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(line).map_err(|e| format!("malformed request: {e}"))?;
+    match v.get("version").and_then(|v| v.as_u64()) {
+        Some(1) => {}
+        Some(other) => {
+            return Err(format!(
+                "unsupported protocol version {other} (this hotsup speaks 1)"
+            ));
+        }
+        None => return Err("malformed request: missing \"version\"".into()),
+    }
+    let env: Envelope = serde_json::from_value(v).map_err(|e| format!("malformed request: {e}"))?;
+    Ok(env.request)
+}
+
+async fn send(w: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) -> io::Result<()> {
+    let mut line = serde_json::to_vec(reply).map_err(io::Error::other)?;
+    line.push(b'\n');
+    w.write_all(&line).await?;
+    w.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_requests_and_rejects_garbage() {
+        assert_eq!(
+            parse(br#"{"version":1,"command":"upgrade"}"#),
+            Ok(Request::Upgrade { wait: true })
+        );
+        assert_eq!(
+            parse(br#"{"version":1,"command":"upgrade","wait":false,"future":1}"#),
+            Ok(Request::Upgrade { wait: false })
+        );
+        assert_eq!(
+            parse(br#"{"version":1,"command":"signal","signal":"USR1"}"#),
+            Ok(Request::Signal {
+                signal: "USR1".into()
+            })
+        );
+        assert!(parse(b"upgrade").unwrap_err().contains("malformed"));
+        assert!(
+            parse(br#"{"command":"status"}"#)
+                .unwrap_err()
+                .contains("version")
+        );
+        assert!(
+            parse(br#"{"version":2,"command":"status"}"#)
+                .unwrap_err()
+                .contains("version 2")
+        );
+        assert!(parse(br#"{"version":1,"command":"explode"}"#).is_err());
+        assert!(parse(br#"{"version":1,"command":"signal"}"#).is_err());
+        assert!(parse(b"\xff\xfe").is_err());
+    }
+
+    #[test]
+    fn replies_round_trip() {
+        let r = Reply::upgrade(Outcome {
+            result: "failed".into(),
+            generation: Some(3),
+            pid: Some(7),
+            reason: Some("child exited with code 3 before it was ready".into()),
+        });
+        assert!(!r.ok);
+        let text = serde_json::to_string(&r).unwrap();
+        let back: Reply = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.upgrade, r.upgrade);
+        assert!(!text.contains("\"status\""));
+    }
+}

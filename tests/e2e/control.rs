@@ -1,0 +1,399 @@
+//! The control socket and the client subcommands.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use rustix::process::Signal;
+
+use crate::upgrade::{Traffic, assert_no_failures};
+use crate::util::{Hotsup, WAIT, example, hotsup_bin, tempdir, zombies_of};
+
+fn client(sock: &Path, args: &[&str]) -> Output {
+    Command::new(hotsup_bin())
+        .args(args)
+        .arg("--control")
+        .arg(sock)
+        .output()
+        .expect("run hotsup client")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// hotsup running testchild with a mode file and a control socket.
+fn supervised(dir: &Path, extra: &[&str]) -> (Hotsup, PathBuf, PathBuf) {
+    supervised_with(dir, extra, &[])
+}
+
+fn supervised_with(dir: &Path, extra: &[&str], child_args: &[&str]) -> (Hotsup, PathBuf, PathBuf) {
+    let mode = dir.join("mode");
+    std::fs::write(&mode, "serve").unwrap();
+    let sock = dir.join("control.sock");
+    let sock_arg = sock.to_str().unwrap().to_string();
+    let mut args = vec!["-l", "http=127.0.0.1:0", "--control", &sock_arg];
+    args.extend(extra);
+    let mut command = vec![example("testchild"), "--mode-file".into(), mode.clone()];
+    command.extend(child_args.iter().map(PathBuf::from));
+    let h = Hotsup::run(&args, &command);
+    h.ready(1);
+    h.log.wait(&["control socket", "path="]);
+    (h, sock, mode)
+}
+
+#[test]
+fn upgrade_reports_success_and_each_kind_of_failure() {
+    let dir = tempdir();
+    let (mut h, sock, mode) = supervised(dir.path(), &["--ready-timeout", "1s"]);
+
+    let ok = client(&sock, &["upgrade"]);
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok));
+    let pid2 = h.ready(2);
+    assert!(
+        text(&ok).contains(&format!("generation 2 (pid {pid2}) is serving")),
+        "{}",
+        text(&ok)
+    );
+
+    std::fs::write(&mode, "crash").unwrap();
+    let crash = client(&sock, &["upgrade"]);
+    assert_eq!(crash.status.code(), Some(1), "{}", text(&crash));
+    assert!(
+        text(&crash).contains("upgrade failed: child exited with code 3 before it was ready"),
+        "{}",
+        text(&crash)
+    );
+
+    std::fs::write(&mode, "never-ready").unwrap();
+    let slow = client(&sock, &["upgrade"]);
+    assert_eq!(slow.status.code(), Some(1), "{}", text(&slow));
+    assert!(
+        text(&slow).contains("not ready within 1s"),
+        "{}",
+        text(&slow)
+    );
+
+    // The binary is replaced by nothing at the same path: COMMAND is looked
+    // up again at every upgrade.
+    let bin = dir.path().join("server");
+    std::os::unix::fs::symlink(example("testchild"), &bin).unwrap();
+    drop(h);
+    std::fs::write(&mode, "serve").unwrap();
+    let sock_arg = sock.to_str().unwrap().to_string();
+    h = Hotsup::run(
+        &["-l", "127.0.0.1:0", "--control", &sock_arg],
+        &[bin.clone(), "--mode-file".into(), mode.clone()],
+    );
+    h.ready(1);
+    std::fs::remove_file(&bin).unwrap();
+    let gone = client(&sock, &["upgrade"]);
+    assert_eq!(gone.status.code(), Some(1), "{}", text(&gone));
+    assert!(text(&gone).contains("does not exist"), "{}", text(&gone));
+
+    // Generation 1 served through all of it.
+    let status = client(&sock, &["status"]);
+    assert!(
+        text(&status).contains("serving:  generation 1"),
+        "{}",
+        text(&status)
+    );
+    assert!(
+        text(&status).contains("last upgrade: failed"),
+        "{}",
+        text(&status)
+    );
+    let stop = client(&sock, &["stop"]);
+    assert_eq!(stop.status.code(), Some(0), "{}", text(&stop));
+    assert_eq!(h.wait_exit(WAIT).code(), Some(0));
+    assert!(!sock.exists(), "control socket left behind");
+}
+
+#[test]
+fn concurrent_upgrade_clients_all_learn_the_outcome() {
+    let dir = tempdir();
+    // Each generation takes 500ms to be ready, so the burst lands while the
+    // first requested upgrade is in progress.
+    let (h, sock, _) = supervised_with(
+        dir.path(),
+        &["--ready-timeout", "20s"],
+        &["--ready-delay-ms", "500"],
+    );
+    let spawn_client = |sock: &PathBuf| {
+        let sock = sock.clone();
+        std::thread::spawn(move || client(&sock, &["upgrade"]))
+    };
+    let mut clients = vec![spawn_client(&sock)];
+    h.spawned_pid(2);
+    clients.extend((0..19).map(|_| spawn_client(&sock)));
+    let outputs: Vec<Output> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    for o in &outputs {
+        assert_eq!(o.status.code(), Some(0), "{}", text(o));
+        assert!(text(o).contains("is serving"), "{}", text(o));
+    }
+    // One upgrade, plus at most one coalesced follow-up.
+    // Generation 1, then the upgrade the first client started, then one
+    // follow-up covering the other nineteen.
+    let spawned = h.log.count(&["spawned"]);
+    assert_eq!(
+        spawned, 3,
+        "{spawned} generations spawned in all for 20 requests"
+    );
+}
+
+#[test]
+fn status_json_has_a_stable_schema() {
+    let dir = tempdir();
+    let (_h, sock, _) = supervised(dir.path(), &[]);
+    let up = client(&sock, &["upgrade"]);
+    assert_eq!(up.status.code(), Some(0), "{}", text(&up));
+    let out = client(&sock, &["status", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    let mut expected = vec![
+        "pid",
+        "version",
+        "uptime_ms",
+        "listeners",
+        "serving",
+        "starting",
+        "draining",
+        "last_upgrade",
+        "restarts",
+    ];
+    expected.sort();
+    let mut got = keys.clone();
+    got.sort();
+    assert_eq!(got, expected);
+    assert!(v["pid"].is_i64() && v["uptime_ms"].is_u64() && v["restarts"].is_u64());
+    assert_eq!(v["listeners"][0]["name"], "http");
+    assert_eq!(v["listeners"][0]["kind"], "tcp");
+    assert!(
+        v["listeners"][0]["address"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
+    assert_eq!(v["serving"]["generation"], 2);
+    assert!(v["serving"]["pid"].is_i64());
+    assert_eq!(v["serving"]["ready_via"], "READY");
+    assert!(v["serving"]["serving_ms"].is_u64());
+    assert!(v["starting"].is_null());
+    assert!(v["draining"].is_array());
+    assert_eq!(v["last_upgrade"]["result"], "ready");
+    assert_eq!(v["last_upgrade"]["generation"], 2);
+}
+
+#[test]
+fn malformed_requests_get_an_error_and_change_nothing() {
+    use std::io::{Read, Write};
+    let dir = tempdir();
+    let (h, sock, _) = supervised(dir.path(), &[]);
+    for garbage in [
+        &b"hello\n"[..],
+        b"{\"version\":1}\n",
+        b"{\"version\":9,\"command\":\"status\"}\n",
+        b"\xff\xfe\n",
+    ] {
+        let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        s.write_all(garbage).unwrap();
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).unwrap();
+        assert!(reply.contains("\"ok\":false"), "{reply}");
+    }
+    let status = client(&sock, &["status"]);
+    assert_eq!(status.status.code(), Some(0));
+    assert_eq!(h.log.count(&["spawned"]), 1);
+}
+
+#[test]
+fn clients_of_another_user_are_refused() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!(
+            "SKIPPED clients_of_another_user_are_refused: needs root to run a client as another uid"
+        );
+        return;
+    }
+    let dir = tempdir();
+    let (h, sock, _) = supervised(dir.path(), &[]);
+    // Open the file and its directory to everyone, so only SO_PEERCRED
+    // stands between another user and the supervisor.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            hotsup_bin(),
+            "upgrade",
+            "--control",
+        ])
+        .arg(&sock)
+        .output()
+        .expect("setpriv");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("permission denied"), "{}", text(&out));
+    h.log
+        .wait(&["refused a client of another user", "peer_uid=65534"]);
+    assert_eq!(
+        h.log.count(&["spawned"]),
+        1,
+        "a refused client started an upgrade"
+    );
+}
+
+#[test]
+fn a_live_control_socket_is_not_stolen() {
+    let dir = tempdir();
+    let (_h, sock, _) = supervised(dir.path(), &[]);
+    let (code, err) = crate::util::run_to_end(&[
+        "run",
+        "-l",
+        "127.0.0.1:0",
+        "--control",
+        sock.to_str().unwrap(),
+        "--",
+        "/bin/true",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("in use by a live process"), "{err}");
+    assert_eq!(client(&sock, &["status"]).status.code(), Some(0));
+}
+
+#[test]
+fn unreachable_control_socket_is_one_clear_line() {
+    let out = Command::new(hotsup_bin())
+        .args(["status", "--control", "/nonexistent/hotsup.sock"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("/nonexistent/hotsup.sock"), "{err}");
+    let out = Command::new(hotsup_bin())
+        .args(["status"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn overlapping_upgrades_respect_max_draining() {
+    let dir = tempdir();
+    let sock = dir.path().join("c.sock");
+    let sock_arg = sock.to_str().unwrap().to_string();
+    let mut h = Hotsup::run(
+        &[
+            "-l",
+            "http=127.0.0.1:0",
+            "--control",
+            &sock_arg,
+            "--max-draining",
+            "2",
+            "--drain-timeout",
+            "60s",
+        ],
+        &[example("http")],
+    );
+    let addr = h.addr("http");
+    h.ready(1);
+    let traffic = Traffic::start(addr);
+    traffic.wait_ok(10);
+    let mut long = Vec::new();
+    for g in 2..=5u64 {
+        // A long request pins the serving generation: it keeps draining
+        // until the request completes, far beyond this test.
+        long.push(std::thread::spawn(move || {
+            hotsup_bench::http::request_once(addr, "/?sleep_ms=10000", Duration::from_secs(30))
+        }));
+        let out = client(&sock, &["upgrade"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        h.ready(g);
+        traffic.wait_ok(10);
+        let status = client(&sock, &["status", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+        let draining = v["draining"].as_array().unwrap().len();
+        assert!(
+            draining <= 2,
+            "{draining} generations draining with --max-draining 2"
+        );
+    }
+    h.log.wait(&["--max-draining", "killed the oldest"]);
+    let reports = traffic.stop();
+    assert_no_failures(&reports);
+    h.signal(Signal::INT);
+    h.signal(Signal::INT);
+    h.wait_exit(WAIT);
+    for t in long {
+        let _ = t.join();
+    }
+}
+
+#[test]
+fn two_hundred_upgrades_leak_nothing() {
+    let dir = tempdir();
+    let (mut h, sock, _) = supervised(dir.path(), &[]);
+    let rss = |pid: i32| -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    };
+    // Warm up allocator arenas and lazy statics before measuring.
+    for _ in 0..10 {
+        assert_eq!(client(&sock, &["upgrade"]).status.code(), Some(0));
+    }
+    // A control connection may still be closing: take the quiet count.
+    let fds_before = (0..20)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(5));
+            h.open_fds()
+        })
+        .min()
+        .unwrap();
+    let rss_before = rss(h.pid);
+    for _ in 0..200 {
+        let out = client(&sock, &["upgrade"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    }
+    h.ready(211);
+    // Old generations finish draining; then only the serving one remains.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let v: serde_json::Value =
+            serde_json::from_slice(&client(&sock, &["status", "--json"]).stdout).unwrap();
+        if v["draining"].as_array().unwrap().is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "generations still draining"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    while h.open_fds() > fds_before && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let fds_after = h.open_fds();
+    let rss_after = rss(h.pid);
+    eprintln!("fds {fds_before} -> {fds_after}, RSS {rss_before} -> {rss_after} KiB");
+    assert_eq!(fds_after, fds_before, "fd count changed over 200 upgrades");
+    assert!(
+        rss_after <= rss_before + 1024,
+        "RSS grew from {rss_before} to {rss_after} KiB"
+    );
+    assert!(zombies_of(h.pid).is_empty());
+    assert_eq!(client(&sock, &["stop"]).status.code(), Some(0));
+    assert_eq!(h.wait_exit(WAIT).code(), Some(0));
+}

@@ -1,0 +1,413 @@
+//! Unmodified apps, systemd's notify protocol both ways, socket activation
+//! of hotsup itself, and what happens when hotsup dies.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::{UnixDatagram, UnixListener};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use command_fds::{CommandFdExt, FdMapping};
+use rustix::process::Signal;
+
+use crate::upgrade::{Traffic, assert_no_failures};
+use crate::util::{
+    Hotsup, WAIT, alive, example, field, hotsup_bin, tempdir, wait_dead, zombies_of,
+};
+
+/// Ten upgrades under load of an app that has no hotsup code in it.
+fn unmodified_app_survives_upgrades(app: &str, extra: &[&str]) {
+    let mut args = vec![
+        "--fds",
+        "systemd",
+        "-l",
+        "web=127.0.0.1:0",
+        "--drain-timeout",
+        "5s",
+    ];
+    args.extend(extra);
+    let mut h = Hotsup::run(&args, &[example(app)]);
+    let addr = h.addr("web");
+    let mut pids = vec![h.ready(1)];
+    let traffic = Traffic::start(addr);
+    traffic.wait_ok(10);
+    for g in 2..=11 {
+        h.upgrade();
+        pids.push(h.ready(g));
+        h.log.wait(&["drained", &format!("generation={} ", g - 1)]);
+        traffic.wait_ok(10);
+    }
+    let reports = traffic.stop();
+    assert_no_failures(&reports);
+    let mut seen = std::collections::BTreeSet::new();
+    for (_, r) in &reports {
+        seen.extend(r.pids_seen());
+    }
+    for pid in &pids {
+        assert!(seen.contains(&(*pid as u32)), "pid {pid} never answered");
+    }
+    h.signal(Signal::TERM);
+    assert_eq!(h.wait_exit(WAIT).code(), Some(0));
+}
+
+#[test]
+fn listenfd_app_survives_ten_upgrades() {
+    // It cannot report readiness: it counts as ready once alive 300ms.
+    unmodified_app_survives_upgrades("listenfd_app", &["--ready", "delay:300ms"]);
+}
+
+#[test]
+fn app_checking_listen_pid_survives_ten_upgrades() {
+    // sd_notify::listen_fds() ignores the sockets unless LISTEN_PID is the
+    // app's own pid; the app sends READY=1 itself.
+    unmodified_app_survives_upgrades("notify_app", &[]);
+}
+
+#[test]
+fn ready_from_a_stray_process_is_ignored() {
+    let mut h = Hotsup::run(
+        &["--fds", "systemd", "-l", "web=127.0.0.1:0"],
+        &[
+            example("notify_app").into_os_string(),
+            "--ready-delay-ms".into(),
+            "1500".into(),
+        ],
+    );
+    h.ready(1);
+    let path = field(&h.log.wait(&["children's NOTIFY_SOCKET"]), "path");
+    h.upgrade();
+    let spawned = Instant::now();
+    let (from, _) = h.log.wait_from(0, &["spawned", "generation=2 "], WAIT);
+    // This test process is not in generation 2's process group.
+    let stray = UnixDatagram::unbound().unwrap();
+    stray.send_to(b"READY=1", &path).unwrap();
+    h.log
+        .wait_from(from, &["ignored NOTIFY_SOCKET message"], WAIT);
+    let line = h.log.wait(&[" ready ", "generation=2 "]);
+    assert!(line.contains("via=\"READY=1\""), "{line}");
+    assert!(
+        spawned.elapsed() >= Duration::from_millis(1400),
+        "ready too soon: {line}"
+    );
+    let after: u64 = field(&line, "after_ms").parse().unwrap();
+    assert!(after >= 1500, "{line}");
+    // Generation 1 was not told to drain before generation 2 was ready.
+    let all = h.log.all();
+    let drain_at = all
+        .iter()
+        .position(|l| l.contains("draining") && l.contains("generation=1 "))
+        .unwrap();
+    let ready_at = all
+        .iter()
+        .position(|l| l.contains(" ready ") && l.contains("generation=2 "))
+        .unwrap();
+    assert!(drain_at > ready_at);
+    h.signal(Signal::TERM);
+    assert_eq!(h.wait_exit(WAIT).code(), Some(0));
+}
+
+/// A receiver posing as systemd's NOTIFY_SOCKET.
+struct FakeSystemd {
+    sock: UnixDatagram,
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+}
+
+impl FakeSystemd {
+    fn new() -> FakeSystemd {
+        let dir = tempdir();
+        let path = dir.path().join("notify");
+        let sock = UnixDatagram::bind(&path).unwrap();
+        rustix::net::sockopt::set_socket_passcred(&sock, true).unwrap();
+        sock.set_read_timeout(Some(WAIT)).unwrap();
+        FakeSystemd {
+            sock,
+            _dir: dir,
+            path,
+        }
+    }
+
+    /// The next datagram, and the pid that sent it.
+    fn next(&self) -> (String, i32) {
+        use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+        use std::io::IoSliceMut;
+        use std::mem::MaybeUninit;
+        let mut buf = [0u8; 4096];
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmCredentials(1))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let msg = rustix::net::recvmsg(
+            self.sock.as_fd(),
+            &mut [IoSliceMut::new(&mut buf)],
+            &mut control,
+            RecvFlags::empty(),
+        )
+        .expect("no notify message from hotsup in time");
+        let mut pid = 0;
+        for m in control.drain() {
+            if let RecvAncillaryMessage::ScmCredentials(c) = m {
+                pid = c.pid.as_raw_pid();
+            }
+        }
+        (String::from_utf8_lossy(&buf[..msg.bytes]).into_owned(), pid)
+    }
+}
+
+#[test]
+fn hotsup_reports_to_its_service_manager() {
+    let sd = FakeSystemd::new();
+    let dir = tempdir();
+    let mode = dir.path().join("mode");
+    std::fs::write(&mode, "serve").unwrap();
+    let mut cmd = Command::new(hotsup_bin());
+    cmd.args(["run", "-l", "127.0.0.1:0", "--"])
+        .arg(example("testchild"))
+        .arg("--mode-file")
+        .arg(&mode)
+        .env("NOTIFY_SOCKET", &sd.path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    let hotsup = child.id() as i32;
+    let expect = |want: &[&str]| {
+        let (text, pid) = sd.next();
+        assert_eq!(pid, hotsup, "sent by pid {pid}, not hotsup: {text:?}");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), want.len(), "{text:?} vs {want:?}");
+        for (l, w) in lines.iter().zip(want) {
+            assert!(l.starts_with(w), "{text:?} vs {want:?}");
+        }
+        text
+    };
+    // Start.
+    let t = expect(&["READY=1", "STATUS=generation 1 (pid "]);
+    assert!(t.ends_with("serving\n"), "{t:?}");
+    // A good upgrade.
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(hotsup).unwrap(),
+        Signal::USR2,
+    )
+    .unwrap();
+    expect(&["RELOADING=1", "MONOTONIC_USEC="]);
+    expect(&["READY=1", "STATUS=generation 2 (pid "]);
+    // A failed one: the reload ends when the rollback is complete.
+    std::fs::write(&mode, "crash").unwrap();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(hotsup).unwrap(),
+        Signal::USR2,
+    )
+    .unwrap();
+    expect(&["RELOADING=1", "MONOTONIC_USEC="]);
+    let t = expect(&["READY=1", "STATUS=generation 2 (pid "]);
+    assert!(
+        t.contains("last upgrade to generation 3 failed: child exited with code 3"),
+        "{t:?}"
+    );
+    // Shutdown.
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(hotsup).unwrap(),
+        Signal::TERM,
+    )
+    .unwrap();
+    expect(&["STOPPING=1"]);
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "hotsup did not exit");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(status.code(), Some(0));
+}
+
+/// Starts hotsup with `fds` at 3, 4, ... and LISTEN_FDS, as systemd does
+/// for a `.socket` unit.
+fn activated(fds: Vec<OwnedFd>, names: &str, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(hotsup_bin());
+    let n = fds.len();
+    let mappings = fds
+        .into_iter()
+        .enumerate()
+        .map(|(i, fd)| FdMapping {
+            parent_fd: fd,
+            child_fd: 3 + i as i32,
+        })
+        .collect();
+    cmd.fd_mappings(mappings).unwrap();
+    // LISTEN_PID is left out: systemd sets it to hotsup's pid, which this
+    // test cannot know before spawning; hotsup accepts it unset.
+    cmd.arg("run")
+        .args(extra)
+        .env("LISTEN_FDS", n.to_string())
+        .env("LISTEN_FDNAMES", names)
+        .env("RUST_LOG", "info");
+    cmd
+}
+
+#[test]
+fn socket_activated_hotsup_adopts_its_sockets() {
+    let dir = tempdir();
+    let path = dir.path().join("adm.sock");
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let tcp_addr = tcp.local_addr().unwrap();
+    let unix = UnixListener::bind(&path).unwrap();
+    let mut cmd = activated(
+        vec![tcp.into(), unix.into()],
+        "web:adm",
+        &[
+            "--",
+            example("testchild").to_str().unwrap(),
+            "--dump-listeners",
+        ],
+    );
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut h = Hotsup::from_child(cmd.spawn().unwrap());
+    assert_eq!(h.addr("web"), tcp_addr);
+    h.log.wait(&[
+        "listening",
+        "name=adm ",
+        &format!("address={}", path.display()),
+    ]);
+    h.ready(1);
+    let mut reply = String::new();
+    let mut s = std::net::TcpStream::connect(tcp_addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    std::io::Read::read_to_string(&mut s, &mut reply).unwrap();
+    assert_eq!(reply, "web\n");
+    h.signal(Signal::TERM);
+    assert_eq!(h.wait_exit(WAIT).code(), Some(0));
+    // The socket file belongs to whoever created it, not to hotsup.
+    assert!(
+        path.exists(),
+        "hotsup removed a socket file it did not create"
+    );
+}
+
+#[test]
+fn socket_activation_rejects_a_non_listening_fd() {
+    let not_listening: OwnedFd = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().into();
+    let stream = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let mut cmd = activated(
+        vec![not_listening, stream.into()],
+        "ok:bad",
+        &["--", "/bin/true"],
+    );
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("fd 4 (bad) from LISTEN_FDS is a stream socket that is not listening"),
+        "{err}"
+    );
+
+    let devnull: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+    let out = activated(vec![devnull], "x", &["--", "/bin/true"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("fd 3 (x) from LISTEN_FDS is not a socket"),
+        "{err}"
+    );
+}
+
+#[test]
+fn only_the_sockets_reach_an_unmodified_child() {
+    // A shell that lists its fds: stdio plus exactly the two listeners.
+    let script = "ls /proc/$$/fd | sort -n | tr '\\n' ' '; echo; echo LISTEN_PID=$LISTEN_PID pid=$$ LISTEN_FDNAMES=$LISTEN_FDNAMES HOTSUP_FD=$HOTSUP_FD; exec sleep 60";
+    let mut h = Hotsup::run(
+        &[
+            "--fds",
+            "systemd",
+            "--ready",
+            "exec",
+            "-l",
+            "a=127.0.0.1:0",
+            "-l",
+            "b=udp://127.0.0.1:0",
+        ],
+        &["/bin/sh", "-c", script],
+    );
+    h.ready(1);
+    let fds = h.out.wait(&["0 1 2"]);
+    // `ls` itself holds one more fd for the directory it reads.
+    let listed: Vec<i32> = fds.split_whitespace().map(|f| f.parse().unwrap()).collect();
+    assert_eq!(&listed[..5], &[0, 1, 2, 3, 4], "{fds}");
+    assert!(listed.len() <= 6, "unexpected fds: {fds}");
+    let env = h.out.wait(&["LISTEN_PID="]);
+    let pid = field(&env, "pid");
+    assert_eq!(field(&env, "LISTEN_PID"), pid, "{env}");
+    assert_eq!(field(&env, "LISTEN_FDNAMES"), "a:b");
+    assert!(env.ends_with("HOTSUP_FD="), "{env}");
+    h.signal(Signal::TERM);
+    assert_eq!(h.wait_exit(WAIT).code(), Some(0));
+}
+
+#[test]
+fn children_get_sigterm_when_hotsup_is_killed() {
+    // `sleep` knows nothing of hotsup: only the parent-death signal can
+    // stop it.
+    let mut h = Hotsup::run(&["--ready", "exec", "-l", "127.0.0.1:0"], &["sleep", "60"]);
+    let pid = h.ready(1);
+    h.signal(Signal::KILL);
+    h.wait_exit(WAIT);
+    assert!(wait_dead(pid, WAIT), "child {pid} outlived hotsup");
+}
+
+#[test]
+fn subreaper_reaps_orphans_without_stealing_statuses() {
+    // The subshell forks a sleeper and exits at once: the sleeper is
+    // orphaned and, with --subreaper, re-parented to hotsup.
+    let script = format!(
+        "(sleep 1 & echo orphan=$!); exec {}",
+        example("testchild").display()
+    );
+    let mut h = Hotsup::run(
+        &["--subreaper", "-l", "127.0.0.1:0"],
+        &["/bin/sh", "-c", &script],
+    );
+    let pid = h.ready(1);
+    let orphan: i32 = h
+        .out
+        .wait(&["orphan="])
+        .trim_start_matches("orphan=")
+        .parse()
+        .unwrap();
+    // Once its subshell is gone, the orphan's parent is hotsup.
+    let parent_of = |p: i32| -> Option<i32> {
+        let status = std::fs::read_to_string(format!("/proc/{p}/status")).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("PPid:"))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline && parent_of(orphan).is_some_and(|pp| pp != h.pid) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        parent_of(orphan),
+        Some(h.pid),
+        "orphan not re-parented to hotsup"
+    );
+    // It exits after a second; hotsup reaps it.
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline && std::path::Path::new(&format!("/proc/{orphan}")).exists() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        !std::path::Path::new(&format!("/proc/{orphan}")).exists(),
+        "the orphan was never reaped"
+    );
+    assert!(zombies_of(h.pid).is_empty());
+    // The generation's own exit status still reaches the supervisor.
+    assert!(alive(pid));
+    h.signal(Signal::TERM);
+    h.log
+        .wait(&["drained, exited with code 0", "generation=1 "]);
+    assert_eq!(h.wait_exit(WAIT).code(), Some(0));
+}
