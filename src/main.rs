@@ -3,22 +3,14 @@
 //! Exit codes: 0 clean exit, 1 runtime failure, 2 usage error (see
 //! [`cli::EXIT_CODES`]).
 
-mod child;
-mod cli;
-mod client;
-mod control;
-mod handoff;
-mod listeners;
-mod notify;
-mod supervisor;
-
 use std::process::ExitCode;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{Cli, Command, RunArgs};
-use crate::listeners::BindOptions;
+use hotsup::cli::{self, Cli, Command, RunArgs};
+use hotsup::listeners::{self, BindOptions};
+use hotsup::{child, client, control, handoff, notify, supervisor};
 
 const EXIT_RUNTIME: u8 = 1;
 const EXIT_USAGE: u8 = 2;

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod control;
+mod faults;
 mod lifecycle;
 mod listeners;
 mod rollback;

@@ -91,6 +91,7 @@ fn ready_from_a_stray_process_is_ignored() {
     let after: u64 = field(&line, "after_ms").parse().unwrap();
     assert!(after >= 1500, "{line}");
     // Generation 1 was not told to drain before generation 2 was ready.
+    h.log.wait(&["draining", "generation=1 "]);
     let all = h.log.all();
     let drain_at = all
         .iter()
@@ -318,7 +319,7 @@ fn socket_activation_rejects_a_non_listening_fd() {
 #[test]
 fn only_the_sockets_reach_an_unmodified_child() {
     // A shell that lists its fds: stdio plus exactly the two listeners.
-    let script = "ls /proc/$$/fd | sort -n | tr '\\n' ' '; echo; echo LISTEN_PID=$LISTEN_PID pid=$$ LISTEN_FDNAMES=$LISTEN_FDNAMES HOTSUP_FD=$HOTSUP_FD; exec sleep 60";
+    let script = "echo fds $(ls /proc/self/fd); echo LISTEN_PID=$LISTEN_PID pid=$$ LISTEN_FDNAMES=$LISTEN_FDNAMES HOTSUP_FD=$HOTSUP_FD; exec sleep 60";
     let mut h = Hotsup::run(
         &[
             "--fds",
@@ -333,9 +334,14 @@ fn only_the_sockets_reach_an_unmodified_child() {
         &["/bin/sh", "-c", script],
     );
     h.ready(1);
-    let fds = h.out.wait(&["0 1 2"]);
+    let fds = h.out.wait(&["fds 0 1 2"]);
     // `ls` itself holds one more fd for the directory it reads.
-    let listed: Vec<i32> = fds.split_whitespace().map(|f| f.parse().unwrap()).collect();
+    let mut listed: Vec<i32> = fds
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap())
+        .collect();
+    listed.sort();
     assert_eq!(&listed[..5], &[0, 1, 2, 3, 4], "{fds}");
     assert!(listed.len() <= 6, "unexpected fds: {fds}");
     let env = h.out.wait(&["LISTEN_PID="]);

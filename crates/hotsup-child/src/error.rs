@@ -16,7 +16,8 @@ use hotsup_protocol::{DecodeError, EncodeError, Kind, RecvError};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// `HOTSUP_FD` or `HOTSUP_GENERATION` is set but its value does not parse.
+    /// `HOTSUP_FD`, `LISTEN_FDS`, `LISTEN_PID` or `LISTEN_FDS_FIRST_FD` is
+    /// set but its value does not parse.
     #[error("environment variable {var} has an invalid value {value:?}")]
     BadEnv {
         /// The variable's name.
@@ -25,7 +26,8 @@ pub enum Error {
         value: String,
     },
 
-    /// The channel fd named by `HOTSUP_FD` is not open or not a socket.
+    /// The channel fd named by `HOTSUP_FD` is not open or not a socket, or an
+    /// fd that `LISTEN_FDS` passes is not open.
     #[error("fd {fd} is not an open socket")]
     NotASocket {
         /// The file descriptor number.
@@ -136,6 +138,34 @@ pub enum Error {
     AlreadyTaken {
         /// The listener's name.
         name: String,
+    },
+
+    /// The inherited fd asked for is not a socket this crate can hand out
+    /// (a listening TCP or Unix stream socket, or a bound UDP socket).
+    ///
+    /// Only with socket activation (`LISTEN_FDS`), where the kinds are not
+    /// declared but found by looking at the fds: such an fd is kept open and
+    /// keeps its name, but is not in [`listeners`](crate::listeners) and
+    /// cannot be taken.
+    #[error(
+        "inherited fd {fd} is not a listening TCP or Unix stream socket or a UDP socket: found {found}"
+    )]
+    UnsupportedInheritedFd {
+        /// The file descriptor number.
+        fd: RawFd,
+        /// What the fd is, for example `not a socket` or
+        /// `inet stream socket, not listening`.
+        found: String,
+    },
+
+    /// Sending a notification to `NOTIFY_SOCKET` failed.
+    #[error("cannot notify {socket:?} (NOTIFY_SOCKET): {source}")]
+    Notify {
+        /// The value `NOTIFY_SOCKET` had.
+        socket: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
     },
 
     /// Binding the standalone fallback address failed.

@@ -11,6 +11,7 @@ use rustix::io::FdFlags;
 
 use crate::drain::{self, Drain, DrainReason, Shared};
 use crate::error::Error;
+use crate::inherited::Sockets;
 use crate::sockets;
 
 /// The sockets and channel a supervisor handed to this process.
@@ -28,9 +29,7 @@ use crate::sockets;
 pub struct Handoff {
     channel: Arc<OwnedFd>,
     generation: u64,
-    listeners: Vec<ListenerInfo>,
-    /// The fds, index for index with `listeners`; `None` once taken.
-    fds: Mutex<Vec<Option<OwnedFd>>>,
+    sockets: Sockets,
     /// Whether `READY` was sent.
     ready: Mutex<bool>,
     drain: Arc<Shared>,
@@ -100,7 +99,7 @@ impl Handoff {
                 });
             }
             listeners.extend(entries);
-            fds.extend(msg.fds.into_iter().map(Some));
+            fds.extend(msg.fds);
         }
 
         let mut names = HashSet::with_capacity(listeners.len());
@@ -115,8 +114,7 @@ impl Handoff {
         Ok(Handoff {
             channel,
             generation,
-            listeners,
-            fds: Mutex::new(fds),
+            sockets: Sockets::declared(listeners, fds),
             ready: Mutex::new(false),
             drain,
         })
@@ -130,7 +128,7 @@ impl Handoff {
 
     /// Every listener the supervisor declared, in order, taken or not.
     pub fn listeners(&self) -> &[ListenerInfo] {
-        &self.listeners
+        self.sockets.listeners()
     }
 
     /// Takes the socket named `name`, checked to be of `kind`, leaving its
@@ -141,41 +139,28 @@ impl Handoff {
     /// the same mode: a generation that makes a listener blocking can leave
     /// an older one stuck in `accept` while it drains.
     pub fn take_socket(&self, name: &str, kind: Kind) -> Result<OwnedFd, Error> {
-        self.take(self.index_of(name)?, kind)
+        self.sockets.take_socket(name, kind)
     }
 
     /// Takes the TCP listener named `name`, set to blocking mode.
     pub fn take_tcp(&self, name: &str) -> Result<TcpListener, Error> {
-        let listener = TcpListener::from(self.take(self.index_of(name)?, Kind::Tcp)?);
-        listener.set_nonblocking(false)?;
-        Ok(listener)
+        self.sockets.take_tcp(name)
     }
 
     /// Takes the first TCP listener, in the supervisor's order, set to
     /// blocking mode.
     pub fn take_first_tcp(&self) -> Result<TcpListener, Error> {
-        let index = self
-            .listeners
-            .iter()
-            .position(|l| l.kind == Kind::Tcp)
-            .ok_or(Error::NoListenerOfKind { kind: Kind::Tcp })?;
-        let listener = TcpListener::from(self.take(index, Kind::Tcp)?);
-        listener.set_nonblocking(false)?;
-        Ok(listener)
+        self.sockets.take_first_tcp()
     }
 
     /// Takes the Unix stream listener named `name`, set to blocking mode.
     pub fn take_unix(&self, name: &str) -> Result<UnixListener, Error> {
-        let listener = UnixListener::from(self.take(self.index_of(name)?, Kind::Unix)?);
-        listener.set_nonblocking(false)?;
-        Ok(listener)
+        self.sockets.take_unix(name)
     }
 
     /// Takes the UDP socket named `name`, set to blocking mode.
     pub fn take_udp(&self, name: &str) -> Result<UdpSocket, Error> {
-        let socket = UdpSocket::from(self.take(self.index_of(name)?, Kind::Udp)?);
-        socket.set_nonblocking(false)?;
-        Ok(socket)
+        self.sockets.take_udp(name)
     }
 
     /// Sends `READY` to the supervisor, once; later calls do nothing.
@@ -208,41 +193,14 @@ impl Handoff {
         &self.drain
     }
 
+    pub(crate) fn sockets(&self) -> &Sockets {
+        &self.sockets
+    }
+
     fn send(&self, msg: &FromChild) -> Result<(), Error> {
         let bytes = msg.encode()?;
         hotsup_protocol::send(self.channel.as_fd(), &bytes, &[])?;
         Ok(())
-    }
-
-    fn index_of(&self, name: &str) -> Result<usize, Error> {
-        self.listeners
-            .iter()
-            .position(|l| l.name == name)
-            .ok_or_else(|| Error::NotFound { name: name.into() })
-    }
-
-    /// Takes the fd at `index` if it is declared as `kind` and really is such
-    /// a socket; otherwise leaves it in place.
-    fn take(&self, index: usize, kind: Kind) -> Result<OwnedFd, Error> {
-        let info = &self.listeners[index];
-        let wrong = |found: String| Error::WrongKind {
-            name: info.name.clone(),
-            expected: kind,
-            found,
-        };
-        if info.kind != kind {
-            return Err(wrong(format!("a {} listener", info.kind)));
-        }
-        let mut fds = self.fds.lock().unwrap_or_else(|e| e.into_inner());
-        let slot = &mut fds[index];
-        let fd = slot.as_ref().ok_or_else(|| Error::AlreadyTaken {
-            name: info.name.clone(),
-        })?;
-        let found = sockets::inspect(fd.as_fd());
-        if !sockets::matches(kind, found) {
-            return Err(wrong(found.to_string()));
-        }
-        Ok(slot.take().expect("checked above"))
     }
 }
 

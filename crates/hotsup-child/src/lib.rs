@@ -79,8 +79,13 @@
 //! The supervisor binds `127.0.0.1:8080`, starts `./myapp` and passes it the
 //! socket; [`inherit_listener`] returns it. Run `./myapp` directly and
 //! [`inherit_listener`] binds its fallback address instead: that is
-//! *standalone* mode, in which [`ready`] and [`status`] do nothing,
-//! [`generation`] is `None` and the only drain triggers are signals.
+//! *standalone* mode, in which [`ready`] and [`status`] do nothing (unless
+//! `NOTIFY_SOCKET` is set), [`generation`] is `None` and the only drain
+//! triggers are signals.
+//!
+//! The same binary also runs unchanged under `hotsup run --fds systemd` and
+//! under systemd socket activation: see
+//! [below](#under-systemd-socket-activation--hotsup-run---fds-systemd).
 //!
 //! Listeners have names. With several of them, take each by name:
 //! [`tcp_listener`], [`unix_listener`], [`udp_socket`], or their `_or_bind`
@@ -92,14 +97,19 @@
 //! The first call of any function of this crate (apart from those of
 //! [`Handoff`]) performs the handoff, once for the process:
 //!
-//! - If `HOTSUP_FD` is unset, the process is standalone.
+//! - If `HOTSUP_FD` is unset, the process is standalone, unless `LISTEN_FDS`
+//!   passes it sockets (see
+//!   [socket activation](#under-systemd-socket-activation--hotsup-run---fds-systemd)).
 //! - Otherwise the fd it names must be an `AF_UNIX` `SOCK_SEQPACKET` socket.
 //!   It is made close-on-exec (so it never leaks into the app's own children),
 //!   the soft `RLIMIT_NOFILE` is raised to the hard limit (the kernel silently
 //!   drops received fds beyond it; child processes inherit the raised limit),
 //!   and `HELLO` and every `LISTENERS` message are read.
-//! - `HOTSUP_FD` and `HOTSUP_GENERATION` are removed from the environment, so
-//!   the app's own children do not believe they are supervised.
+//! - `HOTSUP_FD`, `HOTSUP_GENERATION`, `LISTEN_FDS`, `LISTEN_PID`,
+//!   `LISTEN_FDNAMES`, `LISTEN_FDS_FIRST_FD` and `NOTIFY_SOCKET` are removed
+//!   from the environment, in every mode, so the app's own children neither
+//!   believe they are supervised nor report readiness on the app's behalf.
+//!   [`notify_socket`] returns the captured `NOTIFY_SOCKET`.
 //!
 //! **Make the first call early in `main`, before starting threads or an async
 //! runtime.** Removing environment variables is only sound while no other
@@ -111,6 +121,59 @@
 //! the channel is closed, so the supervisor sees the child fail, and every
 //! later call returns the same error wrapped in [`Error::Handoff`]. The
 //! received sockets are close-on-exec as well.
+//!
+//! # Under systemd socket activation / `hotsup run --fds systemd`
+//!
+//! ```text
+//! hotsup run --fds systemd --listen web=127.0.0.1:8080 -- ./myapp
+//! ```
+//!
+//! In this mode the supervisor opens no channel. Like systemd, it passes the
+//! listeners as fds 3, 4, … with `LISTEN_FDS=<n>`, `LISTEN_PID=<the child's
+//! pid>` and `LISTEN_FDNAMES=<name>:<name>:…`, plus `HOTSUP_GENERATION` and
+//! a `NOTIFY_SOCKET` to report readiness on. This crate needs no change of
+//! the app: the first call adopts them when `HOTSUP_FD` is unset and
+//! `LISTEN_FDS` is set.
+//!
+//! - `LISTEN_PID` must be unset, empty or this process's pid. Any other pid
+//!   means the fds are meant for another process (typically a parent that
+//!   did not consume them): the process is standalone and leaves those fds
+//!   alone. A `LISTEN_PID` or `LISTEN_FDS` that does not parse is a start-up
+//!   error ([`Error::BadEnv`]).
+//! - The fds are `LISTEN_FDS_FIRST_FD` (default 3) and the `LISTEN_FDS - 1`
+//!   after it. Every one must be open (else [`Error::NotASocket`], and none
+//!   is adopted); each is made close-on-exec.
+//! - Nobody declares the kinds, so they are found by looking at each fd: a
+//!   listening `AF_INET`/`AF_INET6` stream socket is `tcp`, an
+//!   `AF_INET`/`AF_INET6` datagram socket `udp`, a listening `AF_UNIX` stream
+//!   socket `unix`. The address comes from `getsockname` (`ip:port`,
+//!   `[v6]:port`, the socket path, or `@name` for an abstract one).
+//! - Anything else (not a socket, a connected socket such as systemd's
+//!   `Accept=yes` passes, a non-listening stream socket, a FIFO, …) keeps its
+//!   name and stays open, but is not in [`listeners`], and asking for it by
+//!   name returns [`Error::UnsupportedInheritedFd`].
+//! - Names come from `LISTEN_FDNAMES`, by position. A missing or empty name
+//!   (or no `LISTEN_FDNAMES`) gives the name hotsup would: `<kind><index>`,
+//!   such as `tcp0` or `unix2` (`other<index>` for an unsupported fd), with
+//!   `index` the fd's position counted from 0. A name systemd gives
+//!   explicitly, `unknown` included, is kept as given (`unknown` is only
+//!   libsystemd's placeholder when the variable is missing, which this crate
+//!   replaces with the default names). Names must be unique, but systemd
+//!   repeats a socket unit's name for each of its sockets: a name already
+//!   used by an earlier fd is replaced by the default name (so
+//!   `web.socket:web.socket` gives `web.socket` and `tcp1`).
+//! - [`generation`] comes from `HOTSUP_GENERATION` if it is set, else it is
+//!   `None` (the process is supervised by systemd); [`is_supervised`] is
+//!   true either way.
+//! - [`ready`] sends `READY=1` and [`status`] sends `STATUS=<text>` as one
+//!   datagram to the `NOTIFY_SOCKET` captured at start-up (an absolute path,
+//!   or `@name` for an abstract socket). The same happens in standalone mode
+//!   when `NOTIFY_SOCKET` is set, as for a systemd `Type=notify` service
+//!   without sockets. With the native channel, `NOTIFY_SOCKET` is not used.
+//! - There is no `DRAIN` message: the supervisor sends its `--drain-signal`
+//!   (`SIGTERM` by default), which [`drain()`] turns into a drain (without a
+//!   deadline), as does systemd's stop. Call [`drain()`] before the signal
+//!   can arrive, or it kills the process.
 //!
 //! # Blocking mode
 //!
@@ -255,10 +318,13 @@ use std::net::{SocketAddr, TcpListener, ToSocketAddrs, UdpSocket};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 
+mod activation;
 mod drain;
 mod error;
 mod global;
 mod handoff;
+mod inherited;
+mod notify;
 mod sockets;
 #[cfg(feature = "tokio")]
 pub mod tokio;
@@ -277,39 +343,48 @@ use global::global;
 /// thing in `main` just makes the moment explicit (see
 /// [Start-up and the environment](crate#start-up-and-the-environment)).
 pub fn init() -> Result<(), Error> {
-    global().handoff().map(|_| ())
+    global().sockets().map(|_| ())
 }
 
-/// Whether the process was started by hotsup (`HOTSUP_FD` was set), even if
-/// the handoff then failed.
+/// Whether the process was started by hotsup (`HOTSUP_FD` was set) or with
+/// socket activation (`LISTEN_FDS` was set for this process, see
+/// [socket activation](crate#under-systemd-socket-activation--hotsup-run---fds-systemd)),
+/// even if the handoff then failed.
 pub fn is_supervised() -> bool {
     global().supervised
 }
 
 /// This process's generation number (1 for the first child a supervisor
 /// starts, then 2, 3, …), or `None` standalone.
+///
+/// Under socket activation it comes from `HOTSUP_GENERATION`, which
+/// `hotsup run --fds systemd` sets; it is `None` under plain systemd.
 pub fn generation() -> Option<u64> {
     global().generation
 }
 
 /// Every listener the supervisor passed, in its order, taken or not; empty
 /// when standalone or when the handoff failed.
+///
+/// Under socket activation, inherited fds that are not supported listeners
+/// are left out (see [`Error::UnsupportedInheritedFd`]).
 pub fn listeners() -> &'static [ListenerInfo] {
-    match global().handoff() {
-        Ok(Some(handoff)) => handoff.listeners(),
+    match global().sockets() {
+        Ok(Some(sockets)) => sockets.listeners(),
         _ => &[],
     }
 }
 
-/// The server's main TCP listener: under hotsup, the first TCP listener the
-/// supervisor passed; standalone, a new listener bound to `fallback`.
+/// The server's main TCP listener: under hotsup (or socket activation), the
+/// first TCP listener the supervisor passed; standalone, a new listener bound
+/// to `fallback`.
 ///
 /// Returns it in blocking mode. Under hotsup, `fallback` is never used: a
 /// missing listener is an error ([`Error::NoListenerOfKind`]), because a
 /// socket the supervisor does not hold would not survive an upgrade.
 pub fn inherit_listener<A: ToSocketAddrs>(fallback: A) -> Result<TcpListener, Error> {
-    match global().handoff()? {
-        Some(handoff) => handoff.take_first_tcp(),
+    match global().sockets()? {
+        Some(sockets) => sockets.take_first_tcp(),
         None => bind_tcp(fallback),
     }
 }
@@ -336,8 +411,8 @@ pub fn tcp_listener_or_bind<A: ToSocketAddrs>(
     name: &str,
     fallback: A,
 ) -> Result<TcpListener, Error> {
-    match global().handoff()? {
-        Some(handoff) => handoff.take_tcp(name),
+    match global().sockets()? {
+        Some(sockets) => sockets.take_tcp(name),
         None => bind_tcp(fallback),
     }
 }
@@ -356,8 +431,8 @@ pub fn unix_listener_or_bind<P: AsRef<Path>>(
     name: &str,
     fallback: P,
 ) -> Result<UnixListener, Error> {
-    match global().handoff()? {
-        Some(handoff) => handoff.take_unix(name),
+    match global().sockets()? {
+        Some(sockets) => sockets.take_unix(name),
         None => {
             let path = fallback.as_ref();
             UnixListener::bind(path).map_err(|source| Error::Bind {
@@ -378,8 +453,8 @@ pub fn udp_socket(name: &str) -> Result<UdpSocket, Error> {
 /// Takes the inherited UDP socket named `name` under hotsup, or binds
 /// `fallback` standalone; blocking mode either way.
 pub fn udp_socket_or_bind<A: ToSocketAddrs>(name: &str, fallback: A) -> Result<UdpSocket, Error> {
-    match global().handoff()? {
-        Some(handoff) => handoff.take_udp(name),
+    match global().sockets()? {
+        Some(sockets) => sockets.take_udp(name),
         None => {
             let (addrs, address) = resolve(fallback)?;
             UdpSocket::bind(&addrs[..]).map_err(|source| Error::Bind { address, source })
@@ -388,22 +463,32 @@ pub fn udp_socket_or_bind<A: ToSocketAddrs>(name: &str, fallback: A) -> Result<U
 }
 
 /// Tells the supervisor that this process serves, so that it can drain the
-/// previous generation. Idempotent: only the first successful call sends
-/// `READY`. Does nothing standalone.
+/// previous generation. Idempotent: only the first successful call sends it.
+///
+/// With the native channel (`HOTSUP_FD`), this sends `READY` on it. Without
+/// one, if `NOTIFY_SOCKET` was set at start-up (`hotsup run --fds systemd`,
+/// or a systemd `Type=notify` service), it sends `READY=1` there, also when
+/// no sockets were inherited. Otherwise it does nothing.
 pub fn ready() -> Result<(), Error> {
-    match global().handoff()? {
-        Some(handoff) => handoff.ready(),
-        None => Ok(()),
-    }
+    global().ready()
 }
 
-/// Sends a one-line status text to the supervisor, which logs it. Does
-/// nothing standalone.
+/// Sends a one-line status text to the supervisor, which logs it: `STATUS`
+/// on the native channel, else `STATUS=<text>` to `NOTIFY_SOCKET` if it was
+/// set at start-up, else nothing.
 pub fn status(text: &str) -> Result<(), Error> {
-    match global().handoff()? {
-        Some(handoff) => handoff.status(text),
-        None => Ok(()),
-    }
+    global().status(text)
+}
+
+/// The value `NOTIFY_SOCKET` had at start-up, which this crate removed from
+/// the environment.
+///
+/// [`ready`] and [`status`] use it already; this is for apps that send other
+/// notifications themselves (`WATCHDOG=1`, `STOPPING=1`, …). Libraries that
+/// read `NOTIFY_SOCKET` from the environment (such as `sd-notify`) find it
+/// unset after the first call into this crate.
+pub fn notify_socket() -> Option<&'static std::ffi::OsStr> {
+    global().notify_socket()
 }
 
 /// The process-wide drain handle. The first call installs handlers that turn
@@ -418,9 +503,9 @@ pub fn drain() -> Drain {
 }
 
 /// The handoff, or `NotFound` standalone (there are no inherited listeners).
-fn supervised(name: &str) -> Result<&'static Handoff, Error> {
+fn supervised(name: &str) -> Result<&'static inherited::Sockets, Error> {
     global()
-        .handoff()?
+        .sockets()?
         .ok_or_else(|| Error::NotFound { name: name.into() })
 }
 

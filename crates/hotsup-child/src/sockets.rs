@@ -94,6 +94,40 @@ pub(crate) fn matches(kind: Kind, found: Inspected) -> bool {
     }
 }
 
+/// The kind of listener `found` can serve as, if any.
+pub(crate) fn kind_of(found: Inspected) -> Option<Kind> {
+    [Kind::Tcp, Kind::Udp, Kind::Unix]
+        .into_iter()
+        .find(|&kind| matches(kind, found))
+}
+
+/// The address `fd` is bound to, spelled as the protocol does: `ip:port`,
+/// `[ipv6]:port`, a Unix socket path, `@name` for an abstract Unix address;
+/// empty for an unnamed Unix socket or when `getsockname` fails.
+pub(crate) fn local_address(fd: BorrowedFd<'_>) -> String {
+    let Ok(addr) = rustix::net::getsockname(fd) else {
+        return String::new();
+    };
+    match addr.address_family() {
+        AddressFamily::INET | AddressFamily::INET6 => std::net::SocketAddr::try_from(addr)
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+        AddressFamily::UNIX => match rustix::net::SocketAddrUnix::try_from(addr) {
+            Ok(unix) => {
+                if let Some(path) = unix.path_bytes() {
+                    String::from_utf8_lossy(path).into_owned()
+                } else if let Some(name) = unix.abstract_name() {
+                    format!("@{}", String::from_utf8_lossy(name))
+                } else {
+                    String::new()
+                }
+            }
+            Err(_) => String::new(),
+        },
+        _ => String::new(),
+    }
+}
+
 /// Whether `fd` is an `AF_UNIX` `SOCK_SEQPACKET` socket, the channel's type.
 /// `Err(())` means it is not a socket at all.
 pub(crate) fn is_seqpacket(fd: BorrowedFd<'_>) -> Result<bool, ()> {

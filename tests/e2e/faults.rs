@@ -1,0 +1,177 @@
+//! The fault suite: crash loops, fd exhaustion and a long soak. Each test is
+//! bounded and deterministic; the signal storm is in `upgrade.rs` and the
+//! garbage-writing child in `rollback.rs`.
+
+use std::time::Duration;
+
+use hotsup_bench::loadgen::{Load, LoadConfig};
+use rustix::process::{Pid, Resource, Signal};
+
+use crate::upgrade::{Traffic, assert_no_failures};
+use crate::util::{Hotsup, WAIT, example, tempdir, zombies_of};
+
+fn rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+fn threads(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count()
+}
+
+/// The fd count once nothing transient is open (a control connection may
+/// still be closing after a client exits).
+fn quiet_fds(h: &Hotsup) -> usize {
+    (0..20)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(5));
+            h.open_fds()
+        })
+        .min()
+        .unwrap()
+}
+
+#[test]
+fn crash_looping_new_children_leave_the_old_one_serving() {
+    let dir = tempdir();
+    let mode = dir.path().join("mode");
+    std::fs::write(&mode, "serve").unwrap();
+    let mut h = Hotsup::run(
+        &["-l", "http=127.0.0.1:0"],
+        &[example("testchild"), "--mode-file".into(), mode.clone()],
+    );
+    let addr = h.addr("http");
+    h.ready(1);
+    let traffic = Traffic::start(addr);
+    traffic.wait_ok(5);
+    std::fs::write(&mode, "crash").unwrap();
+    // Warm up before measuring.
+    let mut from = 0;
+    for g in 2..=6u64 {
+        h.upgrade();
+        from = h
+            .log
+            .wait_from(from, &[&format!("upgrade to generation {g} failed")], WAIT)
+            .0;
+    }
+    let fds = quiet_fds(&h);
+    let rss = rss_kib(h.pid);
+    for g in 7..=56u64 {
+        h.upgrade();
+        let (i, line) =
+            h.log
+                .wait_from(from, &[&format!("upgrade to generation {g} failed")], WAIT);
+        assert!(line.contains("exited with code 3"), "{line}");
+        from = i;
+    }
+    traffic.wait_ok(10);
+    let reports = traffic.stop();
+    assert_no_failures(&reports);
+    for (_, r) in &reports {
+        assert_eq!(r.generations_seen(), [1].into_iter().collect());
+    }
+    assert_eq!(quiet_fds(&h), fds, "fds changed over 50 failed upgrades");
+    let rss_after = rss_kib(h.pid);
+    assert!(
+        rss_after <= rss + 512,
+        "RSS grew from {rss} to {rss_after} KiB"
+    );
+    assert!(zombies_of(h.pid).is_empty());
+    h.signal(Signal::TERM);
+    assert_eq!(h.wait_exit(WAIT).code(), Some(0));
+}
+
+#[test]
+fn an_upgrade_that_cannot_get_fds_fails_cleanly() {
+    let mut h = Hotsup::run(&["-l", "http=127.0.0.1:0"], &[example("http")]);
+    let addr = h.addr("http");
+    h.ready(1);
+    let load = Load::start(LoadConfig {
+        keep_alive: true,
+        concurrency: 2,
+        max_duration: Duration::from_secs(120),
+        ..LoadConfig::new(addr)
+    });
+    assert!(load.wait_for_ok(10, WAIT));
+    let pid = Pid::from_raw(h.pid).unwrap();
+    let saved = rustix::process::getrlimit(Resource::Nofile);
+    // Leave hotsup one free fd: the new child's channel needs two.
+    let open = quiet_fds(&h) as u64;
+    let tight = rustix::process::Rlimit {
+        current: Some(open + 1),
+        maximum: saved.maximum,
+    };
+    rustix::process::prlimit(Some(pid), Resource::Nofile, tight).unwrap();
+    h.upgrade();
+    let line = h.log.wait(&["upgrade failed"]);
+    assert!(line.contains("Too many open files"), "{line}");
+    assert!(line.contains("generation 1 keeps serving"), "{line}");
+    assert!(load.wait_for_more_ok(20, WAIT));
+
+    // With fds available again, the next upgrade works.
+    let roomy = rustix::process::Rlimit {
+        current: Some(65536.min(saved.maximum.unwrap_or(65536))),
+        maximum: saved.maximum,
+    };
+    rustix::process::prlimit(Some(pid), Resource::Nofile, roomy).unwrap();
+    h.upgrade();
+    h.ready(2);
+    assert!(load.wait_for_more_ok(20, WAIT));
+    let report = load.stop();
+    assert_eq!(report.total_failures(), 0, "{:?}", report.samples);
+    h.signal(Signal::TERM);
+    assert_eq!(h.wait_exit(WAIT).code(), Some(0));
+}
+
+#[test]
+fn soak_a_thousand_upgrades_under_light_load() {
+    const UPGRADES: u64 = 1000;
+    let mut h = Hotsup::run(
+        &["-l", "http=127.0.0.1:0", "--drain-timeout", "5s"],
+        &[example("testchild")],
+    );
+    let addr = h.addr("http");
+    h.ready(1);
+    let load = Load::start(LoadConfig {
+        keep_alive: false,
+        concurrency: 1,
+        pause_between: Some(Duration::from_millis(2)),
+        max_duration: Duration::from_secs(600),
+        timeout: Duration::from_secs(20),
+        ..LoadConfig::new(addr)
+    });
+    assert!(load.wait_for_ok(5, WAIT));
+    let mut samples = Vec::new();
+    let mut from = 0;
+    for g in 2..=UPGRADES + 1 {
+        h.upgrade();
+        from = h
+            .log
+            .wait_from(from, &[" ready ", &format!("generation={g} ")], WAIT)
+            .0;
+        if g % 100 == 1 {
+            // Let the previous generation finish, then sample.
+            h.log
+                .wait_from(0, &["drained", &format!("generation={} ", g - 1)], WAIT);
+            samples.push((g, quiet_fds(&h), rss_kib(h.pid), threads(h.pid)));
+        }
+    }
+    let report = load.stop();
+    eprintln!("(generation, fds, RSS KiB, threads): {samples:?}");
+    assert_eq!(report.total_failures(), 0, "{:?}", report.samples);
+    let (_, fds0, rss0, _) = samples[0];
+    for &(g, fds, rss, t) in &samples {
+        assert_eq!(fds, fds0, "fds at generation {g}: {samples:?}");
+        assert!(rss <= rss0 + 1024, "RSS at generation {g}: {samples:?}");
+        assert_eq!(t, 1, "hotsup runs one thread");
+    }
+    assert!(zombies_of(h.pid).is_empty());
+    h.signal(Signal::TERM);
+    assert_eq!(h.wait_exit(WAIT).code(), Some(0));
+}
