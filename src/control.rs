@@ -253,6 +253,19 @@ impl Server {
                     .create(dir)
                     .map_err(io_err(path))?;
             }
+            // A directory another user controls could swap the socket file
+            // under us (the default under /tmp is guessable).
+            let meta = std::fs::metadata(dir).map_err(io_err(path))?;
+            let me = rustix::process::geteuid().as_raw();
+            if meta.uid() != me && meta.uid() != 0 {
+                return Err(ControlError::Io {
+                    path: path.display().to_string(),
+                    source: io::Error::new(
+                        io::ErrorKind::PermissionDenied,
+                        format!("directory {} belongs to uid {}, not to us", dir.display(), meta.uid()),
+                    ),
+                });
+            }
         }
         match std::fs::symlink_metadata(path) {
             Ok(meta) if !meta.file_type().is_socket() => {

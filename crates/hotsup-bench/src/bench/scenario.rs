@@ -19,15 +19,14 @@ use super::supervised::{Binaries, Hotsup};
 /// `--drain-timeout` given to hotsup.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long hotsup may take to log `listening` and the first `ready`.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long an upgraded generation may take to be spawned and ready.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long probes look for the new generation after the signal.
-const PROBE_BUDGET: Duration = Duration::from_secs(30);
-/// Most probes per upgrade (a second bound besides `PROBE_BUDGET`).
-const MAX_PROBES: u64 = 100_000;
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an upgraded generation may take to be spawned, ready and
+/// answering probes.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most probes per upgrade (a second bound besides `READY_TIMEOUT`).
+pub const MAX_PROBES: u64 = 100_000;
 /// Timeout of one probe request.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Pause between probes.
 const PROBE_PAUSE: Duration = Duration::from_micros(100);
 /// How long after `draining` the old generation may take to be reaped.
@@ -35,7 +34,7 @@ const DRAINED_TIMEOUT: Duration = Duration::from_secs(DRAIN_TIMEOUT.as_secs() + 
 /// An upgrade window extends this far past the old generation's exit.
 pub const WINDOW_TAIL: Duration = Duration::from_millis(100);
 /// Timeout of each load request.
-const LOAD_TIMEOUT: Duration = Duration::from_secs(5);
+pub const LOAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// Failure messages kept from the probes.
 const MAX_PROBE_SAMPLES: usize = 10;
 
@@ -49,7 +48,6 @@ pub struct Options {
     /// Pause after each upgrade's old generation exited, before the next
     /// signal, so that steady-state traffic is seen between upgrades.
     pub gap: Duration,
-    pub json: Option<PathBuf>,
     pub log: Option<PathBuf>,
 }
 
@@ -340,7 +338,7 @@ pub fn describe_exit(s: &Shutdown) -> String {
     out
 }
 
-fn now_wall_us() -> i64 {
+pub fn now_wall_us() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as i64)
@@ -378,7 +376,6 @@ pub fn run(opts: Options) -> Result<Outcome> {
     // 2. Loads, then a steady-state warm-up.
     let bound = opts.warmup
         + READY_TIMEOUT
-            .saturating_add(PROBE_BUDGET)
             .saturating_add(DRAINED_TIMEOUT)
             .saturating_add(opts.gap)
             .saturating_mul(opts.upgrades.max(1))
@@ -458,11 +455,12 @@ pub fn run(opts: Options) -> Result<Outcome> {
         Ok(()) => {}
         Err(e) => eprintln!("hotsup-bench: {e:#}"),
     }
+    let mut leftovers = Vec::new();
     let status = match hs.wait_exit(DRAIN_TIMEOUT + Duration::from_secs(5)) {
         Some(s) => Some(s),
         None => {
             shutdown.forced = true;
-            hs.cleanup();
+            leftovers = hs.cleanup();
             hs.exited()
         }
     };
@@ -472,7 +470,9 @@ pub fn run(opts: Options) -> Result<Outcome> {
         shutdown.exit_code = s.code();
         shutdown.exit_signal = s.signal();
     }
-    let leftovers = hs.kill_leftover_generations();
+    leftovers.extend(hs.kill_leftover_generations());
+    leftovers.sort_unstable();
+    leftovers.dedup();
     hs.pump();
     let problems = hs
         .lines
@@ -526,26 +526,30 @@ fn upgrade(
     let wall_signal_us = now_wall_us();
     let t_signal = Instant::now();
     hs.signal(Signal::USR2)?;
-    let (t_first_probe, n_probes) = probe_generation(addr, expected, probes);
+    // One budget for the new generation to be spawned, ready and
+    // answering, shared by the probes and the log waits.
+    let deadline = t_signal + READY_TIMEOUT;
+    let left = || deadline.saturating_duration_since(Instant::now());
+    let (t_first_probe, n_probes) = probe_generation(addr, expected, deadline, probes);
+    if t_first_probe.is_none() {
+        hs.pump();
+        let logged = |k: Kind| hs.lines[from..].iter().any(|l| l.kind == k);
+        let (spawned, ready) = (logged(Kind::Spawned), logged(Kind::Ready));
+        bail!(
+            "no probe got a response from generation {expected} or later within {} of the \
+             signal (hotsup logged `spawned`: {spawned}, `ready`: {ready})\nlast hotsup log lines:\n{}",
+            super::supervised::fmt_secs(READY_TIMEOUT),
+            hs.tail(15)
+        );
+    }
 
-    let spawned = hs.expect(from, READY_TIMEOUT, "`spawned`", |l| {
-        l.kind == Kind::Spawned
-    })?;
+    let spawned = hs.expect(from, left(), "`spawned`", |l| l.kind == Kind::Spawned)?;
     let g = hs.lines[spawned]
         .generation
         .context("`spawned` line without generation")?;
-    let ready = hs.expect(
-        from,
-        READY_TIMEOUT,
-        &format!("`ready generation={g}`"),
-        |l| l.kind == Kind::Ready && l.generation == Some(g),
-    )?;
-    if t_first_probe.is_none() {
-        bail!(
-            "no probe got a response from generation {expected} or later within {}",
-            super::supervised::fmt_secs(PROBE_BUDGET)
-        );
-    }
+    let ready = hs.expect(from, left(), &format!("`ready generation={g}`"), |l| {
+        l.kind == Kind::Ready && l.generation == Some(g)
+    })?;
     let drained = hs.expect(
         from,
         DRAINED_TIMEOUT,
@@ -592,8 +596,12 @@ fn upgrade(
 
 /// Sends probe requests until one is answered by generation `g` or later;
 /// returns when that response was complete, and how many probes were sent.
-fn probe_generation(addr: SocketAddr, g: u64, totals: &mut ProbeTotals) -> (Option<Instant>, u64) {
-    let deadline = Instant::now() + PROBE_BUDGET;
+fn probe_generation(
+    addr: SocketAddr,
+    g: u64,
+    deadline: Instant,
+    totals: &mut ProbeTotals,
+) -> (Option<Instant>, u64) {
     let mut sent = 0;
     while sent < MAX_PROBES && Instant::now() < deadline {
         sent += 1;
@@ -618,7 +626,7 @@ fn probe_generation(addr: SocketAddr, g: u64, totals: &mut ProbeTotals) -> (Opti
     (None, sent)
 }
 
-fn record_probe_failure(totals: &mut ProbeTotals, kind: FailureKind, message: String) {
+pub fn record_probe_failure(totals: &mut ProbeTotals, kind: FailureKind, message: String) {
     if totals.samples.len() < MAX_PROBE_SAMPLES {
         totals.samples.push(format!("{kind}: {message}"));
     }

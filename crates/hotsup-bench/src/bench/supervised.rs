@@ -60,6 +60,16 @@ impl Hotsup {
     /// Starts `hotsup run -l 127.0.0.1:0 --drain-timeout DRAIN -- PROGRAM`
     /// with stderr piped to a reader thread.
     pub fn start(hotsup: &Path, program: &Path, drain_timeout: Duration) -> Result<Hotsup> {
+        Hotsup::start_with_listeners(hotsup, program, drain_timeout, 1)
+    }
+
+    /// Like [`Hotsup::start`] with `listeners` times `-l 127.0.0.1:0`.
+    pub fn start_with_listeners(
+        hotsup: &Path,
+        program: &Path,
+        drain_timeout: Duration,
+        listeners: usize,
+    ) -> Result<Hotsup> {
         let mut cmd = Command::new(hotsup);
         let bench_pid = rustix::process::getpid();
         // SAFETY: the closure runs in the forked child before exec, where
@@ -83,7 +93,9 @@ impl Hotsup {
             });
         }
         let mut child = cmd
-            .args(["run", "-l", "127.0.0.1:0", "--drain-timeout"])
+            .arg("run")
+            .args((0..listeners.max(1)).flat_map(|_| ["-l", "127.0.0.1:0"]))
+            .arg("--drain-timeout")
             .arg(format!("{}ms", drain_timeout.as_millis()))
             .arg("--")
             .arg(program)
@@ -211,7 +223,8 @@ impl Hotsup {
         }
     }
 
-    /// Like [`Hotsup::wait_for`] with an error naming `what`.
+    /// Like [`Hotsup::wait_for`] with an error naming `what` (one line,
+    /// then the last log lines).
     pub fn expect(
         &mut self,
         from: usize,
@@ -221,7 +234,7 @@ impl Hotsup {
     ) -> Result<usize> {
         self.wait_for(from, timeout, pred).map_err(|e| {
             anyhow::anyhow!(
-                "waiting {} for {what}: {e}; last hotsup log lines:\n{}",
+                "waiting {} for {what}: {e}\nlast hotsup log lines:\n{}",
                 fmt_secs(timeout),
                 self.tail(15)
             )
@@ -294,10 +307,11 @@ impl Hotsup {
 
     /// Stops hotsup if it still runs: SIGTERM twice (graceful, then
     /// hotsup's "kill every generation now"), SIGKILL if it lingers; then
-    /// kills any generation left behind. Used on error paths.
-    pub fn cleanup(&mut self) {
+    /// kills any generation left behind, and returns their pids. Used on
+    /// error paths and by Drop.
+    pub fn cleanup(&mut self) -> Vec<i32> {
         if self.pid == 0 {
-            return;
+            return Vec::new();
         }
         if self.exited().is_none() {
             let _ = self.signal(Signal::TERM);
@@ -310,17 +324,17 @@ impl Hotsup {
                 let _ = self.wait_exit(Duration::from_secs(5));
             }
         }
-        let killed = self.kill_leftover_generations();
-        if !killed.is_empty() {
-            eprintln!("hotsup-bench: killed leftover generation process groups {killed:?}");
-        }
         self.pid = 0;
+        self.kill_leftover_generations()
     }
 }
 
 impl Drop for Hotsup {
     fn drop(&mut self) {
-        self.cleanup();
+        let killed = self.cleanup();
+        if !killed.is_empty() {
+            eprintln!("hotsup-bench: killed leftover generation process groups {killed:?}");
+        }
     }
 }
 
@@ -332,6 +346,8 @@ pub fn fmt_secs(d: Duration) -> String {
 pub struct Binaries {
     pub hotsup: PathBuf,
     pub http: PathBuf,
+    /// `examples/listenfd_app`, if it was built.
+    pub listenfd_app: Option<PathBuf>,
 }
 
 impl Binaries {
@@ -345,6 +361,7 @@ impl Binaries {
         let bins = Binaries {
             hotsup: dir.join("hotsup"),
             http: dir.join("examples").join("http"),
+            listenfd_app: Some(dir.join("examples").join("listenfd_app")).filter(|p| p.is_file()),
         };
         let missing: Vec<String> = [&bins.hotsup, &bins.http]
             .iter()
