@@ -100,6 +100,10 @@ pub struct Spec<'a> {
     pub args: &'a [OsString],
     pub generation: u64,
     pub notify_socket: Option<&'a Path>,
+    /// Soft RLIMIT_NOFILE for the child: hotsup raises its own to hold many
+    /// sockets, but a child (select()-based ones above all) should start
+    /// with the limit hotsup was given.
+    pub nofile: Option<u64>,
     pub pass: Pass<'a>,
 }
 
@@ -164,11 +168,12 @@ pub fn spawn(spec: &Spec<'_>) -> io::Result<Spawned> {
         cmd.env("NOTIFY_SOCKET", path);
     }
     let raw_child_fd = child_fd.as_ref().map(|f| f.as_raw_fd());
+    let nofile = spec.nofile;
     // SAFETY: the closure runs between fork and exec in the child, where
     // only async-signal-safe calls are allowed; `prepare_child` makes only
     // raw syscalls on values captured by copy, and allocates nothing.
     unsafe {
-        cmd.pre_exec(move || prepare_child(raw_child_fd, hotsup_pid));
+        cmd.pre_exec(move || prepare_child(raw_child_fd, hotsup_pid, nofile));
     }
     let child = cmd.spawn()?;
     drop(child_fd);
@@ -210,8 +215,9 @@ pub fn exec_listen_pid(rest: &[OsString]) -> ! {
 }
 
 /// Runs in the forked child before exec: async-signal-safe syscalls only
-/// (fcntl, sigprocmask, prctl, getppid); no allocation, locks or logging.
-fn prepare_child(child_fd: Option<RawFd>, hotsup_pid: Pid) -> io::Result<()> {
+/// (fcntl, sigprocmask, prlimit, prctl, getppid); no allocation, locks or
+/// logging.
+fn prepare_child(child_fd: Option<RawFd>, hotsup_pid: Pid, nofile: Option<u64>) -> io::Result<()> {
     if let Some(child_fd) = child_fd {
         // SAFETY: child_fd is open in the child: it was inherited from the
         // parent's copy, which stays open until spawn returns.
@@ -229,6 +235,14 @@ fn prepare_child(child_fd: Option<RawFd>, hotsup_pid: Pid) -> io::Result<()> {
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
+    if let Some(soft) = nofile {
+        use rustix::process::{Resource, getrlimit, setrlimit};
+        let mut lim = getrlimit(Resource::Nofile);
+        if lim.current.is_none_or(|c| c > soft) {
+            lim.current = Some(soft);
+            setrlimit(Resource::Nofile, lim)?;
+        }
+    }
     // The spawning thread is the runtime's only thread, which lives as long
     // as hotsup, so this fires only when hotsup itself dies.
     rustix::process::set_parent_process_death_signal(Some(Signal::TERM))?;
@@ -238,6 +252,12 @@ fn prepare_child(child_fd: Option<RawFd>, hotsup_pid: Pid) -> io::Result<()> {
         return Err(io::Error::from_raw_os_error(libc::ESRCH));
     }
     Ok(())
+}
+
+/// SIGKILLs what a reaped generation left in its process group. Only the
+/// group: the main process's pid is free for reuse once reaped.
+pub fn kill_leftovers(pgid: Pid) -> bool {
+    rustix::process::kill_process_group(pgid, Signal::KILL).is_ok()
 }
 
 /// Human form of a wait status: `exited with code 3`, `killed by SIGKILL`.
@@ -251,8 +271,12 @@ pub fn describe_status(status: &rustix::process::WaitStatus) -> String {
     }
 }
 
-/// Signals a generation's whole process group, ignoring a group that is
-/// already gone. Returns whether any process was signalled.
-pub fn kill_group(pgid: Pid, sig: Signal) -> bool {
-    rustix::process::kill_process_group(pgid, sig).is_ok()
+/// Signals a generation's whole process group, and its main process by pid
+/// in case it left the group. Returns whether the group existed.
+///
+/// The pid cannot be reused while hotsup has not reaped it, so signalling it
+/// by pid is safe until `wait` returned it.
+pub fn kill_group(pid: Pid, sig: Signal) -> bool {
+    let _ = rustix::process::kill_process(pid, sig);
+    rustix::process::kill_process_group(pid, sig).is_ok()
 }

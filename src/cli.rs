@@ -273,12 +273,19 @@ pub struct RunArgs {
     pub command: Vec<OsString>,
 }
 
-/// Parses `500ms`, `2s`, `1m`, `1h 30m`; zero is refused.
+/// Longest duration accepted: deadlines computed from it cannot overflow.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Parses `500ms`, `2s`, `1m`, `1h 30m`; zero and more than a year are
+/// refused.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s.trim())
         .map_err(|e| format!("{e} (write durations like 500ms, 2s or 1m)"))?;
     if d.is_zero() {
         return Err("must be longer than zero".into());
+    }
+    if d > MAX_DURATION {
+        return Err("must be at most a year (365d)".into());
     }
     Ok(d)
 }
@@ -350,6 +357,8 @@ mod tests {
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("5").is_err());
+        assert!(parse_duration("9223372036854775807s").is_err());
+        assert!(parse_duration("366d").is_err());
     }
 
     #[test]

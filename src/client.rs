@@ -41,6 +41,25 @@ fn call(target: &Target, request: Request, timeout: Option<Duration>) -> Result<
             path.display()
         ))
     })?;
+    // Only trust a server run by us or by root: a socket planted in a
+    // shared directory must not tell a deploy script "ready".
+    let me = rustix::process::geteuid().as_raw();
+    match rustix::net::sockopt::socket_peercred(&stream) {
+        Ok(cred) if cred.uid.as_raw() == me || cred.uid.is_root() => {}
+        Ok(cred) => {
+            return Err(fail(format!(
+                "{} is served by uid {}, not by us or root; refusing to talk to it",
+                path.display(),
+                cred.uid.as_raw()
+            )));
+        }
+        Err(e) => {
+            return Err(fail(format!(
+                "cannot check who serves {}: {e}",
+                path.display()
+            )));
+        }
+    }
     let _ = stream.set_read_timeout(timeout);
     let mut line = serde_json::to_vec(&control::Envelope {
         version: control::VERSION,

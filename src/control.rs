@@ -24,7 +24,7 @@
 //! protocol gets a new `version`.
 
 use std::io;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -202,8 +202,9 @@ pub enum ControlError {
     Io { path: String, source: io::Error },
 }
 
-/// The default control socket for `name`: `$XDG_RUNTIME_DIR/hotsup/NAME.sock`,
-/// or `/run/hotsup/NAME.sock` for root (and when `XDG_RUNTIME_DIR` is unset).
+/// The default control socket for `name`: `/run/hotsup/NAME.sock` for root,
+/// `$XDG_RUNTIME_DIR/hotsup/NAME.sock` for other users, or
+/// `$TMPDIR/hotsup-UID/NAME.sock` when `XDG_RUNTIME_DIR` is unset.
 pub fn default_path(name: &str) -> PathBuf {
     let root = rustix::process::geteuid().is_root();
     let base = match std::env::var_os("XDG_RUNTIME_DIR") {
@@ -212,6 +213,30 @@ pub fn default_path(name: &str) -> PathBuf {
         _ => std::env::temp_dir().join(format!("hotsup-{}", rustix::process::geteuid().as_raw())),
     };
     base.join(format!("{name}.sock"))
+}
+
+/// A directory another user controls could swap the socket file under us
+/// (the default under /tmp is guessable): it must be a real directory owned
+/// by us or root, and writable by others only if sticky.
+fn check_dir(dir: &Path) -> io::Result<()> {
+    let meta = std::fs::symlink_metadata(dir)?;
+    let me = rustix::process::geteuid().as_raw();
+    let refuse = |why: String| Err(io::Error::new(io::ErrorKind::PermissionDenied, why));
+    if !meta.is_dir() {
+        return refuse(format!("{} is not a directory (a symlink?)", dir.display()));
+    }
+    if meta.uid() != me && meta.uid() != 0 {
+        return refuse(format!(
+            "directory {} belongs to uid {}",
+            dir.display(),
+            meta.uid()
+        ));
+    }
+    let sticky = meta.mode() & 0o1000 != 0;
+    if meta.mode() & 0o022 != 0 && !sticky {
+        return refuse(format!("directory {} is writable by others", dir.display()));
+    }
+    Ok(())
 }
 
 /// The bound control socket; its file is removed on drop if still ours.
@@ -253,19 +278,7 @@ impl Server {
                     .create(dir)
                     .map_err(io_err(path))?;
             }
-            // A directory another user controls could swap the socket file
-            // under us (the default under /tmp is guessable).
-            let meta = std::fs::metadata(dir).map_err(io_err(path))?;
-            let me = rustix::process::geteuid().as_raw();
-            if meta.uid() != me && meta.uid() != 0 {
-                return Err(ControlError::Io {
-                    path: path.display().to_string(),
-                    source: io::Error::new(
-                        io::ErrorKind::PermissionDenied,
-                        format!("directory {} belongs to uid {}, not to us", dir.display(), meta.uid()),
-                    ),
-                });
-            }
+            check_dir(dir).map_err(io_err(path))?;
         }
         match std::fs::symlink_metadata(path) {
             Ok(meta) if !meta.file_type().is_socket() => {
@@ -281,7 +294,13 @@ impl Server {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err(path)(e)),
         }
-        let listener = UnixListener::bind(path).map_err(io_err(path))?;
+        // Mode 0600 from the start: the umask applies at creation, so there
+        // is no window, and no chmod that could follow a swapped-in symlink.
+        // The runtime has no other thread that could create files meanwhile.
+        let old = rustix::process::umask(rustix::fs::Mode::from_bits_truncate(0o177));
+        let bound = UnixListener::bind(path);
+        rustix::process::umask(old);
+        let listener = bound.map_err(io_err(path))?;
         let meta = std::fs::symlink_metadata(path).map_err(io_err(path))?;
         let server = Server {
             path: path.to_path_buf(),
@@ -289,8 +308,6 @@ impl Server {
             ident: (meta.dev(), meta.ino()),
             active: Default::default(),
         };
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(io_err(path))?;
         Ok(server)
     }
 

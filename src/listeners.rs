@@ -4,7 +4,7 @@ use std::fmt;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
@@ -250,8 +250,17 @@ pub fn adopt_activated() -> Result<Vec<Listener>, ActivationError> {
         let fd = 3 + i;
         let given = names.get(i as usize).filter(|s| !s.is_empty()).cloned();
         let shown = given.clone().unwrap_or_else(|| format!("#{i}"));
+        // SAFETY: fcntl(F_GETFD) on a plain integer only asks whether it is
+        // open; no Rust object owns or borrows it yet.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+            return Err(ActivationError::NotASocket {
+                fd,
+                name: format!("{shown}, not open"),
+            });
+        }
         // SAFETY: by the socket-activation protocol the service manager hands
-        // hotsup ownership of fds 3..3+LISTEN_FDS; each is adopted once, here.
+        // hotsup ownership of fds 3..3+LISTEN_FDS; this one is open (checked
+        // above) and adopted once, here.
         let owned = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
         let (kind, address) = inspect(&owned).map_err(|e| match e {
             Inspect::NotSocket => ActivationError::NotASocket {
@@ -274,9 +283,17 @@ pub fn adopt_activated() -> Result<Vec<Listener>, ActivationError> {
             },
         })?;
         let _ = rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC);
-        let name = given
-            .filter(|n| valid_name(n))
-            .unwrap_or_else(|| default_name(kind, i as usize));
+        // systemd gives every socket of one .socket unit the same name (the
+        // unit's, by default): later duplicates get the default name.
+        let name = match given.filter(|n| valid_name(n)) {
+            Some(n) if !out.iter().any(|l: &Listener| l.info.name == n) => n,
+            Some(n) => {
+                let d = default_name(kind, i as usize);
+                tracing::warn!("LISTEN_FDNAMES repeats {n:?}: fd {fd} is named {d}");
+                d
+            }
+            None => default_name(kind, i as usize),
+        };
         out.push(Listener {
             info: ListenerInfo {
                 name,
@@ -463,7 +480,17 @@ fn bind_one(spec: &ListenSpec, name: String, opts: &BindOptions) -> Result<Liste
             let s =
                 Socket::new(Domain::UNIX, Type::STREAM, None).map_err(|e| bind_err(e, "socket"))?;
             let sa = SockAddr::unix(path).map_err(|e| bind_err(e, "path"))?;
-            s.bind(&sa).map_err(|e| bind_err(e, "path"))?;
+            // The file gets its mode at creation, from the umask: no window
+            // with a wider mode, and no chmod that could follow a symlink.
+            // hotsup is single-threaded while it binds.
+            let old_umask = opts
+                .unix_mode
+                .map(|m| rustix::process::umask(rustix::fs::Mode::from_bits_truncate(!m & 0o777)));
+            let bound = s.bind(&sa);
+            if let Some(old) = old_umask {
+                rustix::process::umask(old);
+            }
+            bound.map_err(|e| bind_err(e, "path"))?;
             let meta = std::fs::symlink_metadata(path).map_err(|e| bind_err(e, "path"))?;
             // Record ownership before anything else can fail, so the file is
             // removed on every error path below.
@@ -477,10 +504,6 @@ fn bind_one(spec: &ListenSpec, name: String, opts: &BindOptions) -> Result<Liste
                 socket: s.into(),
                 owned_path: owned,
             };
-            if let Some(mode) = opts.unix_mode {
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-                    .map_err(|e| bind_err(e, "chmod"))?;
-            }
             rustix::net::listen(&listener.socket, opts.backlog)
                 .map_err(|e| bind_err(e.into(), "listen"))?;
             return Ok(listener);

@@ -22,7 +22,6 @@ fn main() -> ExitCode {
     if argv.get(1).is_some_and(|a| a == child::EXEC_LISTEN_PID) {
         child::exec_listen_pid(&argv[2..]);
     }
-    ensure_std_fds();
     close_inherited_fds_on_exec();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -143,7 +142,16 @@ fn run(args: RunArgs) -> u8 {
     if let Err(e) = child::resolve(program) {
         return usage(e);
     }
-    raise_nofile_limit();
+    if let cli::ReadyMode::Delay(d) = args.ready {
+        if d >= args.ready_timeout {
+            return usage(format!(
+                "--ready delay:{} can never be reached: --ready-timeout is {}",
+                humantime::format_duration(d),
+                humantime::format_duration(args.ready_timeout)
+            ));
+        }
+    }
+    let original_nofile = raise_nofile_limit();
     let opts = BindOptions {
         backlog: args.backlog,
         reuseport: args.reuseport,
@@ -180,6 +188,7 @@ fn run(args: RunArgs) -> u8 {
         ready: args.ready,
         notify_path: None,
         max_draining: usize::from(args.max_draining),
+        child_nofile: original_nofile,
     };
     let name = args.name.clone().unwrap_or_else(|| {
         std::path::Path::new(program)
@@ -267,31 +276,15 @@ fn close_inherited_fds_on_exec() {
     }
 }
 
-/// Many listeners need many fds; the hard limit is ours to take.
-fn raise_nofile_limit() {
+/// Many listeners need many fds; the hard limit is ours to take. Returns
+/// the soft limit hotsup started with, for its children.
+fn raise_nofile_limit() -> Option<u64> {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let mut lim = getrlimit(Resource::Nofile);
+    let original = lim.current;
     if lim.current < lim.maximum {
         lim.current = lim.maximum;
         let _ = setrlimit(Resource::Nofile, lim);
     }
-}
-
-/// With fd 0, 1 or 2 closed, the first socket would land there and a child
-/// writing to stdout would write into it.
-fn ensure_std_fds() {
-    for fd in 0..3 {
-        // SAFETY: fcntl(F_GETFD) on a plain integer only queries it; a closed
-        // fd gives -1 (EBADF). No Rust object owns or borrows it here.
-        if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
-            if let Ok(null) = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open("/dev/null")
-            {
-                // The lowest free fd is the one that was closed.
-                std::mem::forget(null);
-            }
-        }
-    }
+    original
 }

@@ -34,6 +34,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// How long a Starting child that closed its channel may take to exit
 /// before it is killed.
 const CLOSED_GRACE: Duration = Duration::from_millis(250);
+/// How long a SIGKILLed generation may take to be reaped before the kill is
+/// repeated (a process in uninterruptible sleep dies only when it wakes).
+const KILL_GRACE: Duration = Duration::from_secs(5);
 /// A generation that served this long resets the backoff.
 const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(10);
 
@@ -51,6 +54,8 @@ pub struct Config {
     pub notify_path: Option<std::path::PathBuf>,
     /// Most generations draining at once; beyond it the oldest is killed.
     pub max_draining: usize,
+    /// The soft RLIMIT_NOFILE hotsup started with, restored for children.
+    pub child_nofile: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,8 +71,11 @@ enum State {
     Draining {
         deadline: Instant,
     },
-    /// SIGKILL sent to the group; waiting to reap.
-    Killing,
+    /// SIGKILL sent; waiting to reap. Past `deadline` the kill is sent
+    /// again (and, during shutdown, the process is abandoned).
+    Killing {
+        deadline: Instant,
+    },
 }
 
 struct Generation {
@@ -177,11 +185,13 @@ impl Supervisor {
         let mut usr1 = signal(SignalKind::user_defined1())?;
         // Pings only when the service manager asked for a watchdog: no
         // periodic wakeups otherwise.
-        let mut watchdog = sd_notify::watchdog_enabled().map(|period| {
-            let mut t = tokio::time::interval(period / 2);
-            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            t
-        });
+        let mut watchdog = sd_notify::watchdog_enabled()
+            .filter(|p| !p.is_zero())
+            .map(|period| {
+                let mut t = tokio::time::interval(period / 2);
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                t
+            });
 
         if let Err(e) = self.start_generation("start", &mut Vec::new()) {
             error!("cannot start COMMAND: {e}");
@@ -235,11 +245,14 @@ impl Supervisor {
         self.gens
             .values()
             .filter_map(|g| match g.state {
-                State::Starting { deadline, ready_at } => {
+                // A doomed generation waits only for its deadline.
+                State::Starting { deadline, ready_at } if g.doomed.is_none() => {
                     Some(ready_at.map_or(deadline, |r| r.min(deadline)))
                 }
-                State::Draining { deadline } => Some(deadline),
-                _ => None,
+                State::Starting { deadline, .. }
+                | State::Draining { deadline }
+                | State::Killing { deadline } => Some(deadline),
+                State::Serving { .. } => None,
             })
             .chain(self.restart_at)
             .min()
@@ -256,6 +269,10 @@ impl Supervisor {
             args: &self.cfg.args,
             generation: id,
             notify_socket: self.cfg.notify_path.as_deref(),
+            nofile: self.cfg.child_nofile.map(|n| {
+                // Room for every inherited listener above the usual limit.
+                n.max(3 + self.outbox.listeners.len() as u64 + 1024)
+            }),
             pass: match self.cfg.fds {
                 Fds::Native => Pass::Native,
                 Fds::Systemd => Pass::Systemd(&self.outbox.listeners),
@@ -266,6 +283,7 @@ impl Supervisor {
         self.next_id += 1;
         let now = Instant::now();
         let pid = spawned.pid;
+        let mut doomed = None;
         let mut state = State::Starting {
             deadline: now + self.cfg.ready_timeout,
             ready_at: match self.cfg.ready {
@@ -285,10 +303,13 @@ impl Supervisor {
                 (Some(chan), Some(task))
             }
             Some(Err(e)) => {
-                // It can never receive its sockets; reaped as a failure.
-                kill_group(pid, Signal::KILL);
-                warn!(generation = id, "cannot register channel: {e}");
-                state = State::Killing;
+                // It can never receive its sockets: fail it at once, through
+                // the same path as any generation that cannot be ready.
+                doomed = Some(format!("cannot register its channel: {e}"));
+                state = State::Starting {
+                    deadline: now,
+                    ready_at: None,
+                };
                 (None, None)
             }
         };
@@ -317,14 +338,16 @@ impl Supervisor {
                 channel,
                 task,
                 spoke: false,
-                doomed: None,
+                doomed,
                 ready_via: None,
             },
         );
         if !waiters.is_empty() {
             self.waiters.insert(id, std::mem::take(waiters));
         }
-        if self.cfg.ready == ReadyMode::Exec && matches!(state, State::Starting { .. }) {
+        if self.cfg.ready == ReadyMode::Exec
+            && self.gens.get(&id).is_some_and(|g| g.doomed.is_none())
+        {
             self.on_ready(id, "exec");
         }
         Ok(())
@@ -434,6 +457,9 @@ impl Supervisor {
     }
 
     fn schedule_restart(&mut self) {
+        if self.restart_at.is_some() {
+            return; // one restart at a time; the backoff counts crashes once
+        }
         if self.cfg.restart == Restart::Never {
             error!("nothing is serving and --restart never: exiting");
             self.exit_code = Some(1);
@@ -634,7 +660,9 @@ impl Supervisor {
         let Some(g) = self.gens.get_mut(&id) else {
             return;
         };
-        g.state = State::Killing;
+        g.state = State::Killing {
+            deadline: Instant::now() + KILL_GRACE,
+        };
         kill_group(g.pid, Signal::KILL);
         self.upgrade_failed(Some(id), &format!("{reason}; killed its process group"));
     }
@@ -668,8 +696,10 @@ impl Supervisor {
             .gens
             .values()
             .filter(|g| match g.state {
-                State::Starting { deadline, .. } | State::Draining { deadline } => deadline <= now,
-                _ => false,
+                State::Starting { deadline, .. }
+                | State::Draining { deadline }
+                | State::Killing { deadline } => deadline <= now,
+                State::Serving { .. } => false,
             })
             .map(|g| (g.id, g.state))
             .collect();
@@ -688,7 +718,9 @@ impl Supervisor {
                 }
                 State::Draining { .. } => {
                     if let Some(g) = self.gens.get_mut(&id) {
-                        g.state = State::Killing;
+                        g.state = State::Killing {
+                            deadline: Instant::now() + KILL_GRACE,
+                        };
                         kill_group(g.pid, Signal::KILL);
                         warn!(
                             generation = id,
@@ -700,8 +732,37 @@ impl Supervisor {
                         }
                     }
                 }
-                _ => {}
+                State::Killing { .. } => self.kill_again(id),
+                State::Serving { .. } => {}
             }
+        }
+    }
+
+    /// A SIGKILLed generation that is still not reapable: its main process
+    /// left its group, or sleeps uninterruptibly. Kill again; when shutting
+    /// down, stop waiting for it so hotsup can exit.
+    fn kill_again(&mut self, id: u64) {
+        let shutting_down = self.shutdown != Shutdown::No;
+        let Some(g) = self.gens.get_mut(&id) else {
+            return;
+        };
+        kill_group(g.pid, Signal::KILL);
+        let pid = g.pid.as_raw_pid();
+        if shutting_down {
+            error!(
+                generation = id,
+                pid, "did not die from SIGKILL; abandoning it"
+            );
+            self.gens.remove(&id);
+            self.exit_code = Some(1);
+        } else {
+            warn!(
+                generation = id,
+                pid, "did not die from SIGKILL yet; sent it again"
+            );
+            g.state = State::Killing {
+                deadline: Instant::now() + KILL_GRACE,
+            };
         }
     }
 
@@ -734,7 +795,7 @@ impl Supervisor {
         // Whatever the main process left in its group goes with it: a
         // leftover could hold listener copies and accept connections that
         // nobody serves.
-        if kill_group(g.pid, Signal::KILL) {
+        if child::kill_leftovers(g.pid) {
             warn!(
                 generation = id,
                 "killed processes left in the group of generation {id}"
@@ -746,18 +807,17 @@ impl Supervisor {
                 drop(g);
                 self.upgrade_failed(Some(id), &format!("child {how} before it was ready"));
             }
-            State::Killing => {
-                info!(generation = id, pid = p, "{how}");
-                drop(g);
-                if self.shutdown == Shutdown::No {
-                    self.after_attempt();
-                }
-            }
+            // Whoever killed it already decided what follows.
+            State::Killing { .. } => info!(generation = id, pid = p, "{how}"),
             State::Draining { .. } => {
                 info!(generation = id, pid = p, "drained, {how}");
+                // Exiting by the drain signal, or with 128+signal as JVMs and
+                // Node do when they handle it, is a clean drain.
+                let sig = self.cfg.drain_signal.as_raw();
                 let clean = status.exit_status() == Some(0)
-                    || status.terminating_signal() == Some(self.cfg.drain_signal.as_raw());
-                if self.shutdown != Shutdown::No && !clean {
+                    || status.exit_status() == Some(128 + sig)
+                    || status.terminating_signal() == Some(sig);
+                if self.shutdown != Shutdown::No && !clean && self.exit_code == Some(0) {
                     self.exit_code = Some(1);
                 }
             }
@@ -835,10 +895,12 @@ impl Supervisor {
         let ids: Vec<(u64, State)> = self.gens.values().map(|g| (g.id, g.state)).collect();
         for (id, state) in ids {
             match (how, state) {
-                (_, State::Killing) => {}
+                (_, State::Killing { .. }) => {}
                 (Shutdown::Forced, _) | (_, State::Starting { .. }) => {
                     if let Some(g) = self.gens.get_mut(&id) {
-                        g.state = State::Killing;
+                        g.state = State::Killing {
+                            deadline: Instant::now() + KILL_GRACE,
+                        };
                         kill_group(g.pid, Signal::KILL);
                         info!(
                             generation = id,
@@ -864,7 +926,9 @@ impl Supervisor {
         let excess = draining.len().saturating_sub(self.cfg.max_draining);
         for id in draining.into_iter().take(excess) {
             if let Some(g) = self.gens.get_mut(&id) {
-                g.state = State::Killing;
+                g.state = State::Killing {
+                    deadline: Instant::now() + KILL_GRACE,
+                };
                 kill_group(g.pid, Signal::KILL);
                 warn!(
                     generation = id,
@@ -883,20 +947,25 @@ impl Supervisor {
                     self.request_upgrade("control socket", Some(m.reply));
                 } else {
                     let queued = self.starting().is_some();
+                    let next = self.next_id;
                     self.request_upgrade("control socket", None);
-                    let result = if self.shutdown != Shutdown::No {
-                        "superseded"
-                    } else if queued {
-                        "queued"
-                    } else {
-                        "started"
+                    // What became of it at once: still starting, already
+                    // ready (--ready exec), or failed before it could start.
+                    let spawned = self.gens.get(&next);
+                    let (result, reason) = match spawned.map(|g| g.state) {
+                        _ if self.shutdown != Shutdown::No => {
+                            ("superseded", Some("hotsup is shutting down".to_string()))
+                        }
+                        _ if queued => ("queued", None),
+                        Some(State::Starting { .. }) => ("started", None),
+                        Some(State::Serving { .. }) => ("ready", None),
+                        _ => ("failed", self.last_failure.clone()),
                     };
-                    let g = self.starting().map(|g| (g.id, g.pid.as_raw_pid()));
                     let _ = m.reply.send(Reply::upgrade(Outcome {
                         result: result.into(),
-                        generation: g.map(|g| g.0),
-                        pid: g.map(|g| g.1),
-                        reason: None,
+                        generation: spawned.map(|g| g.id),
+                        pid: spawned.map(|g| g.pid.as_raw_pid()),
+                        reason,
                     }));
                 }
             }
@@ -996,7 +1065,7 @@ impl Supervisor {
             draining: self
                 .gens
                 .values()
-                .filter(|g| matches!(g.state, State::Draining { .. } | State::Killing))
+                .filter(|g| matches!(g.state, State::Draining { .. } | State::Killing { .. }))
                 .map(describe)
                 .collect(),
             last_upgrade: self

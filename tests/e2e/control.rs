@@ -94,6 +94,11 @@ fn upgrade_reports_success_and_each_kind_of_failure() {
     let gone = client(&sock, &["upgrade"]);
     assert_eq!(gone.status.code(), Some(1), "{}", text(&gone));
     assert!(text(&gone).contains("does not exist"), "{}", text(&gone));
+    // Without waiting, a failure that happens at once is still reported.
+    let gone = client(&sock, &["upgrade", "--no-wait"]);
+    assert_eq!(gone.status.code(), Some(1), "{}", text(&gone));
+    assert!(text(&gone).contains("upgrade failed"), "{}", text(&gone));
+    assert!(text(&gone).contains("does not exist"), "{}", text(&gone));
 
     // Generation 1 served through all of it.
     let status = client(&sock, &["status"]);

@@ -101,6 +101,60 @@ fn crashes_restart_with_backoff_while_clients_queue() {
 }
 
 #[test]
+fn a_child_that_leaves_its_group_is_still_killed() {
+    // It ignores SIGTERM and moves into hotsup's own process group, so a
+    // kill of its original group misses it.
+    let script = "import os, signal, time\n\
+                  signal.signal(signal.SIGTERM, signal.SIG_IGN)\n\
+                  os.setpgid(0, os.getpgid(os.getppid()))\n\
+                  print('escaped', flush=True)\n\
+                  time.sleep(60)\n";
+    let mut h = Hotsup::run(
+        &[
+            "-l",
+            "127.0.0.1:0",
+            "--ready",
+            "exec",
+            "--drain-timeout",
+            "1s",
+        ],
+        &["python3", "-c", script],
+    );
+    let pid = h.ready(1);
+    h.out.wait(&["escaped"]);
+    h.signal(Signal::TERM);
+    h.log
+        .wait(&["still running at the drain deadline", "generation=1 "]);
+    h.log.wait(&["killed by SIGKILL", "generation=1 "]);
+    assert!(wait_dead(pid, WAIT));
+    assert_eq!(h.wait_exit(WAIT).code(), Some(1));
+}
+
+#[test]
+fn backoff_doubles_once_per_failed_start() {
+    let dir = tempdir();
+    let mode = dir.path().join("mode");
+    std::fs::write(&mode, "never-ready").unwrap();
+    let mut h = Hotsup::run(
+        &["-l", "127.0.0.1:0", "--ready-timeout", "300ms"],
+        &[example("testchild"), "--mode-file".into(), mode.clone()],
+    );
+    // Each start is killed at the ready timeout; the backoff counts each
+    // failure once.
+    h.log.wait(&["restarting in 400ms"]);
+    let delays: Vec<String> = h
+        .log
+        .all()
+        .iter()
+        .filter_map(|l| l.split("restarting in ").nth(1))
+        .map(|d| d.split_whitespace().next().unwrap().to_string())
+        .collect();
+    assert_eq!(delays, ["100ms", "200ms", "400ms"]);
+    h.signal(Signal::TERM);
+    assert_eq!(h.wait_exit(WAIT).code(), Some(0));
+}
+
+#[test]
 fn shutdown_drains_in_flight_requests_and_exits_0() {
     let dir = tempdir();
     let sock = dir.path().join("app.sock");

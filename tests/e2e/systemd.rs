@@ -287,6 +287,28 @@ fn socket_activated_hotsup_adopts_its_sockets() {
 }
 
 #[test]
+fn repeated_socket_unit_names_are_made_unique() {
+    // systemd names every socket of a .socket unit alike.
+    let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let b_addr = b.local_addr().unwrap();
+    let mut cmd = activated(
+        vec![a.into(), b.into()],
+        "app.socket:app.socket",
+        &["--ready", "exec", "--", "sleep", "60"],
+    );
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut h = Hotsup::from_child(cmd.spawn().unwrap());
+    h.log.wait(&["listening", "name=app.socket "]);
+    assert_eq!(h.addr("tcp1"), b_addr);
+    h.log.wait(&["LISTEN_FDNAMES repeats"]);
+    h.signal(Signal::TERM);
+    assert_eq!(h.wait_exit(WAIT).code(), Some(0));
+}
+
+#[test]
 fn socket_activation_rejects_a_non_listening_fd() {
     let not_listening: OwnedFd = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().into();
     let stream = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
