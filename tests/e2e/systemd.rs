@@ -221,6 +221,47 @@ fn hotsup_reports_to_its_service_manager() {
     assert_eq!(status.code(), Some(0));
 }
 
+#[test]
+fn watchdog_pings_only_when_asked_for() {
+    let sd = FakeSystemd::new();
+    let mut child = Command::new(hotsup_bin())
+        .args([
+            "run",
+            "--ready",
+            "exec",
+            "-l",
+            "127.0.0.1:0",
+            "--",
+            "sleep",
+            "60",
+        ])
+        .env("NOTIFY_SOCKET", &sd.path)
+        .env("WATCHDOG_USEC", "100000")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (first, _) = sd.next();
+    assert!(first.starts_with("READY=1"), "{first:?}");
+    // Every 50ms: a few of them arrive well within the wait.
+    for _ in 0..3 {
+        let (ping, pid) = sd.next();
+        assert_eq!(ping, "WATCHDOG=1\n");
+        assert_eq!(pid, child.id() as i32);
+    }
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+        Signal::TERM,
+    )
+    .unwrap();
+    let deadline = Instant::now() + WAIT;
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "hotsup did not exit");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Starts hotsup with `fds` at 3, 4, ... and LISTEN_FDS, as systemd does
 /// for a `.socket` unit.
 fn activated(fds: Vec<OwnedFd>, names: &str, extra: &[&str]) -> Command {

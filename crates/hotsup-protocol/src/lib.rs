@@ -315,6 +315,12 @@ impl FromChild {
         let (verb, tail) = first.split_once(' ').unwrap_or((first, ""));
         match verb {
             "READY" => Ok(FromChild::Ready),
+            // Same rule as the encoder: status text is one line.
+            "STATUS" if tail.contains('\r') => Err(DecodeError::BadField {
+                verb: "STATUS",
+                field: "text",
+                value: truncate(tail),
+            }),
             "STATUS" => Ok(FromChild::Status(tail.to_owned())),
             "" => Err(DecodeError::Empty),
             other => Err(DecodeError::UnknownVerb(truncate(other))),
@@ -368,7 +374,12 @@ fn parse_listener(line: &str) -> Result<ListenerInfo, DecodeError> {
     let mut parts = line.splitn(3, ' ');
     let kind = parts.next().and_then(Kind::parse).ok_or_else(bad)?;
     let name = parts.next().filter(|n| valid_name(n)).ok_or_else(bad)?;
-    let address = parts.next().filter(|a| !a.is_empty()).ok_or_else(bad)?;
+    // A `\r` (a peer ending lines with CRLF) is refused here as the encoder
+    // refuses it: an address must never carry it into a bind or a log.
+    let address = parts
+        .next()
+        .filter(|a| !a.is_empty() && !a.contains('\r'))
+        .ok_or_else(bad)?;
     Ok(ListenerInfo {
         name: name.to_owned(),
         kind,
