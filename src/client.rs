@@ -175,6 +175,9 @@ pub fn status(target: &Target, json: bool) -> u8 {
         ),
         None => println!("serving:  nothing"),
     }
+    if let Some(text) = s.serving.as_ref().and_then(|g| g.status.as_deref()) {
+        println!("          status: {text}");
+    }
     if let Some(g) = &s.starting {
         println!(
             "starting: generation {} (pid {}), for {}",

@@ -171,6 +171,9 @@ pub struct GenerationStatus {
     /// Milliseconds until it is killed (draining only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_in_ms: Option<u64>,
+    /// The last status line it reported (`STATUS`, or `STATUS=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -93,6 +93,8 @@ struct Generation {
     doomed: Option<String>,
     /// How it became ready, for status.
     ready_via: Option<&'static str>,
+    /// The last STATUS it reported (native or `STATUS=`), for status.
+    status: Option<String>,
 }
 
 impl Drop for Generation {
@@ -340,6 +342,7 @@ impl Supervisor {
                 spoke: false,
                 doomed,
                 ready_via: None,
+                status: None,
             },
         );
         if !waiters.is_empty() {
@@ -494,6 +497,7 @@ impl Supervisor {
             ChannelEvent::Status(s) => {
                 g.spoke = true;
                 info!(generation = id, pid, "status: {s}");
+                g.status = Some(s);
             }
             ChannelEvent::Ready => {
                 g.spoke = true;
@@ -550,10 +554,13 @@ impl Supervisor {
             return;
         };
         let parsed = notify::parse(&d.text);
-        let Some(g) = self.gens.get(&id) else { return };
+        let Some(g) = self.gens.get_mut(&id) else {
+            return;
+        };
         let pid = g.pid.as_raw_pid();
         if let Some(status) = &parsed.status {
             info!(generation = id, pid, "status: {status}");
+            g.status = Some(status.clone());
         }
         if parsed.stopping {
             // Noted, never passed on: it would stop hotsup's own unit.
@@ -1045,6 +1052,7 @@ impl Supervisor {
                 State::Draining { deadline } => Some(ms(deadline.saturating_duration_since(now))),
                 _ => None,
             },
+            status: g.status.clone(),
         };
         control::Status {
             pid: rustix::process::getpid().as_raw_pid(),

@@ -195,6 +195,40 @@ fn status_json_has_a_stable_schema() {
 }
 
 #[test]
+fn status_shows_what_the_child_reported() {
+    // An unmodified app that reports through NOTIFY_SOCKET.
+    let script = "import os, socket, time\n\
+                  s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+                  s.sendto(b'STATUS=serving 42 tenants\\nREADY=1', os.environ['NOTIFY_SOCKET'])\n\
+                  time.sleep(60)\n";
+    let dir = tempdir();
+    let sock = dir.path().join("c.sock");
+    let sock_arg = sock.to_str().unwrap().to_string();
+    let h = Hotsup::run(
+        &[
+            "--fds",
+            "systemd",
+            "-l",
+            "127.0.0.1:0",
+            "--control",
+            &sock_arg,
+        ],
+        &["python3", "-c", script],
+    );
+    h.ready(1);
+    let out = client(&sock, &["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["serving"]["status"], "serving 42 tenants", "{v}");
+    assert_eq!(v["serving"]["ready_via"], "READY=1");
+    let human = client(&sock, &["status"]);
+    assert!(
+        text(&human).contains("status: serving 42 tenants"),
+        "{}",
+        text(&human)
+    );
+}
+
+#[test]
 fn malformed_requests_get_an_error_and_change_nothing() {
     use std::io::{Read, Write};
     let dir = tempdir();
