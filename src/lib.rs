@@ -10,4 +10,5 @@ pub mod control;
 pub mod handoff;
 pub mod listeners;
 pub mod notify;
+pub mod signals;
 pub mod supervisor;

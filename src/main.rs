@@ -10,7 +10,7 @@ use tracing_subscriber::EnvFilter;
 
 use hotsup::cli::{self, Cli, Command, RunArgs};
 use hotsup::listeners::{self, BindOptions};
-use hotsup::{child, client, control, handoff, notify, supervisor};
+use hotsup::{child, client, control, handoff, notify, signals, supervisor};
 
 const EXIT_RUNTIME: u8 = 1;
 const EXIT_USAGE: u8 = 2;
@@ -127,6 +127,9 @@ fn run(args: RunArgs) -> u8 {
     let Some((program, rest)) = args.command.split_first() else {
         return usage("no COMMAND given: usage: hotsup run [OPTIONS] -- COMMAND [ARGS]...");
     };
+    // From here on, a SIGTERM must run hotsup's shutdown, not kill it before
+    // its handlers exist.
+    signals::hold();
     // Sockets handed to hotsup itself by socket activation come first.
     let adopted = match listeners::adopt_activated() {
         Ok(a) => a,

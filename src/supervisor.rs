@@ -195,6 +195,7 @@ impl Supervisor {
                 t
             });
 
+        crate::signals::release();
         if let Err(e) = self.start_generation("start", &mut Vec::new()) {
             error!("cannot start COMMAND: {e}");
             return Ok(1);
@@ -664,14 +665,21 @@ impl Supervisor {
 
     /// Kills a Starting generation that will never be ready.
     fn fail_starting(&mut self, id: u64, reason: &str) {
-        let Some(g) = self.gens.get_mut(&id) else {
+        if self.kill(id).is_none() {
             return;
-        };
+        }
+        self.upgrade_failed(Some(id), &format!("{reason}; killed its process group"));
+    }
+
+    /// SIGKILLs a generation (its group and its main process) and waits to
+    /// reap it. Returns its pid, for the caller's log line.
+    fn kill(&mut self, id: u64) -> Option<i32> {
+        let g = self.gens.get_mut(&id)?;
         g.state = State::Killing {
             deadline: Instant::now() + KILL_GRACE,
         };
         kill_group(g.pid, Signal::KILL);
-        self.upgrade_failed(Some(id), &format!("{reason}; killed its process group"));
+        Some(g.pid.as_raw_pid())
     }
 
     fn on_timer(&mut self) {
@@ -724,15 +732,10 @@ impl Supervisor {
                     self.fail_starting(id, &reason);
                 }
                 State::Draining { .. } => {
-                    if let Some(g) = self.gens.get_mut(&id) {
-                        g.state = State::Killing {
-                            deadline: Instant::now() + KILL_GRACE,
-                        };
-                        kill_group(g.pid, Signal::KILL);
+                    if let Some(pid) = self.kill(id) {
                         warn!(
                             generation = id,
-                            pid = g.pid.as_raw_pid(),
-                            "still running at the drain deadline; killed its process group"
+                            pid, "still running at the drain deadline; killed its process group"
                         );
                         if self.shutdown != Shutdown::No {
                             self.exit_code = Some(1);
@@ -904,16 +907,8 @@ impl Supervisor {
             match (how, state) {
                 (_, State::Killing { .. }) => {}
                 (Shutdown::Forced, _) | (_, State::Starting { .. }) => {
-                    if let Some(g) = self.gens.get_mut(&id) {
-                        g.state = State::Killing {
-                            deadline: Instant::now() + KILL_GRACE,
-                        };
-                        kill_group(g.pid, Signal::KILL);
-                        info!(
-                            generation = id,
-                            pid = g.pid.as_raw_pid(),
-                            "killed its process group"
-                        );
+                    if let Some(pid) = self.kill(id) {
+                        info!(generation = id, pid, "killed its process group");
                     }
                 }
                 (_, State::Serving { .. }) => self.drain(id),
@@ -932,14 +927,10 @@ impl Supervisor {
             .collect();
         let excess = draining.len().saturating_sub(self.cfg.max_draining);
         for id in draining.into_iter().take(excess) {
-            if let Some(g) = self.gens.get_mut(&id) {
-                g.state = State::Killing {
-                    deadline: Instant::now() + KILL_GRACE,
-                };
-                kill_group(g.pid, Signal::KILL);
+            if let Some(pid) = self.kill(id) {
                 warn!(
                     generation = id,
-                    pid = g.pid.as_raw_pid(),
+                    pid,
                     "more than {} generations draining (--max-draining): killed the oldest",
                     self.cfg.max_draining
                 );

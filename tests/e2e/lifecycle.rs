@@ -215,6 +215,24 @@ fn has_established(pid: i32) -> bool {
 }
 
 #[test]
+fn sigterm_during_startup_is_a_graceful_shutdown() {
+    let dir = tempdir();
+    let sock = dir.path().join("s.sock");
+    let arg = format!("unix:{}", sock.display());
+    let mut h = Hotsup::run(&["-l", &arg], &[example("http")]);
+    // As early as the log allows: the sockets are bound, the event loop may
+    // not run yet. The signal waits for hotsup's handlers.
+    h.log.wait(&["listening"]);
+    h.signal(Signal::TERM);
+    assert_eq!(
+        h.wait_exit(WAIT).code(),
+        Some(0),
+        "killed instead of shut down"
+    );
+    assert!(!sock.exists(), "socket file left behind");
+}
+
+#[test]
 fn second_interrupt_kills_at_once_and_exits_1() {
     let dir = tempdir();
     let mode = dir.path().join("mode");
