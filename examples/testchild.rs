@@ -375,10 +375,15 @@ impl Server {
 struct Active<'a>(&'a AtomicUsize);
 
 impl<'a> Active<'a> {
-    fn new(counter: &'a AtomicUsize) -> Active<'a> {
-        counter.fetch_add(1, Ordering::SeqCst);
+    /// Takes over a count made with [`count_one`] before the connection's
+    /// thread started.
+    fn adopt(counter: &'a AtomicUsize) -> Active<'a> {
         Active(counter)
     }
+}
+
+fn count_one(counter: &AtomicUsize) {
+    counter.fetch_add(1, Ordering::SeqCst);
 }
 
 impl Drop for Active<'_> {
@@ -438,8 +443,13 @@ impl Socket {
         match self {
             Socket::Http(l) => accept_loop(&l, TcpListener::accept, server, |conn| {
                 let server = Arc::clone(server);
+                // Counted here, in the accept loop, not in the new thread:
+                // the drain waits for the count once the accept loops are
+                // joined, and must not miss a connection whose thread has
+                // not run yet.
+                count_one(&server.active);
                 thread::spawn(move || {
-                    let _active = Active::new(&server.active);
+                    let _active = Active::adopt(&server.active);
                     if let Err(e) = serve_http(conn, &server) {
                         eprintln!("testchild: connection: {e}");
                     }
