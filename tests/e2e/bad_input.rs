@@ -89,16 +89,16 @@ fn permission_denied() {
     }
     // Root may bind port 80, so run as nobody: binding a privileged port is
     // then refused exactly as it is for an unprivileged user.
-    let out = std::process::Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            hotsup_bin(),
-        ])
-        .args(["run", "-l", "127.0.0.1:80", "--", "/bin/true"])
-        .output()
-        .expect("setpriv (util-linux) is needed to drop root for this test");
+    let mut cmd = std::process::Command::new("setpriv");
+    cmd.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        hotsup_bin(),
+    ])
+    .args(["run", "-l", "127.0.0.1:80", "--", "/bin/true"]);
+    // setpriv (util-linux) drops root for this test.
+    let out = crate::util::output_bounded(cmd);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(RUNTIME), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");

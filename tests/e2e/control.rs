@@ -10,12 +10,9 @@ use crate::upgrade::{Traffic, assert_no_failures};
 use crate::util::{Hotsup, WAIT, example, hotsup_bin, tempdir, zombies_of};
 
 fn client(sock: &Path, args: &[&str]) -> Output {
-    Command::new(hotsup_bin())
-        .args(args)
-        .arg("--control")
-        .arg(sock)
-        .output()
-        .expect("run hotsup client")
+    let mut cmd = Command::new(hotsup_bin());
+    cmd.args(args).arg("--control").arg(sock);
+    crate::util::output_bounded(cmd)
 }
 
 fn text(o: &Output) -> String {
@@ -121,12 +118,12 @@ fn upgrade_reports_success_and_each_kind_of_failure() {
 #[test]
 fn concurrent_upgrade_clients_all_learn_the_outcome() {
     let dir = tempdir();
-    // Each generation takes 500ms to be ready, so the burst lands while the
+    // Each generation takes 3s to be ready, so the burst lands while the
     // first requested upgrade is in progress.
     let (h, sock, _) = supervised_with(
         dir.path(),
         &["--ready-timeout", "20s"],
-        &["--ready-delay-ms", "500"],
+        &["--ready-delay-ms", "3000"],
     );
     let spawn_client = |sock: &PathBuf| {
         let sock = sock.clone();
@@ -266,18 +263,17 @@ fn clients_of_another_user_are_refused() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            hotsup_bin(),
-            "upgrade",
-            "--control",
-        ])
-        .arg(&sock)
-        .output()
-        .expect("setpriv");
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        hotsup_bin(),
+        "upgrade",
+        "--control",
+    ])
+    .arg(&sock);
+    let out = crate::util::output_bounded(cmd);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("permission denied"), "{}", text(&out));
     h.log
@@ -309,18 +305,16 @@ fn a_live_control_socket_is_not_stolen() {
 
 #[test]
 fn unreachable_control_socket_is_one_clear_line() {
-    let out = Command::new(hotsup_bin())
-        .args(["status", "--control", "/nonexistent/hotsup.sock"])
-        .output()
-        .unwrap();
+    let mut cmd = Command::new(hotsup_bin());
+    cmd.args(["status", "--control", "/nonexistent/hotsup.sock"]);
+    let out = crate::util::output_bounded(cmd);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     assert!(err.contains("/nonexistent/hotsup.sock"), "{err}");
-    let out = Command::new(hotsup_bin())
-        .args(["status"])
-        .output()
-        .unwrap();
+    let mut cmd = Command::new(hotsup_bin());
+    cmd.arg("status");
+    let out = crate::util::output_bounded(cmd);
     assert_eq!(out.status.code(), Some(2));
 }
 
@@ -369,8 +363,10 @@ fn overlapping_upgrades_respect_max_draining() {
     let reports = traffic.stop();
     assert_no_failures(&reports);
     h.signal(Signal::INT);
+    h.log.wait(&["graceful shutdown"]);
     h.signal(Signal::INT);
-    h.wait_exit(WAIT);
+    // The second interrupt kills what still drains: exit 1.
+    assert_eq!(h.wait_exit(WAIT).code(), Some(1));
     for t in long {
         let _ = t.join();
     }

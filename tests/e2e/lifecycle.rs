@@ -148,6 +148,7 @@ fn backoff_doubles_once_per_failed_start() {
         .iter()
         .filter_map(|l| l.split("restarting in ").nth(1))
         .map(|d| d.split_whitespace().next().unwrap().to_string())
+        .take(3)
         .collect();
     assert_eq!(delays, ["100ms", "200ms", "400ms"]);
     h.signal(Signal::TERM);
@@ -184,6 +185,10 @@ fn shutdown_drains_in_flight_requests_and_exits_0() {
     while std::time::Instant::now() < deadline && !has_established(pid) {
         std::thread::sleep(Duration::from_millis(5));
     }
+    assert!(
+        has_established(pid),
+        "the slow request never reached the server"
+    );
     h.signal(Signal::TERM);
     h.log.wait(&["draining via protocol", "generation=1 "]);
     let resp = slow.join().unwrap().expect("in-flight request failed");
@@ -286,7 +291,7 @@ fn restart_policy_decides_what_an_exit_means() {
     h.ready(1);
     h.ready(2);
     h.signal(Signal::TERM);
-    h.wait_exit(WAIT);
+    assert_eq!(h.wait_exit(WAIT).code(), Some(0));
 }
 
 #[test]
@@ -301,6 +306,18 @@ fn quit_and_usr1_are_forwarded_to_the_serving_child() {
     // The http example does not handle SIGUSR1, so it dies of it: proof the
     // signal reached the child, not just the log.
     h.log.wait(&["killed by SIGUSR1", "generation=1 "]);
-    // 128 + SIGUSR1, as a shell (and tini) report a death by signal.
     assert_eq!(h.wait_exit(WAIT).code(), Some(128 + 10));
+
+    // SIGQUIT likewise reaches the child (and not hotsup, which would
+    // otherwise dump core).
+    let mut h = Hotsup::run(
+        &["-l", "127.0.0.1:0", "--restart", "never"],
+        &[example("http")],
+    );
+    let pid = h.ready(1);
+    h.signal(Signal::QUIT);
+    h.log.wait(&["forwarding SIGQUIT", &format!("pid={pid}")]);
+    h.log.wait(&["killed by SIGQUIT", "generation=1 "]);
+    // 128 + the signal, as a shell (and tini) report a death by signal.
+    assert_eq!(h.wait_exit(WAIT).code(), Some(128 + 3));
 }

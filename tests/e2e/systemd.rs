@@ -164,11 +164,13 @@ fn hotsup_reports_to_its_service_manager() {
         .arg("--mode-file")
         .arg(&mode)
         .env("NOTIFY_SOCKET", &sd.path)
+        .env("RUST_LOG", "info")
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let mut child = cmd.spawn().unwrap();
-    let hotsup = child.id() as i32;
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // Killed with its children on drop, should an assertion fail.
+    let mut h = Hotsup::from_child(cmd.spawn().unwrap());
+    let hotsup = h.pid;
     let expect = |want: &[&str]| {
         let (text, pid) = sd.next();
         assert_eq!(pid, hotsup, "sent by pid {pid}, not hotsup: {text:?}");
@@ -210,21 +212,14 @@ fn hotsup_reports_to_its_service_manager() {
     )
     .unwrap();
     expect(&["STOPPING=1"]);
-    let deadline = Instant::now() + WAIT;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "hotsup did not exit");
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let status = h.wait_exit(WAIT);
     assert_eq!(status.code(), Some(0));
 }
 
 #[test]
 fn watchdog_pings_only_when_asked_for() {
     let sd = FakeSystemd::new();
-    let mut child = Command::new(hotsup_bin())
+    let child = Command::new(hotsup_bin())
         .args([
             "run",
             "--ready",
@@ -238,28 +233,21 @@ fn watchdog_pings_only_when_asked_for() {
         .env("NOTIFY_SOCKET", &sd.path)
         .env("WATCHDOG_USEC", "100000")
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut h = Hotsup::from_child(child);
     let (first, _) = sd.next();
     assert!(first.starts_with("READY=1"), "{first:?}");
     // Every 50ms: a few of them arrive well within the wait.
     for _ in 0..3 {
         let (ping, pid) = sd.next();
         assert_eq!(ping, "WATCHDOG=1\n");
-        assert_eq!(pid, child.id() as i32);
+        assert_eq!(pid, h.pid);
     }
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
-        Signal::TERM,
-    )
-    .unwrap();
-    let deadline = Instant::now() + WAIT;
-    while child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "hotsup did not exit");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    h.signal(Signal::TERM);
+    assert_eq!(h.wait_exit(WAIT).code(), Some(0));
 }
 
 /// Starts hotsup with `fds` at 3, 4, ... and LISTEN_FDS, as systemd does
@@ -353,12 +341,12 @@ fn repeated_socket_unit_names_are_made_unique() {
 fn socket_activation_rejects_a_non_listening_fd() {
     let not_listening: OwnedFd = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().into();
     let stream = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    let mut cmd = activated(
+    let cmd = activated(
         vec![not_listening, stream.into()],
         "ok:bad",
         &["--", "/bin/true"],
     );
-    let out = cmd.output().unwrap();
+    let out = crate::util::output_bounded(cmd);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
@@ -368,9 +356,7 @@ fn socket_activation_rejects_a_non_listening_fd() {
     );
 
     let devnull: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
-    let out = activated(vec![devnull], "x", &["--", "/bin/true"])
-        .output()
-        .unwrap();
+    let out = crate::util::output_bounded(activated(vec![devnull], "x", &["--", "/bin/true"]));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
@@ -423,7 +409,8 @@ fn children_get_sigterm_when_hotsup_is_killed() {
     let mut h = Hotsup::run(&["--ready", "exec", "-l", "127.0.0.1:0"], &["sleep", "60"]);
     let pid = h.ready(1);
     h.signal(Signal::KILL);
-    h.wait_exit(WAIT);
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(h.wait_exit(WAIT).signal(), Some(9));
     assert!(wait_dead(pid, WAIT), "child {pid} outlived hotsup");
 }
 
@@ -432,7 +419,7 @@ fn subreaper_reaps_orphans_without_stealing_statuses() {
     // The subshell forks a sleeper and exits at once: the sleeper is
     // orphaned and, with --subreaper, re-parented to hotsup.
     let script = format!(
-        "(sleep 1 & echo orphan=$!); exec {}",
+        "(sleep 10 & echo orphan=$!); exec {}",
         example("testchild").display()
     );
     let mut h = Hotsup::run(
@@ -463,7 +450,12 @@ fn subreaper_reaps_orphans_without_stealing_statuses() {
         Some(h.pid),
         "orphan not re-parented to hotsup"
     );
-    // It exits after a second; hotsup reaps it.
+    // When it dies, hotsup reaps it.
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(orphan).unwrap(),
+        Signal::TERM,
+    )
+    .unwrap();
     let deadline = Instant::now() + WAIT;
     while Instant::now() < deadline && std::path::Path::new(&format!("/proc/{orphan}")).exists() {
         std::thread::sleep(Duration::from_millis(10));

@@ -113,7 +113,7 @@ fn signal_storm_spawns_at_most_two_generations() {
         &[
             example("testchild"),
             "--ready-delay-ms".into(),
-            "300".into(),
+            "1500".into(),
         ],
     );
     let addr = h.addr("http");
@@ -121,7 +121,7 @@ fn signal_storm_spawns_at_most_two_generations() {
     let traffic = Traffic::start(addr);
     traffic.wait_ok(5);
     let fds_before = h.open_fds();
-    // The first signal starts an upgrade (its child takes 300ms to be
+    // The first signal starts an upgrade (its child takes 1.5s to be
     // ready); the 99 that arrive during it coalesce into one follow-up.
     h.upgrade();
     h.spawned_pid(2);

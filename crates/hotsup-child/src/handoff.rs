@@ -144,23 +144,23 @@ impl Handoff {
 
     /// Takes the TCP listener named `name`, set to blocking mode.
     pub fn take_tcp(&self, name: &str) -> Result<TcpListener, Error> {
-        self.sockets.take_tcp(name)
+        self.sockets.take_tcp(name, false)
     }
 
     /// Takes the first TCP listener, in the supervisor's order, set to
     /// blocking mode.
     pub fn take_first_tcp(&self) -> Result<TcpListener, Error> {
-        self.sockets.take_first_tcp()
+        self.sockets.take_first_tcp(false)
     }
 
     /// Takes the Unix stream listener named `name`, set to blocking mode.
     pub fn take_unix(&self, name: &str) -> Result<UnixListener, Error> {
-        self.sockets.take_unix(name)
+        self.sockets.take_unix(name, false)
     }
 
     /// Takes the UDP socket named `name`, set to blocking mode.
     pub fn take_udp(&self, name: &str) -> Result<UdpSocket, Error> {
-        self.sockets.take_udp(name)
+        self.sockets.take_udp(name, false)
     }
 
     /// Sends `READY` to the supervisor, once; later calls do nothing.

@@ -92,36 +92,40 @@ impl Sockets {
         self.take(self.index_of(name)?, kind)
     }
 
-    /// Takes the TCP listener named `name`, set to blocking mode.
-    pub(crate) fn take_tcp(&self, name: &str) -> Result<TcpListener, Error> {
+    /// Takes the TCP listener named `name`, in the given mode.
+    ///
+    /// The mode is set once, directly: `O_NONBLOCK` is shared with every
+    /// generation, and even a moment in the other mode could leave an older
+    /// generation blocked in `accept`.
+    pub(crate) fn take_tcp(&self, name: &str, nonblocking: bool) -> Result<TcpListener, Error> {
         let listener = TcpListener::from(self.take(self.index_of(name)?, Kind::Tcp)?);
-        listener.set_nonblocking(false)?;
+        listener.set_nonblocking(nonblocking)?;
         Ok(listener)
     }
 
-    /// Takes the first TCP listener, in order, set to blocking mode.
-    pub(crate) fn take_first_tcp(&self) -> Result<TcpListener, Error> {
+    /// Takes the first TCP listener, in order, in the given mode.
+    pub(crate) fn take_first_tcp(&self, nonblocking: bool) -> Result<TcpListener, Error> {
         let index = self
             .slots
             .iter()
             .position(|s| s.kind == Ok(Kind::Tcp))
             .ok_or(Error::NoListenerOfKind { kind: Kind::Tcp })?;
         let listener = TcpListener::from(self.take(index, Kind::Tcp)?);
-        listener.set_nonblocking(false)?;
+        listener.set_nonblocking(nonblocking)?;
         Ok(listener)
     }
 
-    /// Takes the Unix stream listener named `name`, set to blocking mode.
-    pub(crate) fn take_unix(&self, name: &str) -> Result<UnixListener, Error> {
+    /// Takes the Unix stream listener named `name`, in the given mode.
+    pub(crate) fn take_unix(&self, name: &str, nonblocking: bool) -> Result<UnixListener, Error> {
         let listener = UnixListener::from(self.take(self.index_of(name)?, Kind::Unix)?);
-        listener.set_nonblocking(false)?;
+        listener.set_nonblocking(nonblocking)?;
         Ok(listener)
     }
 
-    /// Takes the UDP socket named `name`, set to blocking mode.
-    pub(crate) fn take_udp(&self, name: &str) -> Result<UdpSocket, Error> {
+    /// Takes the UDP socket named `name`, in the given mode.
+    pub(crate) fn take_udp(&self, name: &str, nonblocking: bool) -> Result<UdpSocket, Error> {
         let socket = UdpSocket::from(self.take(self.index_of(name)?, Kind::Udp)?);
-        socket.set_nonblocking(false)?;
+        socket.set_nonblocking(nonblocking)?;
         Ok(socket)
     }
 

@@ -49,10 +49,10 @@
 //! ```no_run
 //! use std::time::{Duration, Instant};
 //!
-//! let listener = hotsup_child::inherit_listener("127.0.0.1:8080")?;
+//! // Nonblocking, so that the loop notices a drain even when no client
+//! // connects.
+//! let listener = hotsup_child::inherit_listener_nonblocking("127.0.0.1:8080")?;
 //! let drain = hotsup_child::drain();
-//! // Poll, so that the loop notices a drain even when no client connects.
-//! listener.set_nonblocking(true)?;
 //! hotsup_child::ready()?;
 //! while !drain.is_draining() {
 //!     match listener.accept() {
@@ -383,9 +383,26 @@ pub fn listeners() -> &'static [ListenerInfo] {
 /// missing listener is an error ([`Error::NoListenerOfKind`]), because a
 /// socket the supervisor does not hold would not survive an upgrade.
 pub fn inherit_listener<A: ToSocketAddrs>(fallback: A) -> Result<TcpListener, Error> {
+    inherit_listener_in(fallback, false)
+}
+
+/// Like [`inherit_listener`], in nonblocking mode, for accept loops that
+/// poll (see the crate example).
+///
+/// Prefer it to calling `set_nonblocking(true)` on a blocking listener: the
+/// flag is shared with every generation, and the moment the listener spends
+/// in blocking mode can leave an older generation stuck in `accept`.
+pub fn inherit_listener_nonblocking<A: ToSocketAddrs>(fallback: A) -> Result<TcpListener, Error> {
+    inherit_listener_in(fallback, true)
+}
+
+pub(crate) fn inherit_listener_in<A: ToSocketAddrs>(
+    fallback: A,
+    nonblocking: bool,
+) -> Result<TcpListener, Error> {
     match global().sockets()? {
-        Some(sockets) => sockets.take_first_tcp(),
-        None => bind_tcp(fallback),
+        Some(sockets) => sockets.take_first_tcp(nonblocking),
+        None => bind_tcp(fallback, nonblocking),
     }
 }
 
@@ -402,7 +419,11 @@ pub fn take_socket(name: &str, kind: Kind) -> Result<std::os::fd::OwnedFd, Error
 /// Standalone there are no inherited listeners, so this returns
 /// [`Error::NotFound`]; use [`tcp_listener_or_bind`] to bind one instead.
 pub fn tcp_listener(name: &str) -> Result<TcpListener, Error> {
-    supervised(name)?.take_tcp(name)
+    supervised(name)?.take_tcp(name, false)
+}
+
+pub(crate) fn tcp_listener_in(name: &str, nonblocking: bool) -> Result<TcpListener, Error> {
+    supervised(name)?.take_tcp(name, nonblocking)
 }
 
 /// Takes the inherited TCP listener named `name` under hotsup, or binds
@@ -411,9 +432,17 @@ pub fn tcp_listener_or_bind<A: ToSocketAddrs>(
     name: &str,
     fallback: A,
 ) -> Result<TcpListener, Error> {
+    tcp_listener_or_bind_in(name, fallback, false)
+}
+
+pub(crate) fn tcp_listener_or_bind_in<A: ToSocketAddrs>(
+    name: &str,
+    fallback: A,
+    nonblocking: bool,
+) -> Result<TcpListener, Error> {
     match global().sockets()? {
-        Some(sockets) => sockets.take_tcp(name),
-        None => bind_tcp(fallback),
+        Some(sockets) => sockets.take_tcp(name, nonblocking),
+        None => bind_tcp(fallback, nonblocking),
     }
 }
 
@@ -422,7 +451,11 @@ pub fn tcp_listener_or_bind<A: ToSocketAddrs>(
 /// Standalone this returns [`Error::NotFound`]; see
 /// [`unix_listener_or_bind`].
 pub fn unix_listener(name: &str) -> Result<UnixListener, Error> {
-    supervised(name)?.take_unix(name)
+    supervised(name)?.take_unix(name, false)
+}
+
+pub(crate) fn unix_listener_in(name: &str, nonblocking: bool) -> Result<UnixListener, Error> {
+    supervised(name)?.take_unix(name, nonblocking)
 }
 
 /// Takes the inherited Unix stream listener named `name` under hotsup, or
@@ -431,14 +464,24 @@ pub fn unix_listener_or_bind<P: AsRef<Path>>(
     name: &str,
     fallback: P,
 ) -> Result<UnixListener, Error> {
+    unix_listener_or_bind_in(name, fallback, false)
+}
+
+pub(crate) fn unix_listener_or_bind_in<P: AsRef<Path>>(
+    name: &str,
+    fallback: P,
+    nonblocking: bool,
+) -> Result<UnixListener, Error> {
     match global().sockets()? {
-        Some(sockets) => sockets.take_unix(name),
+        Some(sockets) => sockets.take_unix(name, nonblocking),
         None => {
             let path = fallback.as_ref();
-            UnixListener::bind(path).map_err(|source| Error::Bind {
+            let listener = UnixListener::bind(path).map_err(|source| Error::Bind {
                 address: path.display().to_string(),
                 source,
-            })
+            })?;
+            listener.set_nonblocking(nonblocking)?;
+            Ok(listener)
         }
     }
 }
@@ -447,17 +490,32 @@ pub fn unix_listener_or_bind<P: AsRef<Path>>(
 ///
 /// Standalone this returns [`Error::NotFound`]; see [`udp_socket_or_bind`].
 pub fn udp_socket(name: &str) -> Result<UdpSocket, Error> {
-    supervised(name)?.take_udp(name)
+    supervised(name)?.take_udp(name, false)
+}
+
+pub(crate) fn udp_socket_in(name: &str, nonblocking: bool) -> Result<UdpSocket, Error> {
+    supervised(name)?.take_udp(name, nonblocking)
 }
 
 /// Takes the inherited UDP socket named `name` under hotsup, or binds
 /// `fallback` standalone; blocking mode either way.
 pub fn udp_socket_or_bind<A: ToSocketAddrs>(name: &str, fallback: A) -> Result<UdpSocket, Error> {
+    udp_socket_or_bind_in(name, fallback, false)
+}
+
+pub(crate) fn udp_socket_or_bind_in<A: ToSocketAddrs>(
+    name: &str,
+    fallback: A,
+    nonblocking: bool,
+) -> Result<UdpSocket, Error> {
     match global().sockets()? {
-        Some(sockets) => sockets.take_udp(name),
+        Some(sockets) => sockets.take_udp(name, nonblocking),
         None => {
             let (addrs, address) = resolve(fallback)?;
-            UdpSocket::bind(&addrs[..]).map_err(|source| Error::Bind { address, source })
+            let socket =
+                UdpSocket::bind(&addrs[..]).map_err(|source| Error::Bind { address, source })?;
+            socket.set_nonblocking(nonblocking)?;
+            Ok(socket)
         }
     }
 }
@@ -519,7 +577,10 @@ fn resolve<A: ToSocketAddrs>(fallback: A) -> Result<(Vec<SocketAddr>, String), E
     Ok((addrs, address))
 }
 
-fn bind_tcp<A: ToSocketAddrs>(fallback: A) -> Result<TcpListener, Error> {
+fn bind_tcp<A: ToSocketAddrs>(fallback: A, nonblocking: bool) -> Result<TcpListener, Error> {
     let (addrs, address) = resolve(fallback)?;
-    TcpListener::bind(&addrs[..]).map_err(|source| Error::Bind { address, source })
+    let listener =
+        TcpListener::bind(&addrs[..]).map_err(|source| Error::Bind { address, source })?;
+    listener.set_nonblocking(nonblocking)?;
+    Ok(listener)
 }
