@@ -3,7 +3,6 @@
 //! zero (no watchdog is configured, so nothing should wake it up).
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -12,7 +11,6 @@ use hotsup_bench::request_once;
 use rustix::process::Signal;
 
 use super::json::Json;
-use super::logline::Kind;
 use super::procfs::{self, ProcSample};
 use super::scenario::{DRAIN_TIMEOUT, PROBE_TIMEOUT, START_TIMEOUT};
 use super::supervised::{Binaries, Hotsup};
@@ -61,21 +59,8 @@ impl IdleOutcome {
 fn measure(bins: &Binaries, o: &mut IdleOutcome) -> Result<()> {
     let mut hs = Hotsup::start(&bins.hotsup, &bins.http, DRAIN_TIMEOUT)?;
     o.hotsup_pid = hs.pid();
-    let i = hs.expect(0, START_TIMEOUT, "the `listening` line", |l| {
-        matches!(l.kind, Kind::Listening { .. })
-    })?;
-    let Kind::Listening { address } = &hs.lines[i].kind else {
-        unreachable!("matched above")
-    };
-    let addr: SocketAddr = address
-        .parse()
-        .with_context(|| format!("hotsup logged an unparsable address {address:?}"))?;
-    if !addr.ip().is_loopback() {
-        bail!("hotsup listens on {addr}, not on loopback");
-    }
-    let ready = hs.expect(i, START_TIMEOUT, "`ready generation=1`", |l| {
-        l.kind == Kind::Ready && l.generation == Some(1)
-    })?;
+    let (i, addr) = hs.expect_listening(START_TIMEOUT, "the `listening` line")?;
+    let ready = hs.expect_first_ready(i, START_TIMEOUT)?;
     o.child_pid = hs.lines[ready].pid;
     let r = request_once(addr, "/", PROBE_TIMEOUT)
         .map_err(|f| anyhow::anyhow!("request to {addr}: {f}"))?;
@@ -165,9 +150,9 @@ pub fn text(o: &IdleOutcome, out: &mut String) {
     );
 }
 
-fn proc_json(a: &ProcSample, b: &ProcSample) -> Json {
-    Json::obj()
-        .set("cpu_ms", cpu_delta_ms(a, b))
+/// `json` with the CPU time and context switches between two samples.
+pub fn wakeups_json(json: Json, a: &ProcSample, b: &ProcSample) -> Json {
+    json.set("cpu_ms", cpu_delta_ms(a, b))
         .set(
             "context_switches",
             b.ctxt_switches().saturating_sub(a.ctxt_switches()),
@@ -180,6 +165,10 @@ fn proc_json(a: &ProcSample, b: &ProcSample) -> Json {
             "nonvoluntary_ctxt_switches",
             b.nonvoluntary_ctxt.saturating_sub(a.nonvoluntary_ctxt),
         )
+}
+
+fn proc_json(a: &ProcSample, b: &ProcSample) -> Json {
+    wakeups_json(Json::obj(), a, b)
         .set("rss_kib", b.rss_kib)
         .set("threads", b.threads)
 }

@@ -4,11 +4,12 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use hotsup_bench::{LatencyStats, Report, Window, percentile};
+use hotsup_bench::{FailureKind, LatencyStats, Report, Window, percentile};
 
+use super::idle::{cpu_delta_ms, wakeups_json};
 use super::json::Json;
 use super::procfs::{ProcSample, ticks_to_ms};
-use super::scenario::{Outcome, UpgradeRecord, WINDOW_TAIL, describe_exit};
+use super::scenario::{Outcome, ProbeTotals, UpgradeRecord, WINDOW_TAIL, describe_exit};
 
 /// p50/p99/max of a set of millisecond values.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -30,7 +31,7 @@ pub fn dist(mut v: Vec<f64>) -> Option<Dist> {
     })
 }
 
-fn ms(d: Duration) -> f64 {
+pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
@@ -112,9 +113,13 @@ fn combined(o: &Outcome) -> Report {
 }
 
 /// Failures by label: (new-connection, keep-alive, probes).
-fn failures_table(o: &Outcome) -> BTreeMap<String, [u64; 3]> {
+pub fn failures_rows(
+    close: &Report,
+    keepalive: &Report,
+    probes: &BTreeMap<FailureKind, u64>,
+) -> BTreeMap<String, [u64; 3]> {
     let mut t: BTreeMap<String, [u64; 3]> = BTreeMap::new();
-    for (col, map) in [&o.close.failures, &o.keepalive.failures, &o.probes.failures]
+    for (col, map) in [&close.failures, &keepalive.failures, probes]
         .into_iter()
         .enumerate()
     {
@@ -125,7 +130,7 @@ fn failures_table(o: &Outcome) -> BTreeMap<String, [u64; 3]> {
     t
 }
 
-fn rate(n: u64, d: Duration) -> f64 {
+pub fn rate(n: u64, d: Duration) -> f64 {
     if d.is_zero() {
         0.0
     } else {
@@ -137,25 +142,91 @@ fn f3(x: Option<f64>) -> String {
     x.map_or_else(|| "-".to_owned(), |x| format!("{x:.3}"))
 }
 
-fn lat_row(out: &mut String, name: &str, s: Option<LatencyStats>) {
+/// The count, p50, p99 and max cells of a latency row.
+fn lat_cells(s: Option<LatencyStats>) -> String {
     match s {
-        Some(s) => {
-            let _ = writeln!(
-                out,
-                "  {name:<44} {:>9} {:>9.3} {:>9.3} {:>9.3}",
-                s.count,
-                ms(s.p50),
-                ms(s.p99),
-                ms(s.max)
-            );
-        }
-        None => {
-            let _ = writeln!(
-                out,
-                "  {name:<44} {:>9} {:>9} {:>9} {:>9}",
-                0, "-", "-", "-"
-            );
-        }
+        Some(s) => format!(
+            "{:>9} {:>9.3} {:>9.3} {:>9.3}",
+            s.count,
+            ms(s.p50),
+            ms(s.p99),
+            ms(s.max)
+        ),
+        None => format!("{:>9} {:>9} {:>9} {:>9}", 0, "-", "-", "-"),
+    }
+}
+
+/// One latency row, its label indented by `ind`.
+pub fn lat_row(out: &mut String, ind: &str, name: &str, s: Option<LatencyStats>) {
+    let _ = writeln!(out, "{ind}{name:<44} {}", lat_cells(s));
+}
+
+/// The `requests` and `failures by kind` tables shared by the upgrade and
+/// restart reports. `ind` indents the headings; rows are indented two more.
+pub fn requests_and_failures(
+    out: &mut String,
+    ind: &str,
+    probes_label: &str,
+    close: &Report,
+    keepalive: &Report,
+    probes: &ProbeTotals,
+    max_samples: usize,
+) {
+    let _ = writeln!(out, "\n{ind}requests");
+    let _ = writeln!(
+        out,
+        "{ind}  {:<26} {:>10} {:>10} {:>8} {:>9} {:>11}",
+        "", "total", "ok", "failed", "req/s", "connections"
+    );
+    for (name, r) in [
+        ("new connection per request", close),
+        ("keep-alive", keepalive),
+    ] {
+        let _ = writeln!(
+            out,
+            "{ind}  {name:<26} {:>10} {:>10} {:>8} {:>9.0} {:>11}",
+            r.total_requests(),
+            r.ok,
+            r.total_failures(),
+            rate(r.total_requests(), r.elapsed),
+            r.connections
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{ind}  {:<26} {:>10} {:>10} {:>8} {:>9} {:>11}",
+        probes_label,
+        probes.requests,
+        probes.ok,
+        probes.total_failures(),
+        "-",
+        probes.requests
+    );
+
+    let _ = writeln!(out, "\n{ind}failures by kind");
+    let table = failures_rows(close, keepalive, &probes.failures);
+    if table.is_empty() {
+        let _ = writeln!(out, "{ind}  none");
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "{ind}  {:<26} {:>10} {:>10} {:>8}",
+        "", "new-conn", "keep-alive", "probes"
+    );
+    for (label, [a, b, c]) in &table {
+        let _ = writeln!(out, "{ind}  {label:<26} {a:>10} {b:>10} {c:>8}");
+    }
+    let _ = writeln!(out, "{ind}  first failures:");
+    for s in close
+        .samples
+        .iter()
+        .map(|s| format!("new-conn {s}"))
+        .chain(keepalive.samples.iter().map(|s| format!("keep-alive {s}")))
+        .chain(probes.samples.iter().map(|s| format!("probe {s}")))
+        .take(max_samples)
+    {
+        let _ = writeln!(out, "{ind}    {s}");
     }
 }
 
@@ -192,70 +263,15 @@ pub fn text(o: &Outcome) -> String {
         o.elapsed.as_secs_f64()
     );
 
-    let _ = writeln!(out, "\nrequests");
-    let _ = writeln!(
-        out,
-        "  {:<26} {:>10} {:>10} {:>8} {:>9} {:>11}",
-        "", "total", "ok", "failed", "req/s", "connections"
-    );
-    for (name, r) in [
-        ("new connection per request", &o.close),
-        ("keep-alive", &o.keepalive),
-    ] {
-        let _ = writeln!(
-            out,
-            "  {name:<26} {:>10} {:>10} {:>8} {:>9.0} {:>11}",
-            r.total_requests(),
-            r.ok,
-            r.total_failures(),
-            rate(r.total_requests(), r.elapsed),
-            r.connections
-        );
-    }
-    let p = &o.probes;
-    let _ = writeln!(
-        out,
-        "  {:<26} {:>10} {:>10} {:>8} {:>9} {:>11}",
+    requests_and_failures(
+        &mut out,
+        "",
         "probes (during upgrades)",
-        p.requests,
-        p.ok,
-        p.total_failures(),
-        "-",
-        p.requests
+        &o.close,
+        &o.keepalive,
+        &o.probes,
+        10,
     );
-
-    let _ = writeln!(out, "\nfailures by kind");
-    let table = failures_table(o);
-    if table.is_empty() {
-        let _ = writeln!(out, "  none");
-    } else {
-        let _ = writeln!(
-            out,
-            "  {:<26} {:>10} {:>10} {:>8}",
-            "", "new-conn", "keep-alive", "probes"
-        );
-        for (label, [a, b, c]) in &table {
-            let _ = writeln!(out, "  {label:<26} {a:>10} {b:>10} {c:>8}");
-        }
-        let samples: Vec<String> = o
-            .close
-            .samples
-            .iter()
-            .map(|s| format!("new-conn {s}"))
-            .chain(
-                o.keepalive
-                    .samples
-                    .iter()
-                    .map(|s| format!("keep-alive {s}")),
-            )
-            .chain(o.probes.samples.iter().map(|s| format!("probe {s}")))
-            .take(10)
-            .collect();
-        let _ = writeln!(out, "  first failures:");
-        for s in samples {
-            let _ = writeln!(out, "    {s}");
-        }
-    }
 
     let _ = writeln!(
         out,
@@ -269,22 +285,26 @@ pub fn text(o: &Outcome) -> String {
     );
     lat_row(
         &mut out,
+        "  ",
         "steady state (outside upgrade windows)",
         all.latency_percentiles(Window::Outside(&w)),
     );
     lat_row(
         &mut out,
+        "  ",
         "across upgrades (inside upgrade windows)",
         all.latency_percentiles(Window::Inside(&w)),
     );
     for (name, r) in [("new-conn", &o.close), ("keep-alive", &o.keepalive)] {
         lat_row(
             &mut out,
+            "  ",
             &format!("  {name}: steady"),
             r.latency_percentiles(Window::Outside(&w)),
         );
         lat_row(
             &mut out,
+            "  ",
             &format!("  {name}: across upgrades"),
             r.latency_percentiles(Window::Inside(&w)),
         );
@@ -413,16 +433,7 @@ fn ns_ms(ns: Option<u64>) -> Option<f64> {
     Some(ns? as f64 / 1e6)
 }
 
-/// CPU time between two samples: schedstat's nanoseconds where available,
-/// clock ticks otherwise.
-fn cpu_delta_ms(a: &ProcSample, b: &ProcSample) -> f64 {
-    match (a.cpu_ns, b.cpu_ns) {
-        (Some(x), Some(y)) => y.saturating_sub(x) as f64 / 1e6,
-        _ => ticks_to_ms(b.cpu_ticks.saturating_sub(a.cpu_ticks)),
-    }
-}
-
-fn lat_json(s: Option<LatencyStats>) -> Json {
+pub fn lat_json(s: Option<LatencyStats>) -> Json {
     match s {
         Some(s) => Json::obj()
             .set("count", s.count)
@@ -433,7 +444,7 @@ fn lat_json(s: Option<LatencyStats>) -> Json {
     }
 }
 
-fn dist_json(d: Option<Dist>) -> Json {
+pub fn dist_json(d: Option<Dist>) -> Json {
     match d {
         Some(d) => Json::obj()
             .set("count", d.count)
@@ -444,7 +455,14 @@ fn dist_json(d: Option<Dist>) -> Json {
     }
 }
 
-fn load_json(r: &Report, w: &[(std::time::Instant, std::time::Instant)]) -> Json {
+/// One load's figures; `failures` is its failures by label, and
+/// `across_key` names the latency inside the windows.
+pub fn load_json(
+    r: &Report,
+    w: &[(std::time::Instant, std::time::Instant)],
+    failures: Json,
+    across_key: &str,
+) -> Json {
     Json::obj()
         .set("requests", r.total_requests())
         .set("ok", r.ok)
@@ -452,15 +470,7 @@ fn load_json(r: &Report, w: &[(std::time::Instant, std::time::Instant)]) -> Json
         .set("connections", r.connections)
         .set("elapsed_s", r.elapsed.as_secs_f64())
         .set("requests_per_s", rate(r.total_requests(), r.elapsed))
-        .set(
-            "failures",
-            Json::Obj(
-                r.failures_by_label()
-                    .into_iter()
-                    .map(|(k, n)| (k, Json::from(n)))
-                    .collect(),
-            ),
-        )
+        .set("failures", failures)
         .set(
             "failure_samples",
             r.samples
@@ -473,9 +483,19 @@ fn load_json(r: &Report, w: &[(std::time::Instant, std::time::Instant)]) -> Json
             lat_json(r.latency_percentiles(Window::Outside(w))),
         )
         .set(
-            "latency_across_upgrades",
+            across_key,
             lat_json(r.latency_percentiles(Window::Inside(w))),
         )
+}
+
+/// Failures by label, in label order.
+fn by_label(r: &Report) -> Json {
+    Json::Obj(
+        r.failures_by_label()
+            .into_iter()
+            .map(|(k, n)| (k, Json::from(n)))
+            .collect(),
+    )
 }
 
 fn proc_json(p: &ProcSample) -> Json {
@@ -488,6 +508,9 @@ fn proc_json(p: &ProcSample) -> Json {
         .set("voluntary_ctxt_switches", p.voluntary_ctxt)
         .set("nonvoluntary_ctxt_switches", p.nonvoluntary_ctxt)
 }
+
+/// Key of a load's latency inside the upgrade windows.
+const ACROSS: &str = "latency_across_upgrades";
 
 /// The same report as JSON.
 pub fn json(o: &Outcome) -> Json {
@@ -551,7 +574,7 @@ pub fn json(o: &Outcome) -> Json {
                 .set(
                     "failures_by_kind",
                     Json::Obj(
-                        failures_table(o)
+                        failures_rows(&o.close, &o.keepalive, &o.probes.failures)
                             .into_iter()
                             .map(|(k, [a, b, c])| {
                                 (
@@ -565,8 +588,14 @@ pub fn json(o: &Outcome) -> Json {
                             .collect(),
                     ),
                 )
-                .set("new_connection", load_json(&o.close, &w))
-                .set("keep_alive", load_json(&o.keepalive, &w))
+                .set(
+                    "new_connection",
+                    load_json(&o.close, &w, by_label(&o.close), ACROSS),
+                )
+                .set(
+                    "keep_alive",
+                    load_json(&o.keepalive, &w, by_label(&o.keepalive), ACROSS),
+                )
                 .set(
                     "probes",
                     Json::obj()
@@ -614,21 +643,7 @@ pub fn json(o: &Outcome) -> Json {
         )
         .set(
             "idle",
-            Json::obj()
-                .set("seconds", o.idle_took.as_secs_f64())
-                .set("cpu_ms", cpu_delta_ms(a, b))
-                .set(
-                    "context_switches",
-                    b.ctxt_switches().saturating_sub(a.ctxt_switches()),
-                )
-                .set(
-                    "voluntary_ctxt_switches",
-                    b.voluntary_ctxt.saturating_sub(a.voluntary_ctxt),
-                )
-                .set(
-                    "nonvoluntary_ctxt_switches",
-                    b.nonvoluntary_ctxt.saturating_sub(a.nonvoluntary_ctxt),
-                ),
+            wakeups_json(Json::obj().set("seconds", o.idle_took.as_secs_f64()), a, b),
         )
         .set(
             "shutdown",

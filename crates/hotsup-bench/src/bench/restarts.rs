@@ -23,6 +23,7 @@ use hotsup_bench::{FailureKind, Load, LoadConfig, Report, request_once};
 use rustix::process::{Pid, Signal};
 
 use super::logline::Kind;
+use super::output::ms;
 use super::procfs;
 use super::procs::{self, Server};
 use super::scenario::{
@@ -110,10 +111,6 @@ pub struct RestartRecord {
     /// Anything unusual (the old process had to be killed, ...).
     pub note: Option<String>,
     pub probes: u64,
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 impl RestartRecord {
@@ -399,6 +396,19 @@ impl Target for Naive {
     }
 }
 
+/// Waits until the first process answers at `addr`, then runs all the
+/// restarts in one round (naive, hard).
+fn start_and_drive(
+    t: &mut dyn Target,
+    addr: SocketAddr,
+    opts: &RestartOptions,
+    out: &mut RestartOutcome,
+) -> Result<()> {
+    let pid = t.pid();
+    probe_pid(addr, pid, START_TIMEOUT, t, &mut ProbeTotals::default()).context("first start")?;
+    drive(t, addr, opts, opts.restarts, 1, opts.warmup, out)
+}
+
 pub fn run_naive(bins: &Binaries, opts: &RestartOptions) -> RestartOutcome {
     let started = Instant::now();
     let mut out = RestartOutcome::new(
@@ -418,16 +428,7 @@ pub fn run_naive(bins: &Binaries, opts: &RestartOptions) -> RestartOutcome {
             addr,
             server,
         };
-        let pid = t.pid();
-        probe_pid(
-            addr,
-            pid,
-            START_TIMEOUT,
-            &mut t,
-            &mut ProbeTotals::default(),
-        )
-        .context("first start")?;
-        drive(&mut t, addr, opts, opts.restarts, 1, opts.warmup, &mut out)
+        start_and_drive(&mut t, addr, opts, &mut out)
     })();
     out.error = r.err().map(|e| format!("{e:#}"));
     out.elapsed = started.elapsed();
@@ -511,16 +512,7 @@ pub fn run_hard(bins: &Binaries, opts: &RestartOptions) -> RestartOutcome {
             listener,
             server,
         };
-        let pid = t.pid();
-        probe_pid(
-            addr,
-            pid,
-            START_TIMEOUT,
-            &mut t,
-            &mut ProbeTotals::default(),
-        )
-        .context("first start")?;
-        drive(&mut t, addr, opts, opts.restarts, 1, opts.warmup, &mut out)
+        start_and_drive(&mut t, addr, opts, &mut out)
     })();
     out.error = r.err().map(|e| format!("{e:#}"));
     out.elapsed = started.elapsed();
@@ -640,22 +632,9 @@ pub fn run_crash(bins: &Binaries, opts: &RestartOptions) -> RestartOutcome {
         let mut hs_slot: Option<Hotsup> = None;
         let r = (|| -> Result<()> {
             let hs = hs_slot.insert(Hotsup::start(&bins.hotsup, &bins.http, DRAIN_TIMEOUT)?);
-            let i = hs.expect(0, START_TIMEOUT, "the `listening` line", |l| {
-                matches!(l.kind, Kind::Listening { .. })
-            })?;
-            let Kind::Listening { address } = &hs.lines[i].kind else {
-                unreachable!("matched above")
-            };
-            let addr: SocketAddr = address
-                .parse()
-                .with_context(|| format!("hotsup logged an unparsable address {address:?}"))?;
-            if !addr.ip().is_loopback() {
-                bail!("hotsup listens on {addr}, not on loopback");
-            }
+            let (i, addr) = hs.expect_listening(START_TIMEOUT, "the `listening` line")?;
             out.addr = Some(addr);
-            let ready = hs.expect(i, START_TIMEOUT, "`ready generation=1`", |l| {
-                l.kind == Kind::Ready && l.generation == Some(1)
-            })?;
+            let ready = hs.expect_first_ready(i, START_TIMEOUT)?;
             let pid = hs.lines[ready].pid.context("`ready` without pid")?;
             let Some(hs) = hs_slot.take() else {
                 unreachable!("inserted above")

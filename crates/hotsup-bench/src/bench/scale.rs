@@ -5,7 +5,6 @@
 //! upgrades, and hotsup's memory and fds at each K.
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -14,6 +13,7 @@ use rustix::process::Signal;
 
 use super::json::Json;
 use super::logline::Kind;
+use super::output::ms;
 use super::procfs::{self, ProcSample};
 use super::scenario::{DRAIN_TIMEOUT, PROBE_TIMEOUT, READY_TIMEOUT};
 use super::supervised::{Binaries, Hotsup};
@@ -67,10 +67,6 @@ pub struct ScaleOutcome {
     pub elapsed: Duration,
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
 fn arg_max() -> Option<u64> {
     let lim = rustix::process::getrlimit(rustix::process::Resource::Stack);
     // fs/exec.c: the strings may take up to a quarter of the stack limit,
@@ -93,21 +89,8 @@ fn argv_bytes(bins: &Binaries, k: usize) -> usize {
 fn measure(bins: &Binaries, k: usize, row: &mut ScaleRow) -> Result<()> {
     let t0 = Instant::now();
     let mut hs = Hotsup::start_with_listeners(&bins.hotsup, &bins.http, DRAIN_TIMEOUT, k)?;
-    let first = hs.expect(0, START_TIMEOUT, "the first `listening` line", |l| {
-        matches!(l.kind, Kind::Listening { .. })
-    })?;
-    let Kind::Listening { address } = &hs.lines[first].kind else {
-        unreachable!("matched above")
-    };
-    let addr: SocketAddr = address
-        .parse()
-        .with_context(|| format!("hotsup logged an unparsable address {address:?}"))?;
-    if !addr.ip().is_loopback() {
-        bail!("hotsup listens on {addr}, not on loopback");
-    }
-    let ready = hs.expect(first, START_TIMEOUT, "`ready generation=1`", |l| {
-        l.kind == Kind::Ready && l.generation == Some(1)
-    })?;
+    let (first, addr) = hs.expect_listening(START_TIMEOUT, "the first `listening` line")?;
+    let ready = hs.expect_first_ready(first, START_TIMEOUT)?;
     row.start_to_ready_ms = Some(ms(hs.lines[ready].at.saturating_duration_since(t0)));
     let listening = hs.lines[..ready]
         .iter()

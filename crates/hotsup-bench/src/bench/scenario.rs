@@ -13,6 +13,7 @@ use hotsup_bench::{FailureKind, Load, LoadConfig, Report, request_once};
 use rustix::process::Signal;
 
 use super::logline::{Kind, LogLine};
+use super::output::ms;
 use super::procfs::{self, ProcSample};
 use super::supervised::{Binaries, Hotsup};
 
@@ -96,10 +97,6 @@ pub struct UpgradeRecord {
     pub drained_how: String,
     pub drained_clean: bool,
     pub probes: u64,
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 fn us_diff_ms(a: Option<i64>, b: Option<i64>) -> Option<f64> {
@@ -354,21 +351,8 @@ pub fn run(opts: Options) -> Result<Outcome> {
 
     // 1. hotsup with the HTTP example.
     let mut hs = Hotsup::start(&bins.hotsup, &bins.http, DRAIN_TIMEOUT)?;
-    let i = hs.expect(0, START_TIMEOUT, "the `listening` line", |l| {
-        matches!(l.kind, Kind::Listening { .. })
-    })?;
-    let Kind::Listening { address } = &hs.lines[i].kind else {
-        unreachable!("matched above")
-    };
-    let addr: SocketAddr = address
-        .parse()
-        .with_context(|| format!("hotsup logged an unparsable address {address:?}"))?;
-    if !addr.ip().is_loopback() {
-        bail!("hotsup listens on {addr}, not on loopback");
-    }
-    hs.expect(i, START_TIMEOUT, "`ready generation=1`", |l| {
-        l.kind == Kind::Ready && l.generation == Some(1)
-    })?;
+    let (i, addr) = hs.expect_listening(START_TIMEOUT, "the `listening` line")?;
+    hs.expect_first_ready(i, START_TIMEOUT)?;
     let mut generation = 1;
     let hotsup_pid = hs.pid();
     let proc_start = procfs::sample(hotsup_pid).context("cannot read hotsup's /proc entry")?;

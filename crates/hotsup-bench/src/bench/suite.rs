@@ -8,11 +8,11 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use hotsup_bench::{FailureKind, LatencyStats, Report, Window};
+use hotsup_bench::{FailureKind, Report, Window};
 
 use super::idle::{self, IdleOutcome};
 use super::json::Json;
-use super::output::{self, Dist, dist};
+use super::output::{self, Dist, dist, dist_json, failures_rows, lat_json, load_json, ms};
 use super::procs;
 use super::restarts::{self, RestartOptions, RestartOutcome, RestartRecord, Which};
 use super::scale::{self, ScaleOutcome};
@@ -199,18 +199,6 @@ pub fn run(opts: &SuiteOptions) -> SuiteOutcome {
 
 // ------------------------------------------------------- restart reports
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-fn rate(n: u64, d: Duration) -> f64 {
-    if d.is_zero() {
-        0.0
-    } else {
-        n as f64 / d.as_secs_f64()
-    }
-}
-
 type RestartSeries = (
     &'static str,
     &'static str,
@@ -259,36 +247,6 @@ fn restart_series(o: &RestartOutcome, f: fn(&RestartRecord) -> Option<f64>) -> O
     dist(o.restarts.iter().filter_map(f).collect())
 }
 
-fn lat_cells(s: Option<LatencyStats>) -> String {
-    match s {
-        Some(s) => format!(
-            "{:>9} {:>9.3} {:>9.3} {:>9.3}",
-            s.count,
-            ms(s.p50),
-            ms(s.p99),
-            ms(s.max)
-        ),
-        None => format!("{:>9} {:>9} {:>9} {:>9}", 0, "-", "-", "-"),
-    }
-}
-
-fn failures_rows(
-    close: &Report,
-    keepalive: &Report,
-    probes: &BTreeMap<FailureKind, u64>,
-) -> BTreeMap<String, [u64; 3]> {
-    let mut t: BTreeMap<String, [u64; 3]> = BTreeMap::new();
-    for (col, map) in [&close.failures, &keepalive.failures, probes]
-        .into_iter()
-        .enumerate()
-    {
-        for (kind, n) in map {
-            t.entry(kind.label()).or_default()[col] += n;
-        }
-    }
-    t
-}
-
 pub fn restart_text(o: &RestartOutcome, out: &mut String) {
     let w = o.windows();
     let all = o.combined();
@@ -308,68 +266,15 @@ pub fn restart_text(o: &RestartOutcome, out: &mut String) {
         },
         o.elapsed.as_secs_f64()
     );
-    let _ = writeln!(out, "\n  requests");
-    let _ = writeln!(
+    output::requests_and_failures(
         out,
-        "    {:<26} {:>10} {:>10} {:>8} {:>9} {:>11}",
-        "", "total", "ok", "failed", "req/s", "connections"
-    );
-    for (name, r) in [
-        ("new connection per request", &o.close),
-        ("keep-alive", &o.keepalive),
-    ] {
-        let _ = writeln!(
-            out,
-            "    {name:<26} {:>10} {:>10} {:>8} {:>9.0} {:>11}",
-            r.total_requests(),
-            r.ok,
-            r.total_failures(),
-            rate(r.total_requests(), r.elapsed),
-            r.connections
-        );
-    }
-    let p = &o.probes;
-    let _ = writeln!(
-        out,
-        "    {:<26} {:>10} {:>10} {:>8} {:>9} {:>11}",
+        "  ",
         "probes (during restarts)",
-        p.requests,
-        p.ok,
-        p.total_failures(),
-        "-",
-        p.requests
+        &o.close,
+        &o.keepalive,
+        &o.probes,
+        8,
     );
-    let _ = writeln!(out, "\n  failures by kind");
-    let table = failures_rows(&o.close, &o.keepalive, &o.probes.failures);
-    if table.is_empty() {
-        let _ = writeln!(out, "    none");
-    } else {
-        let _ = writeln!(
-            out,
-            "    {:<26} {:>10} {:>10} {:>8}",
-            "", "new-conn", "keep-alive", "probes"
-        );
-        for (label, [a, b, c]) in &table {
-            let _ = writeln!(out, "    {label:<26} {a:>10} {b:>10} {c:>8}");
-        }
-        let _ = writeln!(out, "    first failures:");
-        for s in o
-            .close
-            .samples
-            .iter()
-            .map(|s| format!("new-conn {s}"))
-            .chain(
-                o.keepalive
-                    .samples
-                    .iter()
-                    .map(|s| format!("keep-alive {s}")),
-            )
-            .chain(o.probes.samples.iter().map(|s| format!("probe {s}")))
-            .take(8)
-        {
-            let _ = writeln!(out, "      {s}");
-        }
-    }
     let _ = writeln!(
         out,
         "\n  latency (ms; by request start; restart window = trigger .. new process answered + {} ms)",
@@ -380,17 +285,17 @@ pub fn restart_text(o: &RestartOutcome, out: &mut String) {
         "    {:<44} {:>9} {:>9} {:>9} {:>9}",
         "", "count", "p50", "p99", "max"
     );
-    let _ = writeln!(
+    output::lat_row(
         out,
-        "    {:<44} {}",
+        "    ",
         "steady state (outside restart windows)",
-        lat_cells(all.latency_percentiles(Window::Outside(&w)))
+        all.latency_percentiles(Window::Outside(&w)),
     );
-    let _ = writeln!(
+    output::lat_row(
         out,
-        "    {:<44} {}",
+        "    ",
         "across restarts (inside restart windows)",
-        lat_cells(all.latency_percentiles(Window::Inside(&w)))
+        all.latency_percentiles(Window::Inside(&w)),
     );
     let _ = writeln!(out, "\n  restarts (ms, over {} restarts)", o.restarts.len());
     let _ = writeln!(out, "    {:<50} {:>9} {:>9} {:>9}", "", "p50", "p99", "max");
@@ -428,28 +333,6 @@ pub fn restart_text(o: &RestartOutcome, out: &mut String) {
     }
 }
 
-fn lat_json(s: Option<LatencyStats>) -> Json {
-    match s {
-        Some(s) => Json::obj()
-            .set("count", s.count)
-            .set("p50_ms", ms(s.p50))
-            .set("p99_ms", ms(s.p99))
-            .set("max_ms", ms(s.max)),
-        None => Json::obj().set("count", 0u64),
-    }
-}
-
-fn dist_json(d: Option<Dist>) -> Json {
-    match d {
-        Some(d) => Json::obj()
-            .set("count", d.count)
-            .set("p50", d.p50)
-            .set("p99", d.p99)
-            .set("max", d.max),
-        None => Json::obj().set("count", 0u64),
-    }
-}
-
 fn labels(map: &BTreeMap<FailureKind, u64>) -> Json {
     Json::Obj(
         map.iter()
@@ -458,31 +341,8 @@ fn labels(map: &BTreeMap<FailureKind, u64>) -> Json {
     )
 }
 
-fn load_json(r: &Report, w: &[(Instant, Instant)]) -> Json {
-    Json::obj()
-        .set("requests", r.total_requests())
-        .set("ok", r.ok)
-        .set("failed", r.total_failures())
-        .set("connections", r.connections)
-        .set("elapsed_s", r.elapsed.as_secs_f64())
-        .set("requests_per_s", rate(r.total_requests(), r.elapsed))
-        .set("failures", labels(&r.failures))
-        .set(
-            "failure_samples",
-            r.samples
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>(),
-        )
-        .set(
-            "latency_steady",
-            lat_json(r.latency_percentiles(Window::Outside(w))),
-        )
-        .set(
-            "latency_across_restarts",
-            lat_json(r.latency_percentiles(Window::Inside(w))),
-        )
-}
+/// Key of a load's latency inside the restart windows.
+const ACROSS: &str = "latency_across_restarts";
 
 pub fn restart_json(o: &RestartOutcome) -> Json {
     let w = o.windows();
@@ -539,8 +399,14 @@ pub fn restart_json(o: &RestartOutcome) -> Json {
                             .collect(),
                     ),
                 )
-                .set("new_connection", load_json(&o.close, &w))
-                .set("keep_alive", load_json(&o.keepalive, &w))
+                .set(
+                    "new_connection",
+                    load_json(&o.close, &w, labels(&o.close.failures), ACROSS),
+                )
+                .set(
+                    "keep_alive",
+                    load_json(&o.keepalive, &w, labels(&o.keepalive.failures), ACROSS),
+                )
                 .set(
                     "probes",
                     Json::obj()

@@ -3,6 +3,7 @@
 //! panics), by pid only.
 
 use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -238,6 +239,37 @@ impl Hotsup {
                 fmt_secs(timeout),
                 self.tail(15)
             )
+        })
+    }
+
+    /// Waits for the first `listening` line (described as `what` in the
+    /// error) and checks that its address is on loopback; returns the
+    /// line's index and the address.
+    pub fn expect_listening(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+    ) -> Result<(usize, SocketAddr)> {
+        let i = self.expect(0, timeout, what, |l| {
+            matches!(l.kind, Kind::Listening { .. })
+        })?;
+        let Kind::Listening { address } = &self.lines[i].kind else {
+            unreachable!("matched above")
+        };
+        let addr: SocketAddr = address
+            .parse()
+            .with_context(|| format!("hotsup logged an unparsable address {address:?}"))?;
+        if !addr.ip().is_loopback() {
+            bail!("hotsup listens on {addr}, not on loopback");
+        }
+        Ok((i, addr))
+    }
+
+    /// Waits for `ready generation=1` at or after line `from`; returns its
+    /// index.
+    pub fn expect_first_ready(&mut self, from: usize, timeout: Duration) -> Result<usize> {
+        self.expect(from, timeout, "`ready generation=1`", |l| {
+            l.kind == Kind::Ready && l.generation == Some(1)
         })
     }
 

@@ -10,11 +10,10 @@ use std::net::SocketAddr;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use hotsup_bench::{FailureKind, Load, LoadConfig, request_once};
 
 use super::json::Json;
-use super::logline::Kind;
 use super::procs::{self, Server};
 use super::scenario::{DRAIN_TIMEOUT, LOAD_TIMEOUT, PROBE_TIMEOUT, START_TIMEOUT};
 use super::supervised::{Binaries, Hotsup};
@@ -143,21 +142,8 @@ fn measure(
             .map(|s| format!("exited ({})", procs::describe_status(&s)))
     })?;
     let mut hs = Hotsup::start(&bins.hotsup, &bins.http, DRAIN_TIMEOUT)?;
-    let i = hs.expect(0, START_TIMEOUT, "the `listening` line", |l| {
-        matches!(l.kind, Kind::Listening { .. })
-    })?;
-    let Kind::Listening { address } = &hs.lines[i].kind else {
-        unreachable!("matched above")
-    };
-    let hotsup_addr: SocketAddr = address
-        .parse()
-        .with_context(|| format!("hotsup logged an unparsable address {address:?}"))?;
-    if !hotsup_addr.ip().is_loopback() {
-        bail!("hotsup listens on {hotsup_addr}, not on loopback");
-    }
-    hs.expect(i, START_TIMEOUT, "`ready generation=1`", |l| {
-        l.kind == Kind::Ready && l.generation == Some(1)
-    })?;
+    let (i, hotsup_addr) = hs.expect_listening(START_TIMEOUT, "the `listening` line")?;
+    hs.expect_first_ready(i, START_TIMEOUT)?;
     wait_answer(hotsup_addr, || None)?;
     for pair in 0..PAIRS {
         for under_hotsup in [false, true] {
