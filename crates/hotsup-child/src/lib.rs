@@ -422,6 +422,7 @@ pub fn tcp_listener(name: &str) -> Result<TcpListener, Error> {
     supervised(name)?.take_tcp(name, false)
 }
 
+#[cfg(feature = "tokio")]
 pub(crate) fn tcp_listener_in(name: &str, nonblocking: bool) -> Result<TcpListener, Error> {
     supervised(name)?.take_tcp(name, nonblocking)
 }
@@ -454,6 +455,7 @@ pub fn unix_listener(name: &str) -> Result<UnixListener, Error> {
     supervised(name)?.take_unix(name, false)
 }
 
+#[cfg(feature = "tokio")]
 pub(crate) fn unix_listener_in(name: &str, nonblocking: bool) -> Result<UnixListener, Error> {
     supervised(name)?.take_unix(name, nonblocking)
 }
@@ -493,6 +495,7 @@ pub fn udp_socket(name: &str) -> Result<UdpSocket, Error> {
     supervised(name)?.take_udp(name, false)
 }
 
+#[cfg(feature = "tokio")]
 pub(crate) fn udp_socket_in(name: &str, nonblocking: bool) -> Result<UdpSocket, Error> {
     supervised(name)?.take_udp(name, nonblocking)
 }

@@ -1,0 +1,3 @@
+//! Helpers shared by the tests (and the activation probe).
+
+pub mod activation;
