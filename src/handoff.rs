@@ -42,6 +42,10 @@ pub enum ChannelEvent {
     Ready,
     /// The child sent a status line.
     Status(String),
+    /// The child answered HELLO: it speaks this protocol version.
+    Hello(u32),
+    /// The child reports itself unhealthy.
+    Unhealthy(String),
     /// The child sent a well-formed message with a verb this version does
     /// not know.
     Unknown(String),
@@ -83,9 +87,10 @@ pub async fn run(
     };
     let start = Instant::now();
     let hello = ToChild::Hello {
-        version: VERSION,
+        version: hotsup_protocol::BASE_VERSION,
         generation,
         listeners: outbox.listeners.len(),
+        max_version: VERSION,
     };
     // A Hello of three integers always encodes.
     let hello = hello.encode().unwrap_or_default();
@@ -130,6 +135,8 @@ pub async fn run(
                     Ok(_) if extra > 0 => Err(format!("message carried {extra} unexpected fds")),
                     Ok(FromChild::Ready) => Ok(ChannelEvent::Ready),
                     Ok(FromChild::Status(s)) => Ok(ChannelEvent::Status(s)),
+                    Ok(FromChild::Hello { version }) => Ok(ChannelEvent::Hello(version)),
+                    Ok(FromChild::Unhealthy(s)) => Ok(ChannelEvent::Unhealthy(s)),
                     // Well-formed but from a newer protocol: ignored, as the
                     // protocol's versioning rules require.
                     Err(DecodeError::UnknownVerb(verb)) => Ok(ChannelEvent::Unknown(verb)),

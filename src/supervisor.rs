@@ -508,6 +508,8 @@ impl Supervisor {
                     debug!(generation = id, pid, "repeated READY ignored");
                 }
             }
+            // Used once the lifecycle core supports standby and probation.
+            ChannelEvent::Hello(_) | ChannelEvent::Unhealthy(_) => g.spoke = true,
             ChannelEvent::Unknown(verb) => {
                 debug!(generation = id, pid, "ignored unknown message {verb:?}");
             }

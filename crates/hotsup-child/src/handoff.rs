@@ -73,6 +73,7 @@ impl Handoff {
                     drain.trigger(DrainReason::Supervisor { timeout });
                     continue;
                 }
+                Some(ToChild::Pause | ToChild::Resume) => continue,
                 Some(ToChild::Hello { .. }) => {
                     return Err(Error::UnexpectedMessage {
                         expected: "LISTENERS",
@@ -212,7 +213,7 @@ fn receive_hello(channel: &OwnedFd, drain: &Shared) -> Result<(u64, usize), Erro
         // The version decides how to read everything else, so look at it
         // before the other fields (a later version may drop or change them).
         if let Some(version) = hello_version(&msg.bytes) {
-            if version != hotsup_protocol::VERSION {
+            if version != hotsup_protocol::BASE_VERSION {
                 return Err(Error::UnsupportedVersion { version });
             }
         }
@@ -226,6 +227,9 @@ fn receive_hello(channel: &OwnedFd, drain: &Shared) -> Result<(u64, usize), Erro
             Some(ToChild::Drain { timeout }) => {
                 drain.trigger(DrainReason::Supervisor { timeout });
             }
+            // Version 2 messages only follow a version 2 answer, which this
+            // child has not sent.
+            Some(ToChild::Pause | ToChild::Resume) => {}
             Some(ToChild::Listeners { .. }) => {
                 return Err(Error::UnexpectedMessage {
                     expected: "HELLO",

@@ -40,6 +40,7 @@ fn hello(sup: &OwnedFd, generation: u64, listeners: usize) {
             version: 1,
             generation,
             listeners,
+            max_version: 1,
         },
         &[],
     );

@@ -37,6 +37,7 @@ fn supervised_process() {
         version: 1,
         generation: 7,
         listeners: infos.len(),
+        max_version: 1,
     };
     hotsup_protocol::send(sup.as_fd(), &hello.encode().unwrap(), &[]).unwrap();
     let fds = [web.as_fd(), dns.as_fd()];

@@ -26,8 +26,22 @@ use rustix::net::{
     SendAncillaryMessage, SendFlags,
 };
 
-/// The protocol version this crate speaks, sent in `HELLO`.
-pub const VERSION: u32 = 1;
+/// The highest protocol version this crate speaks.
+///
+/// Version 2 adds `PAUSE` and `RESUME` (supervisor to child) and the child's
+/// `HELLO` and `UNHEALTHY` (child to supervisor). It is negotiated, so that
+/// version 1 peers keep working unchanged; see [`BASE_VERSION`].
+pub const VERSION: u32 = 2;
+
+/// The version a supervisor writes in `version=` of its `HELLO`.
+///
+/// Every child rejects a `HELLO` whose `version` it does not know, so the
+/// supervisor keeps announcing version 1, the framing every child reads, and
+/// offers more in `max_version=`. A child that speaks version 2 answers with
+/// its own `HELLO version=2` after it received the listeners; only then may
+/// the supervisor send it version 2 messages. A version 1 child ignores the
+/// unknown field and never answers, and is treated as version 1.
+pub const BASE_VERSION: u32 = 1;
 
 /// Most file descriptors attached to one message.
 ///
@@ -112,12 +126,16 @@ pub fn valid_name(name: &str) -> bool {
 pub enum ToChild {
     /// First message on every channel.
     Hello {
-        /// Protocol version; a child rejects a version it does not know.
+        /// Protocol version of the framing; a child rejects a version it
+        /// does not know. Supervisors send [`BASE_VERSION`].
         version: u32,
         /// The child's generation number.
         generation: u64,
         /// How many listeners the following `LISTENERS` messages carry.
         listeners: usize,
+        /// The highest version the supervisor speaks (`max_version=`,
+        /// absent in version 1, which decodes as `version`).
+        max_version: u32,
     },
     /// A chunk of listeners, with their fds attached in the same order.
     Listeners {
@@ -131,6 +149,13 @@ pub enum ToChild {
         /// Time left before the supervisor kills the child's process group.
         timeout: Duration,
     },
+    /// Version 2: stop accepting new connections, but keep the listeners,
+    /// the process and every open connection. The supervisor sends it to the
+    /// previous generation while a new one is on probation, so that it can
+    /// take the traffic back at once with `RESUME`.
+    Pause,
+    /// Version 2: accept again after `PAUSE`.
+    Resume,
 }
 
 /// A message from a child to the supervisor.
@@ -140,6 +165,15 @@ pub enum FromChild {
     Ready,
     /// Free-form status text for logs, at most one line.
     Status(String),
+    /// Version 2: the child's answer to the supervisor's `HELLO`, naming the
+    /// highest version both speak. Sent once, after the listeners arrived.
+    Hello {
+        /// The version the child will speak from now on.
+        version: u32,
+    },
+    /// Version 2: the child is alive but cannot serve correctly. On
+    /// probation, this rolls the upgrade back. At most one line.
+    Unhealthy(String),
 }
 
 /// Why bytes could not be decoded as a message.
@@ -228,11 +262,17 @@ impl ToChild {
                 version,
                 generation,
                 listeners,
+                max_version,
             } => {
                 let _ = write!(
                     out,
                     "HELLO version={version} generation={generation} listeners={listeners}"
                 );
+                // Version 1 supervisors never wrote the field; leaving it out
+                // when it adds nothing keeps their exact bytes.
+                if max_version != version {
+                    let _ = write!(out, " max_version={max_version}");
+                }
             }
             ToChild::Listeners { start, entries } => {
                 if entries.len() > MAX_FDS_PER_MESSAGE {
@@ -250,6 +290,8 @@ impl ToChild {
             ToChild::Drain { timeout } => {
                 let _ = write!(out, "DRAIN timeout_ms={}", timeout.as_millis());
             }
+            ToChild::Pause => out.push_str("PAUSE"),
+            ToChild::Resume => out.push_str("RESUME"),
         }
         finish(out)
     }
@@ -258,11 +300,15 @@ impl ToChild {
     pub fn decode(bytes: &[u8]) -> Result<ToChild, DecodeError> {
         let (verb, fields, rest) = split(bytes)?;
         match verb {
-            "HELLO" => Ok(ToChild::Hello {
-                version: fields.num("HELLO", "version")?,
-                generation: fields.num("HELLO", "generation")?,
-                listeners: fields.num("HELLO", "listeners")?,
-            }),
+            "HELLO" => {
+                let version = fields.num("HELLO", "version")?;
+                Ok(ToChild::Hello {
+                    version,
+                    generation: fields.num("HELLO", "generation")?,
+                    listeners: fields.num("HELLO", "listeners")?,
+                    max_version: fields.opt_num("HELLO", "max_version")?.unwrap_or(version),
+                })
+            }
             "LISTENERS" => {
                 let start = fields.num("LISTENERS", "start")?;
                 let count: usize = fields.num("LISTENERS", "count")?;
@@ -288,6 +334,8 @@ impl ToChild {
             "DRAIN" => Ok(ToChild::Drain {
                 timeout: Duration::from_millis(fields.num("DRAIN", "timeout_ms")?),
             }),
+            "PAUSE" => Ok(ToChild::Pause),
+            "RESUME" => Ok(ToChild::Resume),
             other => Err(DecodeError::UnknownVerb(truncate(other))),
         }
     }
@@ -301,6 +349,11 @@ impl FromChild {
             FromChild::Status(text) => {
                 check_line(text)?;
                 finish(format!("STATUS {text}"))
+            }
+            FromChild::Hello { version } => finish(format!("HELLO version={version}")),
+            FromChild::Unhealthy(text) => {
+                check_line(text)?;
+                finish(format!("UNHEALTHY {text}"))
             }
         }
     }
@@ -322,6 +375,18 @@ impl FromChild {
                 value: truncate(tail),
             }),
             "STATUS" => Ok(FromChild::Status(tail.to_owned())),
+            "UNHEALTHY" if tail.contains('\r') => Err(DecodeError::BadField {
+                verb: "UNHEALTHY",
+                field: "text",
+                value: truncate(tail),
+            }),
+            "UNHEALTHY" => Ok(FromChild::Unhealthy(tail.to_owned())),
+            "HELLO" => {
+                let (_, fields, _) = split(bytes)?;
+                Ok(FromChild::Hello {
+                    version: fields.num("HELLO", "version")?,
+                })
+            }
             "" => Err(DecodeError::Empty),
             other => Err(DecodeError::UnknownVerb(truncate(other))),
         }
@@ -335,6 +400,18 @@ fn truncate(s: &str) -> String {
 struct Fields<'a>(Vec<(&'a str, &'a str)>);
 
 impl Fields<'_> {
+    fn opt_num<T: std::str::FromStr>(
+        &self,
+        verb: &'static str,
+        field: &'static str,
+    ) -> Result<Option<T>, DecodeError> {
+        if self.0.iter().any(|(k, _)| *k == field) {
+            self.num(verb, field).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
     fn num<T: std::str::FromStr>(
         &self,
         verb: &'static str,

@@ -32,10 +32,19 @@ fn info(i: usize) -> ListenerInfo {
 fn round_trips_every_message() {
     let msgs = [
         ToChild::Hello {
-            version: VERSION,
+            version: BASE_VERSION,
             generation: 7,
             listeners: 300,
+            max_version: VERSION,
         },
+        ToChild::Hello {
+            version: 1,
+            generation: 1,
+            listeners: 0,
+            max_version: 1,
+        },
+        ToChild::Pause,
+        ToChild::Resume,
         ToChild::Listeners {
             start: 252,
             entries: (0..5).map(info).collect(),
@@ -51,7 +60,12 @@ fn round_trips_every_message() {
     for m in msgs {
         assert_eq!(ToChild::decode(&m.encode().unwrap()).unwrap(), m);
     }
-    for m in [FromChild::Ready, FromChild::Status("warming up 3/4".into())] {
+    for m in [
+        FromChild::Ready,
+        FromChild::Status("warming up 3/4".into()),
+        FromChild::Hello { version: 2 },
+        FromChild::Unhealthy("database unreachable".into()),
+    ] {
         assert_eq!(FromChild::decode(&m.encode().unwrap()).unwrap(), m);
     }
 }
@@ -62,10 +76,31 @@ fn exact_wire_format_is_stable() {
         version: 1,
         generation: 2,
         listeners: 1,
+        max_version: 1,
     };
     assert_eq!(
         hello.encode().unwrap(),
         b"HELLO version=1 generation=2 listeners=1"
+    );
+    let hello = ToChild::Hello {
+        version: 1,
+        generation: 2,
+        listeners: 1,
+        max_version: 2,
+    };
+    assert_eq!(
+        hello.encode().unwrap(),
+        b"HELLO version=1 generation=2 listeners=1 max_version=2"
+    );
+    assert_eq!(ToChild::Pause.encode().unwrap(), b"PAUSE");
+    assert_eq!(ToChild::Resume.encode().unwrap(), b"RESUME");
+    assert_eq!(
+        FromChild::Hello { version: 2 }.encode().unwrap(),
+        b"HELLO version=2"
+    );
+    assert_eq!(
+        FromChild::Unhealthy("db down".into()).encode().unwrap(),
+        b"UNHEALTHY db down"
     );
     let l = ToChild::Listeners {
         start: 0,
@@ -93,7 +128,8 @@ fn unknown_fields_are_ignored_for_forward_compatibility() {
         ToChild::Hello {
             version: 1,
             generation: 3,
-            listeners: 0
+            listeners: 0,
+            max_version: 1,
         }
     );
     assert_eq!(
@@ -109,8 +145,20 @@ fn garbled_messages_are_errors() {
     assert_eq!(ToChild::decode(b"\xff\xfe"), Err(DecodeError::NotUtf8));
     assert_eq!(FromChild::decode(b"\xffREADY"), Err(DecodeError::NotUtf8));
     assert!(matches!(
-        FromChild::decode(b"HELLO version=1"),
+        FromChild::decode(b"HELLO"),
+        Err(DecodeError::MissingField { .. })
+    ));
+    assert!(matches!(
+        FromChild::decode(b"PAUSE"),
         Err(DecodeError::UnknownVerb(_))
+    ));
+    assert!(matches!(
+        FromChild::decode(b"UNHEALTHY bad\r"),
+        Err(DecodeError::BadField { .. })
+    ));
+    assert!(matches!(
+        ToChild::decode(b"HELLO version=1 generation=1 listeners=1 max_version=x"),
+        Err(DecodeError::BadField { .. })
     ));
     assert!(matches!(
         ToChild::decode(b"HELLO version=x generation=1 listeners=1"),
