@@ -30,6 +30,7 @@ const SCRUBBED_ENV: &[&str] = &[
     "LISTEN_FDNAMES",
     "WATCHDOG_USEC",
     "WATCHDOG_PID",
+    ENV_EXE_FD,
 ];
 
 /// Why COMMAND cannot be run.
@@ -104,8 +105,24 @@ pub struct Spec<'a> {
     /// sockets, but a child (select()-based ones above all) should start
     /// with the limit hotsup was given.
     pub nofile: Option<u64>,
+    /// A pinned executable's descriptor that must survive exec, because the
+    /// program is run as `/proc/self/fd/N`.
+    pub exe_fd: Option<ExeFd>,
     pub pass: Pass<'a>,
 }
+
+/// See [`Spec::exe_fd`].
+#[derive(Debug, Clone, Copy)]
+pub struct ExeFd {
+    pub fd: RawFd,
+    /// Whether the app itself needs it (a `#!` script, which its
+    /// interpreter opens by that path); otherwise only the `--fds systemd`
+    /// step does, and it closes the fd on its own exec.
+    pub app_keeps: bool,
+}
+
+/// Tells the `--fds systemd` step which fd to close on its exec of the app.
+const ENV_EXE_FD: &str = "HOTSUP_EXE_FD";
 
 /// Starts one generation.
 ///
@@ -137,6 +154,9 @@ pub fn spawn(spec: &Spec<'_>) -> io::Result<Spawned> {
             // Only the child knows its pid, and LISTEN_PID must be exactly
             // that: hotsup re-executes itself, sets it, and execs the app.
             cmd = scrubbed(Path::new("/proc/self/exe"));
+            if let Some(e) = spec.exe_fd.filter(|e| !e.app_keeps) {
+                cmd.env(ENV_EXE_FD, e.fd.to_string());
+            }
             cmd.arg0("hotsup")
                 .arg(EXEC_LISTEN_PID)
                 .arg(spec.argv0)
@@ -169,11 +189,12 @@ pub fn spawn(spec: &Spec<'_>) -> io::Result<Spawned> {
     }
     let raw_child_fd = child_fd.as_ref().map(|f| f.as_raw_fd());
     let nofile = spec.nofile;
+    let exe_fd = spec.exe_fd.map(|e| e.fd);
     // SAFETY: the closure runs between fork and exec in the child, where
     // only async-signal-safe calls are allowed; `prepare_child` makes only
     // raw syscalls on values captured by copy, and allocates nothing.
     unsafe {
-        cmd.pre_exec(move || prepare_child(raw_child_fd, hotsup_pid, nofile));
+        cmd.pre_exec(move || prepare_child(raw_child_fd, exe_fd, hotsup_pid, nofile));
     }
     let child = cmd.spawn()?;
     drop(child_fd);
@@ -202,9 +223,20 @@ pub fn exec_listen_pid(rest: &[OsString]) -> ! {
         eprintln!("hotsup: {EXEC_LISTEN_PID} needs ARGV0 PROGRAM [ARGS...]");
         std::process::exit(2);
     };
+    // A pinned executable run by descriptor: the app does not need the fd
+    // once exec has opened the file.
+    if let Some(fd) = std::env::var(ENV_EXE_FD)
+        .ok()
+        .and_then(|v| v.parse::<RawFd>().ok())
+    {
+        // SAFETY: F_SETFD on a plain integer changes only that fd's flags
+        // (EBADF if it is not open); no Rust object owns it here.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
     let mut cmd = Command::new(program);
     cmd.arg0(argv0)
         .args(args)
+        .env_remove(ENV_EXE_FD)
         .env("LISTEN_PID", std::process::id().to_string());
     let err = cmd.exec();
     eprintln!(
@@ -217,11 +249,16 @@ pub fn exec_listen_pid(rest: &[OsString]) -> ! {
 /// Runs in the forked child before exec: async-signal-safe syscalls only
 /// (fcntl, sigprocmask, prlimit, prctl, getppid); no allocation, locks or
 /// logging.
-fn prepare_child(child_fd: Option<RawFd>, hotsup_pid: Pid, nofile: Option<u64>) -> io::Result<()> {
-    if let Some(child_fd) = child_fd {
-        // SAFETY: child_fd is open in the child: it was inherited from the
+fn prepare_child(
+    child_fd: Option<RawFd>,
+    exe_fd: Option<RawFd>,
+    hotsup_pid: Pid,
+    nofile: Option<u64>,
+) -> io::Result<()> {
+    for keep in [child_fd, exe_fd].into_iter().flatten() {
+        // SAFETY: the fd is open in the child: it was inherited from the
         // parent's copy, which stays open until spawn returns.
-        let fd = unsafe { BorrowedFd::borrow_raw(child_fd) };
+        let fd = unsafe { BorrowedFd::borrow_raw(keep) };
         rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
     }
     // A signal blocked in hotsup would stay blocked across exec.
@@ -258,17 +295,6 @@ fn prepare_child(child_fd: Option<RawFd>, hotsup_pid: Pid, nofile: Option<u64>) 
 /// group: the main process's pid is free for reuse once reaped.
 pub fn kill_leftovers(pgid: Pid) -> bool {
     rustix::process::kill_process_group(pgid, Signal::KILL).is_ok()
-}
-
-/// Human form of a wait status: `exited with code 3`, `killed by SIGKILL`.
-pub fn describe_status(status: &rustix::process::WaitStatus) -> String {
-    if let Some(code) = status.exit_status() {
-        format!("exited with code {code}")
-    } else if let Some(sig) = status.terminating_signal() {
-        format!("killed by {}", crate::cli::signal_name(sig))
-    } else {
-        format!("status {:#x}", status.as_raw())
-    }
 }
 
 /// Signals a generation's whole process group, and its main process by pid

@@ -23,8 +23,19 @@ pub struct Cli {
     #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "verbose")]
     pub quiet: u8,
 
+    /// How log lines are written: `text` for people, `json` for machines
+    /// (one object per line: `event`, `level`, `ts` and typed fields).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 pub const EXIT_CODES: &str = "\
@@ -36,6 +47,16 @@ Exit codes:
   N  the serving child exited with code N (or 128+signal) and the restart
      policy left it down, as tini reports it";
 
+pub const CLIENT_EXIT_CODES: &str = "\
+Exit codes:
+  0  the new generation serves (probation passed, if any)
+  1  it failed before it was ready; the previous generation serves on
+  2  usage error
+  3  it was rolled back after it was ready
+  4  refused: hotsup began shutting down, or there is nothing to roll back
+  5  hotsup cannot be reached (no control socket, or a bad reply)
+  6  --timeout ran out before the outcome (the upgrade goes on)";
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Bind the listeners and run COMMAND under supervision.
@@ -43,8 +64,11 @@ pub enum Command {
     Run(RunArgs),
     /// Upgrade a running hotsup and wait for the outcome.
     ///
-    /// Exits 0 when the new generation is ready, 1 when the upgrade failed
-    /// (the reason is printed) or hotsup cannot be reached.
+    /// Waits through --probation. Exits 0 when the new generation serves,
+    /// 1 when it failed before it was ready, 3 when it was rolled back after
+    /// it was ready, 4 when hotsup began shutting down first, 5 when hotsup
+    /// cannot be reached, 6 when --timeout ran out; the reason is printed.
+    #[command(after_help = CLIENT_EXIT_CODES)]
     Upgrade {
         #[command(flatten)]
         target: Target,
@@ -52,6 +76,21 @@ pub enum Command {
         #[arg(long)]
         no_wait: bool,
         /// Give up waiting after this long (the upgrade goes on).
+        #[arg(long, default_value = "10m", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Take back the upgrade on probation, or go back to the previous good
+    /// executable.
+    ///
+    /// During --probation, the new generation is killed and the previous one
+    /// resumes at once. Otherwise hotsup upgrades to the executable that
+    /// served before the last upgrade, even if the file at the path was
+    /// replaced since. Exit codes as for upgrade.
+    #[command(after_help = CLIENT_EXIT_CODES)]
+    Rollback {
+        #[command(flatten)]
+        target: Target,
+        /// Give up waiting after this long (the rollback goes on).
         #[arg(long, default_value = "10m", value_parser = parse_duration)]
         timeout: Duration,
     },
@@ -267,6 +306,20 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = Restart::OnFailure, help_heading = "Lifecycle")]
     pub restart: Restart,
 
+    /// Keep the previous generation on standby for DURATION after a new one
+    /// is ready: if the new one exits or reports itself unhealthy within
+    /// the window, hotsup rolls back to the previous one at once. Costs
+    /// the previous generation's memory for the window. Off by default.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Lifecycle")]
+    pub probation: Option<Duration>,
+
+    /// Give up, exiting 1, when this many starts in a row fail before any
+    /// generation was ever ready (each start may take up to
+    /// --ready-timeout). Crash restarts after something served are never
+    /// given up.
+    #[arg(long, default_value_t = 3, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), help_heading = "Lifecycle")]
+    pub start_attempts: u32,
+
     /// The server to run, and its arguments. It is looked up in PATH again
     /// at every upgrade, so a binary replaced in place is picked up.
     #[arg(trailing_var_arg = true, value_name = "COMMAND", num_args = 0..)]
@@ -301,47 +354,7 @@ fn parse_mode(s: &str) -> Result<u32, String> {
 
 /// Parses `TERM`, `SIGTERM`, `sigterm` or a number.
 pub fn parse_signal(s: &str) -> Result<Signal, String> {
-    let upper = s.to_ascii_uppercase();
-    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
-    let sig = match name {
-        "HUP" => Some(Signal::HUP),
-        "INT" => Some(Signal::INT),
-        "QUIT" => Some(Signal::QUIT),
-        "KILL" => Some(Signal::KILL),
-        "USR1" => Some(Signal::USR1),
-        "USR2" => Some(Signal::USR2),
-        "TERM" => Some(Signal::TERM),
-        "WINCH" => Some(Signal::WINCH),
-        "CONT" => Some(Signal::CONT),
-        "STOP" => Some(Signal::STOP),
-        n => n.parse::<i32>().ok().and_then(Signal::from_named_raw),
-    };
-    sig.ok_or_else(|| "not a signal name or number, such as TERM or 15".to_string())
-}
-
-/// A signal's conventional name, for logs.
-pub fn signal_name(raw: i32) -> String {
-    let known = [
-        (Signal::HUP, "SIGHUP"),
-        (Signal::INT, "SIGINT"),
-        (Signal::QUIT, "SIGQUIT"),
-        (Signal::ILL, "SIGILL"),
-        (Signal::ABORT, "SIGABRT"),
-        (Signal::BUS, "SIGBUS"),
-        (Signal::FPE, "SIGFPE"),
-        (Signal::KILL, "SIGKILL"),
-        (Signal::USR1, "SIGUSR1"),
-        (Signal::SEGV, "SIGSEGV"),
-        (Signal::USR2, "SIGUSR2"),
-        (Signal::PIPE, "SIGPIPE"),
-        (Signal::ALARM, "SIGALRM"),
-        (Signal::TERM, "SIGTERM"),
-    ];
-    known
-        .iter()
-        .find(|(s, _)| s.as_raw() == raw)
-        .map(|(_, n)| (*n).to_string())
-        .unwrap_or_else(|| format!("signal {raw}"))
+    crate::signals::parse(s)
 }
 
 #[cfg(test)]
@@ -359,16 +372,6 @@ mod tests {
         assert!(parse_duration("5").is_err());
         assert!(parse_duration("9223372036854775807s").is_err());
         assert!(parse_duration("366d").is_err());
-    }
-
-    #[test]
-    fn signals() {
-        assert_eq!(parse_signal("TERM"), Ok(Signal::TERM));
-        assert_eq!(parse_signal("sigquit"), Ok(Signal::QUIT));
-        assert_eq!(parse_signal("10"), Ok(Signal::USR1));
-        assert!(parse_signal("NOPE").is_err());
-        assert!(parse_signal("0").is_err());
-        assert_eq!(signal_name(9), "SIGKILL");
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! The client subcommands: `hotsup upgrade|status|stop|signal`.
 //!
-//! Exit codes: 0 success; 1 the operation failed or hotsup cannot be
-//! reached; 2 usage (no --control or --name).
+//! Exit codes: 0 success; 2 usage (no --control or --name); 5 hotsup cannot
+//! be reached. `upgrade` and `rollback` tell their outcomes apart:
+//! 1 failed before ready, 3 rolled back after ready, 4 refused or
+//! superseded, 6 gave up waiting (see [`crate::cli::CLIENT_EXIT_CODES`]).
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -11,9 +13,15 @@ use std::time::Duration;
 use crate::cli::Target;
 use crate::control::{self, Reply, Request};
 
+use crate::lifecycle::UpgradeOutcome;
+
 const OK: u8 = 0;
 const FAILED: u8 = 1;
 const USAGE: u8 = 2;
+const ROLLED_BACK: u8 = 3;
+const REFUSED: u8 = 4;
+const UNREACHABLE: u8 = 5;
+const TIMED_OUT: u8 = 6;
 
 fn path_of(target: &Target) -> Result<PathBuf, u8> {
     match (&target.control, &target.name) {
@@ -33,7 +41,7 @@ fn call(target: &Target, request: Request, timeout: Option<Duration>) -> Result<
     let path = path_of(target)?;
     let fail = |what: String| {
         eprintln!("hotsup: {what}");
-        FAILED
+        UNREACHABLE
     };
     let mut stream = UnixStream::connect(&path).map_err(|e| {
         fail(format!(
@@ -73,6 +81,18 @@ fn call(target: &Target, request: Request, timeout: Option<Duration>) -> Result<
     let mut reply = String::new();
     let read = BufReader::new(stream).read_line(&mut reply);
     if reply.is_empty() {
+        if let Err(e) = &read {
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) {
+                eprintln!(
+                    "hotsup: no answer from {} within the timeout; the request goes on",
+                    path.display()
+                );
+                return Err(TIMED_OUT);
+            }
+        }
         return Err(fail(match (sent, read) {
             (Err(e), _) => format!("cannot send to {}: {e}", path.display()),
             (_, Err(e)) => format!("no reply from {}: {e}", path.display()),
@@ -95,39 +115,77 @@ fn refused(reply: &Reply) -> Option<u8> {
 }
 
 pub fn upgrade(target: &Target, no_wait: bool, timeout: Duration) -> u8 {
-    let reply = match call(target, Request::Upgrade { wait: !no_wait }, Some(timeout)) {
+    outcome(call(
+        target,
+        Request::Upgrade { wait: !no_wait },
+        Some(timeout),
+    ))
+}
+
+pub fn rollback(target: &Target, timeout: Duration) -> u8 {
+    outcome(call(target, Request::Rollback, Some(timeout)))
+}
+
+/// Prints what became of an upgrade or rollback; returns its exit code.
+fn outcome(reply: Result<Reply, u8>) -> u8 {
+    let reply = match reply {
         Ok(r) => r,
         Err(code) => return code,
     };
-    if let Some(code) = refused(&reply) {
-        return code;
-    }
     let Some(o) = reply.upgrade else {
-        eprintln!("hotsup: reply without an outcome");
-        return FAILED;
+        eprintln!(
+            "hotsup: {}",
+            reply.error.as_deref().unwrap_or("reply without an outcome")
+        );
+        return if reply.ok { UNREACHABLE } else { REFUSED };
     };
-    let gen_pid = match (o.generation, o.pid) {
-        (Some(g), Some(p)) => format!("generation {g} (pid {p})"),
-        (Some(g), None) => format!("generation {g}"),
-        _ => "a new generation".to_string(),
-    };
-    match o.result.as_str() {
-        "ready" => {
-            println!("upgraded: {gen_pid} is serving");
+    match o {
+        UpgradeOutcome::Ready { generation, pid } => {
+            println!("upgraded: generation {generation} (pid {pid}) is serving");
             OK
         }
-        "started" => {
-            println!("upgrade started: {gen_pid}");
+        UpgradeOutcome::Started { generation, pid } => {
+            println!("upgrade started: generation {generation} (pid {pid})");
             OK
         }
-        "queued" => {
+        UpgradeOutcome::Queued => {
             println!("upgrade queued after the one in progress");
             OK
         }
-        other => {
-            let why = o.reason.as_deref().unwrap_or("no reason given");
-            eprintln!("hotsup: upgrade {other}: {why}");
+        UpgradeOutcome::Failed {
+            generation,
+            reason,
+            serving,
+            ..
+        } => {
+            let to = generation
+                .map(|g| format!(" to generation {g}"))
+                .unwrap_or_default();
+            let serving = serving
+                .map(|g| format!("; generation {g} serves on"))
+                .unwrap_or_default();
+            eprintln!("hotsup: upgrade{to} failed before it was ready: {reason}{serving}");
             FAILED
+        }
+        UpgradeOutcome::RolledBack {
+            generation,
+            reason,
+            lived_ms,
+            serving,
+            ..
+        } => {
+            let serving = serving
+                .map(|g| format!("; generation {g} serves"))
+                .unwrap_or_default();
+            eprintln!(
+                "hotsup: upgrade to generation {generation} rolled back after {}: {reason}{serving}",
+                humantime::format_duration(Duration::from_millis(lived_ms))
+            );
+            ROLLED_BACK
+        }
+        UpgradeOutcome::Superseded => {
+            eprintln!("hotsup: upgrade superseded: hotsup began shutting down");
+            REFUSED
         }
     }
 }
@@ -167,13 +225,22 @@ pub fn status(target: &Target, json: bool) -> u8 {
     }
     match &s.serving {
         Some(g) => println!(
-            "serving:  generation {} (pid {}), ready via {} {} ago",
+            "serving:  generation {} (pid {}), ready via {} {} ago{}",
             g.generation,
             g.pid,
             g.ready_via.as_deref().unwrap_or("?"),
-            secs(g.serving_ms.unwrap_or(0))
+            secs(g.serving_ms.unwrap_or(0)),
+            g.probation_ends_in_ms
+                .map(|ms| format!(", on probation for {} more", secs(ms)))
+                .unwrap_or_default()
         ),
         None => println!("serving:  nothing"),
+    }
+    if let Some(g) = &s.standby {
+        println!(
+            "standby:  generation {} (pid {}), paused; resumes if the upgrade is rolled back",
+            g.generation, g.pid
+        );
     }
     if let Some(text) = s.serving.as_ref().and_then(|g| g.status.as_deref()) {
         println!("          status: {text}");
@@ -203,7 +270,11 @@ pub fn status(target: &Target, json: bool) -> u8 {
     match &s.last_upgrade {
         Some(u) => println!(
             "last upgrade: {}{} {} ago{}",
-            u.result,
+            match u.result {
+                crate::lifecycle::LastResult::Ready => "ready",
+                crate::lifecycle::LastResult::Failed => "failed",
+                crate::lifecycle::LastResult::RolledBack => "rolled back",
+            },
             u.generation
                 .map(|g| format!(" (generation {g})"))
                 .unwrap_or_default(),
@@ -215,7 +286,13 @@ pub fn status(target: &Target, json: bool) -> u8 {
         ),
         None => println!("last upgrade: none"),
     }
-    println!("crash restarts: {}", s.restarts);
+    println!(
+        "upgrades: {} ready, {} failed, {} rolled back; crash restarts: {}",
+        s.upgrades.ready, s.upgrades.failed, s.upgrades.rolled_back, s.restarts
+    );
+    if let Some(p) = &s.last_good {
+        println!("last good: {p}");
+    }
     OK
 }
 

@@ -17,11 +17,20 @@
 //! ```
 //!
 //! `upgrade` with `"wait": true` (the default) answers when the upgrade that
-//! covers the request has an outcome: `ready`, `failed` (with `reason`) or
-//! `superseded` (hotsup began shutting down first). With `"wait": false` it
-//! answers `started` (or `queued`, when it will follow the upgrade in
-//! progress) at once. Unknown fields are ignored; a new incompatible
-//! protocol gets a new `version`.
+//! covers the request has an outcome, probation included: `ready`, `failed`
+//! (never became ready), `rolled_back` (became ready, then failed on
+//! probation or was rolled back by request) or `superseded` (hotsup began
+//! shutting down first). A failure carries `failure`, a typed object whose
+//! `kind` names the cause (`exited_before_ready`, `not_ready`,
+//! `exited_on_probation`, `unhealthy`, ...), and `reason`, its human form.
+//! With `"wait": false` it answers `started` (or `queued`, when it will follow
+//! the upgrade in progress) once the new generation has a pid.
+//!
+//! `rollback` takes back the upgrade on probation at once, or else upgrades
+//! to the previous good executable; it answers like `upgrade`.
+//!
+//! Unknown fields are ignored; a new incompatible protocol gets a new
+//! `version`.
 
 use std::io;
 use std::os::unix::fs::MetadataExt;
@@ -33,6 +42,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
+
+use crate::lifecycle::{FailureReason, LastResult, UpgradeOutcome};
 
 /// The control protocol version this hotsup speaks.
 pub const VERSION: u32 = 1;
@@ -60,6 +71,9 @@ pub enum Request {
     },
     /// Forward a signal (name or number) to the serving child.
     Signal { signal: String },
+    /// Roll back the upgrade on probation, or go back to the previous good
+    /// executable.
+    Rollback,
 }
 
 fn yes() -> bool {
@@ -81,7 +95,7 @@ pub struct Reply {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub upgrade: Option<Outcome>,
+    pub upgrade: Option<UpgradeOutcome>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<Status>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -100,27 +114,14 @@ impl Reply {
         }
     }
 
-    pub fn upgrade(o: Outcome) -> Reply {
+    pub fn upgrade(o: UpgradeOutcome) -> Reply {
         Reply {
             version: VERSION,
-            ok: matches!(o.result.as_str(), "ready" | "started" | "queued"),
+            ok: o.is_success(),
             upgrade: Some(o),
             ..Reply::default()
         }
     }
-}
-
-/// What became of an upgrade.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Outcome {
-    /// `ready`, `failed`, `superseded`, `started` or `queued`.
-    pub result: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub generation: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pid: Option<i32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -144,9 +145,33 @@ pub struct Status {
     pub listeners: Vec<ListenerStatus>,
     pub serving: Option<GenerationStatus>,
     pub starting: Option<GenerationStatus>,
+    /// The paused previous generation, while `serving` is on probation.
+    #[serde(default)]
+    pub standby: Option<GenerationStatus>,
     pub draining: Vec<GenerationStatus>,
     pub last_upgrade: Option<LastUpgrade>,
+    /// Crash restarts.
     pub restarts: u64,
+    /// Upgrades that went live, failed before ready, and were rolled back.
+    #[serde(default)]
+    pub upgrades: UpgradeCounts,
+    /// The executables hotsup keeps pinned: what a crash restart runs
+    /// (`last_good`) and what `hotsup rollback` goes back to
+    /// (`previous_good`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_good: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_good: Option<String>,
+    /// NOTIFY_SOCKET datagrams dropped because no generation sent them.
+    #[serde(default)]
+    pub notify_dropped: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct UpgradeCounts {
+    pub ready: u64,
+    pub failed: u64,
+    pub rolled_back: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -171,16 +196,35 @@ pub struct GenerationStatus {
     /// Milliseconds until it is killed (draining only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_in_ms: Option<u64>,
+    /// Milliseconds of probation left (on probation only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probation_ends_in_ms: Option<u64>,
+    /// `starting`, `probation`, `serving`, `standby`, `draining` or
+    /// `killing`.
+    #[serde(default)]
+    pub state: String,
+    /// The protocol version it speaks (2 can be paused and resumed).
+    #[serde(default = "one")]
+    pub protocol: u32,
+    /// The last UNHEALTHY (or ERRNO=) it reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unhealthy: Option<String>,
     /// The last status line it reported (`STATUS`, or `STATUS=`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
 }
 
+fn one() -> u32 {
+    1
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LastUpgrade {
     pub generation: Option<u64>,
-    /// `ready` or `failed`.
-    pub result: String,
+    pub result: LastResult,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<FailureReason>,
+    /// The human form of `failure`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     pub ago_ms: u64,
@@ -363,7 +407,7 @@ async fn serve(stream: UnixStream, me: u32, tx: mpsc::UnboundedSender<Message>) 
         warn!(
             peer_uid = uid,
             peer_pid = peer.as_ref().and_then(|c| c.pid()),
-            "control socket: refused a client of another user"
+            "control_refused"
         );
         let _ = send(
             &mut write,
@@ -459,22 +503,42 @@ mod tests {
                 .contains("version 2")
         );
         assert!(parse(br#"{"version":1,"command":"explode"}"#).is_err());
+        assert_eq!(
+            parse(br#"{"version":1,"command":"rollback"}"#),
+            Ok(Request::Rollback)
+        );
         assert!(parse(br#"{"version":1,"command":"signal"}"#).is_err());
         assert!(parse(b"\xff\xfe").is_err());
     }
 
     #[test]
     fn replies_round_trip() {
-        let r = Reply::upgrade(Outcome {
-            result: "failed".into(),
-            generation: Some(3),
-            pid: Some(7),
-            reason: Some("child exited with code 3 before it was ready".into()),
-        });
+        let r = Reply::upgrade(UpgradeOutcome::failed(
+            Some(3),
+            FailureReason::ExitedBeforeReady {
+                status: crate::lifecycle::ExitInfo::exited(3),
+            },
+            Some(2),
+        ));
         assert!(!r.ok);
         let text = serde_json::to_string(&r).unwrap();
         let back: Reply = serde_json::from_str(&text).unwrap();
         assert_eq!(back.upgrade, r.upgrade);
-        assert!(!text.contains("\"status\""));
+        assert!(!text.contains("\"status\":{\"pid"));
+        assert!(text.contains(r#""result":"failed""#), "{text}");
+        assert!(text.contains(r#""kind":"exited_before_ready""#), "{text}");
+        assert!(
+            text.contains(r#""reason":"child exited with code 3 before it was ready""#),
+            "{text}"
+        );
+        // The version 1 shape of a success is unchanged.
+        let ok = Reply::upgrade(UpgradeOutcome::Ready {
+            generation: 3,
+            pid: 4242,
+        });
+        assert_eq!(
+            serde_json::to_string(&ok).unwrap(),
+            r#"{"version":1,"ok":true,"upgrade":{"result":"ready","generation":3,"pid":4242}}"#
+        );
     }
 }

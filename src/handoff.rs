@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use hotsup_protocol::{DecodeError, FromChild, ListenerInfo, RecvError, ToChild, VERSION};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::Sender;
+
+use crate::lifecycle::WorkerId;
 
 use crate::listeners::Listener;
 
@@ -76,14 +78,21 @@ async fn send(chan: &Channel, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> std::io::
 }
 
 /// Sends the handoff, then relays messages until the channel closes.
+///
+/// The queue to the supervisor is bounded: when it is full this task stops
+/// reading, and a child that floods its channel is the one that waits.
 pub async fn run(
-    generation: u64,
+    worker: WorkerId,
     chan: Channel,
     outbox: Arc<Outbox>,
-    tx: UnboundedSender<(u64, ChannelEvent)>,
+    tx: Sender<(WorkerId, ChannelEvent)>,
 ) {
+    let generation = worker.generation;
     let emit = |ev| {
-        let _ = tx.send((generation, ev));
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send((worker, ev)).await;
+        }
     };
     let start = Instant::now();
     let hello = ToChild::Hello {
@@ -95,7 +104,7 @@ pub async fn run(
     // A Hello of three integers always encodes.
     let hello = hello.encode().unwrap_or_default();
     if let Err(e) = send(&chan, &hello, &[]).await {
-        emit(ChannelEvent::Closed(format!("sending HELLO failed: {e}")));
+        emit(ChannelEvent::Closed(format!("sending HELLO failed: {e}"))).await;
         return;
     }
     for (bytes, range) in &outbox.chunks {
@@ -107,13 +116,15 @@ pub async fn run(
             emit(ChannelEvent::Closed(format!(
                 "sending listeners {}..{} failed: {e}",
                 range.start, range.end
-            )));
+            )))
+            .await;
             return;
         }
     }
     emit(ChannelEvent::HandedOff {
         elapsed: start.elapsed(),
-    });
+    })
+    .await;
 
     let mut bad = 0;
     loop {
@@ -144,29 +155,30 @@ pub async fn run(
                 }
             }
             Err(RecvError::Closed) => {
-                emit(ChannelEvent::Closed("child closed its end".into()));
+                emit(ChannelEvent::Closed("child closed its end".into())).await;
                 return;
             }
             // A child that exits with messages unread resets the pair.
             Err(RecvError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {
-                emit(ChannelEvent::Closed("child closed its end".into()));
+                emit(ChannelEvent::Closed("child closed its end".into())).await;
                 return;
             }
             Err(e @ (RecvError::Truncated | RecvError::FdsTruncated)) => Err(e.to_string()),
             Err(e) => {
-                emit(ChannelEvent::Closed(format!("read failed: {e}")));
+                emit(ChannelEvent::Closed(format!("read failed: {e}"))).await;
                 return;
             }
         };
         match ev {
-            Ok(ev) => emit(ev),
+            Ok(ev) => emit(ev).await,
             Err(why) => {
                 bad += 1;
-                emit(ChannelEvent::Malformed(why));
+                emit(ChannelEvent::Malformed(why)).await;
                 if bad >= MAX_BAD_MESSAGES {
                     emit(ChannelEvent::Closed(format!(
                         "stopped reading after {bad} malformed messages"
-                    )));
+                    )))
+                    .await;
                     return;
                 }
             }
@@ -182,11 +194,22 @@ fn describe(e: &DecodeError, bytes: &[u8]) -> String {
     format!("{e} (starts with {shown:?})")
 }
 
-/// Sends DRAIN without waiting. Fails if the child's buffer is full or the
-/// channel is gone; the caller then falls back to the drain signal.
-pub fn send_drain(chan: &Channel, timeout: Duration) -> std::io::Result<()> {
-    let bytes = ToChild::Drain { timeout }
-        .encode()
-        .map_err(std::io::Error::other)?;
+/// What the supervisor tells a child after the handoff.
+#[derive(Debug, Clone, Copy)]
+pub enum Command {
+    Drain(Duration),
+    Pause,
+    Resume,
+}
+
+/// Sends a command without waiting. Fails if the child's buffer is full or
+/// the channel is gone; the caller decides what to do instead.
+pub fn send_now(chan: &Channel, cmd: Command) -> std::io::Result<()> {
+    let msg = match cmd {
+        Command::Drain(timeout) => ToChild::Drain { timeout },
+        Command::Pause => ToChild::Pause,
+        Command::Resume => ToChild::Resume,
+    };
+    let bytes = msg.encode().map_err(std::io::Error::other)?;
     hotsup_protocol::send(chan.get_ref().as_fd(), &bytes, &[])
 }

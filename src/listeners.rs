@@ -289,7 +289,7 @@ pub fn adopt_activated() -> Result<Vec<Listener>, ActivationError> {
             Some(n) if !out.iter().any(|l: &Listener| l.info.name == n) => n,
             Some(n) => {
                 let d = default_name(kind, i as usize);
-                tracing::warn!("LISTEN_FDNAMES repeats {n:?}: fd {fd} is named {d}");
+                tracing::warn!(fd, given = %n, name = %d, "duplicate_fdname");
                 d
             }
             None => default_name(kind, i as usize),

@@ -10,7 +10,7 @@ use tracing_subscriber::EnvFilter;
 
 use hotsup::cli::{self, Cli, Command, RunArgs};
 use hotsup::listeners::{self, BindOptions};
-use hotsup::{child, client, control, handoff, notify, signals, supervisor};
+use hotsup::{child, client, control, handoff, lifecycle, notify, signals, supervisor};
 
 const EXIT_RUNTIME: u8 = 1;
 const EXIT_USAGE: u8 = 2;
@@ -27,7 +27,7 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return ExitCode::from(usage_error(e)),
     };
-    init_logging(cli.verbose, cli.quiet);
+    init_logging(cli.verbose, cli.quiet, cli.log_format);
     match cli.command {
         Command::Run(args) => ExitCode::from(run(args)),
         Command::Generate { what } => ExitCode::from(generate(what)),
@@ -36,6 +36,7 @@ fn main() -> ExitCode {
             no_wait,
             timeout,
         } => ExitCode::from(client::upgrade(&target, no_wait, timeout)),
+        Command::Rollback { target, timeout } => ExitCode::from(client::rollback(&target, timeout)),
         Command::Status { target, json } => ExitCode::from(client::status(&target, json)),
         Command::Stop { target, no_wait } => ExitCode::from(client::stop(&target, no_wait)),
         Command::Signal { target, signal } => ExitCode::from(client::signal(&target, &signal)),
@@ -95,7 +96,7 @@ fn usage_error(e: clap::Error) -> u8 {
     EXIT_USAGE
 }
 
-fn init_logging(verbose: u8, quiet: u8) {
+fn init_logging(verbose: u8, quiet: u8, format: cli::LogFormat) {
     let level = match (verbose, quiet) {
         (0, 0) => "info",
         (1, _) => "debug",
@@ -104,12 +105,30 @@ fn init_logging(verbose: u8, quiet: u8) {
         _ => "error",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(rustix::termios::isatty(std::io::stderr()))
-        .with_target(false)
-        .init();
+        .with_target(false);
+    match format {
+        cli::LogFormat::Json => builder.event_format(hotsup::events::JsonLines).init(),
+        // journald stamps and colours lines itself.
+        cli::LogFormat::Text if under_journald() => builder.without_time().with_ansi(false).init(),
+        cli::LogFormat::Text => builder
+            .with_ansi(rustix::termios::isatty(std::io::stderr()))
+            .init(),
+    }
+}
+
+/// Whether stderr is the journal: `JOURNAL_STREAM` names its device and
+/// inode (systemd.exec(5)).
+fn under_journald() -> bool {
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(st) = rustix::fs::fstat(std::io::stderr()) else {
+        return false;
+    };
+    stream.to_str() == Some(&format!("{}:{}", st.st_dev, st.st_ino))
 }
 
 /// A usage error found after parsing: one line, exit 2.
@@ -183,15 +202,27 @@ fn run(args: RunArgs) -> u8 {
     let cfg = supervisor::Config {
         program: program.clone(),
         args: rest.to_vec(),
-        ready_timeout: args.ready_timeout,
-        drain_timeout: args.drain_timeout,
-        drain_signal: args.drain_signal,
-        restart: args.restart,
         fds: args.fds,
-        ready: args.ready,
         notify_path: None,
-        max_draining: usize::from(args.max_draining),
         child_nofile: original_nofile,
+        policy: lifecycle::Policy {
+            ready: match args.ready {
+                cli::ReadyMode::Notify => lifecycle::ReadyRule::Notify,
+                cli::ReadyMode::Delay(d) => lifecycle::ReadyRule::Delay(d),
+                cli::ReadyMode::Exec => lifecycle::ReadyRule::Exec,
+            },
+            ready_timeout: args.ready_timeout,
+            drain_timeout: args.drain_timeout,
+            drain_signal: args.drain_signal.as_raw(),
+            restart: match args.restart {
+                cli::Restart::Always => lifecycle::RestartRule::Always,
+                cli::Restart::OnFailure => lifecycle::RestartRule::OnFailure,
+                cli::Restart::Never => lifecycle::RestartRule::Never,
+            },
+            max_draining: usize::from(args.max_draining),
+            probation: args.probation,
+            start_attempts: args.start_attempts,
+        },
     };
     let name = args.name.clone().unwrap_or_else(|| {
         std::path::Path::new(program)
@@ -218,9 +249,7 @@ fn run(args: RunArgs) -> u8 {
         // Bound before the first child starts, so no READY=1 can be missed.
         let notify = notify::ChildNotify::bind()
             .map_err(|e| format!("cannot create the children's NOTIFY_SOCKET: {e}"))?;
-        tracing::info!(path = %notify.path.display(), "children's NOTIFY_SOCKET");
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let _reader = notify.spawn_reader(tx);
+        tracing::info!(path = %notify.path.display(), "notify_socket");
         let cfg = supervisor::Config {
             notify_path: Some(notify.path.clone()),
             ..cfg
@@ -230,18 +259,18 @@ fn run(args: RunArgs) -> u8 {
         // that must not stop a supervisor from starting.
         let control = match control::Server::bind(&control_path) {
             Ok(mut server) => {
-                tracing::info!(path = %server.path.display(), "control socket");
+                tracing::info!(path = %server.path.display(), "control_socket");
                 server.spawn(control_tx);
                 Some(server)
             }
             Err(e) if explicit_control => return Err(e.to_string()),
             Err(e) => {
-                tracing::warn!("no control socket: {e}");
+                tracing::warn!(error = %e, "no_control_socket");
                 None
             }
         };
-        let code = supervisor::Supervisor::new(cfg, outbox, rx, control_rx)
-            .run()
+        let code = supervisor::Supervisor::new(cfg, outbox, control_rx)
+            .run(Some(notify.socket()))
             .await
             .map_err(|e| format!("cannot install signal handlers: {e}"))?;
         drop(notify);
@@ -252,10 +281,7 @@ fn run(args: RunArgs) -> u8 {
         Ok::<u8, String>(code)
     });
     match result {
-        Ok(code) => {
-            tracing::info!(code, "exiting");
-            code
-        }
+        Ok(code) => code,
         Err(e) => runtime_failure(e),
     }
 }

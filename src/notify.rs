@@ -13,10 +13,9 @@ use rustix::process::Pid;
 use sd_notify::NotifyState;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
-use tokio::sync::mpsc::UnboundedSender;
 
 /// Largest datagram read; systemd itself accepts up to about 4 KiB plus fds.
-const MAX_DATAGRAM: usize = 8192;
+pub const MAX_DATAGRAM: usize = 8192;
 
 /// The socket children send `READY=1` to, in a private directory that is
 /// removed when hotsup exits.
@@ -25,13 +24,6 @@ pub struct ChildNotify {
     socket: Arc<AsyncFd<OwnedFd>>,
     // Dropped last: removing the directory removes the socket file.
     _dir: tempfile::TempDir,
-}
-
-/// One datagram, with the sender's pid from `SCM_CREDENTIALS`.
-#[derive(Debug)]
-pub struct Datagram {
-    pub pid: Option<Pid>,
-    pub text: String,
 }
 
 impl ChildNotify {
@@ -63,54 +55,51 @@ impl ChildNotify {
         })
     }
 
-    /// Forwards every datagram to the supervisor loop.
-    pub fn spawn_reader(&self, tx: UnboundedSender<Datagram>) -> tokio::task::JoinHandle<()> {
-        let socket = self.socket.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok(mut guard) = socket.readable().await else {
-                    return;
-                };
-                match recv(socket.get_ref()) {
-                    Ok(Some(d)) => {
-                        if tx.send(d).is_err() {
-                            return;
-                        }
-                    }
-                    Ok(None) => guard.clear_ready(),
-                    Err(_) => guard.clear_ready(),
-                }
-            }
-        })
+    /// The socket, for the supervisor loop to wait on and read.
+    pub fn socket(&self) -> Arc<AsyncFd<OwnedFd>> {
+        self.socket.clone()
     }
 }
 
-fn recv(fd: &OwnedFd) -> std::io::Result<Option<Datagram>> {
-    let mut buf = vec![0u8; MAX_DATAGRAM];
+/// One datagram, with the sender's pid from `SCM_CREDENTIALS` and any fds
+/// it carried. The fds stay open until the datagram is dropped: that is how
+/// `BARRIER=1` is answered, once every earlier datagram was handled.
+#[derive(Debug)]
+pub struct Datagram<'a> {
+    pub pid: Option<Pid>,
+    pub text: std::borrow::Cow<'a, str>,
+    pub fds: Vec<OwnedFd>,
+}
+
+/// Reads one datagram into `buf` without blocking; `None` when there is
+/// none. A datagram longer than `buf` is cut, never an error.
+pub fn recv<'a>(fd: &OwnedFd, buf: &'a mut [u8]) -> std::io::Result<Option<Datagram<'a>>> {
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmCredentials(1), ScmRights(8))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let msg = match rustix::net::recvmsg(
         fd.as_fd(),
-        &mut [IoSliceMut::new(&mut buf)],
+        &mut [IoSliceMut::new(buf)],
         &mut control,
-        RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC | RecvFlags::TRUNC,
+        RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC,
     ) {
         Ok(m) => m,
         Err(rustix::io::Errno::AGAIN) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
     let mut pid = None;
-    // Fds (FDSTORE=1 and the like) are not supported; draining the buffer
-    // closes them.
+    let mut fds = Vec::new();
     for m in control.drain() {
-        if let RecvAncillaryMessage::ScmCredentials(cred) = m {
-            pid = Some(cred.pid);
+        match m {
+            RecvAncillaryMessage::ScmCredentials(cred) => pid = Some(cred.pid),
+            RecvAncillaryMessage::ScmRights(rights) => fds.extend(rights),
+            _ => {}
         }
     }
     let len = msg.bytes.min(buf.len());
     Ok(Some(Datagram {
         pid,
-        text: String::from_utf8_lossy(&buf[..len]).into_owned(),
+        text: String::from_utf8_lossy(&buf[..len]),
+        fds,
     }))
 }
 
@@ -120,6 +109,9 @@ pub struct Parsed {
     pub ready: bool,
     pub stopping: bool,
     pub status: Option<String>,
+    /// `ERRNO=N` with N other than 0: the service reports a failure, which
+    /// hotsup counts as unhealthy.
+    pub errno: Option<i32>,
 }
 
 /// Parses `KEY=VALUE` lines; unknown keys are ignored.
@@ -130,6 +122,7 @@ pub fn parse(text: &str) -> Parsed {
             Some(("READY", "1")) => p.ready = true,
             Some(("STOPPING", "1")) => p.stopping = true,
             Some(("STATUS", s)) => p.status = Some(s.to_owned()),
+            Some(("ERRNO", n)) => p.errno = n.trim().parse().ok().filter(|n| *n != 0),
             _ => {}
         }
     }
@@ -154,7 +147,7 @@ impl Manager {
             return;
         }
         if let Err(e) = sd_notify::notify(states) {
-            tracing::warn!("cannot notify the service manager: {e}");
+            tracing::warn!(error = %e, "manager_notify_failed");
         }
     }
 
@@ -195,6 +188,9 @@ mod tests {
         assert!(!p.stopping);
         assert!(parse("STOPPING=1").stopping);
         assert!(!parse("READY=0").ready);
+        assert_eq!(parse("ERRNO=111").errno, Some(111));
+        assert_eq!(parse("ERRNO=0").errno, None);
+        assert_eq!(parse("ERRNO=x").errno, None);
         assert_eq!(parse("garbage\n\u{0}"), Parsed::default());
     }
 }

@@ -1,103 +1,67 @@
-//! The lifecycle state machine. One loop owns every generation: signals,
-//! child exits, channel messages and timers come in; spawns, drains and
-//! kills go out.
+//! The shell around the lifecycle core: it turns signals, exits, channel
+//! messages, notify datagrams, control requests and timers into
+//! [`Input`]s, and carries out the [`Effect`]s the core returns. Every rule
+//! about generations lives in [`crate::lifecycle`]; this module only does
+//! the I/O.
 //!
-//! A generation moves Starting -> Serving -> Draining -> (reaped), or
-//! Starting -> Killing -> (reaped) when it fails to become ready. At most one
-//! generation is Starting and at most one is Serving.
+//! Everything runs on one thread, the runtime's: children are spawned from
+//! it (so `PR_SET_PDEATHSIG` fires only when hotsup itself dies), and it is
+//! the only place that waits for children.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::ffi::OsString;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rustix::process::{Pid, Signal, WaitOptions, WaitStatus};
+use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, warn};
 
-use crate::child::{self, Pass, describe_status, kill_group};
-use crate::cli::{Fds, ReadyMode, Restart, signal_name};
-use crate::control::{self, Outcome, Reply, Request};
+use crate::child::{self, Pass, kill_group};
+use crate::cli::Fds;
+use crate::control::{self, Reply, Request};
 use crate::handoff::{self, Channel, ChannelEvent, Outbox};
-use crate::notify::{self, Datagram};
+use crate::lifecycle::{
+    self, Answer, Core, DrainVia, Effect, Exe, ExitInfo, Input, ManagerMessage, PinId, Policy,
+    ReadyVia, Source, Ticket, WorkerEvent, WorkerId,
+};
+use crate::notify;
+use crate::pinned::Pinned;
 
-/// Clients waiting for an outcome.
-type Waiters = Vec<tokio::sync::oneshot::Sender<Reply>>;
+/// Channel events waiting for the loop; a child that floods its channel is
+/// slowed down by this bound instead of growing the supervisor.
+const CHANNEL_QUEUE: usize = 64;
+/// Notify datagrams handled per wakeup before the loop looks at everything
+/// else again.
+const NOTIFY_BATCH: usize = 32;
+/// At most one warning per this interval about dropped notify datagrams.
+const NOTIFY_WARN_EVERY: Duration = Duration::from_secs(10);
 
-/// First crash-restart delay; it doubles per consecutive crash.
-const BACKOFF_START: Duration = Duration::from_millis(100);
-/// Longest crash-restart delay.
-const BACKOFF_MAX: Duration = Duration::from_secs(10);
-/// How long a Starting child that closed its channel may take to exit
-/// before it is killed.
-const CLOSED_GRACE: Duration = Duration::from_millis(250);
-/// How long a SIGKILLed generation may take to be reaped before the kill is
-/// repeated (a process in uninterruptible sleep dies only when it wakes).
-const KILL_GRACE: Duration = Duration::from_secs(5);
-/// A generation that served this long resets the backoff.
-const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(10);
-
-/// What the supervisor was told to run, and how.
+/// What the shell needs besides the core's policy.
 pub struct Config {
     pub program: OsString,
     pub args: Vec<OsString>,
-    pub ready_timeout: Duration,
-    pub drain_timeout: Duration,
-    pub drain_signal: Signal,
-    pub restart: Restart,
     pub fds: Fds,
-    pub ready: ReadyMode,
     /// The `NOTIFY_SOCKET` every child gets.
-    pub notify_path: Option<std::path::PathBuf>,
-    /// Most generations draining at once; beyond it the oldest is killed.
-    pub max_draining: usize,
+    pub notify_path: Option<PathBuf>,
     /// The soft RLIMIT_NOFILE hotsup started with, restored for children.
     pub child_nofile: Option<u64>,
+    pub policy: Policy,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    /// `ready_at` is set with `--ready delay:…`.
-    Starting {
-        deadline: Instant,
-        ready_at: Option<Instant>,
-    },
-    Serving {
-        since: Instant,
-    },
-    Draining {
-        deadline: Instant,
-    },
-    /// SIGKILL sent; waiting to reap. Past `deadline` the kill is sent
-    /// again (and, during shutdown, the process is abandoned).
-    Killing {
-        deadline: Instant,
-    },
-}
-
-struct Generation {
-    id: u64,
-    pid: Pid,
-    spawned_at: Instant,
-    state: State,
+/// A live worker's resources.
+struct WorkerHandle {
     channel: Option<Channel>,
     task: Option<JoinHandle<()>>,
-    /// Whether the child ever sent a valid message: such a child gets DRAIN
-    /// on its channel rather than the drain signal.
-    spoke: bool,
-    /// Why a Starting generation can no longer become ready, reported if it
-    /// has not exited by its (shortened) deadline.
-    doomed: Option<String>,
-    /// How it became ready, for status.
-    ready_via: Option<&'static str>,
-    /// The last STATUS it reported (native or `STATUS=`), for status.
-    status: Option<String>,
 }
 
-impl Drop for Generation {
+impl Drop for WorkerHandle {
     fn drop(&mut self) {
         if let Some(t) = &self.task {
             t.abort();
@@ -105,79 +69,58 @@ impl Drop for Generation {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Shutdown {
-    No,
-    Graceful,
-    Forced,
+/// Datagrams dropped because no generation sent them, and when that was
+/// last said.
+#[derive(Default)]
+struct Strangers {
+    total: u64,
+    unreported: u64,
+    last_warned: Option<Instant>,
 }
 
 pub struct Supervisor {
+    core: Core,
     cfg: Config,
     outbox: Arc<Outbox>,
-    gens: BTreeMap<u64, Generation>,
-    next_id: u64,
-    /// An upgrade asked for while one was in progress, run after it.
-    pending_upgrade: bool,
-    crashes: u32,
-    restart_at: Option<Instant>,
-    shutdown: Shutdown,
-    /// Set when the supervisor should exit with this code once every
-    /// generation is reaped.
-    exit_code: Option<u8>,
-    tx: mpsc::UnboundedSender<(u64, ChannelEvent)>,
-    rx: mpsc::UnboundedReceiver<(u64, ChannelEvent)>,
-    notify_rx: mpsc::UnboundedReceiver<Datagram>,
-    manager: notify::Manager,
-    /// Why the last upgrade failed, for STATUS=.
-    last_failure: Option<String>,
+    workers: BTreeMap<WorkerId, WorkerHandle>,
+    pins: BTreeMap<PinId, Pinned>,
+    tickets: BTreeMap<Ticket, oneshot::Sender<Reply>>,
+    next_ticket: u64,
+    chan_tx: mpsc::Sender<(WorkerId, ChannelEvent)>,
+    chan_rx: mpsc::Receiver<(WorkerId, ChannelEvent)>,
     control_rx: mpsc::UnboundedReceiver<control::Message>,
-    /// Upgrade clients, by the generation whose outcome answers them.
-    waiters: BTreeMap<u64, Waiters>,
-    /// Upgrade clients covered by the coalesced follow-up upgrade.
-    pending_waiters: Waiters,
-    stop_waiters: Waiters,
-    started_at: Instant,
-    restarts: u64,
-    /// Generation, result, reason and time of the last upgrade.
-    last_upgrade: Option<(Option<u64>, &'static str, Option<String>, Instant)>,
+    manager: notify::Manager,
+    strangers: Strangers,
+    exit: Option<u8>,
 }
 
 impl Supervisor {
     pub fn new(
         cfg: Config,
         outbox: Outbox,
-        notify_rx: mpsc::UnboundedReceiver<Datagram>,
         control_rx: mpsc::UnboundedReceiver<control::Message>,
     ) -> Supervisor {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (chan_tx, chan_rx) = mpsc::channel(CHANNEL_QUEUE);
+        let policy = cfg.policy.clone();
         Supervisor {
+            core: Core::new(policy, Instant::now().into_std()),
             cfg,
             outbox: Arc::new(outbox),
-            gens: BTreeMap::new(),
-            next_id: 1,
-            pending_upgrade: false,
-            crashes: 0,
-            restart_at: None,
-            shutdown: Shutdown::No,
-            exit_code: None,
-            tx,
-            rx,
-            notify_rx,
-            manager: notify::Manager::from_env(),
-            last_failure: None,
+            workers: BTreeMap::new(),
+            pins: BTreeMap::new(),
+            tickets: BTreeMap::new(),
+            next_ticket: 0,
+            chan_tx,
+            chan_rx,
             control_rx,
-            waiters: BTreeMap::new(),
-            pending_waiters: Vec::new(),
-            stop_waiters: Vec::new(),
-            started_at: Instant::now(),
-            restarts: 0,
-            last_upgrade: None,
+            manager: notify::Manager::from_env(),
+            strangers: Strangers::default(),
+            exit: None,
         }
     }
 
     /// Runs until shutdown; returns the process exit code.
-    pub async fn run(mut self) -> std::io::Result<u8> {
+    pub async fn run(mut self, notify: Option<Arc<AsyncFd<OwnedFd>>>) -> std::io::Result<u8> {
         let mut sigchld = signal(SignalKind::child())?;
         let mut usr2 = signal(SignalKind::user_defined2())?;
         let mut hup = signal(SignalKind::hangup())?;
@@ -194,597 +137,431 @@ impl Supervisor {
                 t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 t
             });
+        // One buffer for every notify datagram: a flood costs no memory.
+        let mut datagram = vec![0u8; notify::MAX_DATAGRAM];
 
         crate::signals::release();
-        if let Err(e) = self.start_generation("start", &mut Vec::new()) {
-            error!("cannot start COMMAND: {e}");
-            return Ok(1);
-        }
+        self.feed(Input::Start);
         loop {
-            if self.gens.is_empty() {
-                if let Some(code) = self.exit_code {
-                    for w in self.stop_waiters.drain(..) {
-                        let _ = w.send(Reply {
-                            version: control::VERSION,
-                            ok: true,
-                            stop: Some(control::Stopped { exit_code: code }),
-                            ..Reply::default()
-                        });
-                    }
-                    return Ok(code);
-                }
+            if let Some(code) = self.exit {
+                return Ok(code);
             }
-            let deadline = self.next_deadline();
+            let deadline = self.core.next_deadline().map(Instant::from_std);
             tokio::select! {
-                Some((id, ev)) = self.rx.recv() => self.on_channel(id, ev),
-                Some(d) = self.notify_rx.recv() => self.on_notify(d),
+                Some((w, ev)) = self.chan_rx.recv() => self.on_channel(w, ev),
+                guard = readable(notify.as_deref()) => {
+                    if let (Some(mut guard), Some(sock)) = (guard, notify.as_deref()) {
+                        if self.read_notify(sock.get_ref(), &mut datagram) {
+                            guard.clear_ready();
+                        }
+                    }
+                }
                 () = tick(&mut watchdog) => self.manager.watchdog(),
                 Some(()) = sigchld.recv() => self.reap(),
-                Some(()) = usr2.recv() => self.request_upgrade("SIGUSR2", None),
-                Some(()) = hup.recv() => self.request_upgrade("SIGHUP", None),
+                Some(()) = usr2.recv() => self.feed(Input::Upgrade {
+                    source: Source::Signal(libc::SIGUSR2),
+                    reply: None,
+                }),
+                Some(()) = hup.recv() => self.feed(Input::Upgrade {
+                    source: Source::Signal(libc::SIGHUP),
+                    reply: None,
+                }),
                 Some(m) = self.control_rx.recv() => self.on_control(m),
-                Some(()) = term.recv() => self.request_shutdown("SIGTERM"),
-                Some(()) = int.recv() => self.request_shutdown("SIGINT"),
-                Some(()) = quit.recv() => self.forward(Signal::QUIT),
-                Some(()) = usr1.recv() => self.forward(Signal::USR1),
-                () = sleep_until(deadline) => self.on_timer(),
+                Some(()) = term.recv() => self.feed(Input::Stop {
+                    source: Source::Signal(libc::SIGTERM),
+                    reply: None,
+                }),
+                Some(()) = int.recv() => self.feed(Input::Stop {
+                    source: Source::Signal(libc::SIGINT),
+                    reply: None,
+                }),
+                Some(()) = quit.recv() => self.feed(Input::Forward { signal: libc::SIGQUIT, reply: None }),
+                Some(()) = usr1.recv() => self.feed(Input::Forward { signal: libc::SIGUSR1, reply: None }),
+                () = sleep_until(deadline) => self.feed(Input::Tick),
             }
         }
     }
 
-    fn serving(&self) -> Option<&Generation> {
-        self.gens
-            .values()
-            .find(|g| matches!(g.state, State::Serving { .. }))
+    /// Hands one input to the core and carries out what follows.
+    fn feed(&mut self, input: Input) {
+        let now = Instant::now().into_std();
+        let mut queue: VecDeque<Effect> = self.core.handle(now, input).into();
+        while let Some(effect) = queue.pop_front() {
+            // A spawn's result must reach the core before anything else.
+            if let Some(next) = self.apply(effect) {
+                queue.extend(self.core.handle(now, next));
+            }
+        }
     }
 
-    fn starting(&self) -> Option<&Generation> {
-        self.gens
-            .values()
-            .find(|g| matches!(g.state, State::Starting { .. }))
-    }
-
-    fn next_deadline(&self) -> Option<Instant> {
-        self.gens
-            .values()
-            .filter_map(|g| match g.state {
-                // A doomed generation waits only for its deadline.
-                State::Starting { deadline, ready_at } if g.doomed.is_none() => {
-                    Some(ready_at.map_or(deadline, |r| r.min(deadline)))
+    /// Carries out one effect; a spawn returns its result for the core.
+    fn apply(&mut self, effect: Effect) -> Option<Input> {
+        match effect {
+            Effect::Spawn { worker, exe, .. } => Some(self.spawn(worker, exe)),
+            Effect::Unpin(pin) => {
+                self.pins.remove(&pin);
+                None
+            }
+            Effect::Drain { worker, pid, via } => {
+                self.drain(worker, pid, via);
+                None
+            }
+            Effect::Pause { worker, .. } => {
+                self.send(worker, handoff::Command::Pause)
+                    .err()
+                    .map(|e| Input::Worker {
+                        worker,
+                        event: WorkerEvent::PauseFailed(e),
+                    })
+            }
+            Effect::Resume { worker, .. } => {
+                self.send(worker, handoff::Command::Resume)
+                    .err()
+                    .map(|e| Input::Worker {
+                        worker,
+                        event: WorkerEvent::ResumeFailed(e),
+                    })
+            }
+            Effect::Kill { pid, .. } => {
+                kill_group(pid, Signal::KILL);
+                None
+            }
+            Effect::KillLeftovers { worker, pid } => {
+                self.workers.remove(&worker);
+                if child::kill_leftovers(pid) {
+                    debug!(
+                        generation = worker.generation,
+                        pid = pid.as_raw_pid(),
+                        "killed_leftovers"
+                    );
                 }
-                State::Starting { deadline, .. }
-                | State::Draining { deadline }
-                | State::Killing { deadline } => Some(deadline),
-                State::Serving { .. } => None,
-            })
-            .chain(self.restart_at)
-            .min()
+                None
+            }
+            Effect::Signal {
+                worker,
+                pid,
+                signal,
+                reply,
+            } => {
+                let sent = Signal::from_named_raw(signal)
+                    .ok_or(rustix::io::Errno::INVAL)
+                    .and_then(|s| rustix::process::kill_process(pid, s));
+                if let Some(t) = reply {
+                    let r = match sent {
+                        Ok(()) => Reply {
+                            version: control::VERSION,
+                            ok: true,
+                            signal: Some(control::Signalled {
+                                signal: crate::signals::name(signal),
+                                generation: worker.generation,
+                                pid: pid.as_raw_pid(),
+                            }),
+                            ..Reply::default()
+                        },
+                        Err(e) => {
+                            Reply::error(format!("cannot signal pid {}: {e}", pid.as_raw_pid()))
+                        }
+                    };
+                    self.reply(t, r);
+                }
+                None
+            }
+            Effect::Reply { ticket, answer } => {
+                let r = match answer {
+                    Answer::Upgrade(o) => Reply::upgrade(o),
+                    Answer::Stopped { exit_code } => Reply {
+                        version: control::VERSION,
+                        ok: true,
+                        stop: Some(control::Stopped { exit_code }),
+                        ..Reply::default()
+                    },
+                    Answer::Error(e) => Reply::error(e),
+                };
+                self.reply(ticket, r);
+                None
+            }
+            Effect::Manager(m) => {
+                match m {
+                    ManagerMessage::Ready(s) => self.manager.ready(&s),
+                    ManagerMessage::Reloading => self.manager.reloading(),
+                    ManagerMessage::Status(s) => self.manager.status(&s),
+                    ManagerMessage::Stopping => self.manager.stopping(),
+                }
+                None
+            }
+            Effect::Emit(ev) => {
+                crate::events::log(&ev);
+                None
+            }
+            Effect::Exit(code) => {
+                self.exit = Some(code);
+                None
+            }
+        }
     }
 
-    /// Spawns a new generation in the Starting state.
-    /// Takes the `waiters` only when the generation was started.
-    fn start_generation(&mut self, why: &str, waiters: &mut Waiters) -> Result<(), String> {
-        let program = child::resolve(&self.cfg.program).map_err(|e| e.to_string())?;
-        let id = self.next_id;
+    fn reply(&mut self, ticket: Ticket, reply: Reply) {
+        if let Some(tx) = self.tickets.remove(&ticket) {
+            // The client may have gone; nobody else needs the answer.
+            let _ = tx.send(reply);
+        }
+    }
+
+    fn ticket(&mut self, tx: oneshot::Sender<Reply>) -> Ticket {
+        self.next_ticket += 1;
+        let t = Ticket(self.next_ticket);
+        self.tickets.insert(t, tx);
+        t
+    }
+
+    /// Starts one worker process, from the command looked up now or from a
+    /// pinned executable.
+    fn spawn(&mut self, worker: WorkerId, exe: Exe) -> Input {
+        let failed = |error: String| Input::SpawnFailed { worker, error };
+        let pin = match exe {
+            Exe::Fresh(id) => match Pinned::resolve(&self.cfg.program) {
+                Ok(p) => {
+                    self.pins.insert(id, p);
+                    id
+                }
+                Err(e) => return failed(e.to_string()),
+            },
+            Exe::Pinned(id) => id,
+        };
+        let Some(pinned) = self.pins.get(&pin) else {
+            return failed("the pinned executable is gone".into());
+        };
         let spec = child::Spec {
-            program: &program,
+            program: pinned.exec_path(),
             argv0: &self.cfg.program,
             args: &self.cfg.args,
-            generation: id,
+            generation: worker.generation,
             notify_socket: self.cfg.notify_path.as_deref(),
             nofile: self.cfg.child_nofile.map(|n| {
                 // Room for every inherited listener above the usual limit.
                 n.max(3 + self.outbox.listeners.len() as u64 + 1024)
             }),
+            exe_fd: pinned
+                .inherit_fd(self.cfg.fds == Fds::Systemd)
+                .map(|fd| child::ExeFd {
+                    fd,
+                    app_keeps: pinned.is_script(),
+                }),
             pass: match self.cfg.fds {
                 Fds::Native => Pass::Native,
                 Fds::Systemd => Pass::Systemd(&self.outbox.listeners),
             },
         };
-        let spawned =
-            child::spawn(&spec).map_err(|e| format!("cannot spawn {}: {e}", program.display()))?;
-        self.next_id += 1;
-        let now = Instant::now();
+        let spawned = match child::spawn(&spec) {
+            Ok(s) => s,
+            Err(e) => return failed(format!("cannot spawn {}: {e}", pinned.path().display())),
+        };
         let pid = spawned.pid;
-        let mut doomed = None;
-        let mut state = State::Starting {
-            deadline: now + self.cfg.ready_timeout,
-            ready_at: match self.cfg.ready {
-                ReadyMode::Delay(d) => Some(now + d),
-                _ => None,
-            },
-        };
-        let (channel, task) = match spawned.channel.map(handoff::register) {
-            None => (None, None),
-            Some(Ok(chan)) => {
-                let task = tokio::spawn(handoff::run(
-                    id,
-                    chan.clone(),
-                    self.outbox.clone(),
-                    self.tx.clone(),
-                ));
-                (Some(chan), Some(task))
+        // A deploy that renamed a new file over the path between pinning and
+        // exec: pin what the process really runs. (Not for scripts, whose
+        // process runs the interpreter, nor under `--fds systemd`, whose
+        // process is hotsup's own exec step at this point.)
+        if self.cfg.fds == Fds::Native && !pinned.is_script() && !pinned.runs_in(pid.as_raw_pid()) {
+            let path = pinned.path().to_path_buf();
+            if let Ok(p) = Pinned::from_process(pid.as_raw_pid(), &path) {
+                self.pins.insert(pin, p);
             }
-            Some(Err(e)) => {
-                // It can never receive its sockets: fail it at once, through
-                // the same path as any generation that cannot be ready.
-                doomed = Some(format!("cannot register its channel: {e}"));
-                state = State::Starting {
-                    deadline: now,
-                    ready_at: None,
-                };
-                (None, None)
-            }
+        }
+        let Some(pinned) = self.pins.get(&pin) else {
+            return Input::Spawned { worker, pid };
         };
-        info!(
-            generation = id,
+        tracing::info!(
+            generation = worker.generation,
             pid = pid.as_raw_pid(),
-            reason = why,
-            "spawned {}",
-            program.display()
+            path = %pinned.path().display(),
+            "exec"
         );
-        if self.cfg.fds == Fds::Systemd {
-            info!(
-                generation = id,
-                pid = pid.as_raw_pid(),
-                listeners = self.outbox.listeners.len(),
-                "passed listeners as LISTEN_FDS"
-            );
-        }
-        self.gens.insert(
-            id,
-            Generation {
-                id,
-                pid,
-                spawned_at: now,
-                state,
-                channel,
-                task,
-                spoke: false,
-                doomed,
-                ready_via: None,
-                status: None,
-            },
-        );
-        if !waiters.is_empty() {
-            self.waiters.insert(id, std::mem::take(waiters));
-        }
-        if self.cfg.ready == ReadyMode::Exec
-            && self.gens.get(&id).is_some_and(|g| g.doomed.is_none())
-        {
-            self.on_ready(id, "exec");
-        }
-        Ok(())
-    }
-
-    fn request_upgrade(
-        &mut self,
-        source: &str,
-        mut waiter: Option<tokio::sync::oneshot::Sender<Reply>>,
-    ) {
-        if self.shutdown != Shutdown::No {
-            info!("{source}: ignored, shutting down");
-            answer(
-                waiter.into_iter().collect(),
-                "superseded",
-                None,
-                None,
-                Some("hotsup is shutting down"),
-            );
-            return;
-        }
-        if self.starting().is_some() {
-            self.pending_waiters.extend(waiter.take());
-        }
-        if let Some(g) = self.starting() {
-            if !self.pending_upgrade {
-                info!(
-                    generation = g.id,
-                    "{source}: upgrade already in progress; one more will follow it"
-                );
-            } else {
-                debug!("{source}: coalesced into the pending upgrade");
-            }
-            self.pending_upgrade = true;
-            return;
-        }
-        info!("{source}: upgrade requested");
-        self.restart_at = None;
-        self.begin_upgrade(source, waiter.into_iter().collect());
-    }
-
-    fn begin_upgrade(&mut self, why: &str, mut waiters: Waiters) {
-        if self.serving().is_some() {
-            self.manager.reloading();
-        }
-        if let Err(e) = self.start_generation(why, &mut waiters) {
-            answer(waiters, "failed", None, None, Some(&e));
-            self.upgrade_failed(None, &e);
-        }
-    }
-
-    /// Reports a failed generation and decides what happens next.
-    fn upgrade_failed(&mut self, id: Option<u64>, reason: &str) {
-        let gen_txt = id
-            .map(|i| format!(" to generation {i}"))
-            .unwrap_or_default();
-        self.last_failure = Some(format!("upgrade{gen_txt} failed: {reason}"));
-        self.last_upgrade = Some((id, "failed", Some(reason.to_string()), Instant::now()));
-        // A generation that never started had its clients answered by the
-        // caller.
-        if let Some(i) = id {
-            answer(
-                self.waiters.remove(&i).unwrap_or_default(),
-                "failed",
-                id,
-                None,
-                Some(reason),
-            );
-        }
-        match self.serving() {
-            Some(s) => {
-                error!(
-                    serving = s.id,
-                    pid = s.pid.as_raw_pid(),
-                    "upgrade{gen_txt} failed: {reason}; rolled back, generation {} keeps serving",
-                    s.id
-                );
-                // The reload is over: the rollback is complete.
-                let status = self.status_line();
-                self.manager.ready(&status);
-            }
-            None => {
-                error!("start{gen_txt} failed: {reason}; nothing is serving");
-                let status = self.status_line();
-                self.manager.status(&status);
-            }
-        }
-        self.after_attempt();
-    }
-
-    /// After an attempt resolved (ready or failed): run the coalesced
-    /// upgrade, or schedule a crash restart when nothing serves.
-    fn after_attempt(&mut self) {
-        if self.shutdown != Shutdown::No {
-            return;
-        }
-        if self.pending_upgrade && self.starting().is_none() {
-            self.pending_upgrade = false;
-            info!("starting the upgrade requested during the previous one");
-            let waiters = std::mem::take(&mut self.pending_waiters);
-            self.begin_upgrade("coalesced upgrade", waiters);
-            return;
-        }
-        if self.serving().is_none() && self.starting().is_none() {
-            self.schedule_restart();
-        }
-    }
-
-    fn schedule_restart(&mut self) {
-        if self.restart_at.is_some() {
-            return; // one restart at a time; the backoff counts crashes once
-        }
-        if self.cfg.restart == Restart::Never {
-            error!("nothing is serving and --restart never: exiting");
-            self.exit_code = Some(1);
-            self.begin_shutdown(Shutdown::Graceful);
-            return;
-        }
-        let delay = BACKOFF_START
-            .saturating_mul(1u32 << self.crashes.min(16))
-            .min(BACKOFF_MAX);
-        self.crashes = self.crashes.saturating_add(1);
-        warn!(
-            attempt = self.crashes,
-            "restarting in {}",
-            humantime::format_duration(delay)
-        );
-        self.restart_at = Some(Instant::now() + delay);
-    }
-
-    fn on_channel(&mut self, id: u64, ev: ChannelEvent) {
-        let Some(g) = self.gens.get_mut(&id) else {
-            return;
+        let mut handle = WorkerHandle {
+            channel: None,
+            task: None,
         };
-        let pid = g.pid.as_raw_pid();
-        match ev {
-            ChannelEvent::HandedOff { elapsed } => info!(
-                generation = id,
-                pid,
-                listeners = self.outbox.listeners.len(),
-                elapsed_us = elapsed.as_micros() as u64,
-                "handed off listeners"
-            ),
-            ChannelEvent::Status(s) => {
-                g.spoke = true;
-                info!(generation = id, pid, "status: {s}");
-                g.status = Some(s);
-            }
-            ChannelEvent::Ready => {
-                g.spoke = true;
-                if matches!(g.state, State::Starting { .. }) {
-                    self.on_ready(id, "READY");
-                } else {
-                    debug!(generation = id, pid, "repeated READY ignored");
+        if let Some(fd) = spawned.channel {
+            match handoff::register(fd) {
+                Ok(chan) => {
+                    handle.task = Some(tokio::spawn(handoff::run(
+                        worker,
+                        chan.clone(),
+                        self.outbox.clone(),
+                        self.chan_tx.clone(),
+                    )));
+                    handle.channel = Some(chan);
                 }
-            }
-            // Used once the lifecycle core supports standby and probation.
-            ChannelEvent::Hello(_) | ChannelEvent::Unhealthy(_) => g.spoke = true,
-            ChannelEvent::Unknown(verb) => {
-                debug!(generation = id, pid, "ignored unknown message {verb:?}");
-            }
-            ChannelEvent::Malformed(why) => {
-                warn!(generation = id, pid, "malformed message from child: {why}");
-                if matches!(g.state, State::Starting { .. }) {
-                    self.fail_starting(id, &format!("child sent a malformed message: {why}"));
-                }
-            }
-            ChannelEvent::Closed(why) => {
-                g.channel = None;
-                g.spoke = false;
-                if let State::Starting { deadline, ready_at } = g.state {
-                    // A crashing child closes its channel just before it
-                    // becomes reapable; wait briefly so the failure can
-                    // name the exit status rather than the closed channel.
-                    g.doomed = Some(format!("closed the hotsup channel before READY ({why})"));
-                    g.state = State::Starting {
-                        deadline: deadline.min(Instant::now() + CLOSED_GRACE),
-                        ready_at,
-                    };
-                } else {
-                    debug!(generation = id, pid, "channel closed: {why}");
-                }
-            }
-        }
-    }
-
-    /// A datagram on the children's NOTIFY_SOCKET counts only when it comes
-    /// from a generation's process or its process group, so a stray process
-    /// cannot promote a broken generation.
-    fn on_notify(&mut self, d: Datagram) {
-        let owner = d.pid.and_then(|pid| {
-            let pgid = rustix::process::getpgid(Some(pid)).ok();
-            self.gens
-                .values()
-                .find(|g| g.pid == pid || Some(g.pid) == pgid)
-                .map(|g| g.id)
-        });
-        let Some(id) = owner else {
-            warn!(
-                sender = d.pid.map(|p| p.as_raw_pid()),
-                "ignored NOTIFY_SOCKET message from a process that is not a generation"
-            );
-            return;
-        };
-        let parsed = notify::parse(&d.text);
-        let Some(g) = self.gens.get_mut(&id) else {
-            return;
-        };
-        let pid = g.pid.as_raw_pid();
-        if let Some(status) = &parsed.status {
-            info!(generation = id, pid, "status: {status}");
-            g.status = Some(status.clone());
-        }
-        if parsed.stopping {
-            // Noted, never passed on: it would stop hotsup's own unit.
-            debug!(generation = id, pid, "child reports STOPPING=1");
-        }
-        if parsed.ready {
-            if matches!(g.state, State::Starting { .. }) {
-                self.on_ready(id, "READY=1");
-            } else {
-                debug!(generation = id, pid, "repeated READY=1 ignored");
-            }
-        }
-    }
-
-    /// One line for the service manager's STATUS=.
-    fn status_line(&self) -> String {
-        let mut s = match self.serving() {
-            Some(g) => format!("generation {} (pid {}) serving", g.id, g.pid.as_raw_pid()),
-            None => "nothing serving".to_string(),
-        };
-        if let Some(f) = &self.last_failure {
-            s.push_str("; last ");
-            s.push_str(f);
-        }
-        s
-    }
-
-    fn on_ready(&mut self, id: u64, how: &'static str) {
-        let now = Instant::now();
-        let Some(g) = self.gens.get_mut(&id) else {
-            return;
-        };
-        g.state = State::Serving { since: now };
-        g.ready_via = Some(how);
-        let pid = g.pid.as_raw_pid();
-        info!(
-            generation = id,
-            pid = g.pid.as_raw_pid(),
-            after_ms = now.duration_since(g.spawned_at).as_millis() as u64,
-            via = how,
-            "ready"
-        );
-
-        let old: Vec<u64> = self
-            .gens
-            .values()
-            .filter(|o| o.id != id && matches!(o.state, State::Serving { .. }))
-            .map(|o| o.id)
-            .collect();
-        let upgrade = !old.is_empty();
-        for o in old {
-            self.drain(o);
-        }
-        self.enforce_max_draining();
-        answer(
-            self.waiters.remove(&id).unwrap_or_default(),
-            "ready",
-            Some(id),
-            Some(pid),
-            None,
-        );
-        if upgrade {
-            self.last_upgrade = Some((Some(id), "ready", None, now));
-        }
-        if self.shutdown == Shutdown::No {
-            self.last_failure = None;
-            let status = self.status_line();
-            self.manager.ready(&status);
-        }
-        self.after_attempt();
-    }
-
-    /// Asks a generation to finish and exit before the drain deadline.
-    fn drain(&mut self, id: u64) {
-        let timeout = self.cfg.drain_timeout;
-        let sig = self.cfg.drain_signal;
-        let Some(g) = self.gens.get_mut(&id) else {
-            return;
-        };
-        g.state = State::Draining {
-            deadline: Instant::now() + timeout,
-        };
-        let pid = g.pid.as_raw_pid();
-        let via_protocol = match (&g.channel, g.spoke) {
-            (Some(chan), true) => match handoff::send_drain(chan, timeout) {
-                Ok(()) => true,
                 Err(e) => {
-                    warn!(generation = id, pid, "cannot send DRAIN ({e}); signalling");
-                    false
-                }
-            },
-            _ => false,
-        };
-        if via_protocol {
-            info!(generation = id, pid, timeout = %humantime::format_duration(timeout), "draining via protocol");
-        } else {
-            let _ = rustix::process::kill_process(g.pid, sig);
-            info!(generation = id, pid, timeout = %humantime::format_duration(timeout), "draining via {}", signal_name(sig.as_raw()));
-        }
-    }
-
-    /// Kills a Starting generation that will never be ready.
-    fn fail_starting(&mut self, id: u64, reason: &str) {
-        if self.kill(id).is_none() {
-            return;
-        }
-        self.upgrade_failed(Some(id), &format!("{reason}; killed its process group"));
-    }
-
-    /// SIGKILLs a generation (its group and its main process) and waits to
-    /// reap it. Returns its pid, for the caller's log line.
-    fn kill(&mut self, id: u64) -> Option<i32> {
-        let g = self.gens.get_mut(&id)?;
-        g.state = State::Killing {
-            deadline: Instant::now() + KILL_GRACE,
-        };
-        kill_group(g.pid, Signal::KILL);
-        Some(g.pid.as_raw_pid())
-    }
-
-    fn on_timer(&mut self) {
-        let now = Instant::now();
-        if self.restart_at.is_some_and(|t| t <= now) {
-            self.restart_at = None;
-            if self.serving().is_none() && self.starting().is_none() {
-                self.restarts += 1;
-                if let Err(e) = self.start_generation("restart", &mut Vec::new()) {
-                    self.upgrade_failed(None, &e);
+                    // It can never receive its sockets: it fails through the
+                    // same path as any child that closes its channel.
+                    self.workers.insert(worker, handle);
+                    let _ = self.chan_tx.try_send((
+                        worker,
+                        ChannelEvent::Closed(format!("cannot register its channel: {e}")),
+                    ));
+                    return Input::Spawned { worker, pid };
                 }
             }
         }
-        let delayed: Vec<u64> = self
-            .gens
-            .values()
-            .filter(|g| match g.state {
-                State::Starting { deadline, ready_at } => {
-                    g.doomed.is_none() && ready_at.is_some_and(|r| r <= now && r < deadline)
-                }
-                _ => false,
-            })
-            .map(|g| g.id)
-            .collect();
-        for id in delayed {
-            self.on_ready(id, "delay");
-        }
-        let expired: Vec<(u64, State)> = self
-            .gens
-            .values()
-            .filter(|g| match g.state {
-                State::Starting { deadline, .. }
-                | State::Draining { deadline }
-                | State::Killing { deadline } => deadline <= now,
-                State::Serving { .. } => false,
-            })
-            .map(|g| (g.id, g.state))
-            .collect();
-        for (id, state) in expired {
-            match state {
-                State::Starting { .. } => {
-                    let reason = self.gens.get_mut(&id).and_then(|g| g.doomed.take());
-                    let reason = reason.unwrap_or_else(|| {
-                        let t = humantime::format_duration(self.cfg.ready_timeout);
-                        format!(
-                            "not ready within {t} (it never reported ready; for an app that \
-                             cannot, use --ready delay:DURATION, e.g. --ready delay:2s)"
-                        )
-                    });
-                    self.fail_starting(id, &reason);
-                }
-                State::Draining { .. } => {
-                    if let Some(pid) = self.kill(id) {
+        self.workers.insert(worker, handle);
+        Input::Spawned { worker, pid }
+    }
+
+    fn drain(&mut self, worker: WorkerId, pid: Pid, via: DrainVia) {
+        let signal = match via {
+            DrainVia::Signal(s) => s,
+            DrainVia::Channel { timeout, fallback } => {
+                match self.send(worker, handoff::Command::Drain(timeout)) {
+                    Ok(()) => return,
+                    Err(e) => {
                         warn!(
-                            generation = id,
-                            pid, "still running at the drain deadline; killed its process group"
+                            generation = worker.generation,
+                            pid = pid.as_raw_pid(),
+                            error = %e,
+                            "drain_fallback"
                         );
-                        if self.shutdown != Shutdown::No {
-                            self.exit_code = Some(1);
-                        }
+                        fallback
                     }
                 }
-                State::Killing { .. } => self.kill_again(id),
-                State::Serving { .. } => {}
             }
+        };
+        if let Some(sig) = Signal::from_named_raw(signal) {
+            let _ = rustix::process::kill_process(pid, sig);
         }
     }
 
-    /// A SIGKILLed generation that is still not reapable: its main process
-    /// left its group, or sleeps uninterruptibly. Kill again; when shutting
-    /// down, stop waiting for it so hotsup can exit.
-    fn kill_again(&mut self, id: u64) {
-        let shutting_down = self.shutdown != Shutdown::No;
-        let Some(g) = self.gens.get_mut(&id) else {
-            return;
+    /// Sends a command on a worker's channel, without waiting.
+    fn send(&self, worker: WorkerId, cmd: handoff::Command) -> Result<(), String> {
+        let chan = self
+            .workers
+            .get(&worker)
+            .and_then(|w| w.channel.as_ref())
+            .ok_or_else(|| "it has no channel".to_string())?;
+        handoff::send_now(chan, cmd).map_err(|e| e.to_string())
+    }
+
+    fn on_channel(&mut self, worker: WorkerId, ev: ChannelEvent) {
+        let event = match ev {
+            ChannelEvent::HandedOff { elapsed } => WorkerEvent::HandedOff {
+                listeners: self.outbox.listeners.len(),
+                elapsed_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            },
+            ChannelEvent::Ready => WorkerEvent::Ready(ReadyVia::Channel),
+            ChannelEvent::Status(s) => WorkerEvent::Status(s),
+            ChannelEvent::Hello(v) => WorkerEvent::Protocol(v),
+            ChannelEvent::Unhealthy(s) => WorkerEvent::Unhealthy(s),
+            ChannelEvent::Unknown(verb) => {
+                debug!(generation = worker.generation, verb = %verb, "unknown_message");
+                WorkerEvent::Unknown(verb)
+            }
+            ChannelEvent::Malformed(why) => WorkerEvent::Malformed(why),
+            ChannelEvent::Closed(why) => {
+                if let Some(w) = self.workers.get_mut(&worker) {
+                    w.channel = None;
+                }
+                WorkerEvent::ChannelClosed(why)
+            }
         };
-        kill_group(g.pid, Signal::KILL);
-        let pid = g.pid.as_raw_pid();
-        if shutting_down {
-            error!(
-                generation = id,
-                pid, "did not die from SIGKILL; abandoning it"
-            );
-            self.gens.remove(&id);
-            self.exit_code = Some(1);
-        } else {
-            warn!(
-                generation = id,
-                pid, "did not die from SIGKILL yet; sent it again"
-            );
-            g.state = State::Killing {
-                deadline: Instant::now() + KILL_GRACE,
+        self.feed(Input::Worker { worker, event });
+    }
+
+    /// Reads and handles up to a batch of notify datagrams. Each is
+    /// attributed the moment it is read, while its sender most likely still
+    /// lives; strangers are dropped. Returns whether the socket is drained.
+    fn read_notify(&mut self, sock: &OwnedFd, buf: &mut [u8]) -> bool {
+        for _ in 0..NOTIFY_BATCH {
+            let d = match notify::recv(sock, buf) {
+                Ok(Some(d)) => d,
+                Ok(None) => return true,
+                Err(e) => {
+                    debug!(error = %e, "notify_read_failed");
+                    return true;
+                }
             };
+            let owner = d.pid.and_then(|pid| self.attribute(pid));
+            let Some(worker) = owner else {
+                self.stranger(d.pid);
+                continue;
+            };
+            let parsed = notify::parse(&d.text);
+            if let Some(status) = parsed.status {
+                self.feed(Input::Worker {
+                    worker,
+                    event: WorkerEvent::Status(status),
+                });
+            }
+            if parsed.stopping {
+                // Noted, never passed on: it would stop hotsup's own unit.
+                debug!(generation = worker.generation, "child_stopping");
+            }
+            if let Some(errno) = parsed.errno {
+                let reason = format!(
+                    "ERRNO={errno} ({})",
+                    std::io::Error::from_raw_os_error(errno)
+                );
+                self.feed(Input::Worker {
+                    worker,
+                    event: WorkerEvent::Unhealthy(reason),
+                });
+            }
+            if parsed.ready {
+                self.feed(Input::Worker {
+                    worker,
+                    event: WorkerEvent::Ready(ReadyVia::Notify),
+                });
+            }
+            // `d` (and any BARRIER=1 fd it carried) is dropped here, after
+            // everything sent before it was handled.
+        }
+        false
+    }
+
+    /// The worker a notify sender belongs to: its main process, or a
+    /// process in its process group.
+    fn attribute(&self, pid: Pid) -> Option<WorkerId> {
+        if let Some(w) = self.core.worker_of(pid) {
+            return Some(w);
+        }
+        let pgid = rustix::process::getpgid(Some(pid)).ok()?;
+        self.core
+            .live_workers()
+            .into_iter()
+            .find(|(_, p)| *p == pgid)
+            .map(|(w, _)| w)
+    }
+
+    fn stranger(&mut self, pid: Option<Pid>) {
+        let s = &mut self.strangers;
+        s.total += 1;
+        s.unreported += 1;
+        let now = Instant::now();
+        if s.last_warned
+            .is_none_or(|t| now.duration_since(t) >= NOTIFY_WARN_EVERY)
+        {
+            warn!(
+                dropped = s.unreported,
+                last_sender = pid.map(Pid::as_raw_pid),
+                "notify_from_stranger"
+            );
+            s.unreported = 0;
+            s.last_warned = Some(now);
         }
     }
 
     /// Collects every exited child. This is the only place hotsup waits.
     fn reap(&mut self) {
         loop {
-            // wait(), not waitpid(None): rustix maps None to "my own process group",
-            // and every generation runs in a group of its own.
+            // wait(), not waitpid(None): rustix maps None to "my own process
+            // group", and every generation runs in a group of its own.
             match rustix::process::wait(WaitOptions::NOHANG) {
-                Ok(Some((pid, status))) => self.on_exit(pid, status),
+                Ok(Some((pid, status))) => {
+                    let status = exit_info(&status);
+                    if self.core.worker_of(pid).is_none() {
+                        debug!(pid = pid.as_raw_pid(), status = %status, "reaped_orphan");
+                        continue;
+                    }
+                    self.feed(Input::Exited { pid, status });
+                }
                 Ok(None) => return,
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(_) => return, // ECHILD: no children left.
@@ -792,182 +569,23 @@ impl Supervisor {
         }
     }
 
-    fn on_exit(&mut self, pid: Pid, status: WaitStatus) {
-        let Some(id) = self.gens.values().find(|g| g.pid == pid).map(|g| g.id) else {
-            debug!(
-                pid = pid.as_raw_pid(),
-                "reaped a process that is not a generation"
-            );
-            return;
-        };
-        let Some(g) = self.gens.remove(&id) else {
-            return;
-        };
-        let how = describe_status(&status);
-        // Whatever the main process left in its group goes with it: a
-        // leftover could hold listener copies and accept connections that
-        // nobody serves.
-        if child::kill_leftovers(g.pid) {
-            warn!(
-                generation = id,
-                "killed processes left in the group of generation {id}"
-            );
-        }
-        let p = pid.as_raw_pid();
-        match g.state {
-            State::Starting { .. } => {
-                drop(g);
-                self.upgrade_failed(Some(id), &format!("child {how} before it was ready"));
-            }
-            // Whoever killed it already decided what follows.
-            State::Killing { .. } => info!(generation = id, pid = p, "{how}"),
-            State::Draining { .. } => {
-                info!(generation = id, pid = p, "drained, {how}");
-                // Exiting by the drain signal, or with 128+signal as JVMs and
-                // Node do when they handle it, is a clean drain.
-                let sig = self.cfg.drain_signal.as_raw();
-                let clean = status.exit_status() == Some(0)
-                    || status.exit_status() == Some(128 + sig)
-                    || status.terminating_signal() == Some(sig);
-                if self.shutdown != Shutdown::No && !clean && self.exit_code == Some(0) {
-                    self.exit_code = Some(1);
-                }
-            }
-            State::Serving { since } => {
-                drop(g);
-                if since.elapsed() >= BACKOFF_RESET_AFTER {
-                    self.crashes = 0;
-                }
-                let success = status.exit_status() == Some(0);
-                let restart = match self.cfg.restart {
-                    Restart::Always => true,
-                    Restart::OnFailure => !success,
-                    Restart::Never => false,
-                };
-                if self.starting().is_some() {
-                    warn!(
-                        generation = id,
-                        pid = p,
-                        "serving child {how}; the starting generation will take over"
-                    );
-                } else if restart {
-                    error!(generation = id, pid = p, "serving child {how}");
-                    self.schedule_restart();
-                } else {
-                    // As tini does: the child's own code, or 128+signal.
-                    let code = status
-                        .exit_status()
-                        .or_else(|| status.terminating_signal().map(|s| 128 + s))
-                        .map_or(1, |c| c.clamp(0, 255) as u8);
-                    info!(
-                        generation = id,
-                        pid = p,
-                        "serving child {how}; --restart {} leaves it down, exiting {code}",
-                        self.cfg.restart.name()
-                    );
-                    self.exit_code = Some(code);
-                    self.begin_shutdown(Shutdown::Graceful);
-                }
-            }
-        }
-    }
-
-    fn request_shutdown(&mut self, source: &str) {
-        if self.shutdown == Shutdown::No {
-            info!("{source}: graceful shutdown; send it again to kill at once");
-            self.begin_shutdown(Shutdown::Graceful);
-        } else {
-            warn!("{source} again: killing every generation now");
-            self.exit_code = Some(1);
-            self.begin_shutdown(Shutdown::Forced);
-        }
-    }
-
-    fn begin_shutdown(&mut self, how: Shutdown) {
-        if self.shutdown == Shutdown::No {
-            self.manager.stopping();
-        }
-        let mut waiters = std::mem::take(&mut self.pending_waiters);
-        for (_, w) in std::mem::take(&mut self.waiters) {
-            waiters.extend(w);
-        }
-        answer(
-            waiters,
-            "superseded",
-            None,
-            None,
-            Some("hotsup began shutting down"),
-        );
-        self.shutdown = how;
-        self.pending_upgrade = false;
-        self.restart_at = None;
-        if self.exit_code.is_none() {
-            self.exit_code = Some(0);
-        }
-        let ids: Vec<(u64, State)> = self.gens.values().map(|g| (g.id, g.state)).collect();
-        for (id, state) in ids {
-            match (how, state) {
-                (_, State::Killing { .. }) => {}
-                (Shutdown::Forced, _) | (_, State::Starting { .. }) => {
-                    if let Some(pid) = self.kill(id) {
-                        info!(generation = id, pid, "killed its process group");
-                    }
-                }
-                (_, State::Serving { .. }) => self.drain(id),
-                (_, State::Draining { .. }) => {}
-            }
-        }
-    }
-
-    /// Kills the oldest draining generations beyond `--max-draining`.
-    fn enforce_max_draining(&mut self) {
-        let draining: Vec<u64> = self
-            .gens
-            .values()
-            .filter(|g| matches!(g.state, State::Draining { .. }))
-            .map(|g| g.id)
-            .collect();
-        let excess = draining.len().saturating_sub(self.cfg.max_draining);
-        for id in draining.into_iter().take(excess) {
-            if let Some(pid) = self.kill(id) {
-                warn!(
-                    generation = id,
-                    pid,
-                    "more than {} generations draining (--max-draining): killed the oldest",
-                    self.cfg.max_draining
-                );
-            }
-        }
-    }
-
     fn on_control(&mut self, m: control::Message) {
         match m.request {
             Request::Upgrade { wait } => {
-                if wait {
-                    self.request_upgrade("control socket", Some(m.reply));
+                let t = self.ticket(m.reply);
+                let reply = if wait {
+                    lifecycle::Reply::Outcome(t)
                 } else {
-                    let queued = self.starting().is_some();
-                    let next = self.next_id;
-                    self.request_upgrade("control socket", None);
-                    // What became of it at once: still starting, already
-                    // ready (--ready exec), or failed before it could start.
-                    let spawned = self.gens.get(&next);
-                    let (result, reason) = match spawned.map(|g| g.state) {
-                        _ if self.shutdown != Shutdown::No => {
-                            ("superseded", Some("hotsup is shutting down".to_string()))
-                        }
-                        _ if queued => ("queued", None),
-                        Some(State::Starting { .. }) => ("started", None),
-                        Some(State::Serving { .. }) => ("ready", None),
-                        _ => ("failed", self.last_failure.clone()),
-                    };
-                    let _ = m.reply.send(Reply::upgrade(Outcome {
-                        result: result.into(),
-                        generation: spawned.map(|g| g.id),
-                        pid: spawned.map(|g| g.pid.as_raw_pid()),
-                        reason,
-                    }));
-                }
+                    lifecycle::Reply::Started(t)
+                };
+                self.feed(Input::Upgrade {
+                    source: Source::Control,
+                    reply: Some(reply),
+                });
+            }
+            Request::Rollback => {
+                let t = self.ticket(m.reply);
+                self.feed(Input::Rollback { reply: Some(t) });
             }
             Request::Status => {
                 let status = self.status();
@@ -979,78 +597,73 @@ impl Supervisor {
                 });
             }
             Request::Stop { wait } => {
-                if wait {
-                    self.stop_waiters.push(m.reply);
+                let reply = if wait {
+                    Some(self.ticket(m.reply))
                 } else {
                     let _ = m.reply.send(Reply {
                         version: control::VERSION,
                         ok: true,
                         ..Reply::default()
                     });
-                }
-                if self.shutdown == Shutdown::No {
-                    info!("control socket: graceful shutdown");
-                    self.begin_shutdown(Shutdown::Graceful);
-                }
-            }
-            Request::Signal { signal } => {
-                let reply = match crate::cli::parse_signal(&signal) {
-                    Err(e) => Reply::error(format!("{signal:?}: {e}")),
-                    Ok(sig) => match self.serving().map(|g| (g.id, g.pid)) {
-                        None => Reply::error("no generation is serving"),
-                        Some((id, pid)) => {
-                            info!(
-                                generation = id,
-                                pid = pid.as_raw_pid(),
-                                "control socket: sending {}",
-                                signal_name(sig.as_raw())
-                            );
-                            match rustix::process::kill_process(pid, sig) {
-                                Ok(()) => Reply {
-                                    version: control::VERSION,
-                                    ok: true,
-                                    signal: Some(control::Signalled {
-                                        signal: signal_name(sig.as_raw()),
-                                        generation: id,
-                                        pid: pid.as_raw_pid(),
-                                    }),
-                                    ..Reply::default()
-                                },
-                                Err(e) => Reply::error(format!(
-                                    "cannot signal pid {}: {e}",
-                                    pid.as_raw_pid()
-                                )),
-                            }
-                        }
-                    },
+                    None
                 };
-                let _ = m.reply.send(reply);
+                self.feed(Input::Stop {
+                    source: Source::Control,
+                    reply,
+                });
             }
+            Request::Signal { signal } => match crate::signals::parse(&signal) {
+                Err(e) => {
+                    let _ = m.reply.send(Reply::error(format!("{signal:?}: {e}")));
+                }
+                Ok(sig) => {
+                    let t = self.ticket(m.reply);
+                    self.feed(Input::Forward {
+                        signal: sig.as_raw(),
+                        reply: Some(t),
+                    });
+                }
+            },
         }
     }
 
     fn status(&self) -> control::Status {
-        let now = Instant::now();
-        let ms = |d: Duration| d.as_millis() as u64;
-        let describe = |g: &Generation| control::GenerationStatus {
+        let now = Instant::now().into_std();
+        let snap = self.core.snapshot(now);
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let describe = |g: &lifecycle::GenerationSnapshot| control::GenerationStatus {
             generation: g.id,
-            pid: g.pid.as_raw_pid(),
-            age_ms: ms(now.duration_since(g.spawned_at)),
-            ready_via: g.ready_via.map(str::to_owned),
-            serving_ms: match g.state {
-                State::Serving { since } => Some(ms(now.duration_since(since))),
+            pid: g.pids.first().copied().unwrap_or(0),
+            age_ms: ms(g.age),
+            ready_via: g.ready_via.map(|v| v.as_str().to_owned()),
+            serving_ms: g.serving_for.map(ms),
+            deadline_in_ms: match g.phase {
+                "draining" | "killing" => g.deadline_in.map(ms),
                 _ => None,
             },
-            deadline_in_ms: match g.state {
-                State::Draining { deadline } => Some(ms(deadline.saturating_duration_since(now))),
+            probation_ends_in_ms: match g.phase {
+                "probation" => g.deadline_in.map(ms),
                 _ => None,
             },
+            state: g.phase.to_string(),
+            protocol: g.protocol,
             status: g.status.clone(),
+            unhealthy: g.unhealthy.clone(),
+        };
+        let find = |phases: &[&str]| {
+            snap.generations
+                .iter()
+                .find(|g| phases.contains(&g.phase))
+                .map(describe)
+        };
+        let path_of = |p: Option<PinId>| {
+            p.and_then(|p| self.pins.get(&p))
+                .map(|p| p.path().display().to_string())
         };
         control::Status {
             pid: rustix::process::getpid().as_raw_pid(),
             version: env!("CARGO_PKG_VERSION").to_string(),
-            uptime_ms: ms(now.duration_since(self.started_at)),
+            uptime_ms: ms(snap.uptime),
             listeners: self
                 .outbox
                 .listeners
@@ -1061,61 +674,54 @@ impl Supervisor {
                     address: l.info.address.clone(),
                 })
                 .collect(),
-            serving: self.serving().map(describe),
-            starting: self.starting().map(describe),
-            draining: self
-                .gens
-                .values()
-                .filter(|g| matches!(g.state, State::Draining { .. } | State::Killing { .. }))
+            serving: find(&["serving", "probation"]),
+            starting: find(&["starting"]),
+            standby: find(&["standby"]),
+            draining: snap
+                .generations
+                .iter()
+                .filter(|g| matches!(g.phase, "draining" | "killing"))
                 .map(describe)
                 .collect(),
-            last_upgrade: self
-                .last_upgrade
-                .as_ref()
-                .map(|(g, r, why, at)| control::LastUpgrade {
-                    generation: *g,
-                    result: (*r).to_string(),
-                    reason: why.clone(),
-                    ago_ms: ms(now.duration_since(*at)),
-                }),
-            restarts: self.restarts,
-        }
-    }
-
-    fn forward(&mut self, sig: Signal) {
-        match self.serving() {
-            Some(g) => {
-                info!(
-                    generation = g.id,
-                    pid = g.pid.as_raw_pid(),
-                    "forwarding {}",
-                    signal_name(sig.as_raw())
-                );
-                let _ = rustix::process::kill_process(g.pid, sig);
-            }
-            None => warn!(
-                "{}: no serving child to forward it to",
-                signal_name(sig.as_raw())
-            ),
+            last_upgrade: snap.last_upgrade.as_ref().map(|u| control::LastUpgrade {
+                generation: u.generation,
+                result: u.result,
+                reason: u.failure.as_ref().map(ToString::to_string),
+                failure: u.failure.clone(),
+                ago_ms: ms(u.ago),
+            }),
+            restarts: snap.counters.crash_restarts,
+            upgrades: control::UpgradeCounts {
+                ready: snap.counters.upgrades_ready,
+                failed: snap.counters.upgrades_failed,
+                rolled_back: snap.counters.rollbacks,
+            },
+            last_good: path_of(snap.last_good),
+            previous_good: path_of(snap.previous_good),
+            notify_dropped: self.strangers.total,
         }
     }
 }
 
-/// Answers upgrade clients.
-fn answer(
-    waiters: Waiters,
-    result: &str,
-    generation: Option<u64>,
-    pid: Option<i32>,
-    reason: Option<&str>,
-) {
-    for w in waiters {
-        let _ = w.send(Reply::upgrade(Outcome {
-            result: result.to_string(),
-            generation,
-            pid,
-            reason: reason.map(str::to_owned),
-        }));
+/// A wait status in the core's terms.
+fn exit_info(status: &WaitStatus) -> ExitInfo {
+    ExitInfo {
+        code: status.exit_status(),
+        signal: status.terminating_signal(),
+    }
+}
+
+async fn readable(
+    sock: Option<&AsyncFd<OwnedFd>>,
+) -> Option<tokio::io::unix::AsyncFdReadyGuard<'_, OwnedFd>> {
+    match sock {
+        // An error here would repeat at once: wait forever instead of
+        // spinning, the rest of the loop goes on.
+        Some(s) => match s.readable().await {
+            Ok(g) => Some(g),
+            Err(_) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
     }
 }
 

@@ -8,7 +8,7 @@ use hotsup_bench::loadgen::{Load, LoadConfig};
 use rustix::process::{Pid, Resource, Signal};
 
 use crate::upgrade::{Traffic, assert_no_failures};
-use crate::util::{Hotsup, WAIT, example, tempdir, zombies_of};
+use crate::util::{Hotsup, WAIT, example, json, tempdir, zombies_of};
 
 fn rss_kib(pid: i32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -57,17 +57,23 @@ fn crash_looping_new_children_leave_the_old_one_serving() {
         h.upgrade();
         from = h
             .log
-            .wait_from(from, &[&format!("upgrade to generation {g} failed")], WAIT)
+            .wait_event_from(from, "upgrade_failed", &[("generation", json!(g))], WAIT)
             .0;
     }
     let fds = quiet_fds(&h);
     let rss = rss_kib(h.pid);
     for g in 7..=56u64 {
         h.upgrade();
-        let (i, line) =
+        let (i, failed) =
             h.log
-                .wait_from(from, &[&format!("upgrade to generation {g} failed")], WAIT);
-        assert!(line.contains("exited with code 3"), "{line}");
+                .wait_event_from(from, "upgrade_failed", &[("generation", json!(g))], WAIT);
+        assert!(
+            failed["reason"]
+                .as_str()
+                .unwrap()
+                .contains("exited with code 3"),
+            "{failed}"
+        );
         from = i;
     }
     traffic.wait_ok(10);
@@ -109,9 +115,15 @@ fn an_upgrade_that_cannot_get_fds_fails_cleanly() {
     };
     rustix::process::prlimit(Some(pid), Resource::Nofile, tight).unwrap();
     h.upgrade();
-    let line = h.log.wait(&["upgrade failed"]);
-    assert!(line.contains("Too many open files"), "{line}");
-    assert!(line.contains("generation 1 keeps serving"), "{line}");
+    let failed = h.event("upgrade_failed", &[]);
+    assert!(
+        failed["reason"]
+            .as_str()
+            .unwrap()
+            .contains("Too many open files"),
+        "{failed}"
+    );
+    assert_eq!(failed["serving"], 1, "{failed}");
     assert!(load.wait_for_more_ok(20, WAIT));
 
     // With fds available again, the next upgrade works.
@@ -153,12 +165,12 @@ fn soak_a_thousand_upgrades_under_light_load() {
         h.upgrade();
         from = h
             .log
-            .wait_from(from, &[" ready ", &format!("generation={g} ")], WAIT)
+            .wait_event_from(from, "ready", &[("generation", json!(g))], WAIT)
             .0;
         if g % 100 == 1 {
             // Let the previous generation finish, then sample.
             h.log
-                .wait_from(0, &["drained", &format!("generation={} ", g - 1)], WAIT);
+                .wait_event_from(0, "drained", &[("generation", json!(g - 1))], WAIT);
             samples.push((g, quiet_fds(&h), rss_kib(h.pid), threads(h.pid)));
         }
     }

@@ -7,7 +7,7 @@ use hotsup_bench::http::request_once;
 use hotsup_bench::loadgen::{Load, LoadConfig};
 use rustix::process::Signal;
 
-use crate::util::{Hotsup, WAIT, alive, example, field, tempdir, wait_dead, zombies_of};
+use crate::util::{Hotsup, WAIT, alive, example, field, json, tempdir, wait_dead, zombies_of};
 
 #[test]
 fn old_child_ignoring_drain_is_killed_with_its_whole_group() {
@@ -27,10 +27,18 @@ fn old_child_ignoring_drain_is_killed_with_its_whole_group() {
     std::fs::write(&mode, "serve").unwrap();
     h.upgrade();
     h.ready(2);
-    h.log.wait(&["draining", "generation=1 "]);
-    h.log
-        .wait(&["still running at the drain deadline", "generation=1 "]);
-    h.log.wait(&["killed by SIGKILL", "generation=1 "]);
+    h.event("draining", &[("generation", json!(1))]);
+    h.event(
+        "killed",
+        &[("generation", json!(1)), ("cause", json!("drain_deadline"))],
+    );
+    h.event(
+        "reaped",
+        &[
+            ("generation", json!(1)),
+            ("status", json!("killed by SIGKILL")),
+        ],
+    );
     assert!(wait_dead(old, WAIT), "old child survived");
     assert!(
         wait_dead(grandchild, WAIT),
@@ -71,13 +79,18 @@ fn crashes_restart_with_backoff_while_clients_queue() {
         timeout: Duration::from_secs(20),
         ..LoadConfig::new(addr)
     });
-    h.log
-        .wait(&["serving child exited with code 4", "generation=1 "]);
-    h.log.wait(&["restarting in 100ms"]);
+    h.event(
+        "crashed",
+        &[
+            ("generation", json!(1)),
+            ("status", json!("exited with code 4")),
+        ],
+    );
+    h.event("restart_scheduled", &[("delay_ms", json!(100))]);
     h.ready(2);
-    h.log.wait(&["restarting in 200ms"]);
+    h.event("restart_scheduled", &[("delay_ms", json!(200))]);
     h.ready(3);
-    h.log.wait(&["restarting in 400ms"]);
+    h.event("restart_scheduled", &[("delay_ms", json!(400))]);
     std::fs::write(&mode, "serve").unwrap();
     h.ready(4);
     assert!(load.wait_for_more_ok(50, WAIT));
@@ -123,9 +136,17 @@ fn a_child_that_leaves_its_group_is_still_killed() {
     let pid = h.ready(1);
     h.out.wait(&["escaped"]);
     h.signal(Signal::TERM);
-    h.log
-        .wait(&["still running at the drain deadline", "generation=1 "]);
-    h.log.wait(&["killed by SIGKILL", "generation=1 "]);
+    h.event(
+        "killed",
+        &[("generation", json!(1)), ("cause", json!("drain_deadline"))],
+    );
+    h.event(
+        "reaped",
+        &[
+            ("generation", json!(1)),
+            ("status", json!("killed by SIGKILL")),
+        ],
+    );
     assert!(wait_dead(pid, WAIT));
     assert_eq!(h.wait_exit(WAIT).code(), Some(1));
 }
@@ -136,21 +157,28 @@ fn backoff_doubles_once_per_failed_start() {
     let mode = dir.path().join("mode");
     std::fs::write(&mode, "never-ready").unwrap();
     let mut h = Hotsup::run(
-        &["-l", "127.0.0.1:0", "--ready-timeout", "300ms"],
+        &[
+            "-l",
+            "127.0.0.1:0",
+            "--ready-timeout",
+            "300ms",
+            "--start-attempts",
+            "10",
+        ],
         &[example("testchild"), "--mode-file".into(), mode.clone()],
     );
     // Each start is killed at the ready timeout; the backoff counts each
     // failure once.
-    h.log.wait(&["restarting in 400ms"]);
-    let delays: Vec<String> = h
+    h.event("restart_scheduled", &[("delay_ms", json!(400))]);
+    let delays: Vec<u64> = h
         .log
-        .all()
+        .events()
         .iter()
-        .filter_map(|l| l.split("restarting in ").nth(1))
-        .map(|d| d.split_whitespace().next().unwrap().to_string())
+        .filter(|e| e["event"] == "restart_scheduled")
+        .map(|e| e["delay_ms"].as_u64().unwrap())
         .take(3)
         .collect();
-    assert_eq!(delays, ["100ms", "200ms", "400ms"]);
+    assert_eq!(delays, [100, 200, 400]);
     h.signal(Signal::TERM);
     assert_eq!(h.wait_exit(WAIT).code(), Some(0));
 }
@@ -190,7 +218,10 @@ fn shutdown_drains_in_flight_requests_and_exits_0() {
         "the slow request never reached the server"
     );
     h.signal(Signal::TERM);
-    h.log.wait(&["draining via protocol", "generation=1 "]);
+    h.event(
+        "draining",
+        &[("generation", json!(1)), ("via", json!("protocol"))],
+    );
     let resp = slow.join().unwrap().expect("in-flight request failed");
     assert_eq!(resp.status, 200);
     assert_eq!(h.wait_exit(WAIT).code(), Some(0));
@@ -227,7 +258,7 @@ fn sigterm_during_startup_is_a_graceful_shutdown() {
     let mut h = Hotsup::run(&["-l", &arg], &[example("http")]);
     // As early as the log allows: the sockets are bound, the event loop may
     // not run yet. The signal waits for hotsup's handlers.
-    h.log.wait(&["listening"]);
+    h.event("listening", &[]);
     h.signal(Signal::TERM);
     assert_eq!(
         h.wait_exit(WAIT).code(),
@@ -248,8 +279,8 @@ fn second_interrupt_kills_at_once_and_exits_1() {
     );
     let pid = h.ready(1);
     h.signal(Signal::TERM);
-    h.log.wait(&["graceful shutdown"]);
-    h.log.wait(&["draining", "generation=1 "]);
+    h.event("shutdown_began", &[]);
+    h.event("draining", &[("generation", json!(1))]);
     h.signal(Signal::INT);
     // Far sooner than the 60s drain timeout.
     assert_eq!(h.wait_exit(Duration::from_secs(10)).code(), Some(1));
@@ -268,9 +299,11 @@ fn restart_policy_decides_what_an_exit_means() {
     );
     h.ready(1);
     assert_eq!(h.wait_exit(WAIT).code(), Some(0));
-    assert_eq!(h.log.count(&["restarting in"]), 0);
-    h.log
-        .wait(&["--restart on-failure leaves it down, exiting 0"]);
+    assert_eq!(h.log.count_events("restart_scheduled", &[]), 0);
+    h.event(
+        "stopped",
+        &[("generation", json!(1)), ("exit_code", json!(0))],
+    );
 
     // Under --restart never, hotsup exits with the code of the child that
     // stopped it, as tini does.
@@ -302,10 +335,19 @@ fn quit_and_usr1_are_forwarded_to_the_serving_child() {
     );
     let pid = h.ready(1);
     h.signal(Signal::USR1);
-    h.log.wait(&["forwarding SIGUSR1", &format!("pid={pid}")]);
+    h.event(
+        "forwarded",
+        &[("pid", json!(pid)), ("signal", json!("SIGUSR1"))],
+    );
     // The http example does not handle SIGUSR1, so it dies of it: proof the
     // signal reached the child, not just the log.
-    h.log.wait(&["killed by SIGUSR1", "generation=1 "]);
+    h.event(
+        "crashed",
+        &[
+            ("generation", json!(1)),
+            ("status", json!("killed by SIGUSR1")),
+        ],
+    );
     assert_eq!(h.wait_exit(WAIT).code(), Some(128 + 10));
 
     // SIGQUIT likewise reaches the child (and not hotsup, which would
@@ -316,8 +358,17 @@ fn quit_and_usr1_are_forwarded_to_the_serving_child() {
     );
     let pid = h.ready(1);
     h.signal(Signal::QUIT);
-    h.log.wait(&["forwarding SIGQUIT", &format!("pid={pid}")]);
-    h.log.wait(&["killed by SIGQUIT", "generation=1 "]);
+    h.event(
+        "forwarded",
+        &[("pid", json!(pid)), ("signal", json!("SIGQUIT"))],
+    );
+    h.event(
+        "crashed",
+        &[
+            ("generation", json!(1)),
+            ("status", json!("killed by SIGQUIT")),
+        ],
+    );
     // 128 + the signal, as a shell (and tini) report a death by signal.
     assert_eq!(h.wait_exit(WAIT).code(), Some(128 + 3));
 }

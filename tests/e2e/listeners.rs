@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use rustix::process::Signal;
 
-use crate::util::{Hotsup, WAIT, example, field, run_to_end, tempdir};
+use crate::util::{Hotsup, WAIT, example, json, run_to_end, tempdir};
 
 /// name -> (kind, address) as the child printed it for generation `g`.
 fn dumped(h: &Hotsup, g: u64, n: usize) -> BTreeMap<String, (String, String)> {
@@ -82,12 +82,15 @@ fn three_hundred_listeners_are_handed_over_intact() {
 
     // What hotsup bound, from its log.
     let mut bound = BTreeMap::new();
-    for l in h.log.all().iter().filter(|l| l.contains(" listening ")) {
-        bound.insert(field(l, "name"), (field(l, "kind"), field(l, "address")));
+    for e in h.log.events().iter().filter(|e| e["event"] == "listening") {
+        let s = |k: &str| e[k].as_str().unwrap().to_string();
+        bound.insert(s("name"), (s("kind"), s("address")));
     }
     assert_eq!(bound.len(), 300);
-    h.log
-        .wait(&["handed off listeners", "generation=1 ", "listeners=300"]);
+    h.event(
+        "handed_off",
+        &[("generation", json!(1)), ("listeners", json!(300))],
+    );
 
     let got = dumped(&h, 1, 300);
     assert_eq!(got, bound, "generation 1 received something else");
@@ -96,7 +99,7 @@ fn three_hundred_listeners_are_handed_over_intact() {
     // The same sockets reach the next generation.
     h.upgrade();
     h.ready(2);
-    h.log.wait(&["drained", "generation=1 "]);
+    h.event("drained", &[("generation", json!(1))]);
     let got2 = dumped(&h, 2, 300);
     assert_eq!(got2, bound, "generation 2 received something else");
     check_answers(&got2);

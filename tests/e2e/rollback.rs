@@ -5,7 +5,7 @@ use std::path::Path;
 use rustix::process::Signal;
 
 use crate::upgrade::{Traffic, assert_no_failures};
-use crate::util::{Hotsup, WAIT, alive, example, tempdir, wait_dead};
+use crate::util::{Hotsup, WAIT, alive, example, json, tempdir, wait_dead};
 
 fn testchild(mode_file: &Path, extra: &[&str]) -> Vec<std::ffi::OsString> {
     let mut v = vec![
@@ -34,14 +34,12 @@ fn failed_upgrade(mode: &str, args: &[&str], expect: &str) -> Hotsup {
     std::fs::write(&mode_file, mode).unwrap();
     h.upgrade();
     let new = h.spawned_pid(2);
-    let line = h.log.wait(&["upgrade to generation 2 failed"]);
-    assert!(
-        line.contains(expect),
-        "failure line {line:?} lacks {expect:?}"
-    );
-    assert!(
-        line.contains("generation 1 keeps serving"),
-        "failure line {line:?} does not say who serves"
+    let failed = h.event("upgrade_failed", &[("generation", json!(2))]);
+    let reason = failed["reason"].as_str().unwrap();
+    assert!(reason.contains(expect), "failure {failed} lacks {expect:?}");
+    assert_eq!(
+        failed["serving"], 1,
+        "failure {failed} does not say who serves"
     );
     assert!(wait_dead(new, WAIT), "failed generation {new} still alive");
 
@@ -58,13 +56,17 @@ fn failed_upgrade(mode: &str, args: &[&str], expect: &str) -> Hotsup {
     }
     assert!(alive(old));
     assert!(h.is_running());
-    assert_eq!(h.log.count(&["draining"]), 0, "generation 1 must not drain");
+    assert_eq!(
+        h.log.count_events("draining", &[]),
+        0,
+        "generation 1 must not drain"
+    );
 
     // And a good upgrade afterwards still works.
     std::fs::write(&mode_file, "serve").unwrap();
     h.upgrade();
     h.ready(3);
-    h.log.wait(&["drained", "generation=1 "]);
+    h.event("drained", &[("generation", json!(1))]);
     h.signal(Signal::TERM);
     assert_eq!(h.wait_exit(WAIT).code(), Some(0));
     h

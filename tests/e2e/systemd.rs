@@ -11,7 +11,7 @@ use rustix::process::Signal;
 
 use crate::upgrade::{Traffic, assert_no_failures};
 use crate::util::{
-    Hotsup, WAIT, alive, example, field, hotsup_bin, tempdir, wait_dead, zombies_of,
+    Hotsup, WAIT, alive, example, field, hotsup_bin, json, tempdir, wait_dead, zombies_of,
 };
 
 /// Ten upgrades under load of an app that has no hotsup code in it.
@@ -33,7 +33,7 @@ fn unmodified_app_survives_upgrades(app: &str, extra: &[&str]) {
     for g in 2..=11 {
         h.upgrade();
         pids.push(h.ready(g));
-        h.log.wait(&["drained", &format!("generation={} ", g - 1)]);
+        h.event("drained", &[("generation", json!(g - 1))]);
         traffic.wait_ok(10);
     }
     let reports = traffic.stop();
@@ -73,34 +73,35 @@ fn ready_from_a_stray_process_is_ignored() {
         ],
     );
     h.ready(1);
-    let path = field(&h.log.wait(&["children's NOTIFY_SOCKET"]), "path");
+    let path = h.event("notify_socket", &[])["path"]
+        .as_str()
+        .unwrap()
+        .to_string();
     h.upgrade();
     let spawned = Instant::now();
-    let (from, _) = h.log.wait_from(0, &["spawned", "generation=2 "], WAIT);
+    let (from, _) = h
+        .log
+        .wait_event_from(0, "spawned", &[("generation", json!(2))], WAIT);
     // This test process is not in generation 2's process group.
     let stray = UnixDatagram::unbound().unwrap();
     stray.send_to(b"READY=1", &path).unwrap();
     h.log
-        .wait_from(from, &["ignored NOTIFY_SOCKET message"], WAIT);
-    let line = h.log.wait(&[" ready ", "generation=2 "]);
-    assert!(line.contains("via=\"READY=1\""), "{line}");
+        .wait_event_from(from, "notify_from_stranger", &[], WAIT);
+    let ready = h.event("ready", &[("generation", json!(2))]);
+    assert_eq!(ready["via"], "READY=1", "{ready}");
     assert!(
         spawned.elapsed() >= Duration::from_millis(1400),
-        "ready too soon: {line}"
+        "ready too soon: {ready}"
     );
-    let after: u64 = field(&line, "after_ms").parse().unwrap();
-    assert!(after >= 1500, "{line}");
+    assert!(ready["after_ms"].as_u64().unwrap() >= 1500, "{ready}");
     // Generation 1 was not told to drain before generation 2 was ready.
-    h.log.wait(&["draining", "generation=1 "]);
-    let all = h.log.all();
-    let drain_at = all
-        .iter()
-        .position(|l| l.contains("draining") && l.contains("generation=1 "))
-        .unwrap();
-    let ready_at = all
-        .iter()
-        .position(|l| l.contains(" ready ") && l.contains("generation=2 "))
-        .unwrap();
+    h.event("draining", &[("generation", json!(1))]);
+    let (drain_at, _) = h
+        .log
+        .wait_event_from(0, "draining", &[("generation", json!(1))], WAIT);
+    let (ready_at, _) = h
+        .log
+        .wait_event_from(0, "ready", &[("generation", json!(2))], WAIT);
     assert!(drain_at > ready_at);
     h.signal(Signal::TERM);
     assert_eq!(h.wait_exit(WAIT).code(), Some(0));
@@ -159,7 +160,7 @@ fn hotsup_reports_to_its_service_manager() {
     let mode = dir.path().join("mode");
     std::fs::write(&mode, "serve").unwrap();
     let mut cmd = Command::new(hotsup_bin());
-    cmd.args(["run", "-l", "127.0.0.1:0", "--"])
+    cmd.args(["--log-format", "json", "run", "-l", "127.0.0.1:0", "--"])
         .arg(example("testchild"))
         .arg("--mode-file")
         .arg(&mode)
@@ -221,6 +222,8 @@ fn watchdog_pings_only_when_asked_for() {
     let sd = FakeSystemd::new();
     let child = Command::new(hotsup_bin())
         .args([
+            "--log-format",
+            "json",
             "run",
             "--ready",
             "exec",
@@ -266,7 +269,7 @@ fn activated(fds: Vec<OwnedFd>, names: &str, extra: &[&str]) -> Command {
     cmd.fd_mappings(mappings).unwrap();
     // LISTEN_PID is left out: systemd sets it to hotsup's pid, which this
     // test cannot know before spawning; hotsup accepts it unset.
-    cmd.arg("run")
+    cmd.args(["--log-format", "json", "run"])
         .args(extra)
         .env("LISTEN_FDS", n.to_string())
         .env("LISTEN_FDNAMES", names)
@@ -295,11 +298,13 @@ fn socket_activated_hotsup_adopts_its_sockets() {
         .stderr(Stdio::piped());
     let mut h = Hotsup::from_child(cmd.spawn().unwrap());
     assert_eq!(h.addr("web"), tcp_addr);
-    h.log.wait(&[
+    h.event(
         "listening",
-        "name=adm ",
-        &format!("address={}", path.display()),
-    ]);
+        &[
+            ("name", json!("adm")),
+            ("address", json!(path.display().to_string())),
+        ],
+    );
     h.ready(1);
     let mut reply = String::new();
     let mut s = std::net::TcpStream::connect(tcp_addr).unwrap();
@@ -330,9 +335,9 @@ fn repeated_socket_unit_names_are_made_unique() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut h = Hotsup::from_child(cmd.spawn().unwrap());
-    h.log.wait(&["listening", "name=app.socket "]);
+    h.event("listening", &[("name", json!("app.socket"))]);
     assert_eq!(h.addr("tcp1"), b_addr);
-    h.log.wait(&["LISTEN_FDNAMES repeats"]);
+    h.event("duplicate_fdname", &[]);
     h.signal(Signal::TERM);
     assert_eq!(h.wait_exit(WAIT).code(), Some(0));
 }
@@ -468,7 +473,12 @@ fn subreaper_reaps_orphans_without_stealing_statuses() {
     // The generation's own exit status still reaches the supervisor.
     assert!(alive(pid));
     h.signal(Signal::TERM);
-    h.log
-        .wait(&["drained, exited with code 0", "generation=1 "]);
+    h.event(
+        "drained",
+        &[
+            ("generation", json!(1)),
+            ("status", json!("exited with code 0")),
+        ],
+    );
     assert_eq!(h.wait_exit(WAIT).code(), Some(0));
 }

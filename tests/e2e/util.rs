@@ -10,6 +10,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub use serde_json::{Value, json};
+
 /// Upper bound for any single wait; a healthy run needs a fraction of it,
 /// and a loaded 2-core CI machine must not turn slowness into failure.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -102,12 +104,65 @@ impl Stream {
         self.wait_from(0, needles, WAIT).1
     }
 
-    pub fn count(&self, needles: &[&str]) -> usize {
-        self.all()
+    /// Every line that is a JSON event (hotsup runs with
+    /// `--log-format json`).
+    pub fn events(&self) -> Vec<Value> {
+        self.all().iter().filter_map(|l| parse_event(l)).collect()
+    }
+
+    /// Waits for the event `name`, at or after line `from`, whose fields
+    /// equal `fields`. Returns its line index and the event.
+    pub fn wait_event_from(
+        &self,
+        from: usize,
+        name: &str,
+        fields: &[(&str, Value)],
+        timeout: Duration,
+    ) -> (usize, Value) {
+        let deadline = Instant::now() + timeout;
+        let (m, cv) = &*self.0;
+        let mut g = m.lock().unwrap();
+        loop {
+            if let Some(found) = g
+                .lines
+                .iter()
+                .enumerate()
+                .skip(from)
+                .filter_map(|(i, l)| Some((i, parse_event(l)?)))
+                .find(|(_, e)| matches_event(e, name, fields))
+            {
+                return found;
+            }
+            let now = Instant::now();
+            if now >= deadline || g.closed {
+                let all = g.lines.join("\n");
+                drop(g);
+                panic!("no event {name} {fields:?} within {timeout:?}; got:\n{all}");
+            }
+            g = cv.wait_timeout(g, deadline - now).unwrap().0;
+        }
+    }
+
+    pub fn wait_event(&self, name: &str, fields: &[(&str, Value)]) -> Value {
+        self.wait_event_from(0, name, fields, WAIT).1
+    }
+
+    pub fn count_events(&self, name: &str, fields: &[(&str, Value)]) -> usize {
+        self.events()
             .iter()
-            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .filter(|e| matches_event(e, name, fields))
             .count()
     }
+}
+
+fn parse_event(line: &str) -> Option<Value> {
+    let v: Value = serde_json::from_str(line).ok()?;
+    v.get("event")?.as_str()?;
+    Some(v)
+}
+
+fn matches_event(e: &Value, name: &str, fields: &[(&str, Value)]) -> bool {
+    e["event"] == name && fields.iter().all(|(k, v)| &e[*k] == v)
 }
 
 /// A running `hotsup`, killed with every generation's group on drop.
@@ -124,6 +179,7 @@ impl Hotsup {
     pub fn run<S: AsRef<OsStr>>(args: &[&str], command: &[S]) -> Hotsup {
         let mut cmd = Command::new(hotsup_bin());
         cmd.arg("run")
+            .args(["--log-format", "json"])
             .args(args)
             .arg("--")
             .args(command)
@@ -159,22 +215,29 @@ impl Hotsup {
         }
     }
 
-    /// The bound address of listener `name`, from the `listening` line.
+    /// Waits for event `name` with these field values.
+    pub fn event(&self, name: &str, fields: &[(&str, Value)]) -> Value {
+        self.log.wait_event(name, fields)
+    }
+
+    /// The bound address of listener `name`, from its `listening` event.
     pub fn addr(&self, name: &str) -> SocketAddr {
-        let line = self.log.wait(&["listening", &format!("name={name} ")]);
-        field(&line, "address").parse().expect("address")
+        let e = self.event("listening", &[("name", json!(name))]);
+        e["address"]
+            .as_str()
+            .expect("address")
+            .parse()
+            .expect("address")
     }
 
     /// Waits until generation `g` is ready; returns its pid.
     pub fn ready(&self, g: u64) -> i32 {
-        let line = self.log.wait(&[" ready ", &format!("generation={g} ")]);
-        field(&line, "pid").parse().unwrap()
+        pid_of(&self.event("ready", &[("generation", json!(g))]))
     }
 
     /// The pid generation `g` was spawned with.
     pub fn spawned_pid(&self, g: u64) -> i32 {
-        let line = self.log.wait(&["spawned", &format!("generation={g} ")]);
-        field(&line, "pid").parse().unwrap()
+        pid_of(&self.event("spawned", &[("generation", json!(g))]))
     }
 
     pub fn signal(&self, sig: rustix::process::Signal) {
@@ -293,7 +356,12 @@ pub fn output_bounded(mut cmd: Command) -> std::process::Output {
     }
 }
 
-/// The value of `key=value` in a log line (quotes stripped).
+/// The `pid` field of an event.
+pub fn pid_of(e: &Value) -> i32 {
+    e["pid"].as_i64().expect("pid") as i32
+}
+
+/// The value of `key=value` in a line (quotes stripped).
 pub fn field(line: &str, key: &str) -> String {
     let pat = format!("{key}=");
     let start = line

@@ -1,0 +1,344 @@
+//! Lifecycle events: what the core decided and why, each with a fixed name
+//! and typed fields. The shell logs them (text or JSON) and streams them to
+//! `hotsup events` clients; tests and tools match on names and fields, never
+//! on wording.
+
+use serde::Serialize;
+
+use super::outcome::{ExitInfo, FailureReason, ReadyVia};
+
+/// How loudly an event is logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+/// Why a generation was started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// The first generation.
+    Start,
+    /// An upgrade: the command is looked up anew.
+    Upgrade,
+    /// A crash restart: the last good executable, or the command anew if
+    /// none was ever good.
+    Restart,
+    /// A rollback: the previous (or last) good executable.
+    Rollback,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Start => "start",
+            Origin::Upgrade => "upgrade",
+            Origin::Restart => "restart",
+            Origin::Rollback => "rollback",
+        }
+    }
+}
+
+/// Why hotsup killed a generation's processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KillCause {
+    /// It failed before it was ready.
+    FailedStart,
+    /// It was still running at the drain deadline.
+    DrainDeadline,
+    /// More than `--max-draining` generations were draining.
+    MaxDraining,
+    /// It was taken back from probation.
+    RolledBack,
+    /// A forced shutdown, or a generation that had not started serving when
+    /// the shutdown began.
+    Shutdown,
+    /// It did not die from an earlier SIGKILL.
+    Again,
+    /// It could not be resumed from standby.
+    ResumeFailed,
+}
+
+impl KillCause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KillCause::FailedStart => "failed_start",
+            KillCause::DrainDeadline => "drain_deadline",
+            KillCause::MaxDraining => "max_draining",
+            KillCause::RolledBack => "rolled_back",
+            KillCause::Shutdown => "shutdown",
+            KillCause::Again => "again",
+            KillCause::ResumeFailed => "resume_failed",
+        }
+    }
+}
+
+/// Where a request came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// A signal sent to hotsup, by number.
+    Signal(i32),
+    /// A control-socket client.
+    Control,
+    /// hotsup itself (a coalesced follow-up upgrade).
+    Supervisor,
+}
+
+impl Source {
+    pub fn describe(self) -> String {
+        match self {
+            Source::Signal(s) => crate::signals::name(s),
+            Source::Control => "control socket".into(),
+            Source::Supervisor => "hotsup".into(),
+        }
+    }
+}
+
+/// One lifecycle event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    UpgradeRequested {
+        source: Source,
+    },
+    /// An upgrade was asked for while one is in progress; it follows that
+    /// one.
+    UpgradeQueued {
+        source: Source,
+        behind: u64,
+    },
+    UpgradeIgnored {
+        source: Source,
+    },
+    /// A generation's process was started.
+    Spawned {
+        generation: u64,
+        pid: i32,
+        origin: Origin,
+        /// Whether it runs a pinned executable rather than the command
+        /// looked up anew.
+        pinned: bool,
+    },
+    HandedOff {
+        generation: u64,
+        pid: i32,
+        listeners: usize,
+        elapsed_us: u64,
+    },
+    /// A generation answered HELLO with protocol version 2 or later.
+    Protocol {
+        generation: u64,
+        pid: i32,
+        version: u32,
+    },
+    Ready {
+        generation: u64,
+        pid: i32,
+        after_ms: u64,
+        via: ReadyVia,
+    },
+    ProbationStarted {
+        generation: u64,
+        pid: i32,
+        probation_ms: u64,
+        /// The paused generation that takes over if this one fails.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        standby: Option<u64>,
+    },
+    ProbationPassed {
+        generation: u64,
+        pid: i32,
+    },
+    /// The previous generation was paused: it keeps its connections and can
+    /// resume at once.
+    Standby {
+        generation: u64,
+        pid: i32,
+    },
+    Resumed {
+        generation: u64,
+        pid: i32,
+    },
+    RolledBack {
+        generation: u64,
+        pid: i32,
+        failure: FailureReason,
+        lived_ms: u64,
+        /// The standby generation that serves again, if there was one;
+        /// otherwise a new generation starts from the last good executable.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        resumed: Option<u64>,
+    },
+    /// An upgrade's new generation failed before it was ready.
+    UpgradeFailed {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        generation: Option<u64>,
+        failure: FailureReason,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        serving: Option<u64>,
+    },
+    /// A start (first start, crash restart or rollback start) failed before
+    /// the generation was ready, with nothing serving.
+    StartFailed {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        generation: Option<u64>,
+        failure: FailureReason,
+        attempt: u32,
+    },
+    /// No generation ever became ready within `--start-attempts`.
+    GaveUp {
+        attempts: u32,
+    },
+    Draining {
+        generation: u64,
+        pid: i32,
+        /// `protocol` (DRAIN on the channel) or the signal's name.
+        via: String,
+        timeout_ms: u64,
+    },
+    Drained {
+        generation: u64,
+        pid: i32,
+        status: ExitInfo,
+        clean: bool,
+    },
+    Killed {
+        generation: u64,
+        pid: i32,
+        cause: KillCause,
+    },
+    /// A killed (or failed) generation's process was reaped.
+    Reaped {
+        generation: u64,
+        pid: i32,
+        status: ExitInfo,
+    },
+    /// The serving generation exited on its own.
+    Crashed {
+        generation: u64,
+        pid: i32,
+        status: ExitInfo,
+        /// The generation starting or on probation that takes over.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        successor: Option<u64>,
+    },
+    /// A pending crash restart, after the backoff delay.
+    RestartScheduled {
+        delay_ms: u64,
+        attempt: u32,
+    },
+    Abandoned {
+        generation: u64,
+        pid: i32,
+    },
+    ShutdownBegan {
+        source: Source,
+        forced: bool,
+    },
+    /// The serving generation exited and `--restart` leaves it down.
+    Stopped {
+        generation: u64,
+        status: ExitInfo,
+        exit_code: u8,
+    },
+    Forwarded {
+        generation: u64,
+        pid: i32,
+        signal: i32,
+    },
+    NothingToSignal {
+        signal: i32,
+    },
+    Status {
+        generation: u64,
+        pid: i32,
+        text: String,
+    },
+    Unhealthy {
+        generation: u64,
+        pid: i32,
+        reason: String,
+    },
+    MalformedMessage {
+        generation: u64,
+        pid: i32,
+        detail: String,
+    },
+    ChannelClosed {
+        generation: u64,
+        pid: i32,
+        detail: String,
+    },
+    Exiting {
+        code: u8,
+    },
+}
+
+impl Event {
+    /// The event's fixed name, as in its JSON `event` field.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::UpgradeRequested { .. } => "upgrade_requested",
+            Event::UpgradeQueued { .. } => "upgrade_queued",
+            Event::UpgradeIgnored { .. } => "upgrade_ignored",
+            Event::Spawned { .. } => "spawned",
+            Event::HandedOff { .. } => "handed_off",
+            Event::Protocol { .. } => "protocol",
+            Event::Ready { .. } => "ready",
+            Event::ProbationStarted { .. } => "probation_started",
+            Event::ProbationPassed { .. } => "probation_passed",
+            Event::Standby { .. } => "standby",
+            Event::Resumed { .. } => "resumed",
+            Event::RolledBack { .. } => "rolled_back",
+            Event::UpgradeFailed { .. } => "upgrade_failed",
+            Event::StartFailed { .. } => "start_failed",
+            Event::GaveUp { .. } => "gave_up",
+            Event::Draining { .. } => "draining",
+            Event::Drained { .. } => "drained",
+            Event::Killed { .. } => "killed",
+            Event::Reaped { .. } => "reaped",
+            Event::Crashed { .. } => "crashed",
+            Event::RestartScheduled { .. } => "restart_scheduled",
+            Event::Abandoned { .. } => "abandoned",
+            Event::ShutdownBegan { .. } => "shutdown_began",
+            Event::Stopped { .. } => "stopped",
+            Event::Forwarded { .. } => "forwarded",
+            Event::NothingToSignal { .. } => "nothing_to_signal",
+            Event::Status { .. } => "status",
+            Event::Unhealthy { .. } => "unhealthy",
+            Event::MalformedMessage { .. } => "malformed_message",
+            Event::ChannelClosed { .. } => "channel_closed",
+            Event::Exiting { .. } => "exiting",
+        }
+    }
+
+    pub fn level(&self) -> Level {
+        match self {
+            Event::UpgradeFailed { .. }
+            | Event::StartFailed { .. }
+            | Event::GaveUp { .. }
+            | Event::RolledBack { .. }
+            | Event::Abandoned { .. } => Level::Error,
+            Event::Crashed {
+                successor: None, ..
+            } => Level::Error,
+            Event::Crashed { .. }
+            | Event::UpgradeIgnored { .. }
+            | Event::RestartScheduled { .. }
+            | Event::NothingToSignal { .. }
+            | Event::Unhealthy { .. }
+            | Event::MalformedMessage { .. } => Level::Warn,
+            Event::Killed { cause, .. } => match cause {
+                KillCause::FailedStart | KillCause::RolledBack | KillCause::Shutdown => Level::Info,
+                _ => Level::Warn,
+            },
+            Event::ChannelClosed { .. } => Level::Debug,
+            _ => Level::Info,
+        }
+    }
+}

@@ -1,0 +1,1140 @@
+//! Every transition of the lifecycle core, with no process, no socket and
+//! no sleep: a harness feeds inputs at synthetic times, plays the part of
+//! the children, and reads the effects.
+
+use super::*;
+
+const SIGTERM: i32 = 15;
+const SIGUSR1: i32 = 10;
+
+fn policy() -> Policy {
+    Policy {
+        ready: ReadyRule::Notify,
+        ready_timeout: Duration::from_secs(60),
+        drain_timeout: Duration::from_secs(30),
+        drain_signal: SIGTERM,
+        restart: RestartRule::OnFailure,
+        max_draining: 4,
+        probation: None,
+        start_attempts: 3,
+    }
+}
+
+/// The test child: answers every `Spawn` with a fresh pid (or a failure
+/// when told to), and records every effect.
+struct Harness {
+    core: Core,
+    now: Instant,
+    next_pid: i32,
+    fail_spawns: u32,
+    /// Every effect so far, in order.
+    log: Vec<Effect>,
+    /// Which executable each generation was started from.
+    exes: BTreeMap<GenId, Exe>,
+    next_ticket: u64,
+}
+
+impl Harness {
+    fn new(policy: Policy) -> Harness {
+        let now = Instant::now();
+        Harness {
+            core: Core::new(policy, now),
+            now,
+            next_pid: 100,
+            fail_spawns: 0,
+            log: Vec::new(),
+            exes: BTreeMap::new(),
+            next_ticket: 1,
+        }
+    }
+
+    /// Started, with generation 1 ready and serving.
+    fn serving(policy: Policy) -> Harness {
+        let mut h = Harness::new(policy);
+        h.feed(Input::Start);
+        h.ready(1);
+        assert_eq!(h.phase(1), Some("serving"));
+        h
+    }
+
+    fn ticket(&mut self) -> Ticket {
+        self.next_ticket += 1;
+        Ticket(self.next_ticket)
+    }
+
+    /// Feeds one input; plays the shell for `Spawn`. Returns every effect
+    /// that followed, spawn answers included.
+    fn feed(&mut self, input: Input) -> Vec<Effect> {
+        let mut out = Vec::new();
+        let mut queue = std::collections::VecDeque::from(self.core.handle(self.now, input));
+        while let Some(e) = queue.pop_front() {
+            if let Effect::Spawn { worker, exe, .. } = &e {
+                self.exes.insert(worker.generation, *exe);
+                let answer = if self.fail_spawns > 0 {
+                    self.fail_spawns -= 1;
+                    Input::SpawnFailed {
+                        worker: *worker,
+                        error: "no such file".into(),
+                    }
+                } else {
+                    self.next_pid += 1;
+                    Input::Spawned {
+                        worker: *worker,
+                        pid: Pid::from_raw(self.next_pid).unwrap(),
+                    }
+                };
+                queue.extend(self.core.handle(self.now, answer));
+            }
+            out.push(e);
+        }
+        self.log.extend(out.iter().cloned());
+        out
+    }
+
+    fn advance(&mut self, d: Duration) -> Vec<Effect> {
+        self.now += d;
+        self.feed(Input::Tick)
+    }
+
+    /// Advances exactly to the core's next deadline.
+    fn until_deadline(&mut self) -> Vec<Effect> {
+        let next = self.core.next_deadline().expect("a deadline");
+        let d = next.saturating_duration_since(self.now);
+        self.advance(d)
+    }
+
+    fn w(&self, generation: GenId) -> WorkerId {
+        WorkerId {
+            generation,
+            slot: 0,
+        }
+    }
+
+    fn pid(&self, generation: GenId) -> Pid {
+        self.core
+            .live_workers()
+            .into_iter()
+            .find(|(w, _)| w.generation == generation)
+            .map(|(_, p)| p)
+            .unwrap_or_else(|| panic!("generation {generation} has no live process"))
+    }
+
+    fn phase(&self, generation: GenId) -> Option<&'static str> {
+        self.core
+            .snapshot(self.now)
+            .generations
+            .iter()
+            .find(|g| g.id == generation)
+            .map(|g| g.phase)
+    }
+
+    fn worker(&mut self, generation: GenId, event: WorkerEvent) -> Vec<Effect> {
+        let worker = self.w(generation);
+        self.feed(Input::Worker { worker, event })
+    }
+
+    fn ready(&mut self, generation: GenId) -> Vec<Effect> {
+        self.worker(generation, WorkerEvent::Ready(ReadyVia::Channel))
+    }
+
+    /// The generation speaks protocol 2: it can be paused.
+    fn v2(&mut self, generation: GenId) {
+        self.worker(generation, WorkerEvent::Protocol(2));
+    }
+
+    fn exit(&mut self, generation: GenId, status: ExitInfo) -> Vec<Effect> {
+        let pid = self.pid(generation);
+        self.feed(Input::Exited { pid, status })
+    }
+
+    fn upgrade(&mut self) -> (Ticket, Vec<Effect>) {
+        let t = self.ticket();
+        let fx = self.feed(Input::Upgrade {
+            source: Source::Signal(12),
+            reply: Some(Reply::Outcome(t)),
+        });
+        (t, fx)
+    }
+
+    fn upgrade_quiet(&mut self) -> Vec<Effect> {
+        self.feed(Input::Upgrade {
+            source: Source::Signal(12),
+            reply: None,
+        })
+    }
+
+    fn term(&mut self) -> Vec<Effect> {
+        self.feed(Input::Stop {
+            source: Source::Signal(SIGTERM),
+            reply: None,
+        })
+    }
+}
+
+fn events(fx: &[Effect]) -> Vec<&'static str> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::Emit(ev) => Some(ev.name()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn answer_for(fx: &[Effect], ticket: Ticket) -> Option<&Answer> {
+    fx.iter().find_map(|e| match e {
+        Effect::Reply { ticket: t, answer } if *t == ticket => Some(answer),
+        _ => None,
+    })
+}
+
+fn outcome_for(fx: &[Effect], ticket: Ticket) -> &UpgradeOutcome {
+    match answer_for(fx, ticket) {
+        Some(Answer::Upgrade(o)) => o,
+        other => panic!("no upgrade outcome for {ticket:?}: {other:?} in {fx:#?}"),
+    }
+}
+
+fn spawns(fx: &[Effect]) -> Vec<(GenId, Exe)> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::Spawn { worker, exe, .. } => Some((worker.generation, *exe)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn drains(fx: &[Effect]) -> Vec<(GenId, DrainVia)> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::Drain { worker, via, .. } => Some((worker.generation, *via)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn kills(fx: &[Effect]) -> Vec<GenId> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::Kill { worker, .. } => Some(worker.generation),
+            _ => None,
+        })
+        .collect()
+}
+
+fn exit_code(fx: &[Effect]) -> Option<u8> {
+    fx.iter().find_map(|e| match e {
+        Effect::Exit(c) => Some(*c),
+        _ => None,
+    })
+}
+
+fn restart_delay(fx: &[Effect]) -> Option<u64> {
+    fx.iter().find_map(|e| match e {
+        Effect::Emit(Event::RestartScheduled { delay_ms, .. }) => Some(*delay_ms),
+        _ => None,
+    })
+}
+
+fn manager(fx: &[Effect]) -> Vec<&ManagerMessage> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::Manager(m) => Some(m),
+            _ => None,
+        })
+        .collect()
+}
+
+const CRASH: ExitInfo = ExitInfo {
+    code: Some(3),
+    signal: None,
+};
+const CLEAN: ExitInfo = ExitInfo {
+    code: Some(0),
+    signal: None,
+};
+
+// ----- start -----
+
+#[test]
+fn start_spawns_the_command_looked_up_anew() {
+    let mut h = Harness::new(policy());
+    let fx = h.feed(Input::Start);
+    assert_eq!(spawns(&fx), vec![(1, Exe::Fresh(PinId(1)))]);
+    assert_eq!(events(&fx), vec!["spawned"]);
+    assert_eq!(h.phase(1), Some("starting"));
+    // Nothing serves yet, so the service manager hears nothing.
+    assert!(manager(&fx).is_empty());
+    assert_eq!(
+        h.core.next_deadline(),
+        Some(h.now + Duration::from_secs(60))
+    );
+}
+
+#[test]
+fn ready_makes_the_first_generation_serve_and_tells_the_manager() {
+    let mut h = Harness::new(policy());
+    h.feed(Input::Start);
+    let fx = h.ready(1);
+    assert_eq!(events(&fx), vec!["ready"]);
+    assert_eq!(h.phase(1), Some("serving"));
+    assert!(matches!(manager(&fx)[..], [ManagerMessage::Ready(_)]));
+    // A first start is not an upgrade.
+    assert!(h.core.snapshot(h.now).last_upgrade.is_none());
+    // Repeated READY changes nothing.
+    let again = h.ready(1);
+    assert!(events(&again).is_empty(), "{again:?}");
+}
+
+#[test]
+fn ready_after_its_timeout_does_not_count() {
+    let mut h = Harness::new(policy());
+    h.feed(Input::Start);
+    // The deadline passed, but no tick reached the core before READY did.
+    h.now += Duration::from_secs(61);
+    let fx = h.ready(1);
+    assert_eq!(h.phase(1), Some("killing"));
+    assert!(events(&fx).contains(&"start_failed"));
+    assert!(!events(&fx).contains(&"ready"));
+    assert_eq!(kills(&fx), vec![1]);
+}
+
+#[test]
+fn never_ready_is_killed_at_the_timeout_and_restarted_with_backoff() {
+    let mut h = Harness::new(policy());
+    h.feed(Input::Start);
+    let fx = h.until_deadline();
+    assert_eq!(kills(&fx), vec![1]);
+    let failure = fx.iter().find_map(|e| match e {
+        Effect::Emit(Event::StartFailed {
+            failure, attempt, ..
+        }) => Some((failure.clone(), *attempt)),
+        _ => None,
+    });
+    assert_eq!(
+        failure,
+        Some((FailureReason::NotReady { timeout_ms: 60_000 }, 1))
+    );
+    assert_eq!(restart_delay(&fx), Some(100));
+    // The killed process is reaped; the restart comes at its time.
+    let fx = h.exit(1, ExitInfo::killed(9));
+    assert_eq!(events(&fx), vec!["reaped"]);
+    let fx = h.advance(Duration::from_millis(100));
+    assert_eq!(spawns(&fx), vec![(2, Exe::Fresh(PinId(2)))]);
+}
+
+#[test]
+fn delay_readiness_counts_once_the_child_stayed_alive() {
+    let mut h = Harness::new(Policy {
+        ready: ReadyRule::Delay(Duration::from_millis(300)),
+        ..policy()
+    });
+    h.feed(Input::Start);
+    assert_eq!(
+        h.core.next_deadline(),
+        Some(h.now + Duration::from_millis(300))
+    );
+    let fx = h.advance(Duration::from_millis(299));
+    assert!(events(&fx).is_empty());
+    let fx = h.advance(Duration::from_millis(1));
+    assert_eq!(events(&fx), vec!["ready"]);
+    assert_eq!(h.phase(1), Some("serving"));
+}
+
+#[test]
+fn exec_readiness_is_immediate() {
+    let mut h = Harness::new(Policy {
+        ready: ReadyRule::Exec,
+        ..policy()
+    });
+    let fx = h.feed(Input::Start);
+    assert_eq!(events(&fx), vec!["spawned", "ready"]);
+    assert_eq!(h.phase(1), Some("serving"));
+}
+
+#[test]
+fn a_channel_closed_before_ready_fails_soon_unless_the_exit_explains_it() {
+    let mut h = Harness::new(policy());
+    h.feed(Input::Start);
+    h.worker(1, WorkerEvent::ChannelClosed("child closed its end".into()));
+    assert_eq!(h.core.next_deadline(), Some(h.now + CLOSED_GRACE));
+    // A READY after the close does not count.
+    h.ready(1);
+    assert_eq!(h.phase(1), Some("starting"));
+    let fx = h.until_deadline();
+    assert!(fx.iter().any(|e| matches!(
+        e,
+        Effect::Emit(Event::StartFailed {
+            failure: FailureReason::ChannelClosed { .. },
+            ..
+        })
+    )));
+
+    // When the exit is reaped within the grace period, it names the cause.
+    let mut h = Harness::new(policy());
+    h.feed(Input::Start);
+    h.worker(1, WorkerEvent::ChannelClosed("child closed its end".into()));
+    let fx = h.exit(1, CRASH);
+    assert!(fx.iter().any(|e| matches!(
+        e,
+        Effect::Emit(Event::StartFailed {
+            failure: FailureReason::ExitedBeforeReady { status: CRASH },
+            ..
+        })
+    )));
+}
+
+#[test]
+fn garbage_from_a_starting_child_fails_it() {
+    let mut h = Harness::serving(policy());
+    let (t, _) = h.upgrade();
+    let fx = h.worker(2, WorkerEvent::Malformed("unknown message".into()));
+    assert_eq!(kills(&fx), vec![2]);
+    assert!(matches!(
+        outcome_for(&fx, t),
+        UpgradeOutcome::Failed {
+            generation: Some(2),
+            failure: FailureReason::MalformedMessage { .. },
+            serving: Some(1),
+            ..
+        }
+    ));
+    assert_eq!(h.phase(1), Some("serving"));
+}
+
+// ----- upgrades -----
+
+#[test]
+fn an_upgrade_drains_the_old_generation_once_the_new_one_is_ready() {
+    let mut h = Harness::serving(policy());
+    h.worker(1, WorkerEvent::Protocol(1));
+    let (t, fx) = h.upgrade();
+    assert_eq!(spawns(&fx), vec![(2, Exe::Fresh(PinId(2)))]);
+    assert!(matches!(manager(&fx)[..], [ManagerMessage::Reloading]));
+    assert!(drains(&fx).is_empty());
+    let fx = h.ready(2);
+    let pid2 = h.pid(2).as_raw_pid();
+    assert_eq!(
+        outcome_for(&fx, t),
+        &UpgradeOutcome::Ready {
+            generation: 2,
+            pid: pid2
+        }
+    );
+    // Generation 1 spoke the protocol: DRAIN goes on its channel.
+    assert_eq!(
+        drains(&fx),
+        vec![(
+            1,
+            DrainVia::Channel {
+                timeout: Duration::from_secs(30),
+                fallback: SIGTERM
+            }
+        )]
+    );
+    assert_eq!(h.phase(1), Some("draining"));
+    assert_eq!(h.phase(2), Some("serving"));
+    let snap = h.core.snapshot(h.now);
+    assert_eq!(snap.last_upgrade.map(|u| u.result), Some(LastResult::Ready));
+    assert_eq!(snap.last_good, Some(PinId(2)));
+    assert_eq!(snap.previous_good, Some(PinId(1)));
+    // It drains cleanly.
+    let fx = h.exit(1, CLEAN);
+    assert!(
+        fx.iter()
+            .any(|e| matches!(e, Effect::Emit(Event::Drained { clean: true, .. })))
+    );
+    assert_eq!(h.phase(1), None);
+}
+
+#[test]
+fn a_child_that_never_spoke_is_drained_with_the_signal_and_killed_at_the_deadline() {
+    let mut h = Harness::new(Policy {
+        ready: ReadyRule::Delay(Duration::from_millis(100)),
+        ..policy()
+    });
+    h.feed(Input::Start);
+    h.advance(Duration::from_millis(100));
+    h.upgrade_quiet();
+    let fx = h.advance(Duration::from_millis(100));
+    assert_eq!(drains(&fx), vec![(1, DrainVia::Signal(SIGTERM))]);
+    let fx = h.advance(Duration::from_secs(30));
+    assert_eq!(kills(&fx), vec![1]);
+    assert!(fx.iter().any(|e| matches!(
+        e,
+        Effect::Emit(Event::Killed {
+            cause: KillCause::DrainDeadline,
+            ..
+        })
+    )));
+    // Still not reaped after the kill grace: killed again.
+    let fx = h.advance(KILL_GRACE);
+    assert_eq!(kills(&fx), vec![1]);
+}
+
+#[test]
+fn the_new_generation_crashing_during_an_upgrade_leaves_the_old_one_serving() {
+    let mut h = Harness::serving(policy());
+    let (t, _) = h.upgrade();
+    let fx = h.exit(2, CRASH);
+    assert_eq!(
+        outcome_for(&fx, t),
+        &UpgradeOutcome::failed(
+            Some(2),
+            FailureReason::ExitedBeforeReady { status: CRASH },
+            Some(1)
+        )
+    );
+    assert!(events(&fx).contains(&"upgrade_failed"));
+    // The reload is over: the manager hears READY=1 again.
+    assert!(matches!(manager(&fx)[..], [ManagerMessage::Ready(_)]));
+    assert_eq!(h.phase(1), Some("serving"));
+    assert!(drains(&fx).is_empty());
+    assert!(restart_delay(&fx).is_none());
+    assert!(
+        h.core
+            .status_line()
+            .contains("last upgrade to generation 2 failed")
+    );
+    // Its leftovers are killed with it.
+    assert!(fx.iter().any(|e| matches!(e, Effect::KillLeftovers { .. })));
+}
+
+#[test]
+fn a_spawn_failure_fails_the_upgrade_without_using_a_generation_number() {
+    let mut h = Harness::serving(policy());
+    h.fail_spawns = 1;
+    let (t, fx) = h.upgrade();
+    assert!(matches!(
+        outcome_for(&fx, t),
+        UpgradeOutcome::Failed {
+            generation: None,
+            failure: FailureReason::SpawnFailed { .. },
+            serving: Some(1),
+            ..
+        }
+    ));
+    let (_, fx) = h.upgrade();
+    assert_eq!(spawns(&fx)[0].0, 2);
+}
+
+#[test]
+fn the_serving_generation_crashing_during_an_upgrade_is_replaced_by_the_new_one() {
+    let mut h = Harness::serving(policy());
+    let (t, _) = h.upgrade();
+    let fx = h.exit(1, CRASH);
+    assert!(fx.iter().any(|e| matches!(
+        e,
+        Effect::Emit(Event::Crashed {
+            successor: Some(2),
+            ..
+        })
+    )));
+    assert!(restart_delay(&fx).is_none());
+    let fx = h.ready(2);
+    assert!(matches!(outcome_for(&fx, t), UpgradeOutcome::Ready { .. }));
+    assert_eq!(h.phase(2), Some("serving"));
+}
+
+#[test]
+fn both_generations_failing_restarts_the_last_good_executable() {
+    let mut h = Harness::serving(policy());
+    h.upgrade();
+    h.exit(1, CRASH);
+    let fx = h.exit(2, CRASH);
+    assert_eq!(restart_delay(&fx), Some(100));
+    let fx = h.advance(Duration::from_millis(100));
+    // Generation 1 is the last that served well: its pinned executable runs,
+    // not whatever sits at the path now.
+    assert_eq!(spawns(&fx), vec![(3, Exe::Pinned(PinId(1)))]);
+}
+
+#[test]
+fn upgrades_during_an_upgrade_are_coalesced_into_one_follow_up() {
+    let mut h = Harness::serving(policy());
+    let (t1, _) = h.upgrade();
+    let (t2, fx2) = h.upgrade();
+    let (t3, fx3) = h.upgrade();
+    assert!(spawns(&fx2).is_empty() && spawns(&fx3).is_empty());
+    assert_eq!(events(&fx2), vec!["upgrade_queued"]);
+    // The first answer is for generation 2; the follow-up starts at once.
+    let fx = h.ready(2);
+    assert!(matches!(
+        outcome_for(&fx, t1),
+        UpgradeOutcome::Ready { generation: 2, .. }
+    ));
+    assert!(answer_for(&fx, t2).is_none());
+    assert_eq!(spawns(&fx), vec![(3, Exe::Fresh(PinId(3)))]);
+    // Both later clients learn the outcome of generation 3, the one upgrade
+    // that covered their requests.
+    let fx = h.ready(3);
+    assert!(matches!(
+        outcome_for(&fx, t2),
+        UpgradeOutcome::Ready { generation: 3, .. }
+    ));
+    assert!(matches!(
+        outcome_for(&fx, t3),
+        UpgradeOutcome::Ready { generation: 3, .. }
+    ));
+    // No third upgrade follows.
+    assert!(spawns(&fx).is_empty());
+    assert_eq!(h.phase(1), Some("draining"));
+    assert_eq!(h.phase(2), Some("draining"));
+}
+
+#[test]
+fn no_wait_upgrades_are_answered_when_started_or_queued() {
+    let mut h = Harness::serving(policy());
+    let t = h.ticket();
+    let fx = h.feed(Input::Upgrade {
+        source: Source::Control,
+        reply: Some(Reply::Started(t)),
+    });
+    let pid = h.pid(2).as_raw_pid();
+    assert_eq!(
+        outcome_for(&fx, t),
+        &UpgradeOutcome::Started { generation: 2, pid }
+    );
+    let t = h.ticket();
+    let fx = h.feed(Input::Upgrade {
+        source: Source::Control,
+        reply: Some(Reply::Started(t)),
+    });
+    assert_eq!(outcome_for(&fx, t), &UpgradeOutcome::Queued);
+}
+
+#[test]
+fn max_draining_kills_the_oldest_draining_generation() {
+    let mut h = Harness::serving(Policy {
+        max_draining: 1,
+        ..policy()
+    });
+    h.upgrade();
+    h.ready(2);
+    h.upgrade();
+    let fx = h.ready(3);
+    assert_eq!(kills(&fx), vec![1]);
+    assert!(fx.iter().any(|e| matches!(
+        e,
+        Effect::Emit(Event::Killed {
+            generation: 1,
+            cause: KillCause::MaxDraining,
+            ..
+        })
+    )));
+    assert_eq!(h.phase(2), Some("draining"));
+}
+
+// ----- crashes and backoff -----
+
+#[test]
+fn crash_restarts_back_off_and_reset_after_serving_a_while() {
+    let mut h = Harness::serving(policy());
+    let mut delays = Vec::new();
+    for g in 1..=4 {
+        let fx = h.exit(g, CRASH);
+        delays.push(restart_delay(&fx).unwrap());
+        let fx = h.until_deadline();
+        assert_eq!(spawns(&fx), vec![(g + 1, Exe::Pinned(PinId(1)))]);
+        h.ready(g + 1);
+    }
+    assert_eq!(delays, vec![100, 200, 400, 800]);
+    // Serving for 10 s resets the backoff.
+    h.advance(BACKOFF_RESET_AFTER);
+    let fx = h.exit(5, CRASH);
+    assert_eq!(restart_delay(&fx), Some(100));
+    assert_eq!(h.core.snapshot(h.now).counters.crash_restarts, 4);
+}
+
+#[test]
+fn the_backoff_is_capped() {
+    let mut h = Harness::serving(Policy {
+        start_attempts: 100,
+        ..policy()
+    });
+    h.exit(1, CRASH);
+    let mut last = 0;
+    for g in 2..=12 {
+        h.until_deadline();
+        let fx = h.exit(g, CRASH);
+        last = restart_delay(&fx).unwrap();
+    }
+    assert_eq!(last, 10_000);
+}
+
+#[test]
+fn a_failed_start_counts_once_toward_the_backoff() {
+    // A crash restart that never becomes ready is killed at the timeout,
+    // then reaped: one failure, one doubling.
+    let mut h = Harness::serving(policy());
+    h.exit(1, CRASH);
+    h.until_deadline();
+    let fx = h.until_deadline();
+    assert_eq!(restart_delay(&fx), Some(200));
+    let fx = h.exit(2, ExitInfo::killed(9));
+    assert!(restart_delay(&fx).is_none());
+}
+
+#[test]
+fn restart_policy_decides_what_an_exit_means() {
+    // on-failure: exit 0 means the app chose to stop; hotsup exits 0.
+    let mut h = Harness::serving(policy());
+    let fx = h.exit(1, CLEAN);
+    assert_eq!(exit_code(&fx), Some(0));
+    // never: hotsup exits with the child's code, or 128+signal.
+    let mut h = Harness::serving(Policy {
+        restart: RestartRule::Never,
+        ..policy()
+    });
+    let fx = h.exit(1, ExitInfo::killed(9));
+    assert_eq!(exit_code(&fx), Some(137));
+    // always: even exit 0 restarts.
+    let mut h = Harness::serving(Policy {
+        restart: RestartRule::Always,
+        ..policy()
+    });
+    let fx = h.exit(1, CLEAN);
+    assert_eq!(restart_delay(&fx), Some(100));
+}
+
+#[test]
+fn a_first_start_that_never_succeeds_gives_up_after_the_attempts() {
+    let mut h = Harness::new(policy());
+    h.feed(Input::Start);
+    let mut all = h.exit(1, CRASH);
+    for g in 2..=3 {
+        all.extend(h.until_deadline());
+        all.extend(h.exit(g, CRASH));
+    }
+    assert!(events(&all).contains(&"gave_up"));
+    assert_eq!(exit_code(&all), Some(1));
+    let attempts: Vec<u32> = all
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Emit(Event::StartFailed { attempt, .. }) => Some(*attempt),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(attempts, vec![1, 2, 3]);
+    // A start failure is not reported as an upgrade.
+    assert!(!events(&all).contains(&"upgrade_failed"));
+}
+
+#[test]
+fn once_something_served_crash_restarts_never_give_up() {
+    let mut h = Harness::serving(policy());
+    for g in 1..=5 {
+        let fx = h.exit(g, CRASH);
+        assert!(exit_code(&fx).is_none());
+        h.until_deadline();
+    }
+}
+
+#[test]
+fn restart_never_exits_when_the_first_start_fails() {
+    let mut h = Harness::new(Policy {
+        restart: RestartRule::Never,
+        ..policy()
+    });
+    h.feed(Input::Start);
+    let fx = h.exit(1, CRASH);
+    assert_eq!(exit_code(&fx), Some(1));
+}
+
+// ----- shutdown -----
+
+#[test]
+fn sigterm_while_starting_kills_what_never_served() {
+    let mut h = Harness::new(policy());
+    h.feed(Input::Start);
+    let fx = h.term();
+    assert_eq!(kills(&fx), vec![1]);
+    assert!(matches!(manager(&fx)[..], [ManagerMessage::Stopping]));
+    let fx = h.exit(1, ExitInfo::killed(9));
+    assert_eq!(exit_code(&fx), Some(0));
+}
+
+#[test]
+fn sigterm_while_serving_drains_and_exits_0() {
+    let mut h = Harness::serving(policy());
+    let t = h.ticket();
+    let fx = h.feed(Input::Stop {
+        source: Source::Control,
+        reply: Some(t),
+    });
+    assert_eq!(drains(&fx).len(), 1);
+    let fx = h.exit(1, CLEAN);
+    assert_eq!(answer_for(&fx, t), Some(&Answer::Stopped { exit_code: 0 }));
+    assert_eq!(exit_code(&fx), Some(0));
+    // A drain that ends unclean makes the shutdown exit 1.
+    let mut h = Harness::serving(policy());
+    h.term();
+    let fx = h.exit(1, CRASH);
+    assert_eq!(exit_code(&fx), Some(1));
+}
+
+#[test]
+fn sigterm_during_an_upgrade_answers_its_clients_and_stops_both() {
+    let mut h = Harness::serving(policy());
+    let (t, _) = h.upgrade();
+    let (t2, _) = h.upgrade();
+    let fx = h.term();
+    assert_eq!(outcome_for(&fx, t), &UpgradeOutcome::Superseded);
+    assert_eq!(outcome_for(&fx, t2), &UpgradeOutcome::Superseded);
+    assert_eq!(kills(&fx), vec![2]);
+    assert_eq!(drains(&fx).iter().map(|d| d.0).collect::<Vec<_>>(), vec![1]);
+    // Upgrades asked for now are refused.
+    let (t3, fx) = h.upgrade();
+    assert_eq!(outcome_for(&fx, t3), &UpgradeOutcome::Superseded);
+    h.exit(2, ExitInfo::killed(9));
+    let fx = h.exit(1, CLEAN);
+    assert_eq!(exit_code(&fx), Some(0));
+}
+
+#[test]
+fn sigterm_while_draining_waits_for_the_drain() {
+    let mut h = Harness::serving(policy());
+    h.upgrade();
+    h.ready(2);
+    let fx = h.term();
+    // Only generation 2 is asked to drain; 1 already drains.
+    assert_eq!(drains(&fx).iter().map(|d| d.0).collect::<Vec<_>>(), vec![2]);
+    h.exit(1, CLEAN);
+    let fx = h.exit(2, CLEAN);
+    assert_eq!(exit_code(&fx), Some(0));
+}
+
+#[test]
+fn sigterm_during_a_restart_backoff_cancels_the_restart() {
+    let mut h = Harness::serving(policy());
+    h.exit(1, CRASH);
+    let fx = h.term();
+    assert_eq!(exit_code(&fx), Some(0));
+    assert_eq!(h.core.next_deadline(), None);
+}
+
+#[test]
+fn a_second_sigterm_kills_everything_and_exits_1() {
+    let mut h = Harness::serving(policy());
+    h.term();
+    let fx = h.term();
+    assert_eq!(kills(&fx), vec![1]);
+    let fx = h.exit(1, ExitInfo::killed(9));
+    assert_eq!(exit_code(&fx), Some(1));
+}
+
+#[test]
+fn a_generation_that_cannot_be_killed_is_abandoned_at_shutdown() {
+    let mut h = Harness::serving(policy());
+    h.term();
+    h.term();
+    let fx = h.advance(KILL_GRACE);
+    assert!(events(&fx).contains(&"abandoned"));
+    assert_eq!(exit_code(&fx), Some(1));
+}
+
+#[test]
+fn signals_are_forwarded_to_the_serving_generation_only() {
+    let mut h = Harness::serving(policy());
+    h.upgrade();
+    let t = h.ticket();
+    let fx = h.feed(Input::Forward {
+        signal: SIGUSR1,
+        reply: Some(t),
+    });
+    let targets: Vec<GenId> = fx
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Signal { worker, .. } => Some(worker.generation),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(targets, vec![1]);
+    // With nothing serving, the client hears so.
+    let mut h = Harness::new(policy());
+    h.feed(Input::Start);
+    let t = h.ticket();
+    let fx = h.feed(Input::Forward {
+        signal: SIGUSR1,
+        reply: Some(t),
+    });
+    assert!(matches!(answer_for(&fx, t), Some(Answer::Error(_))));
+}
+
+// ----- probation -----
+
+fn probation() -> Policy {
+    Policy {
+        probation: Some(Duration::from_secs(5)),
+        ..policy()
+    }
+}
+
+#[test]
+fn probation_puts_a_v2_predecessor_on_standby_and_drains_it_when_passed() {
+    let mut h = Harness::serving(probation());
+    h.v2(1);
+    let (t, _) = h.upgrade();
+    let fx = h.ready(2);
+    assert!(
+        fx.iter()
+            .any(|e| matches!(e, Effect::Pause { worker, .. } if worker.generation == 1))
+    );
+    assert!(drains(&fx).is_empty());
+    assert_eq!(h.phase(1), Some("standby"));
+    assert_eq!(h.phase(2), Some("probation"));
+    // The client waits through probation.
+    assert!(answer_for(&fx, t).is_none());
+    // `systemctl reload` too: no READY=1 before probation ends.
+    assert!(
+        !manager(&fx)
+            .iter()
+            .any(|m| matches!(m, ManagerMessage::Ready(_)))
+    );
+    assert_eq!(h.core.next_deadline(), Some(h.now + Duration::from_secs(5)));
+    let snap = h.core.snapshot(h.now);
+    assert_eq!(snap.last_good, Some(PinId(1)));
+
+    let fx = h.advance(Duration::from_secs(5));
+    assert!(events(&fx).contains(&"probation_passed"));
+    assert_eq!(drains(&fx).iter().map(|d| d.0).collect::<Vec<_>>(), vec![1]);
+    assert!(matches!(
+        outcome_for(&fx, t),
+        UpgradeOutcome::Ready { generation: 2, .. }
+    ));
+    assert!(matches!(manager(&fx)[..], [ManagerMessage::Ready(_)]));
+    let snap = h.core.snapshot(h.now);
+    assert_eq!(snap.last_good, Some(PinId(2)));
+    assert_eq!(snap.previous_good, Some(PinId(1)));
+    // Back to one generation once it drained.
+    h.exit(1, CLEAN);
+    assert_eq!(h.core.live_workers().len(), 1);
+}
+
+#[test]
+fn a_crash_on_probation_resumes_the_standby_generation() {
+    let mut h = Harness::serving(probation());
+    h.v2(1);
+    let (t, _) = h.upgrade();
+    h.ready(2);
+    h.now += Duration::from_millis(1200);
+    let fx = h.exit(2, ExitInfo::exited(4));
+    assert!(
+        fx.iter()
+            .any(|e| matches!(e, Effect::Resume { worker, .. } if worker.generation == 1))
+    );
+    assert_eq!(
+        outcome_for(&fx, t),
+        &UpgradeOutcome::rolled_back(
+            2,
+            FailureReason::ExitedOnProbation {
+                status: ExitInfo::exited(4)
+            },
+            1200,
+            Some(1)
+        )
+    );
+    assert_eq!(h.phase(1), Some("serving"));
+    assert_eq!(h.phase(2), None);
+    assert!(spawns(&fx).is_empty());
+    assert!(matches!(manager(&fx)[..], [ManagerMessage::Ready(_)]));
+    let snap = h.core.snapshot(h.now);
+    assert_eq!(snap.counters.rollbacks, 1);
+    assert_eq!(
+        snap.last_upgrade.map(|u| u.result),
+        Some(LastResult::RolledBack)
+    );
+    assert_eq!(snap.last_good, Some(PinId(1)));
+    // The rolled-back executable is no longer needed.
+    assert!(h.log.contains(&Effect::Unpin(PinId(2))));
+    assert!(h.core.status_line().contains("rolled back"));
+}
+
+#[test]
+fn a_crash_on_probation_without_standby_restarts_the_pinned_predecessor() {
+    // Generation 1 never spoke protocol 2: it cannot pause, so it drains at
+    // once, and a rollback starts its executable again.
+    let mut h = Harness::serving(probation());
+    let (t, _) = h.upgrade();
+    let fx = h.ready(2);
+    assert_eq!(drains(&fx).iter().map(|d| d.0).collect::<Vec<_>>(), vec![1]);
+    h.exit(1, CLEAN);
+    let fx = h.exit(2, CRASH);
+    assert_eq!(spawns(&fx), vec![(3, Exe::Pinned(PinId(1)))]);
+    assert!(matches!(
+        outcome_for(&fx, t),
+        UpgradeOutcome::RolledBack {
+            generation: 2,
+            serving: Some(3),
+            ..
+        }
+    ));
+    // The rollback generation is not put on probation itself.
+    h.ready(3);
+    assert_eq!(h.phase(3), Some("serving"));
+}
+
+#[test]
+fn unhealthy_on_probation_rolls_back() {
+    let mut h = Harness::serving(probation());
+    h.v2(1);
+    let (t, _) = h.upgrade();
+    h.ready(2);
+    let fx = h.worker(2, WorkerEvent::Unhealthy("database unreachable".into()));
+    assert_eq!(kills(&fx), vec![2]);
+    assert!(matches!(
+        outcome_for(&fx, t),
+        UpgradeOutcome::RolledBack {
+            failure: FailureReason::Unhealthy { .. },
+            serving: Some(1),
+            ..
+        }
+    ));
+    assert_eq!(h.phase(1), Some("serving"));
+    // Unhealthy while simply serving is reported, nothing more.
+    let fx = h.worker(1, WorkerEvent::Unhealthy("slow".into()));
+    assert_eq!(events(&fx), vec!["unhealthy"]);
+    assert_eq!(h.phase(1), Some("serving"));
+}
+
+#[test]
+fn rollback_requested_during_probation() {
+    let mut h = Harness::serving(probation());
+    h.v2(1);
+    let (t, _) = h.upgrade();
+    h.ready(2);
+    let r = h.ticket();
+    let fx = h.feed(Input::Rollback { reply: Some(r) });
+    for ticket in [t, r] {
+        assert!(matches!(
+            outcome_for(&fx, ticket),
+            UpgradeOutcome::RolledBack {
+                failure: FailureReason::RollbackRequested,
+                ..
+            }
+        ));
+    }
+    assert_eq!(h.phase(1), Some("serving"));
+}
+
+#[test]
+fn rollback_after_an_upgrade_runs_the_previous_good_executable() {
+    let mut h = Harness::serving(policy());
+    h.upgrade();
+    h.ready(2);
+    let r = h.ticket();
+    let fx = h.feed(Input::Rollback { reply: Some(r) });
+    assert_eq!(spawns(&fx), vec![(3, Exe::Pinned(PinId(1)))]);
+    let fx = h.ready(3);
+    assert!(matches!(
+        outcome_for(&fx, r),
+        UpgradeOutcome::Ready { generation: 3, .. }
+    ));
+    assert_eq!(drains(&fx).iter().map(|d| d.0).collect::<Vec<_>>(), vec![2]);
+    // Rolling back again undoes the rollback.
+    let snap = h.core.snapshot(h.now);
+    assert_eq!(snap.last_good, Some(PinId(1)));
+    assert_eq!(snap.previous_good, Some(PinId(2)));
+}
+
+#[test]
+fn rollback_with_nothing_to_go_back_to_is_refused() {
+    let mut h = Harness::serving(policy());
+    let r = h.ticket();
+    let fx = h.feed(Input::Rollback { reply: Some(r) });
+    assert!(matches!(answer_for(&fx, r), Some(Answer::Error(_))));
+    assert!(spawns(&fx).is_empty());
+    // Nor while an upgrade is starting.
+    h.upgrade();
+    let r = h.ticket();
+    let fx = h.feed(Input::Rollback { reply: Some(r) });
+    assert!(matches!(answer_for(&fx, r), Some(Answer::Error(_))));
+}
+
+#[test]
+fn the_standby_dying_first_makes_a_rollback_start_its_executable() {
+    let mut h = Harness::serving(probation());
+    h.v2(1);
+    h.upgrade();
+    h.ready(2);
+    h.exit(1, ExitInfo::killed(9));
+    let fx = h.exit(2, CRASH);
+    assert_eq!(spawns(&fx), vec![(3, Exe::Pinned(PinId(1)))]);
+}
+
+#[test]
+fn upgrades_during_probation_wait_for_it() {
+    let mut h = Harness::serving(probation());
+    h.v2(1);
+    h.upgrade();
+    h.ready(2);
+    let (t, fx) = h.upgrade();
+    assert!(spawns(&fx).is_empty());
+    let fx = h.advance(Duration::from_secs(5));
+    assert_eq!(spawns(&fx), vec![(3, Exe::Fresh(PinId(3)))]);
+    h.v2(2);
+    let fx = h.ready(3);
+    // Generation 3 is on probation, with 2 on standby.
+    assert!(answer_for(&fx, t).is_none());
+    assert_eq!(h.phase(2), Some("standby"));
+    assert_eq!(h.phase(3), Some("probation"));
+}
+
+#[test]
+fn sigterm_during_probation_drains_both() {
+    let mut h = Harness::serving(probation());
+    h.v2(1);
+    let (t, _) = h.upgrade();
+    h.ready(2);
+    let fx = h.term();
+    let mut drained: Vec<GenId> = drains(&fx).iter().map(|d| d.0).collect();
+    drained.sort();
+    assert_eq!(drained, vec![1, 2]);
+    assert_eq!(outcome_for(&fx, t), &UpgradeOutcome::Superseded);
+}
+
+#[test]
+fn a_standby_that_cannot_be_paused_is_drained_instead() {
+    let mut h = Harness::serving(probation());
+    h.v2(1);
+    h.upgrade();
+    h.ready(2);
+    let fx = h.worker(1, WorkerEvent::PauseFailed("channel full".into()));
+    assert_eq!(drains(&fx).iter().map(|d| d.0).collect::<Vec<_>>(), vec![1]);
+    let fx = h.exit(2, CRASH);
+    // Nothing to resume: the pinned executable starts again.
+    assert_eq!(spawns(&fx), vec![(3, Exe::Pinned(PinId(1)))]);
+}
+
+#[test]
+fn a_first_start_has_no_probation() {
+    let mut h = Harness::new(probation());
+    h.feed(Input::Start);
+    h.ready(1);
+    assert_eq!(h.phase(1), Some("serving"));
+}
+
+// ----- pins -----
+
+#[test]
+fn only_live_and_good_executables_stay_pinned() {
+    let mut h = Harness::serving(policy());
+    for g in 2..=4 {
+        h.upgrade();
+        h.ready(g);
+        h.exit(g - 1, CLEAN);
+    }
+    let unpinned: Vec<PinId> = h
+        .log
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Unpin(p) => Some(*p),
+            _ => None,
+        })
+        .collect();
+    // 4 is serving and last good, 3 is the previous good one.
+    assert_eq!(unpinned, vec![PinId(1), PinId(2)]);
+    // A failed upgrade's executable goes as soon as it is reaped.
+    h.upgrade();
+    h.exit(5, CRASH);
+    assert!(h.log.contains(&Effect::Unpin(PinId(5))));
+}
