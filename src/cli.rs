@@ -286,6 +286,12 @@ pub struct RunArgs {
     #[arg(long, help_heading = "Children")]
     pub subreaper: bool,
 
+    /// Put each generation in a cgroup of its own, so that a process that
+    /// leaves its process group (setsid, a double fork) is still killed
+    /// with its generation and cannot report ready for another one.
+    #[arg(long, value_enum, default_value_t = crate::cgroup::Mode::Auto, value_name = "MODE", help_heading = "Children")]
+    pub cgroup: crate::cgroup::Mode,
+
     /// How long a new generation may take to report ready before the
     /// upgrade is abandoned.
     #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = parse_duration, help_heading = "Lifecycle")]

@@ -3,6 +3,7 @@
 //! interface is the `hotsup` command line; this crate's API is internal and
 //! may change in any release.
 
+pub mod cgroup;
 pub mod child;
 pub mod cli;
 pub mod client;
