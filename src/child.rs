@@ -108,6 +108,9 @@ pub struct Spec<'a> {
     /// A pinned executable's descriptor that must survive exec, because the
     /// program is run as `/proc/self/fd/N`.
     pub exe_fd: Option<ExeFd>,
+    /// The generation's `cgroup.procs`, open for writing: the child moves
+    /// itself in before anything else (see [`crate::cgroup`]).
+    pub cgroup: Option<RawFd>,
     pub pass: Pass<'a>,
 }
 
@@ -190,11 +193,12 @@ pub fn spawn(spec: &Spec<'_>) -> io::Result<Spawned> {
     let raw_child_fd = child_fd.as_ref().map(|f| f.as_raw_fd());
     let nofile = spec.nofile;
     let exe_fd = spec.exe_fd.map(|e| e.fd);
+    let cgroup = spec.cgroup;
     // SAFETY: the closure runs between fork and exec in the child, where
     // only async-signal-safe calls are allowed; `prepare_child` makes only
     // raw syscalls on values captured by copy, and allocates nothing.
     unsafe {
-        cmd.pre_exec(move || prepare_child(raw_child_fd, exe_fd, hotsup_pid, nofile));
+        cmd.pre_exec(move || prepare_child(cgroup, raw_child_fd, exe_fd, hotsup_pid, nofile));
     }
     let child = cmd.spawn()?;
     drop(child_fd);
@@ -250,11 +254,16 @@ pub fn exec_listen_pid(rest: &[OsString]) -> ! {
 /// (fcntl, sigprocmask, prlimit, prctl, getppid); no allocation, locks or
 /// logging.
 fn prepare_child(
+    cgroup: Option<RawFd>,
     child_fd: Option<RawFd>,
     exe_fd: Option<RawFd>,
     hotsup_pid: Pid,
     nofile: Option<u64>,
 ) -> io::Result<()> {
+    // First, so that nothing the child does can happen outside its cgroup.
+    if let Some(fd) = cgroup {
+        crate::cgroup::enter_in_child(fd)?;
+    }
     for keep in [child_fd, exe_fd].into_iter().flatten() {
         // SAFETY: the fd is open in the child: it was inherited from the
         // parent's copy, which stays open until spawn returns.

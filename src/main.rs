@@ -194,6 +194,24 @@ fn run(args: RunArgs) -> u8 {
         Ok(o) => o,
         Err(e) => return runtime_failure(format!("cannot describe listeners: {e}")),
     };
+    let cgroups = match hotsup::cgroup::Cgroups::detect(args.cgroup) {
+        Ok(Some(c)) => {
+            tracing::info!(
+                base = %c.base().display(),
+                kill = c.kill_supported(),
+                "cgroups"
+            );
+            for stale in c.stale_populated() {
+                tracing::warn!(cgroup = %stale.display(), "stale_cgroup");
+            }
+            Some(c)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::info!(reason = %e, "cgroups_unavailable");
+            None
+        }
+    };
     if args.subreaper || rustix::process::getpid().is_init() {
         if let Err(e) = rustix::process::set_child_subreaper(Some(rustix::process::getpid())) {
             return runtime_failure(format!("cannot become a child subreaper: {e}"));
@@ -203,8 +221,9 @@ fn run(args: RunArgs) -> u8 {
         program: program.clone(),
         args: rest.to_vec(),
         fds: args.fds,
-        notify_path: None,
+        notify: None,
         child_nofile: original_nofile,
+        cgroups,
         policy: lifecycle::Policy {
             ready: match args.ready {
                 cli::ReadyMode::Notify => lifecycle::ReadyRule::Notify,
@@ -246,12 +265,11 @@ fn run(args: RunArgs) -> u8 {
         Err(e) => return runtime_failure(format!("cannot start the event loop: {e}")),
     };
     let result = rt.block_on(async move {
-        // Bound before the first child starts, so no READY=1 can be missed.
-        let notify = notify::ChildNotify::bind()
-            .map_err(|e| format!("cannot create the children's NOTIFY_SOCKET: {e}"))?;
-        tracing::info!(path = %notify.path.display(), "notify_socket");
+        let notify = notify::ChildNotify::create()
+            .map_err(|e| format!("cannot create the children's NOTIFY_SOCKET directory: {e}"))?;
+        tracing::info!(path = %notify.dir().display(), "notify_dir");
         let cfg = supervisor::Config {
-            notify_path: Some(notify.path.clone()),
+            notify: Some(notify),
             ..cfg
         };
         let (control_tx, control_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -270,10 +288,9 @@ fn run(args: RunArgs) -> u8 {
             }
         };
         let code = supervisor::Supervisor::new(cfg, outbox, control_rx)
-            .run(Some(notify.socket()))
+            .run()
             .await
             .map_err(|e| format!("cannot install signal handlers: {e}"))?;
-        drop(notify);
         if let Some(c) = &control {
             c.quiesce(std::time::Duration::from_secs(1)).await;
         }

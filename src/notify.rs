@@ -5,8 +5,9 @@ use std::io::IoSliceMut;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixDatagram;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
 use rustix::process::Pid;
@@ -17,29 +18,47 @@ use tokio::io::unix::AsyncFd;
 /// Largest datagram read; systemd itself accepts up to about 4 KiB plus fds.
 pub const MAX_DATAGRAM: usize = 8192;
 
-/// The socket children send `READY=1` to, in a private directory that is
-/// removed when hotsup exits.
+/// The private directory (mode 0700) that holds one `NOTIFY_SOCKET` per
+/// worker process. It and its sockets are removed when hotsup exits.
+///
+/// A socket of its own per worker, rather than one for all, is what makes a
+/// message count even when its sender is gone by the time hotsup reads it:
+/// `systemd-notify --ready`, or any helper that sends READY=1 and exits,
+/// sends to the socket its own generation was given. While the sender lives,
+/// hotsup also checks that it belongs to that generation (its main process,
+/// its cgroup, or without cgroups its process group), so a process of
+/// another generation that learned the path cannot speak for this one.
 pub struct ChildNotify {
-    pub path: PathBuf,
-    socket: Arc<AsyncFd<OwnedFd>>,
-    // Dropped last: removing the directory removes the socket file.
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl ChildNotify {
-    /// Binds the socket with `SO_PASSCRED` set, before any child starts, so
-    /// every datagram arrives with its sender's credentials.
-    pub fn bind() -> std::io::Result<ChildNotify> {
+    /// Creates the directory, in `$XDG_RUNTIME_DIR` or the temporary
+    /// directory, with mode 0700 whatever the umask.
+    pub fn create() -> std::io::Result<ChildNotify> {
+        use std::os::unix::fs::PermissionsExt;
         let base = std::env::var_os("XDG_RUNTIME_DIR")
             .map(PathBuf::from)
             .filter(|p| p.is_dir())
             .unwrap_or_else(std::env::temp_dir);
-        // tempfile creates the directory with mode 0700: only our uid can
-        // reach the socket.
         let dir = tempfile::Builder::new()
             .prefix("hotsup.")
+            .permissions(std::fs::Permissions::from_mode(0o700))
             .tempdir_in(base)?;
-        let path = dir.path().join("notify");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
+        Ok(ChildNotify { dir })
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Binds the socket of one worker, with `SO_PASSCRED` set before any
+    /// child can know it, so every datagram arrives with its sender's pid.
+    pub fn bind(&self, generation: u64, slot: u32) -> std::io::Result<WorkerSocket> {
+        let path = self.dir.path().join(format!("notify-{generation}.{slot}"));
+        // A leftover of a generation that failed to spawn.
+        let _ = std::fs::remove_file(&path);
         let sock = UnixDatagram::bind(&path)?;
         sock.set_nonblocking(true)?;
         rustix::net::sockopt::set_socket_passcred(&sock, true)?;
@@ -48,32 +67,161 @@ impl ChildNotify {
         // AsyncFd that owns it drops it.
         let socket = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
             .map_err(std::io::Error::from)?;
-        Ok(ChildNotify {
-            path,
-            socket: Arc::new(socket),
-            _dir: dir,
-        })
+        Ok(WorkerSocket { path, socket })
+    }
+}
+
+/// One worker's `NOTIFY_SOCKET`; its file is removed on drop.
+pub struct WorkerSocket {
+    pub path: PathBuf,
+    socket: AsyncFd<OwnedFd>,
+}
+
+impl Drop for WorkerSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Who may speak on a worker's socket.
+#[derive(Debug, Clone)]
+pub struct Owner {
+    /// The worker's main process.
+    pub pid: Pid,
+    /// Its cgroup, as `/proc/PID/cgroup` shows it; `None` without cgroups,
+    /// where its process group (whose id is `pid`) decides instead.
+    pub cgroup: Option<PathBuf>,
+}
+
+impl Owner {
+    /// Whether a datagram from `sender` counts. Looked at the moment the
+    /// datagram is read: a sender that is gone by then sent to the socket
+    /// only its generation knows, so it counts.
+    fn accepts(&self, sender: Option<Pid>) -> bool {
+        let Some(sender) = sender else {
+            return false;
+        };
+        if sender == self.pid {
+            return true;
+        }
+        match &self.cgroup {
+            // A process can leave its group, and join another generation's,
+            // but not leave its cgroup.
+            Some(cg) => crate::cgroup::cgroup_of(sender).is_none_or(|c| c.starts_with(cg)),
+            None => match rustix::process::getpgid(Some(sender)) {
+                Ok(pgid) => pgid == self.pid,
+                Err(_) => true,
+            },
+        }
+    }
+}
+
+/// Datagrams dropped because they came from a process that is not of the
+/// worker whose socket they reached, and the rate-limited warning about
+/// them.
+#[derive(Debug)]
+pub struct Strangers {
+    total: AtomicU64,
+    unreported: AtomicU64,
+    /// Milliseconds after `epoch` of the last warning, plus one (0: never).
+    warned_at: AtomicU64,
+    epoch: std::time::Instant,
+}
+
+/// At most one warning about strangers per this interval, with a count.
+const WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Default for Strangers {
+    fn default() -> Self {
+        Strangers {
+            total: AtomicU64::new(0),
+            unreported: AtomicU64::new(0),
+            warned_at: AtomicU64::new(0),
+            epoch: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Strangers {
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
     }
 
-    /// The socket, for the supervisor loop to wait on and read.
-    pub fn socket(&self) -> Arc<AsyncFd<OwnedFd>> {
-        self.socket.clone()
+    fn note(&self, sender: Option<Pid>) {
+        self.total.fetch_add(1, Ordering::Relaxed);
+        let unreported = self.unreported.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1;
+        let last = self.warned_at.load(Ordering::Relaxed);
+        let every = WARN_EVERY.as_millis() as u64;
+        if last == 0 || now.saturating_sub(last) >= every {
+            self.warned_at.store(now, Ordering::Relaxed);
+            self.unreported.store(0, Ordering::Relaxed);
+            tracing::warn!(
+                dropped = unreported,
+                last_sender = sender.map(Pid::as_raw_pid),
+                "notify_from_stranger"
+            );
+        }
+    }
+}
+
+/// Datagrams handled per wakeup before the runtime runs anything else.
+const BATCH: usize = 32;
+
+/// Reads a worker's socket for as long as the worker lives, and relays what
+/// its processes say. The queue to the supervisor is bounded: when it is
+/// full, this stops reading and the worker's senders wait.
+pub async fn relay<W: Copy + Send + 'static>(
+    sock: WorkerSocket,
+    owner: Owner,
+    worker: W,
+    tx: tokio::sync::mpsc::Sender<(W, Parsed)>,
+    strangers: Arc<Strangers>,
+) {
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        let Ok(mut guard) = sock.socket.readable().await else {
+            return;
+        };
+        for _ in 0..BATCH {
+            let d = match recv(sock.socket.get_ref(), &mut buf) {
+                Ok(Some(d)) => d,
+                Ok(None) | Err(_) => {
+                    guard.clear_ready();
+                    break;
+                }
+            };
+            if !owner.accepts(d.pid) {
+                strangers.note(d.pid);
+                continue;
+            }
+            let parsed = parse(&d.text);
+            if tx.send((worker, parsed)).await.is_err() {
+                return;
+            }
+            // `d`, and the fd of a BARRIER=1 it may carry, is dropped only
+            // now, once everything sent before it was passed on.
+            drop(d);
+        }
+        // AsyncFd readiness does not use up the task's budget: give the
+        // rest of the supervisor its turn.
+        tokio::task::yield_now().await;
     }
 }
 
 /// One datagram, with the sender's pid from `SCM_CREDENTIALS` and any fds
 /// it carried. The fds stay open until the datagram is dropped: that is how
-/// `BARRIER=1` is answered, once every earlier datagram was handled.
+/// `BARRIER=1` is answered, once every earlier datagram was passed on.
 #[derive(Debug)]
-pub struct Datagram<'a> {
-    pub pid: Option<Pid>,
-    pub text: std::borrow::Cow<'a, str>,
-    pub fds: Vec<OwnedFd>,
+struct Datagram<'a> {
+    pid: Option<Pid>,
+    text: std::borrow::Cow<'a, str>,
+    _fds: Vec<OwnedFd>,
 }
 
 /// Reads one datagram into `buf` without blocking; `None` when there is
 /// none. A datagram longer than `buf` is cut, never an error.
-pub fn recv<'a>(fd: &OwnedFd, buf: &'a mut [u8]) -> std::io::Result<Option<Datagram<'a>>> {
+fn recv<'a>(fd: &OwnedFd, buf: &'a mut [u8]) -> std::io::Result<Option<Datagram<'a>>> {
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmCredentials(1), ScmRights(8))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let msg = match rustix::net::recvmsg(
@@ -99,7 +247,7 @@ pub fn recv<'a>(fd: &OwnedFd, buf: &'a mut [u8]) -> std::io::Result<Option<Datag
     Ok(Some(Datagram {
         pid,
         text: String::from_utf8_lossy(&buf[..len]),
-        fds,
+        _fds: fds,
     }))
 }
 

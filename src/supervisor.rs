@@ -10,19 +10,17 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ffi::OsString;
-use std::os::fd::OwnedFd;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rustix::process::{Pid, Signal, WaitOptions, WaitStatus};
-use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
+use crate::cgroup::{Cgroups, GenCgroup};
 use crate::child::{self, Pass, kill_group};
 use crate::cli::Fds;
 use crate::control::{self, Reply, Request};
@@ -37,21 +35,21 @@ use crate::pinned::Pinned;
 /// Channel events waiting for the loop; a child that floods its channel is
 /// slowed down by this bound instead of growing the supervisor.
 const CHANNEL_QUEUE: usize = 64;
-/// Notify datagrams handled per wakeup before the loop looks at everything
-/// else again.
-const NOTIFY_BATCH: usize = 32;
-/// At most one warning per this interval about dropped notify datagrams.
-const NOTIFY_WARN_EVERY: Duration = Duration::from_secs(10);
+/// Notify messages waiting for the loop, from all workers together.
+const NOTIFY_QUEUE: usize = 64;
 
 /// What the shell needs besides the core's policy.
 pub struct Config {
     pub program: OsString,
     pub args: Vec<OsString>,
     pub fds: Fds,
-    /// The `NOTIFY_SOCKET` every child gets.
-    pub notify_path: Option<PathBuf>,
+    /// Where each worker gets its `NOTIFY_SOCKET`.
+    pub notify: Option<notify::ChildNotify>,
     /// The soft RLIMIT_NOFILE hotsup started with, restored for children.
     pub child_nofile: Option<u64>,
+    /// Where generations get cgroups of their own; process groups only when
+    /// `None`.
+    pub cgroups: Option<Cgroups>,
     pub policy: Policy,
 }
 
@@ -59,23 +57,17 @@ pub struct Config {
 struct WorkerHandle {
     channel: Option<Channel>,
     task: Option<JoinHandle<()>>,
+    /// Reads its `NOTIFY_SOCKET`; aborting it closes and removes the socket.
+    notify_task: Option<JoinHandle<()>>,
+    cgroup: Option<GenCgroup>,
 }
 
 impl Drop for WorkerHandle {
     fn drop(&mut self) {
-        if let Some(t) = &self.task {
+        for t in [&self.task, &self.notify_task].into_iter().flatten() {
             t.abort();
         }
     }
-}
-
-/// Datagrams dropped because no generation sent them, and when that was
-/// last said.
-#[derive(Default)]
-struct Strangers {
-    total: u64,
-    unreported: u64,
-    last_warned: Option<Instant>,
 }
 
 pub struct Supervisor {
@@ -89,8 +81,13 @@ pub struct Supervisor {
     chan_tx: mpsc::Sender<(WorkerId, ChannelEvent)>,
     chan_rx: mpsc::Receiver<(WorkerId, ChannelEvent)>,
     control_rx: mpsc::UnboundedReceiver<control::Message>,
+    notify_tx: mpsc::Sender<(WorkerId, notify::Parsed)>,
+    notify_rx: mpsc::Receiver<(WorkerId, notify::Parsed)>,
     manager: notify::Manager,
-    strangers: Strangers,
+    strangers: Arc<notify::Strangers>,
+    /// Cgroups of reaped workers that still held processes; removed once
+    /// empty.
+    emptying: Vec<GenCgroup>,
     exit: Option<u8>,
 }
 
@@ -101,6 +98,7 @@ impl Supervisor {
         control_rx: mpsc::UnboundedReceiver<control::Message>,
     ) -> Supervisor {
         let (chan_tx, chan_rx) = mpsc::channel(CHANNEL_QUEUE);
+        let (notify_tx, notify_rx) = mpsc::channel(NOTIFY_QUEUE);
         let policy = cfg.policy.clone();
         Supervisor {
             core: Core::new(policy, Instant::now().into_std()),
@@ -113,14 +111,17 @@ impl Supervisor {
             chan_tx,
             chan_rx,
             control_rx,
+            notify_tx,
+            notify_rx,
             manager: notify::Manager::from_env(),
-            strangers: Strangers::default(),
+            strangers: Arc::default(),
+            emptying: Vec::new(),
             exit: None,
         }
     }
 
     /// Runs until shutdown; returns the process exit code.
-    pub async fn run(mut self, notify: Option<Arc<AsyncFd<OwnedFd>>>) -> std::io::Result<u8> {
+    pub async fn run(mut self) -> std::io::Result<u8> {
         let mut sigchld = signal(SignalKind::child())?;
         let mut usr2 = signal(SignalKind::user_defined2())?;
         let mut hup = signal(SignalKind::hangup())?;
@@ -137,8 +138,6 @@ impl Supervisor {
                 t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 t
             });
-        // One buffer for every notify datagram: a flood costs no memory.
-        let mut datagram = vec![0u8; notify::MAX_DATAGRAM];
 
         crate::signals::release();
         self.feed(Input::Start);
@@ -149,13 +148,7 @@ impl Supervisor {
             let deadline = self.core.next_deadline().map(Instant::from_std);
             tokio::select! {
                 Some((w, ev)) = self.chan_rx.recv() => self.on_channel(w, ev),
-                guard = readable(notify.as_deref()) => {
-                    if let (Some(mut guard), Some(sock)) = (guard, notify.as_deref()) {
-                        if self.read_notify(sock.get_ref(), &mut datagram) {
-                            guard.clear_ready();
-                        }
-                    }
-                }
+                Some((w, msg)) = self.notify_rx.recv() => self.on_notify(w, msg),
                 () = tick(&mut watchdog) => self.manager.watchdog(),
                 Some(()) = sigchld.recv() => self.reap(),
                 Some(()) = usr2.recv() => self.feed(Input::Upgrade {
@@ -177,7 +170,10 @@ impl Supervisor {
                 }),
                 Some(()) = quit.recv() => self.feed(Input::Forward { signal: libc::SIGQUIT, reply: None }),
                 Some(()) = usr1.recv() => self.feed(Input::Forward { signal: libc::SIGUSR1, reply: None }),
-                () = sleep_until(deadline) => self.feed(Input::Tick),
+                () = sleep_until(deadline) => {
+                    self.sweep_cgroups();
+                    self.feed(Input::Tick);
+                }
             }
         }
     }
@@ -222,13 +218,24 @@ impl Supervisor {
                         event: WorkerEvent::ResumeFailed(e),
                     })
             }
-            Effect::Kill { pid, .. } => {
+            Effect::Kill { worker, pid } => {
                 kill_group(pid, Signal::KILL);
+                if let Some(cg) = self.workers.get(&worker).and_then(|w| w.cgroup.as_ref()) {
+                    if let Err(e) = cg.kill() {
+                        warn!(generation = worker.generation, error = %e, "cgroup_kill_failed");
+                    }
+                }
                 None
             }
             Effect::KillLeftovers { worker, pid } => {
-                self.workers.remove(&worker);
-                if child::kill_leftovers(pid) {
+                let handle = self.workers.remove(&worker);
+                // Whatever the main process left behind, in its group or,
+                // having left that, in its cgroup.
+                let group = child::kill_leftovers(pid);
+                if let Some(cg) = handle.and_then(|mut h| h.cgroup.take()) {
+                    self.retire_cgroup(worker, cg);
+                }
+                if group {
                     debug!(
                         generation = worker.generation,
                         pid = pid.as_raw_pid(),
@@ -331,12 +338,40 @@ impl Supervisor {
         let Some(pinned) = self.pins.get(&pin) else {
             return failed("the pinned executable is gone".into());
         };
+        // The cgroup exists before the child does, and the child enters it
+        // before it runs anything.
+        let (cgroup, enter) = match self.cfg.cgroups.as_ref().map(|c| {
+            c.create(worker.generation)
+                .and_then(|cg| cg.open_enter().map(|fd| (cg, fd)))
+        }) {
+            Some(Ok((cg, fd))) => (Some(cg), Some(fd)),
+            Some(Err(e)) => {
+                // Still better than no generation at all: its process group
+                // is what holds it, as without cgroups.
+                warn!(generation = worker.generation, error = %e, "cgroup_unavailable");
+                (None, None)
+            }
+            None => (None, None),
+        };
+        let socket = self
+            .cfg
+            .notify
+            .as_ref()
+            .map(|n| n.bind(worker.generation, worker.slot));
+        let socket = match socket {
+            Some(Ok(s)) => Some(s),
+            Some(Err(e)) => {
+                warn!(generation = worker.generation, error = %e, "notify_socket_failed");
+                None
+            }
+            None => None,
+        };
         let spec = child::Spec {
             program: pinned.exec_path(),
             argv0: &self.cfg.program,
             args: &self.cfg.args,
             generation: worker.generation,
-            notify_socket: self.cfg.notify_path.as_deref(),
+            notify_socket: socket.as_ref().map(|s| s.path.as_path()),
             nofile: self.cfg.child_nofile.map(|n| {
                 // Room for every inherited listener above the usual limit.
                 n.max(3 + self.outbox.listeners.len() as u64 + 1024)
@@ -347,14 +382,24 @@ impl Supervisor {
                     fd,
                     app_keeps: pinned.is_script(),
                 }),
+            cgroup: enter.as_ref().map(std::os::fd::AsRawFd::as_raw_fd),
             pass: match self.cfg.fds {
                 Fds::Native => Pass::Native,
                 Fds::Systemd => Pass::Systemd(&self.outbox.listeners),
             },
         };
-        let spawned = match child::spawn(&spec) {
+        let spawned = child::spawn(&spec);
+        drop(enter);
+        let spawned = match spawned {
             Ok(s) => s,
-            Err(e) => return failed(format!("cannot spawn {}: {e}", pinned.path().display())),
+            Err(e) => {
+                // A child whose exec failed was reaped by std: the cgroup
+                // is empty.
+                if let Some(cg) = cgroup {
+                    let _ = cg.remove();
+                }
+                return failed(format!("cannot spawn {}: {e}", pinned.path().display()));
+            }
         };
         let pid = spawned.pid;
         // A deploy that renamed a new file over the path between pinning and
@@ -374,11 +419,27 @@ impl Supervisor {
             generation = worker.generation,
             pid = pid.as_raw_pid(),
             path = %pinned.path().display(),
+            notify = socket.as_ref().map(|s| s.path.display().to_string()),
             "exec"
         );
+        let notify_task = socket.map(|sock| {
+            let owner = notify::Owner {
+                pid,
+                cgroup: cgroup.as_ref().map(|c| c.path().to_path_buf()),
+            };
+            tokio::spawn(notify::relay(
+                sock,
+                owner,
+                worker,
+                self.notify_tx.clone(),
+                self.strangers.clone(),
+            ))
+        });
         let mut handle = WorkerHandle {
             channel: None,
             task: None,
+            notify_task,
+            cgroup,
         };
         if let Some(fd) = spawned.channel {
             match handoff::register(fd) {
@@ -465,91 +526,58 @@ impl Supervisor {
         self.feed(Input::Worker { worker, event });
     }
 
-    /// Reads and handles up to a batch of notify datagrams. Each is
-    /// attributed the moment it is read, while its sender most likely still
-    /// lives; strangers are dropped. Returns whether the socket is drained.
-    fn read_notify(&mut self, sock: &OwnedFd, buf: &mut [u8]) -> bool {
-        for _ in 0..NOTIFY_BATCH {
-            let d = match notify::recv(sock, buf) {
-                Ok(Some(d)) => d,
-                Ok(None) => return true,
-                Err(e) => {
-                    debug!(error = %e, "notify_read_failed");
-                    return true;
-                }
-            };
-            let owner = d.pid.and_then(|pid| self.attribute(pid));
-            let Some(worker) = owner else {
-                self.stranger(d.pid);
-                continue;
-            };
-            let parsed = notify::parse(&d.text);
-            if let Some(status) = parsed.status {
-                self.feed(Input::Worker {
-                    worker,
-                    event: WorkerEvent::Status(status),
-                });
-            }
-            if parsed.stopping {
-                // Noted, never passed on: it would stop hotsup's own unit.
-                debug!(generation = worker.generation, "child_stopping");
-            }
-            if let Some(errno) = parsed.errno {
-                let reason = format!(
-                    "ERRNO={errno} ({})",
-                    std::io::Error::from_raw_os_error(errno)
-                );
-                self.feed(Input::Worker {
-                    worker,
-                    event: WorkerEvent::Unhealthy(reason),
-                });
-            }
-            if parsed.ready {
-                self.feed(Input::Worker {
-                    worker,
-                    event: WorkerEvent::Ready(ReadyVia::Notify),
-                });
-            }
-            // `d` (and any BARRIER=1 fd it carried) is dropped here, after
-            // everything sent before it was handled.
+    /// What a worker's processes said on its `NOTIFY_SOCKET`.
+    fn on_notify(&mut self, worker: WorkerId, msg: notify::Parsed) {
+        if let Some(status) = msg.status {
+            self.feed(Input::Worker {
+                worker,
+                event: WorkerEvent::Status(status),
+            });
         }
-        false
-    }
-
-    /// The worker a notify sender belongs to: its main process, or a
-    /// process in its process group.
-    fn attribute(&self, pid: Pid) -> Option<WorkerId> {
-        if let Some(w) = self.core.worker_of(pid) {
-            return Some(w);
+        if msg.stopping {
+            // Noted, never passed on: it would stop hotsup's own unit.
+            debug!(generation = worker.generation, "child_stopping");
         }
-        let pgid = rustix::process::getpgid(Some(pid)).ok()?;
-        self.core
-            .live_workers()
-            .into_iter()
-            .find(|(_, p)| *p == pgid)
-            .map(|(w, _)| w)
-    }
-
-    fn stranger(&mut self, pid: Option<Pid>) {
-        let s = &mut self.strangers;
-        s.total += 1;
-        s.unreported += 1;
-        let now = Instant::now();
-        if s.last_warned
-            .is_none_or(|t| now.duration_since(t) >= NOTIFY_WARN_EVERY)
-        {
-            warn!(
-                dropped = s.unreported,
-                last_sender = pid.map(Pid::as_raw_pid),
-                "notify_from_stranger"
+        if let Some(errno) = msg.errno {
+            let reason = format!(
+                "ERRNO={errno} ({})",
+                std::io::Error::from_raw_os_error(errno)
             );
-            s.unreported = 0;
-            s.last_warned = Some(now);
+            self.feed(Input::Worker {
+                worker,
+                event: WorkerEvent::Unhealthy(reason),
+            });
         }
+        if msg.ready {
+            self.feed(Input::Worker {
+                worker,
+                event: WorkerEvent::Ready(ReadyVia::Notify),
+            });
+        }
+    }
+
+    /// Kills what a reaped worker left in its cgroup and removes the cgroup,
+    /// or keeps it until it is empty.
+    fn retire_cgroup(&mut self, worker: WorkerId, cg: GenCgroup) {
+        if cg.remove().is_ok() {
+            return;
+        }
+        if let Err(e) = cg.kill() {
+            warn!(generation = worker.generation, error = %e, "cgroup_kill_failed");
+        } else {
+            debug!(generation = worker.generation, "killed_leftovers");
+        }
+        self.emptying.push(cg);
+    }
+
+    /// Removes the cgroups of retired workers that have emptied since.
+    fn sweep_cgroups(&mut self) {
+        self.emptying.retain(|cg| cg.remove().is_err());
     }
 
     /// Collects every exited child. This is the only place hotsup waits.
     fn reap(&mut self) {
+        self.sweep_cgroups();
         loop {
             // wait(), not waitpid(None): rustix maps None to "my own process
             // group", and every generation runs in a group of its own.
@@ -698,7 +726,7 @@ impl Supervisor {
             },
             last_good: path_of(snap.last_good),
             previous_good: path_of(snap.previous_good),
-            notify_dropped: self.strangers.total,
+            notify_dropped: self.strangers.total(),
         }
     }
 }
@@ -708,20 +736,6 @@ fn exit_info(status: &WaitStatus) -> ExitInfo {
     ExitInfo {
         code: status.exit_status(),
         signal: status.terminating_signal(),
-    }
-}
-
-async fn readable(
-    sock: Option<&AsyncFd<OwnedFd>>,
-) -> Option<tokio::io::unix::AsyncFdReadyGuard<'_, OwnedFd>> {
-    match sock {
-        // An error here would repeat at once: wait forever instead of
-        // spinning, the rest of the loop goes on.
-        Some(s) => match s.readable().await {
-            Ok(g) => Some(g),
-            Err(_) => std::future::pending().await,
-        },
-        None => std::future::pending().await,
     }
 }
 

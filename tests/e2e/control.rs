@@ -7,21 +7,7 @@ use std::time::Duration;
 use rustix::process::Signal;
 
 use crate::upgrade::{Traffic, assert_no_failures};
-use crate::util::{Hotsup, WAIT, example, hotsup_bin, json, tempdir, zombies_of};
-
-fn client(sock: &Path, args: &[&str]) -> Output {
-    let mut cmd = Command::new(hotsup_bin());
-    cmd.args(args).arg("--control").arg(sock);
-    crate::util::output_bounded(cmd)
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use crate::util::{Hotsup, WAIT, client, example, hotsup_bin, json, tempdir, text, zombies_of};
 
 /// hotsup running testchild with a mode file and a control socket.
 fn supervised(dir: &Path, extra: &[&str]) -> (Hotsup, PathBuf, PathBuf) {

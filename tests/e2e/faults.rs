@@ -8,16 +8,7 @@ use hotsup_bench::loadgen::{Load, LoadConfig};
 use rustix::process::{Pid, Resource, Signal};
 
 use crate::upgrade::{Traffic, assert_no_failures};
-use crate::util::{Hotsup, WAIT, example, json, tempdir, zombies_of};
-
-fn rss_kib(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
+use crate::util::{Hotsup, WAIT, example, json, rss_kib, tempdir, zombies_of};
 
 fn threads(pid: i32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/task"))

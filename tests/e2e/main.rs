@@ -2,10 +2,12 @@
 //! loopback. One test binary, as ripgrep does; each module is one area.
 
 mod bad_input;
+mod containment;
 mod control;
 mod faults;
 mod lifecycle;
 mod listeners;
+mod notify;
 mod rollback;
 mod systemd;
 mod upgrade;

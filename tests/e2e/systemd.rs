@@ -73,16 +73,14 @@ fn ready_from_a_stray_process_is_ignored() {
         ],
     );
     h.ready(1);
-    let path = h.event("notify_socket", &[])["path"]
-        .as_str()
-        .unwrap()
-        .to_string();
     h.upgrade();
     let spawned = Instant::now();
     let (from, _) = h
         .log
         .wait_event_from(0, "spawned", &[("generation", json!(2))], WAIT);
-    // This test process is not in generation 2's process group.
+    let path = h.notify_path(2);
+    // This test process is not of generation 2, though it found the
+    // generation's socket.
     let stray = UnixDatagram::unbound().unwrap();
     stray.send_to(b"READY=1", &path).unwrap();
     h.log

@@ -235,6 +235,12 @@ impl Hotsup {
         pid_of(&self.event("ready", &[("generation", json!(g))]))
     }
 
+    /// The `NOTIFY_SOCKET` generation `g` was given.
+    pub fn notify_path(&self, g: u64) -> String {
+        let e = self.event("exec", &[("generation", json!(g))]);
+        e["notify"].as_str().expect("notify").to_string()
+    }
+
     /// The pid generation `g` was spawned with.
     pub fn spawned_pid(&self, g: u64) -> i32 {
         pid_of(&self.event("spawned", &[("generation", json!(g))]))
@@ -454,4 +460,70 @@ pub fn run_to_end(args: &[&str]) -> (i32, String) {
         thread::sleep(Duration::from_millis(5));
     };
     (status.code().unwrap_or(-1), reader.join().unwrap())
+}
+
+/// `hotsup ARGS --control SOCK`, run to completion.
+pub fn client(sock: &Path, args: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new(hotsup_bin());
+    cmd.args(args).arg("--control").arg(sock);
+    output_bounded(cmd)
+}
+
+/// A command's stdout and stderr, for assertion messages.
+pub fn text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Resident memory of `pid`, in KiB.
+pub fn rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Writes an executable script (mode 0755) at `path`.
+pub fn script(path: &Path, body: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, body).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// Polls `check` every 10 ms until it holds, for at most [`WAIT`].
+pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !check() {
+        assert!(Instant::now() < deadline, "never true: {what}");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Whether hotsup gave its generations cgroups. When it could not, says so
+/// on stderr and the test skips, unless `HOTSUP_REQUIRE_CGROUP` is set (as
+/// in CI, which runs as root), where that is a failure.
+pub fn has_cgroups(h: &Hotsup, test: &str) -> bool {
+    // Both are logged before the first spawn.
+    h.log.wait_event_from(0, "spawned", &[], WAIT);
+    if h.log.count_events("cgroups", &[]) == 1 {
+        return true;
+    }
+    let why = h
+        .log
+        .events()
+        .into_iter()
+        .find(|e| e["event"] == "cgroups_unavailable")
+        .map(|e| e["reason"].to_string())
+        .unwrap_or_else(|| "--cgroup off".into());
+    assert!(
+        std::env::var_os("HOTSUP_REQUIRE_CGROUP").is_none(),
+        "{test}: no cgroups ({why}) but HOTSUP_REQUIRE_CGROUP is set"
+    );
+    eprintln!("skipped: {test}: hotsup has no cgroups here ({why})");
+    false
 }

@@ -1,0 +1,169 @@
+//! The children's NOTIFY_SOCKET under abuse, and READY=1 from helpers that
+//! exit at once.
+
+use std::os::unix::net::UnixDatagram;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rustix::process::Signal;
+
+use crate::util::{Hotsup, WAIT, client, example, json, rss_kib, script, tempdir, text};
+
+/// Upgrades `n` times through the control socket; returns how many did not
+/// end with the new generation serving.
+fn upgrades_failing(sock: &std::path::Path, n: usize) -> Vec<String> {
+    (0..n)
+        .filter_map(|_| {
+            let out = client(sock, &["upgrade"]);
+            (out.status.code() != Some(0)).then(|| text(&out))
+        })
+        .collect()
+}
+
+#[test]
+fn a_flood_of_strangers_leaves_memory_flat_and_upgrades_working() {
+    let dir = tempdir();
+    let sock = dir.path().join("control.sock");
+    let mut h = Hotsup::run(
+        &["-l", "127.0.0.1:0", "--control", sock.to_str().unwrap()],
+        &[example("testchild")],
+    );
+    h.ready(1);
+    // Strangers that found hotsup's socket directory: they send to every
+    // socket in it, whichever generations come and go.
+    let notify_dir = std::path::PathBuf::from(h.event("notify_dir", &[])["path"].as_str().unwrap());
+    // Settle the allocator with an upgrade first.
+    assert!(upgrades_failing(&sock, 1).is_empty());
+    let before = rss_kib(h.pid);
+
+    // Three senders that are no generation, 2 KiB each, as fast as the
+    // socket takes them.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let senders: Vec<_> = (0..3)
+        .map(|_| {
+            let (stop, sent, dir) = (stop.clone(), sent.clone(), notify_dir.clone());
+            std::thread::spawn(move || {
+                let s = UnixDatagram::unbound().unwrap();
+                s.set_nonblocking(true).unwrap();
+                let payload = format!("STATUS={}", "x".repeat(2041));
+                while !stop.load(Ordering::Relaxed) {
+                    let targets: Vec<_> = std::fs::read_dir(&dir)
+                        .unwrap()
+                        .flatten()
+                        .map(|e| e.path())
+                        .collect();
+                    for _ in 0..100 {
+                        for t in &targets {
+                            if s.send_to(payload.as_bytes(), t).is_ok() {
+                                sent.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    std::thread::yield_now();
+                }
+            })
+        })
+        .collect();
+    let flood_started = Instant::now();
+    // Upgrades keep working during the flood.
+    let failed = upgrades_failing(&sock, 5);
+    // Keep flooding until a good number went through, bounded.
+    let deadline = Instant::now() + WAIT;
+    while sent.load(Ordering::Relaxed) < 200_000 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for s in senders {
+        s.join().unwrap();
+    }
+    let flooded_for = flood_started.elapsed();
+    let total = sent.load(Ordering::Relaxed);
+    assert!(
+        failed.is_empty(),
+        "upgrades failed during the flood: {failed:?}"
+    );
+    assert!(
+        total >= 10_000,
+        "the flood barely happened: {total} datagrams"
+    );
+
+    let status = client(&sock, &["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let dropped = v["notify_dropped"].as_u64().unwrap();
+    let after = rss_kib(h.pid);
+    eprintln!(
+        "flood: {total} datagrams in {flooded_for:?}, {dropped} dropped by hotsup, \
+         RSS {before} -> {after} KiB"
+    );
+    // Nothing queues: memory stays where it was.
+    assert!(
+        after <= before + 1024,
+        "RSS grew from {before} KiB to {after} KiB"
+    );
+    assert!(dropped > 0 && dropped <= total, "{dropped} of {total}");
+    // One warning per 10 s at most, however many datagrams.
+    let warnings = h.log.count_events("notify_from_stranger", &[]) as u64;
+    assert!(
+        warnings <= flooded_for.as_secs() / 10 + 2,
+        "{warnings} warnings in {flooded_for:?}"
+    );
+    h.signal(Signal::TERM);
+    assert_eq!(h.wait_exit(WAIT).code(), Some(0));
+}
+
+/// An app whose READY=1 comes from a helper process that exits right after
+/// sending it, as `systemd-notify --ready` and similar tools do.
+fn helper_ready_upgrades(helper: &str, upgrades: usize) {
+    let dir = tempdir();
+    let sock = dir.path().join("control.sock");
+    let app = dir.path().join("app");
+    script(&app, &format!("#!/bin/sh\n{helper}\nexec sleep 600\n"));
+    let mut h = Hotsup::run(
+        &[
+            "-l",
+            "127.0.0.1:0",
+            "--control",
+            sock.to_str().unwrap(),
+            "--ready-timeout",
+            "10s",
+        ],
+        &[&app],
+    );
+    h.event(
+        "ready",
+        &[("generation", json!(1)), ("via", json!("READY=1"))],
+    );
+    let failed = upgrades_failing(&sock, upgrades);
+    eprintln!("{helper:?}: {} of {upgrades} upgrades failed", failed.len());
+    assert!(failed.is_empty(), "{failed:#?}");
+    assert_eq!(
+        h.log.count_events("ready", &[("via", json!("READY=1"))]),
+        upgrades + 1
+    );
+    h.signal(Signal::TERM);
+    assert_eq!(h.wait_exit(WAIT).code(), Some(0));
+}
+
+#[test]
+fn ready_from_a_helper_that_exits_at_once_counts() {
+    helper_ready_upgrades(
+        "python3 -c 'import os, socket; \
+         socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b\"READY=1\", os.environ[\"NOTIFY_SOCKET\"])'",
+        50,
+    );
+}
+
+#[test]
+fn ready_from_systemd_notify_counts() {
+    if std::process::Command::new("systemd-notify")
+        .arg("--help")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: ready_from_systemd_notify_counts: no systemd-notify here");
+        return;
+    }
+    helper_ready_upgrades("systemd-notify --ready", 20);
+}
