@@ -8,6 +8,7 @@ pub mod cli;
 pub mod client;
 pub mod control;
 pub mod handoff;
+pub mod identity;
 pub mod listeners;
 pub mod notify;
 pub mod signals;

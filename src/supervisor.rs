@@ -56,6 +56,8 @@ pub struct Config {
     pub max_draining: usize,
     /// The soft RLIMIT_NOFILE hotsup started with, restored for children.
     pub child_nofile: Option<u64>,
+    /// `--user`/`--group`: the credentials children run with.
+    pub identity: Option<crate::identity::Identity>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -280,6 +282,7 @@ impl Supervisor {
                 Fds::Native => Pass::Native,
                 Fds::Systemd => Pass::Systemd(&self.outbox.listeners),
             },
+            identity: self.cfg.identity.as_ref(),
         };
         let spawned =
             child::spawn(&spec).map_err(|e| format!("cannot spawn {}: {e}", program.display()))?;

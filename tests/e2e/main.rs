@@ -4,8 +4,10 @@
 mod bad_input;
 mod control;
 mod faults;
+mod hygiene;
 mod lifecycle;
 mod listeners;
+mod privileges;
 mod rollback;
 mod systemd;
 mod upgrade;
