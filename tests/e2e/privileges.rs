@@ -156,21 +156,12 @@ fn serves_as_nobody_on_a_privileged_port(first_port: u16, fds: &str, app: &str, 
 }
 
 #[test]
-fn native_child_as_nobody_behind_a_privileged_port() {
-    if !root_or_skip(
-        "native_child_as_nobody_behind_a_privileged_port",
-        NEEDS_ROOT,
-    ) {
+fn children_as_nobody_behind_a_privileged_port() {
+    if !root_or_skip("children_as_nobody_behind_a_privileged_port", NEEDS_ROOT) {
         return;
     }
+    // One after the other: each puts the suite's 2 cores under load.
     serves_as_nobody_on_a_privileged_port(600, "native", "testchild", "READY");
-}
-
-#[test]
-fn notify_app_as_nobody_behind_a_privileged_port() {
-    if !root_or_skip("notify_app_as_nobody_behind_a_privileged_port", NEEDS_ROOT) {
-        return;
-    }
     // The --fds systemd trampoline re-executes hotsup as nobody, and the
     // app's READY=1 must reach the notify socket as nobody.
     serves_as_nobody_on_a_privileged_port(800, "systemd", "notify_app", "READY=1");

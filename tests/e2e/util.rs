@@ -252,12 +252,22 @@ pub fn children_of(pid: i32) -> Vec<i32> {
 /// Runs a command to completion with captured output, killing it past
 /// [`WAIT`].
 pub fn output_bounded(mut cmd: Command) -> std::process::Output {
-    let mut child = cmd
-        .stdin(Stdio::null())
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
+        .stderr(Stdio::piped());
+    let deadline = Instant::now() + WAIT;
+    let mut child = loop {
+        match cmd.spawn() {
+            Ok(child) => break child,
+            // A binary a test has just written stays open for writing in
+            // any process another test forks meanwhile, until that one
+            // execs: running it fails with ETXTBSY until then.
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && Instant::now() < deadline => {
+                thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("spawn {cmd:?}: {e}"),
+        }
+    };
     let mut out = child.stdout.take().unwrap();
     let mut err = child.stderr.take().unwrap();
     let out_reader = thread::spawn(move || {
