@@ -178,6 +178,9 @@ fn children_running_as_nobody_die_with_hotsup() {
     // ready. Neither has a hotsup channel: only the parent-death signal,
     // set after the switch to nobody, can stop them.
     let script = r#"if [ "$HOTSUP_GENERATION" = 1 ]; then exec "$0"; fi; exec sleep 600"#;
+    // A killed hotsup removes nothing: its control socket goes in the
+    // test's directory, its notify directory is removed below.
+    let control = dir.path().join("control.sock");
     let mut h = Hotsup::run(
         &[
             "--user",
@@ -186,6 +189,8 @@ fn children_running_as_nobody_die_with_hotsup() {
             "systemd",
             "--ready-timeout",
             "10m",
+            "--control",
+            control.to_str().unwrap(),
             "-l",
             "web=127.0.0.1:0",
         ],
@@ -196,6 +201,7 @@ fn children_running_as_nobody_die_with_hotsup() {
             app.into_os_string(),
         ],
     );
+    let notify = PathBuf::from(field(&h.log.wait(&["children's NOTIFY_SOCKET"]), "path"));
     let first = h.ready(1);
     h.upgrade();
     let second = h.spawned_pid(2);
@@ -204,6 +210,7 @@ fn children_running_as_nobody_die_with_hotsup() {
     h.signal(Signal::KILL);
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(h.wait_exit(WAIT).signal(), Some(9));
+    std::fs::remove_dir_all(notify.parent().unwrap()).unwrap();
     let survivors: Vec<i32> = [first, second]
         .into_iter()
         .filter(|p| !wait_dead(*p, WAIT))
