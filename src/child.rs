@@ -17,17 +17,21 @@ use rustix::process::{Pid, Signal};
 
 use hotsup_protocol::{ENV_FD, ENV_GENERATION};
 
+use crate::identity::Identity;
 use crate::listeners::Listener;
 
 /// Variables meant for hotsup itself, which must not reach the app: a child
 /// that sent `STOPPING=1` to hotsup's own systemd would get the whole unit
-/// stopped. Children get hotsup's own `NOTIFY_SOCKET` instead.
+/// stopped. Children get hotsup's own `NOTIFY_SOCKET` instead. hotsup puts
+/// the listeners at fd 3 onwards and never sets `LISTEN_FDS_FIRST_FD`: an
+/// inherited one would send the app looking for them elsewhere.
 const SCRUBBED_ENV: &[&str] = &[
     "NOTIFY_SOCKET",
     "HOTSUP_FD",
     "LISTEN_FDS",
     "LISTEN_PID",
     "LISTEN_FDNAMES",
+    "LISTEN_FDS_FIRST_FD",
     "WATCHDOG_USEC",
     "WATCHDOG_PID",
     ENV_EXE_FD,
@@ -112,6 +116,26 @@ pub struct Spec<'a> {
     /// itself in before anything else (see [`crate::cgroup`]).
     pub cgroup: Option<RawFd>,
     pub pass: Pass<'a>,
+    /// `--user`/`--group`: the credentials the child switches to.
+    pub identity: Option<&'a Identity>,
+}
+
+/// Everything the child does between fork and exec, prepared before fork.
+struct Setup {
+    cgroup: Option<RawFd>,
+    /// fds to keep open across exec: the channel, a pinned executable.
+    keep: [Option<RawFd>; 2],
+    hotsup_pid: Pid,
+    nofile: Option<u64>,
+    creds: Option<Creds>,
+}
+
+/// Credentials copied out of an [`Identity`] before fork, for the child to
+/// switch to without allocating.
+struct Creds {
+    uid: Option<rustix::process::Uid>,
+    gid: rustix::process::Gid,
+    groups: Vec<rustix::process::Gid>,
 }
 
 /// See [`Spec::exe_fd`].
@@ -129,8 +153,8 @@ const ENV_EXE_FD: &str = "HOTSUP_EXE_FD";
 
 /// Starts one generation.
 ///
-/// The child runs in a new process group (so its whole tree can be killed)
-/// and receives SIGTERM if hotsup dies.
+/// The child runs in a new process group (so its whole tree can be killed),
+/// as `spec.identity` if given, and receives SIGTERM if hotsup dies.
 pub fn spawn(spec: &Spec<'_>) -> io::Result<Spawned> {
     let hotsup_pid = rustix::process::getpid();
     let mut cmd;
@@ -190,17 +214,43 @@ pub fn spawn(spec: &Spec<'_>) -> io::Result<Spawned> {
     if let Some(path) = spec.notify_socket {
         cmd.env("NOTIFY_SOCKET", path);
     }
+    // As systemd's User= and runuser(1) do: an app looking for its files
+    // under $HOME must not be sent to hotsup's.
+    if let Some(user) = spec.identity.and_then(|i| i.user.as_ref()) {
+        cmd.env("USER", &user.name).env("LOGNAME", &user.name);
+        if let Some(home) = &user.home {
+            cmd.env("HOME", home);
+        }
+    }
     let raw_child_fd = child_fd.as_ref().map(|f| f.as_raw_fd());
     let nofile = spec.nofile;
-    let exe_fd = spec.exe_fd.map(|e| e.fd);
-    let cgroup = spec.cgroup;
+    let setup = Setup {
+        cgroup: spec.cgroup,
+        keep: [raw_child_fd, spec.exe_fd.map(|e| e.fd)],
+        hotsup_pid,
+        nofile,
+        creds: spec.identity.map(|i| Creds {
+            uid: i.uid,
+            gid: i.gid,
+            groups: i.groups.clone(),
+        }),
+    };
     // SAFETY: the closure runs between fork and exec in the child, where
     // only async-signal-safe calls are allowed; `prepare_child` makes only
-    // raw syscalls on values captured by copy, and allocates nothing.
+    // raw syscalls on `setup`, allocated before fork and only borrowed
+    // there, and allocates nothing.
     unsafe {
-        cmd.pre_exec(move || prepare_child(cgroup, raw_child_fd, exe_fd, hotsup_pid, nofile));
+        cmd.pre_exec(move || prepare_child(&setup));
     }
-    let child = cmd.spawn()?;
+    let child = cmd.spawn().map_err(|e| match spec.identity {
+        // The usual cause: the new user cannot reach COMMAND or the
+        // working directory.
+        Some(id) if e.kind() == io::ErrorKind::PermissionDenied => io::Error::new(
+            e.kind(),
+            format!("{e} (running as {}: {})", id.given, id.describe()),
+        ),
+        _ => e,
+    })?;
     drop(child_fd);
     let raw = i32::try_from(child.id()).map_err(io::Error::other)?;
     let pid = Pid::from_raw(raw).ok_or_else(|| io::Error::other("spawn returned pid 0"))?;
@@ -251,25 +301,24 @@ pub fn exec_listen_pid(rest: &[OsString]) -> ! {
 }
 
 /// Runs in the forked child before exec: async-signal-safe syscalls only
-/// (fcntl, sigprocmask, prlimit, prctl, getppid); no allocation, locks or
-/// logging.
-fn prepare_child(
-    cgroup: Option<RawFd>,
-    child_fd: Option<RawFd>,
-    exe_fd: Option<RawFd>,
-    hotsup_pid: Pid,
-    nofile: Option<u64>,
-) -> io::Result<()> {
+/// (write, fcntl, rt_sigaction, sigprocmask, prlimit, setgroups,
+/// setresgid, setresuid, prctl, getppid); no allocation, locks or logging.
+fn prepare_child(setup: &Setup) -> io::Result<()> {
     // First, so that nothing the child does can happen outside its cgroup.
-    if let Some(fd) = cgroup {
+    if let Some(fd) = setup.cgroup {
         crate::cgroup::enter_in_child(fd)?;
     }
-    for keep in [child_fd, exe_fd].into_iter().flatten() {
+    for keep in setup.keep.into_iter().flatten() {
         // SAFETY: the fd is open in the child: it was inherited from the
         // parent's copy, which stays open until spawn returns.
         let fd = unsafe { BorrowedFd::borrow_raw(keep) };
         rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
     }
+    // Handlers fall back to the default on exec, but SIG_IGN survives it: a
+    // signal ignored by whoever started hotsup would stay ignored in the app.
+    // Before the mask is cleared, so that a signal pending for the child
+    // meets the action it will have after exec.
+    reset_signal_dispositions();
     // A signal blocked in hotsup would stay blocked across exec.
     let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
     // SAFETY: sigemptyset initialises the set it is given; sigprocmask gets
@@ -281,7 +330,7 @@ fn prepare_child(
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    if let Some(soft) = nofile {
+    if let Some(soft) = setup.nofile {
         use rustix::process::{Resource, getrlimit, setrlimit};
         let mut lim = getrlimit(Resource::Nofile);
         if lim.current.is_none_or(|c| c > soft) {
@@ -289,15 +338,67 @@ fn prepare_child(
             setrlimit(Resource::Nofile, lim)?;
         }
     }
+    if let Some(creds) = &setup.creds {
+        // Groups first and the uid last: once the uid is dropped, changing
+        // groups is no longer allowed. Real, effective and saved ids all
+        // change, so the app cannot switch back. These are the raw per-thread
+        // syscalls, which is right here: the forked child has one thread.
+        rustix::thread::set_thread_groups(&creds.groups)?;
+        rustix::thread::set_thread_res_gid(creds.gid, creds.gid, creds.gid)?;
+        if let Some(uid) = creds.uid {
+            rustix::thread::set_thread_res_uid(uid, uid, uid)?;
+        }
+        // A hotsup that is not root but holds capabilities (say, ambient
+        // CAP_SETUID from its unit) keeps them across a change between
+        // non-zero uids; the app must not inherit them.
+        match rustix::thread::clear_ambient_capability_set() {
+            // EINVAL: a kernel before 4.3 has no ambient set to clear.
+            Ok(()) | Err(rustix::io::Errno::INVAL) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // After the credential change, which clears the parent-death signal.
     // The spawning thread is the runtime's only thread, which lives as long
     // as hotsup, so this fires only when hotsup itself dies.
     rustix::process::set_parent_process_death_signal(Some(Signal::TERM))?;
-    if rustix::process::getppid() != Some(hotsup_pid) {
+    if rustix::process::getppid() != Some(setup.hotsup_pid) {
         // hotsup died before the prctl took effect. A raw errno, because
         // building a custom io::Error would allocate.
         return Err(io::Error::from_raw_os_error(libc::ESRCH));
     }
     Ok(())
+}
+
+/// Sets every catchable signal's action to the default, with the raw
+/// rt_sigaction syscall: glibc's sigaction() refuses the two signals glibc
+/// reserves (32 and 33), and glibc's own posix_spawn() leaves exactly those
+/// ignored in what it starts, so a hotsup started that way would pass them
+/// on. Resetting them here breaks nothing: before exec, the child has no
+/// other thread to cancel, and it changes credentials with raw syscalls,
+/// not through glibc's setxid broadcast. SIGKILL, SIGSTOP and numbers past
+/// the last signal fail with EINVAL and are left alone.
+fn reset_signal_dispositions() {
+    // The kernel's struct sigaction, all zero: SIG_DFL, no flags, an empty
+    // mask, whatever the architecture's layout (none is larger than this).
+    let action = [0u64; 8];
+    for sig in 1..=64 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: rt_sigaction is async-signal-safe; it reads a kernel
+        // sigaction from `action`, which is valid and large enough, and
+        // takes a null old-action pointer and the size of the kernel's
+        // 64-signal set.
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                libc::c_long::from(sig),
+                action.as_ptr(),
+                std::ptr::null_mut::<u64>(),
+                std::mem::size_of::<u64>(),
+            );
+        }
+    }
 }
 
 /// SIGKILLs what a reaped generation left in its process group. Only the

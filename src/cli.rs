@@ -43,7 +43,8 @@ Exit codes:
   0  clean exit: a graceful shutdown completed
   1  runtime failure: a socket could not be bound, nothing could be started,
      or a shutdown had to kill
-  2  usage error: bad arguments, or COMMAND not found or not executable
+  2  usage error: bad arguments, COMMAND not found or not executable, or
+     an unknown --user/--group or one hotsup cannot switch to
   N  the serving child exited with code N (or 128+signal) and the restart
      policy left it down, as tini reports it";
 
@@ -265,6 +266,18 @@ pub struct RunArgs {
     /// that long) or `exec` (at once).
     #[arg(long, default_value = "notify", value_name = "MODE", value_parser = parse_ready, help_heading = "Children")]
     pub ready: ReadyMode,
+
+    /// Run the children as USER (a name or a uid), with the user's groups;
+    /// hotsup itself keeps its privileges to bind, for example, port 80.
+    /// Needs root (CAP_SETUID, CAP_SETGID and CAP_CHOWN). See "Privilege
+    /// separation" in the README.
+    #[arg(long, value_name = "USER", help_heading = "Children")]
+    pub user: Option<String>,
+
+    /// Run the children with GROUP (a name or a gid) as their group;
+    /// default with --user: the user's primary group.
+    #[arg(long, value_name = "GROUP", help_heading = "Children")]
+    pub group: Option<String>,
 
     /// Serve the control socket at PATH (default: see --name).
     #[arg(long, value_name = "PATH", help_heading = "Control")]

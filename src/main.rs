@@ -10,7 +10,7 @@ use tracing_subscriber::EnvFilter;
 
 use hotsup::cli::{self, Cli, Command, RunArgs};
 use hotsup::listeners::{self, BindOptions};
-use hotsup::{child, client, control, handoff, lifecycle, notify, signals, supervisor};
+use hotsup::{child, client, control, handoff, identity, lifecycle, notify, signals, supervisor};
 
 const EXIT_RUNTIME: u8 = 1;
 const EXIT_USAGE: u8 = 2;
@@ -164,6 +164,10 @@ fn run(args: RunArgs) -> u8 {
     if let Err(e) = child::resolve(program) {
         return usage(e);
     }
+    let identity = match resolve_identity(&args) {
+        Ok(id) => id,
+        Err(e) => return usage(e),
+    };
     if let cli::ReadyMode::Delay(d) = args.ready {
         if d >= args.ready_timeout {
             return usage(format!(
@@ -242,6 +246,7 @@ fn run(args: RunArgs) -> u8 {
             probation: args.probation,
             start_attempts: args.start_attempts,
         },
+        identity,
     };
     let name = args.name.clone().unwrap_or_else(|| {
         std::path::Path::new(program)
@@ -265,7 +270,11 @@ fn run(args: RunArgs) -> u8 {
         Err(e) => return runtime_failure(format!("cannot start the event loop: {e}")),
     };
     let result = rt.block_on(async move {
-        let notify = notify::ChildNotify::create()
+        let owner = cfg
+            .identity
+            .as_ref()
+            .map(|i| (i.uid.unwrap_or_else(rustix::process::geteuid), i.gid));
+        let notify = notify::ChildNotify::create(owner)
             .map_err(|e| format!("cannot create the children's NOTIFY_SOCKET directory: {e}"))?;
         tracing::info!(path = %notify.dir().display(), "notify_dir");
         let cfg = supervisor::Config {
@@ -301,6 +310,40 @@ fn run(args: RunArgs) -> u8 {
         Ok(code) => code,
         Err(e) => runtime_failure(e),
     }
+}
+
+/// `--user`/`--group`, resolved and checked before anything is bound: an
+/// unknown name, or credentials hotsup cannot switch to, is a usage error
+/// (exit 2) since no child could ever start.
+fn resolve_identity(args: &RunArgs) -> Result<Option<identity::Identity>, String> {
+    let Some(id) = identity::resolve(args.user.as_deref(), args.group.as_deref())
+        .map_err(|e| e.to_string())?
+    else {
+        return Ok(None);
+    };
+    id.check_privileges()?;
+    if args.fds == cli::Fds::Systemd {
+        // The child re-executes hotsup (/proc/self/exe) to set LISTEN_PID,
+        // already as the new user: it must be allowed to. Reaching the file
+        // through /proc/self/exe needs no search permission on its
+        // directories, only the file's own x bit for that user.
+        let exe = std::path::Path::new("/proc/self/exe");
+        let meta = std::fs::metadata(exe)
+            .map_err(|e| format!("{}: cannot inspect hotsup's binary: {e}", id.given))?;
+        let has_acl = rustix::fs::getxattr_query(exe, "system.posix_acl_access").is_ok();
+        if !id.may_execute(&meta, has_acl) {
+            let path = std::fs::read_link(exe).unwrap_or_else(|_| exe.to_path_buf());
+            return Err(format!(
+                "{} with --fds systemd: the children ({}) may not execute {} (mode {:o}), which each of them runs to set LISTEN_PID; make it executable for them (chmod o+x)",
+                id.given,
+                id.describe(),
+                path.display(),
+                std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777
+            ));
+        }
+    }
+    tracing::info!("children run as {} ({})", id.describe(), id.given);
+    Ok(Some(id))
 }
 
 /// fds hotsup inherited (a shell's, a CI runner's) must not reach the

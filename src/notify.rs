@@ -1,16 +1,18 @@
 //! systemd's notify protocol, both ways: hotsup listens on a `NOTIFY_SOCKET`
 //! of its own for its children, and reports to its own service manager.
 
+use std::fs::Permissions;
 use std::io::IoSliceMut;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
-use rustix::process::Pid;
+use rustix::process::{Gid, Pid, Uid};
 use sd_notify::NotifyState;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
@@ -30,23 +32,48 @@ pub const MAX_DATAGRAM: usize = 8192;
 /// another generation that learned the path cannot speak for this one.
 pub struct ChildNotify {
     dir: tempfile::TempDir,
+    /// `--user`: who owns the sockets.
+    child: Option<(Uid, Gid)>,
+}
+
+/// Whether every directory from `/` down to `path` lets anyone through
+/// (the x bit for others).
+fn searchable_by_all(path: &std::path::Path) -> bool {
+    path.ancestors().all(|p| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_dir() && m.permissions().mode() & 0o001 != 0)
+    })
 }
 
 impl ChildNotify {
-    /// Creates the directory, in `$XDG_RUNTIME_DIR` or the temporary
-    /// directory, with mode 0700 whatever the umask.
-    pub fn create() -> std::io::Result<ChildNotify> {
-        use std::os::unix::fs::PermissionsExt;
+    /// Creates the directory, private to hotsup (mode 0700, whatever the
+    /// umask), in `$XDG_RUNTIME_DIR` or the temporary directory.
+    ///
+    /// With `child` (the children's uid and gid, `--user`), each socket
+    /// file becomes theirs with mode 0600 and the directory, still hotsup's,
+    /// mode 0710 with their group: the children's uid can reach its sockets
+    /// (connecting needs write permission on the file, which only it has)
+    /// but cannot remove or replace them, and no other uid can reach them.
+    pub fn create(child: Option<(Uid, Gid)>) -> std::io::Result<ChildNotify> {
+        // A child of another uid must be able to reach the directory: root's
+        // XDG_RUNTIME_DIR (/run/user/0) is 0700, and so may TMPDIR be.
+        let reachable = |p: &PathBuf| child.is_none() || searchable_by_all(p);
         let base = std::env::var_os("XDG_RUNTIME_DIR")
             .map(PathBuf::from)
-            .filter(|p| p.is_dir())
-            .unwrap_or_else(std::env::temp_dir);
+            .filter(|p| p.is_dir() && reachable(p))
+            .or_else(|| Some(std::env::temp_dir()).filter(reachable))
+            .unwrap_or_else(|| PathBuf::from("/tmp"));
+        // mkdir applies the umask to the mode asked for: ask for 0700, so no
+        // umask can widen it, then set it exactly.
         let dir = tempfile::Builder::new()
             .prefix("hotsup.")
-            .permissions(std::fs::Permissions::from_mode(0o700))
+            .permissions(Permissions::from_mode(0o700))
             .tempdir_in(base)?;
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
-        Ok(ChildNotify { dir })
+        std::fs::set_permissions(dir.path(), Permissions::from_mode(0o700))?;
+        if let Some((_, gid)) = child {
+            rustix::fs::chown(dir.path(), None, Some(gid))?;
+            std::fs::set_permissions(dir.path(), Permissions::from_mode(0o710))?;
+        }
+        Ok(ChildNotify { dir, child })
     }
 
     pub fn dir(&self) -> &Path {
@@ -62,6 +89,18 @@ impl ChildNotify {
         let sock = UnixDatagram::bind(&path)?;
         sock.set_nonblocking(true)?;
         rustix::net::sockopt::set_socket_passcred(&sock, true)?;
+        // Mode and owner are set before the child that will use it exists;
+        // until then only hotsup's uid can reach the directory's files.
+        std::fs::set_permissions(&path, Permissions::from_mode(0o600))?;
+        if let Some((uid, gid)) = self.child {
+            rustix::fs::chownat(
+                rustix::fs::CWD,
+                &path,
+                Some(uid),
+                Some(gid),
+                rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+            )?;
+        }
         let fd: OwnedFd = sock.into();
         // SAFETY: an OwnedFd stays open and keeps its number until the
         // AsyncFd that owns it drops it.

@@ -51,6 +51,8 @@ pub struct Config {
     /// `None`.
     pub cgroups: Option<Cgroups>,
     pub policy: Policy,
+    /// `--user`/`--group`: the credentials children run with.
+    pub identity: Option<crate::identity::Identity>,
 }
 
 /// A live worker's resources.
@@ -387,6 +389,7 @@ impl Supervisor {
                 Fds::Native => Pass::Native,
                 Fds::Systemd => Pass::Systemd(&self.outbox.listeners),
             },
+            identity: self.cfg.identity.as_ref(),
         };
         let spawned = child::spawn(&spec);
         drop(enter);

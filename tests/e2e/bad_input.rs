@@ -176,3 +176,109 @@ fn unknown_option_and_help() {
     let (code, _) = run_to_end(&["--help"]);
     assert_eq!(code, 0);
 }
+
+#[test]
+fn unknown_or_unusable_user_and_group() {
+    let dir = tempdir();
+    let sock = dir.path().join("web.sock");
+    let control = dir.path().join("control.sock");
+    let unix = format!("unix:{}", sock.display());
+    let control_arg = control.to_str().unwrap();
+    let run = |extra: &[&str]| -> Vec<String> {
+        let mut args = vec!["run", "-l", &unix, "--control", control_arg];
+        args.extend(extra);
+        args.extend(["--", "/bin/true"]);
+        args.into_iter().map(String::from).collect()
+    };
+    for (extra, mentions) in [
+        (
+            &["--user", "no-such-user-hotsup"][..],
+            &["--user \"no-such-user-hotsup\": no such user"][..],
+        ),
+        (
+            &["--user", "root", "--group", "no-such-group-hotsup"],
+            &["--group \"no-such-group-hotsup\": no such group"],
+        ),
+        (
+            &["--group", "no-such-group-hotsup"],
+            &["--group \"no-such-group-hotsup\": no such group"],
+        ),
+        (
+            &["--user", "3999999999"],
+            &["3999999999", "no primary group: give --group too"],
+        ),
+    ] {
+        let args = run(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        check(&args, USAGE, mentions);
+    }
+    assert!(
+        !sock.exists() && !control.exists(),
+        "a socket file was left behind"
+    );
+
+    // A hotsup that cannot switch users says so before binding.
+    let args = run(&["--user", "daemon"]);
+    let (code, err) = if rustix::process::geteuid().is_root() {
+        let mut cmd = std::process::Command::new("setpriv");
+        cmd.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            hotsup_bin(),
+        ])
+        .args(&args);
+        let out = crate::util::output_bounded(cmd);
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    } else {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_to_end(&args)
+    };
+    assert_eq!(code, USAGE, "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("--user daemon: hotsup cannot run its children as another user: it lacks CAP_SETUID, CAP_SETGID, CAP_CHOWN (run hotsup as root)"),
+        "{err}"
+    );
+    assert!(
+        !sock.exists() && !control.exists(),
+        "a socket file was left behind"
+    );
+}
+
+#[test]
+fn fds_systemd_needs_hotsup_executable_by_the_user() {
+    if !crate::util::root_or_skip(
+        "fds_systemd_needs_hotsup_executable_by_the_user",
+        "needs root to use --user",
+    ) {
+        return;
+    }
+    // Each child re-executes hotsup as the user to set LISTEN_PID.
+    let dir = tempdir();
+    let hotsup = dir.path().join("hotsup");
+    std::fs::copy(hotsup_bin(), &hotsup).unwrap();
+    std::fs::set_permissions(&hotsup, std::fs::Permissions::from_mode(0o750)).unwrap();
+    let sock = dir.path().join("web.sock");
+    let mut cmd = std::process::Command::new(&hotsup);
+    cmd.args(["run", "--user", "nobody", "--fds", "systemd", "-l"])
+        .arg(format!("unix:{}", sock.display()))
+        .args(["--control"])
+        .arg(dir.path().join("control.sock"))
+        .args(["--", "/bin/true"]);
+    let out = crate::util::output_bounded(cmd);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(USAGE), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("--user nobody with --fds systemd")
+            && err.contains("may not execute")
+            && err.contains("(mode 750)")
+            && err.contains("chmod o+x"),
+        "{err}"
+    );
+    assert!(!sock.exists(), "the socket file was left behind");
+}

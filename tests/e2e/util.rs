@@ -52,7 +52,7 @@ struct Lines {
 pub struct Stream(Arc<(Mutex<Lines>, Condvar)>);
 
 impl Stream {
-    fn follow(r: impl std::io::Read + Send + 'static, echo: &'static str) -> Stream {
+    pub fn follow(r: impl std::io::Read + Send + 'static, echo: &'static str) -> Stream {
         let s = Stream(Arc::default());
         let inner = s.0.clone();
         thread::spawn(move || {
@@ -165,6 +165,22 @@ fn matches_event(e: &Value, name: &str, fields: &[(&str, Value)]) -> bool {
     e["event"] == name && fields.iter().all(|(k, v)| &e[*k] == v)
 }
 
+/// The command [`Hotsup::run`] spawns, for a test that needs to change how
+/// hotsup itself is started (its environment, umask or signals).
+pub fn hotsup_command<S: AsRef<OsStr>>(args: &[&str], command: &[S]) -> Command {
+    let mut cmd = Command::new(hotsup_bin());
+    cmd.arg("run")
+        .args(["--log-format", "json"])
+        .args(args)
+        .arg("--")
+        .args(command)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
 /// A running `hotsup`, killed with every generation's group on drop.
 pub struct Hotsup {
     child: Child,
@@ -177,27 +193,7 @@ pub struct Hotsup {
 impl Hotsup {
     /// `hotsup run ARGS -- COMMAND...`
     pub fn run<S: AsRef<OsStr>>(args: &[&str], command: &[S]) -> Hotsup {
-        let mut cmd = Command::new(hotsup_bin());
-        cmd.arg("run")
-            .args(["--log-format", "json"])
-            .args(args)
-            .arg("--")
-            .args(command)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn hotsup");
-        let log = Stream::follow(child.stderr.take().unwrap(), "hotsup");
-        let out = Stream::follow(child.stdout.take().unwrap(), "child");
-        let pid = child.id() as i32;
-        Hotsup {
-            child,
-            pid,
-            log,
-            out,
-            status: None,
-        }
+        Hotsup::from_child(hotsup_command(args, command).spawn().expect("spawn hotsup"))
     }
 
     /// Follows an already spawned `hotsup` whose stdout and stderr are
@@ -325,12 +321,22 @@ pub fn children_of(pid: i32) -> Vec<i32> {
 /// Runs a command to completion with captured output, killing it past
 /// [`WAIT`].
 pub fn output_bounded(mut cmd: Command) -> std::process::Output {
-    let mut child = cmd
-        .stdin(Stdio::null())
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
+        .stderr(Stdio::piped());
+    let deadline = Instant::now() + WAIT;
+    let mut child = loop {
+        match cmd.spawn() {
+            Ok(child) => break child,
+            // A binary a test has just written stays open for writing in
+            // any process another test forks meanwhile, until that one
+            // execs: running it fails with ETXTBSY until then.
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && Instant::now() < deadline => {
+                thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("spawn {cmd:?}: {e}"),
+        }
+    };
     let mut out = child.stdout.take().unwrap();
     let mut err = child.stderr.take().unwrap();
     let out_reader = thread::spawn(move || {
@@ -526,4 +532,51 @@ pub fn has_cgroups(h: &Hotsup, test: &str) -> bool {
     );
     eprintln!("skipped: {test}: hotsup has no cgroups here ({why})");
     false
+}
+
+/// Whether the test may go on: it needs root (to bind ports below 1024, or
+/// to run processes as other users). Otherwise it says why it is skipped,
+/// on stderr past libtest's capture, so a skip is never a silent pass.
+pub fn root_or_skip(test: &str, why: &str) -> bool {
+    if rustix::process::geteuid().is_root() {
+        return true;
+    }
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+    false
+}
+
+/// A field of `/proc/PID/status`, such as `Uid` or `SigIgn`, trimmed.
+pub fn proc_status(pid: i32, field: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+        .trim()
+        .to_string()
+}
+
+/// A variable of a process's environment as it was at exec.
+pub fn environ_var(pid: i32, name: &str) -> Option<String> {
+    let env = std::fs::read(format!("/proc/{pid}/environ"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/environ: {e}"));
+    env.split(|b| *b == 0).find_map(|kv| {
+        let kv = String::from_utf8_lossy(kv);
+        kv.strip_prefix(name)?.strip_prefix('=').map(str::to_string)
+    })
+}
+
+/// One `GET /` with `Connection: close`; the whole response.
+pub fn http_get(addr: SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, WAIT).expect("connect");
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.set_write_timeout(Some(WAIT)).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).expect("read the response");
+    reply
 }
