@@ -1,8 +1,16 @@
 //! The client subcommands: `hotsup upgrade|status|stop|signal`.
 //!
 //! Exit codes: 0 success; 1 the operation failed or hotsup cannot be
-//! reached; 2 usage (no --control or --name).
+//! reached; 2 usage (no --control or --name). A reader of stdout that went
+//! away (EPIPE, as with `| head`) does not change the exit code; another
+//! error writing stdout exits 1.
+//!
+//! Text from the server (a child's STATUS above all) is printed with its
+//! control characters escaped (`\x1b`), so that it cannot drive the
+//! operator's terminal.
 
+use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -10,6 +18,7 @@ use std::time::Duration;
 
 use crate::cli::Target;
 use crate::control::{self, Reply, Request};
+use crate::logging;
 
 const OK: u8 = 0;
 const FAILED: u8 = 1;
@@ -20,8 +29,8 @@ fn path_of(target: &Target) -> Result<PathBuf, u8> {
         (Some(p), _) => Ok(p.clone()),
         (None, Some(n)) => Ok(control::default_path(n)),
         (None, None) => {
-            eprintln!(
-                "hotsup: give --control PATH or --name NAME (the name hotsup run was given, by default its COMMAND's file name)"
+            logging::report(
+                "give --control PATH or --name NAME (the name hotsup run was given, by default its COMMAND's file name)",
             );
             Err(USAGE)
         }
@@ -32,7 +41,7 @@ fn path_of(target: &Target) -> Result<PathBuf, u8> {
 fn call(target: &Target, request: Request, timeout: Option<Duration>) -> Result<Reply, u8> {
     let path = path_of(target)?;
     let fail = |what: String| {
-        eprintln!("hotsup: {what}");
+        logging::report(what);
         FAILED
     };
     let mut stream = UnixStream::connect(&path).map_err(|e| {
@@ -85,13 +94,43 @@ fn call(target: &Target, request: Request, timeout: Option<Duration>) -> Result<
 
 fn refused(reply: &Reply) -> Option<u8> {
     if reply.upgrade.is_none() && !reply.ok {
-        eprintln!(
-            "hotsup: {}",
-            reply.error.as_deref().unwrap_or("request refused")
-        );
+        logging::report(clean(reply.error.as_deref().unwrap_or("request refused")));
         return Some(FAILED);
     }
     None
+}
+
+/// Prints `text` on stdout and returns `code`, or 1 if stdout failed (other
+/// than by its reader going away).
+fn say(text: &str, code: u8) -> u8 {
+    match logging::print(text) {
+        Ok(()) => code,
+        Err(e) => {
+            logging::report(format_args!("cannot write to stdout: {e}"));
+            FAILED
+        }
+    }
+}
+
+/// `s` with control characters escaped as tracing escapes them in the log
+/// (`\x1b`, `\u{9b}`): a child's STATUS must not reach the terminal raw.
+pub fn clean(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c as u32 {
+            n @ (0..=0x1f | 0x7f) => {
+                let _ = write!(out, "\\x{n:02x}");
+            }
+            n @ 0x80..=0x9f => {
+                let _ = write!(out, "\\u{{{n:x}}}");
+            }
+            _ => out.push(c),
+        }
+    }
+    Cow::Owned(out)
 }
 
 pub fn upgrade(target: &Target, no_wait: bool, timeout: Duration) -> u8 {
@@ -103,7 +142,7 @@ pub fn upgrade(target: &Target, no_wait: bool, timeout: Duration) -> u8 {
         return code;
     }
     let Some(o) = reply.upgrade else {
-        eprintln!("hotsup: reply without an outcome");
+        logging::report("reply without an outcome");
         return FAILED;
     };
     let gen_pid = match (o.generation, o.pid) {
@@ -112,21 +151,12 @@ pub fn upgrade(target: &Target, no_wait: bool, timeout: Duration) -> u8 {
         _ => "a new generation".to_string(),
     };
     match o.result.as_str() {
-        "ready" => {
-            println!("upgraded: {gen_pid} is serving");
-            OK
-        }
-        "started" => {
-            println!("upgrade started: {gen_pid}");
-            OK
-        }
-        "queued" => {
-            println!("upgrade queued after the one in progress");
-            OK
-        }
+        "ready" => say(&format!("upgraded: {gen_pid} is serving\n"), OK),
+        "started" => say(&format!("upgrade started: {gen_pid}\n"), OK),
+        "queued" => say("upgrade queued after the one in progress\n", OK),
         other => {
             let why = o.reason.as_deref().unwrap_or("no reason given");
-            eprintln!("hotsup: upgrade {other}: {why}");
+            logging::report(format_args!("upgrade {}: {}", clean(other), clean(why)));
             FAILED
         }
     }
@@ -141,45 +171,62 @@ pub fn status(target: &Target, json: bool) -> u8 {
         return code;
     }
     let Some(s) = reply.status else {
-        eprintln!("hotsup: reply without a status");
+        logging::report("reply without a status");
         return FAILED;
     };
     if json {
-        match serde_json::to_string_pretty(&s) {
-            Ok(text) => println!("{text}"),
+        return match serde_json::to_string_pretty(&s) {
+            Ok(text) => say(&format!("{text}\n"), OK),
             Err(e) => {
-                eprintln!("hotsup: {e}");
-                return FAILED;
+                logging::report(e);
+                FAILED
             }
-        }
-        return OK;
+        };
     }
+    say(&status_text(&s), OK)
+}
+
+/// The human form of `hotsup status`.
+fn status_text(s: &control::Status) -> String {
     let secs = |ms: u64| humantime::format_duration(Duration::from_secs(ms / 1000)).to_string();
-    println!(
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = writeln!(
+        out,
         "hotsup {} (pid {}), up {}",
-        s.version,
+        clean(&s.version),
         s.pid,
         secs(s.uptime_ms)
     );
-    println!("listeners:");
+    out.push_str("listeners:\n");
     for l in &s.listeners {
-        println!("  {:<12} {:<4} {}", l.name, l.kind, l.address);
+        let _ = writeln!(
+            out,
+            "  {:<12} {:<4} {}",
+            clean(&l.name),
+            clean(&l.kind),
+            clean(&l.address)
+        );
     }
     match &s.serving {
-        Some(g) => println!(
-            "serving:  generation {} (pid {}), ready via {} {} ago",
-            g.generation,
-            g.pid,
-            g.ready_via.as_deref().unwrap_or("?"),
-            secs(g.serving_ms.unwrap_or(0))
-        ),
-        None => println!("serving:  nothing"),
+        Some(g) => {
+            let _ = writeln!(
+                out,
+                "serving:  generation {} (pid {}), ready via {} {} ago",
+                g.generation,
+                g.pid,
+                clean(g.ready_via.as_deref().unwrap_or("?")),
+                secs(g.serving_ms.unwrap_or(0))
+            );
+        }
+        None => out.push_str("serving:  nothing\n"),
     }
     if let Some(text) = s.serving.as_ref().and_then(|g| g.status.as_deref()) {
-        println!("          status: {text}");
+        let _ = writeln!(out, "          status: {}", clean(text));
     }
     if let Some(g) = &s.starting {
-        println!(
+        let _ = writeln!(
+            out,
             "starting: generation {} (pid {}), for {}",
             g.generation,
             g.pid,
@@ -187,36 +234,40 @@ pub fn status(target: &Target, json: bool) -> u8 {
         );
     }
     for g in &s.draining {
-        match g.deadline_in_ms {
-            Some(d) => println!(
+        let _ = match g.deadline_in_ms {
+            Some(d) => writeln!(
+                out,
                 "draining: generation {} (pid {}), killed in {}",
                 g.generation,
                 g.pid,
                 secs(d)
             ),
-            None => println!(
+            None => writeln!(
+                out,
                 "draining: generation {} (pid {}), being killed",
                 g.generation, g.pid
             ),
-        }
+        };
     }
-    match &s.last_upgrade {
-        Some(u) => println!(
+    let _ = match &s.last_upgrade {
+        Some(u) => writeln!(
+            out,
             "last upgrade: {}{} {} ago{}",
-            u.result,
+            clean(&u.result),
             u.generation
                 .map(|g| format!(" (generation {g})"))
                 .unwrap_or_default(),
             secs(u.ago_ms),
             u.reason
                 .as_ref()
-                .map(|r| format!(": {r}"))
+                .map(|r| format!(": {}", clean(r)))
                 .unwrap_or_default()
         ),
-        None => println!("last upgrade: none"),
-    }
-    println!("crash restarts: {}", s.restarts);
-    OK
+        None => writeln!(out, "last upgrade: none"),
+    };
+    let _ = writeln!(out, "crash restarts: {}", s.restarts);
+    let _ = writeln!(out, "log lines dropped: {}", s.log_lines_dropped);
+    out
 }
 
 pub fn stop(target: &Target, no_wait: bool) -> u8 {
@@ -228,14 +279,11 @@ pub fn stop(target: &Target, no_wait: bool) -> u8 {
         return code;
     }
     match reply.stop {
-        Some(s) => {
-            println!("stopped: hotsup exited with code {}", s.exit_code);
-            if s.exit_code == 0 { OK } else { FAILED }
-        }
-        None => {
-            println!("stopping");
-            OK
-        }
+        Some(s) => say(
+            &format!("stopped: hotsup exited with code {}\n", s.exit_code),
+            if s.exit_code == 0 { OK } else { FAILED },
+        ),
+        None => say("stopping\n", OK),
     }
 }
 
@@ -254,13 +302,15 @@ pub fn signal(target: &Target, signal: &str) -> u8 {
         return code;
     }
     match reply.signal {
-        Some(s) => {
-            println!(
-                "sent {} to generation {} (pid {})",
-                s.signal, s.generation, s.pid
-            );
-            OK
-        }
+        Some(s) => say(
+            &format!(
+                "sent {} to generation {} (pid {})\n",
+                clean(&s.signal),
+                s.generation,
+                s.pid
+            ),
+            OK,
+        ),
         None => FAILED,
     }
 }

@@ -147,6 +147,9 @@ pub struct Status {
     pub draining: Vec<GenerationStatus>,
     pub last_upgrade: Option<LastUpgrade>,
     pub restarts: u64,
+    /// Log lines hotsup could not write: stderr was full or closed.
+    #[serde(default)]
+    pub log_lines_dropped: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -9,6 +9,7 @@ pub mod client;
 pub mod control;
 pub mod handoff;
 pub mod listeners;
+pub mod logging;
 pub mod notify;
 pub mod signals;
 pub mod supervisor;

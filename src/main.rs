@@ -6,11 +6,10 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 use hotsup::cli::{self, Cli, Command, RunArgs};
 use hotsup::listeners::{self, BindOptions};
-use hotsup::{child, client, control, handoff, notify, signals, supervisor};
+use hotsup::{child, client, control, handoff, logging, notify, signals, supervisor};
 
 const EXIT_RUNTIME: u8 = 1;
 const EXIT_USAGE: u8 = 2;
@@ -27,9 +26,14 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return ExitCode::from(usage_error(e)),
     };
-    init_logging(cli.verbose, cli.quiet);
     match cli.command {
-        Command::Run(args) => ExitCode::from(run(args)),
+        Command::Run(args) => {
+            let log = logging::init(cli.verbose, cli.quiet);
+            let code = run(args);
+            // Writes what is still queued, `exiting` included.
+            drop(log);
+            ExitCode::from(code)
+        }
         Command::Generate { what } => ExitCode::from(generate(what)),
         Command::Upgrade {
             target,
@@ -46,7 +50,6 @@ fn main() -> ExitCode {
 fn generate(what: cli::Generate) -> u8 {
     use clap::CommandFactory;
     let mut cmd = Cli::command();
-    let mut out = std::io::stdout().lock();
     match what {
         cli::Generate::Man { dir } => {
             cmd.build();
@@ -58,7 +61,13 @@ fn generate(what: cli::Generate) -> u8 {
             }
         }
         cli::Generate::Completions { shell } => {
+            // Generated in memory: clap_complete panics when its writer
+            // fails, as stdout does when its reader went away.
+            let mut out = Vec::new();
             clap_complete::generate(shell, &mut cmd, "hotsup", &mut out);
+            if let Err(e) = logging::print(&String::from_utf8_lossy(&out)) {
+                return runtime_failure(format!("cannot write the completions: {e}"));
+            }
         }
     }
     0
@@ -91,35 +100,18 @@ fn usage_error(e: clap::Error) -> u8 {
         line.push_str(l.trim());
     }
     let line = line.strip_prefix("error: ").unwrap_or(&line);
-    eprintln!("hotsup: {line} (see hotsup run --help)");
+    logging::report(format_args!("{line} (see hotsup run --help)"));
     EXIT_USAGE
-}
-
-fn init_logging(verbose: u8, quiet: u8) {
-    let level = match (verbose, quiet) {
-        (0, 0) => "info",
-        (1, _) => "debug",
-        (v, _) if v >= 2 => "trace",
-        (_, 1) => "warn",
-        _ => "error",
-    };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(rustix::termios::isatty(std::io::stderr()))
-        .with_target(false)
-        .init();
 }
 
 /// A usage error found after parsing: one line, exit 2.
 fn usage(msg: impl std::fmt::Display) -> u8 {
-    eprintln!("hotsup: {msg}");
+    logging::report(msg);
     EXIT_USAGE
 }
 
 fn runtime_failure(msg: impl std::fmt::Display) -> u8 {
-    eprintln!("hotsup: {msg}");
+    logging::report(msg);
     EXIT_RUNTIME
 }
 

@@ -1077,6 +1077,7 @@ impl Supervisor {
                     ago_ms: ms(now.duration_since(*at)),
                 }),
             restarts: self.restarts,
+            log_lines_dropped: crate::logging::dropped_lines(),
         }
     }
 

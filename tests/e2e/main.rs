@@ -6,6 +6,7 @@ mod control;
 mod faults;
 mod lifecycle;
 mod listeners;
+mod reliability_log;
 mod rollback;
 mod systemd;
 mod upgrade;

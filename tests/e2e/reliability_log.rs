@@ -1,0 +1,273 @@
+//! stderr and the control socket cannot stop or kill the supervisor: a
+//! stderr whose reader went away, that nobody reads, or that a child made
+//! non-blocking; control clients that flood, stall or never read; a child's
+//! STATUS full of terminal escapes; a client whose stdout went away.
+
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::util::{
+    Hotsup, WAIT, alive, example, field, fill_pipe, follow_lines, hotsup_bin, hotsup_client, pipe,
+    status_and_stderr_bounded, status_u64, tempdir, wait_dead, wait_serving,
+};
+
+fn text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Upgrades through the control socket to generation `g`.
+fn upgrade_to(sock: &Path, g: u64) {
+    let out = hotsup_client(sock, &["upgrade"]);
+    assert_eq!(out.status.code(), Some(0), "upgrade to {g}: {}", text(&out));
+    assert!(
+        text(&out).contains(&format!("generation {g} ")),
+        "upgrade to {g}: {}",
+        text(&out)
+    );
+}
+
+/// The HTTP answer of the serving child names generation `g`.
+fn serves(v: &serde_json::Value, g: u64) {
+    let addr = v["listeners"][0]["address"]
+        .as_str()
+        .expect("listener address")
+        .parse()
+        .expect("socket address");
+    let resp = hotsup_bench::http::request_once(addr, "/", WAIT).expect("HTTP request");
+    assert_eq!(resp.status, 200);
+    let body = String::from_utf8_lossy(&resp.body);
+    assert!(body.contains(&format!("generation={g}")), "{body}");
+}
+
+/// Stops hotsup through the control socket; it exits 0 and leaves no
+/// process behind.
+fn stop(h: &mut Hotsup, sock: &Path) {
+    let serving = status_pid(sock);
+    let out = hotsup_client(sock, &["stop"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(h.wait_exit(WAIT).code(), Some(0));
+    assert!(wait_dead(serving, WAIT), "child {serving} outlived hotsup");
+    assert!(!sock.exists(), "control socket left behind");
+}
+
+/// Waits until `hotsup status --json` counts more than `n` dropped log
+/// lines; returns the count.
+fn dropped_above(sock: &Path, n: u64) -> u64 {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let now = status_u64(sock, "log_lines_dropped");
+        if now > n {
+            return now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still {now} log lines dropped, not more than {n}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn status_pid(sock: &Path) -> i32 {
+    let v = wait_serving(sock);
+    v["serving"]["pid"].as_i64().expect("serving pid") as i32
+}
+
+fn testchild_args(dir: &Path) -> (String, Vec<std::path::PathBuf>) {
+    let sock = dir.join("c.sock").to_str().unwrap().to_string();
+    (sock, vec![example("testchild")])
+}
+
+#[test]
+fn stderr_whose_reader_went_away_changes_nothing() {
+    let dir = tempdir();
+    let (sock_arg, command) = testchild_args(dir.path());
+    let sock = Path::new(&sock_arg);
+    let (r, w) = pipe();
+    let mut h = Hotsup::run_with_stderr(
+        &["-l", "http=127.0.0.1:0", "--control", &sock_arg],
+        &command,
+        w,
+    );
+    // The reader goes away at once: every line hotsup writes gets EPIPE.
+    drop(r);
+    wait_serving(sock);
+    for g in 2..=6 {
+        upgrade_to(sock, g);
+    }
+    assert!(h.is_running());
+    let v = wait_serving(sock);
+    assert_eq!(v["serving"]["generation"], 6, "{v}");
+    serves(&v, 6);
+    dropped_above(sock, 0);
+    let human = hotsup_client(sock, &["status"]);
+    assert!(
+        text(&human).contains("log lines dropped: "),
+        "{}",
+        text(&human)
+    );
+    stop(&mut h, sock);
+}
+
+#[test]
+fn stderr_nobody_reads_neither_blocks_nor_loses_the_count() {
+    let dir = tempdir();
+    let (sock_arg, command) = testchild_args(dir.path());
+    let sock = Path::new(&sock_arg);
+    let (r, w) = pipe();
+    let mut h = Hotsup::run_with_stderr(
+        &["-l", "http=127.0.0.1:0", "--control", &sock_arg],
+        &command,
+        w,
+    );
+    wait_serving(sock);
+    // hotsup's own open file description stays blocking: a write to it
+    // would block for as long as nobody reads.
+    let filled = fill_pipe(&r);
+    assert!(filled > 0);
+    let mut before = 0;
+    for g in 2..=4 {
+        upgrade_to(sock, g);
+        // Each upgrade logs: those lines are dropped and counted (by the
+        // writer thread, which gives stderr a moment first).
+        before = dropped_above(sock, before);
+    }
+    serves(&wait_serving(sock), 4);
+
+    // Someone reads again: the next line written says what was lost, and
+    // the log goes on, down to the last line at exit.
+    let log = follow_lines(std::fs::File::from(r), "hotsup");
+    upgrade_to(sock, 5);
+    let (notice, line) = log.wait_from(0, &["log lines dropped", "WARN"], WAIT);
+    let total: u64 = field(&line, "total").parse().unwrap();
+    assert!(total >= before, "notice says {total}, status said {before}");
+    log.wait_from(notice, &[" ready ", "generation=5 "], WAIT);
+    stop(&mut h, sock);
+    let (_, last) = log.wait_from(notice, &["exiting", "code=0"], WAIT);
+    assert_eq!(log.all().last(), Some(&last), "a line after exiting");
+}
+
+#[test]
+fn stderr_made_non_blocking_and_full_by_a_child_changes_nothing() {
+    // Like Node, the child makes the stderr it shares with hotsup
+    // non-blocking; then it fills it. Every generation does it again.
+    let script = "import fcntl, os, socket, time\n\
+                  fcntl.fcntl(2, fcntl.F_SETFL, fcntl.fcntl(2, fcntl.F_GETFL) | os.O_NONBLOCK)\n\
+                  for size in (4096, 1):\n\
+                  \x20   try:\n\
+                  \x20       while True: os.write(2, b'x' * size)\n\
+                  \x20   except BlockingIOError:\n\
+                  \x20       pass\n\
+                  s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+                  s.sendto(b'READY=1', os.environ['NOTIFY_SOCKET'])\n\
+                  time.sleep(600)\n";
+    let dir = tempdir();
+    let sock = dir.path().join("c.sock");
+    let sock_arg = sock.to_str().unwrap().to_string();
+    let (r, w) = pipe();
+    let mut h = Hotsup::run_with_stderr(
+        &[
+            "--fds",
+            "systemd",
+            "-l",
+            "127.0.0.1:0",
+            "--control",
+            &sock_arg,
+        ],
+        &["python3", "-c", script],
+        w,
+    );
+    wait_serving(&sock);
+    let flags = std::fs::read_to_string(format!("/proc/{}/fdinfo/2", h.pid)).unwrap();
+    let flags = flags
+        .lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+        .unwrap();
+    assert_ne!(
+        flags & libc::O_NONBLOCK as u32,
+        0,
+        "the child did not make hotsup's stderr non-blocking"
+    );
+    for g in 2..=6 {
+        upgrade_to(&sock, g);
+    }
+    assert!(h.is_running());
+    dropped_above(&sock, 0);
+    stop(&mut h, &sock);
+    drop(r);
+}
+
+#[test]
+fn status_escapes_what_the_child_reported() {
+    let script = "import os, socket, time\n\
+                  s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+                  s.sendto(b'STATUS=evil \\x1b[2J\\x07\\xc2\\x9b done\\nREADY=1', os.environ['NOTIFY_SOCKET'])\n\
+                  time.sleep(600)\n";
+    let dir = tempdir();
+    let sock = dir.path().join("c.sock");
+    let sock_arg = sock.to_str().unwrap().to_string();
+    let mut h = Hotsup::run(
+        &[
+            "--fds",
+            "systemd",
+            "-l",
+            "127.0.0.1:0",
+            "--control",
+            &sock_arg,
+        ],
+        &["python3", "-c", script],
+    );
+    h.ready(1);
+    let human = hotsup_client(&sock, &["status"]);
+    assert_eq!(human.status.code(), Some(0), "{}", text(&human));
+    let out = String::from_utf8(human.stdout).unwrap();
+    let raw: Vec<char> = out
+        .chars()
+        .filter(|c| c.is_control() && *c != '\n')
+        .collect();
+    assert!(raw.is_empty(), "raw control characters {raw:?} in:\n{out}");
+    assert!(
+        out.contains(r"status: evil \x1b[2J\x07\u{9b} done"),
+        "{out}"
+    );
+    // JSON keeps the text as it was, escaped by JSON itself.
+    let json = hotsup_client(&sock, &["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["serving"]["status"], "evil \x1b[2J\x07\u{9b} done");
+    assert!(!json.stdout.contains(&0x1b));
+    stop(&mut h, &sock);
+}
+
+#[test]
+fn a_client_whose_stdout_went_away_exits_cleanly() {
+    let dir = tempdir();
+    let sock = dir.path().join("c.sock");
+    let sock_arg = sock.to_str().unwrap().to_string();
+    let mut h = Hotsup::run(
+        &["-l", "http=127.0.0.1:0", "--control", &sock_arg],
+        &[example("testchild")],
+    );
+    h.ready(1);
+    for args in [
+        &["status", "--control", &sock_arg][..],
+        &["status", "--json", "--control", &sock_arg],
+        &["generate", "completions", "bash"],
+    ] {
+        // stdout is a pipe whose reader is gone before the first write.
+        let (r, w): (OwnedFd, OwnedFd) = pipe();
+        drop(r);
+        let mut cmd = Command::new(hotsup_bin());
+        cmd.args(args).stdout(w);
+        let (status, err) = status_and_stderr_bounded(cmd);
+        assert_eq!(status.code(), Some(0), "{args:?}: {status:?} {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+    assert!(alive(h.pid));
+    stop(&mut h, &sock);
+}
