@@ -3,14 +3,16 @@
 //! non-blocking; control clients that flood, stall or never read; a child's
 //! STATUS full of terminal escapes; a client whose stdout went away.
 
+use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::util::{
     Hotsup, WAIT, alive, example, field, fill_pipe, follow_lines, hotsup_bin, hotsup_client, pipe,
-    status_and_stderr_bounded, status_u64, tempdir, wait_dead, wait_serving,
+    status_and_stderr_bounded, status_u64, tempdir, wait_dead, wait_serving, zombies_of,
 };
 
 fn text(o: &std::process::Output) -> String {
@@ -242,6 +244,140 @@ fn status_escapes_what_the_child_reported() {
     assert_eq!(v["serving"]["status"], "evil \x1b[2J\x07\u{9b} done");
     assert!(!json.stdout.contains(&0x1b));
     stop(&mut h, &sock);
+}
+
+/// Opens `n` connections that send nothing.
+fn idle_clients(sock: &Path, n: usize) -> Vec<UnixStream> {
+    (0..n)
+        .map(|_| UnixStream::connect(sock).expect("connect"))
+        .collect()
+}
+
+#[test]
+fn control_connections_are_capped_and_refused_at_once() {
+    let max = hotsup::control::MAX_CONNECTIONS;
+    let dir = tempdir();
+    let sock = dir.path().join("c.sock");
+    let sock_arg = sock.to_str().unwrap().to_string();
+    let mut h = Hotsup::run(
+        &["-l", "http=127.0.0.1:0", "--control", &sock_arg],
+        &[example("testchild")],
+    );
+    h.ready(1);
+    wait_serving(&sock);
+    let baseline = h.quiet_fds();
+
+    let held = idle_clients(&sock, max);
+    // Each of these is refused with a reply right away, not after the 10 s
+    // a silent client is given: read them while all of `held` stay silent.
+    let excess = idle_clients(&sock, 3 * max);
+    for (i, mut c) in excess.iter().enumerate() {
+        c.set_read_timeout(Some(hotsup::control::REQUEST_TIMEOUT / 2))
+            .unwrap();
+        let mut reply = String::new();
+        let read = c.read_to_string(&mut reply);
+        assert!(
+            read.is_ok() && reply.contains("\"ok\":false") && reply.contains("busy"),
+            "connection {i} beyond the cap: {read:?} {reply:?}"
+        );
+    }
+    // Refused connections hold no fd in hotsup, though their clients
+    // keep their ends open.
+    let during = h.open_fds();
+    assert!(
+        during <= baseline + max + 1,
+        "{during} fds with {max} held and {} refused connections (baseline {baseline})",
+        excess.len()
+    );
+    let busy = hotsup_client(&sock, &["status"]);
+    assert_eq!(busy.status.code(), Some(1), "{}", text(&busy));
+    assert!(text(&busy).contains("busy"), "{}", text(&busy));
+
+    drop(held);
+    drop(excess);
+    let v = wait_serving(&sock);
+    assert_eq!(v["serving"]["generation"], 1);
+    let deadline = Instant::now() + WAIT;
+    while h.open_fds() > baseline && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        h.quiet_fds(),
+        baseline,
+        "fds did not return to the baseline"
+    );
+    stop(&mut h, &sock);
+}
+
+#[test]
+fn a_client_that_never_reads_its_reply_is_let_go() {
+    // A status reply larger than a Unix socket's send buffer (about
+    // 208 KiB): many listeners with long names. Short replies cannot pin a
+    // connection: they fit the buffer whether the client reads or not.
+    let dir = tempdir();
+    let sock = dir.path().join("c.sock");
+    let sock_arg = sock.to_str().unwrap().to_string();
+    let specs: Vec<String> = (0..1500)
+        .map(|i| {
+            let name = format!("{i:04}{}", "n".repeat(140));
+            let path = dir.path().join(format!("u{i}.sock"));
+            format!("{name}=unix:{}", path.display())
+        })
+        .collect();
+    let mut args = vec!["-l", "http=127.0.0.1:0", "--control", &sock_arg];
+    for s in &specs {
+        args.extend(["-l", s]);
+    }
+    let mut h = Hotsup::run(&args, &[example("testchild")]);
+    h.ready(1);
+    let full = hotsup_client(&sock, &["status", "--json"]);
+    assert_eq!(full.status.code(), Some(0), "{}", text(&full));
+    let v: serde_json::Value = serde_json::from_slice(&full.stdout).unwrap();
+    let reply_size = serde_json::to_vec(&v).unwrap().len();
+    assert!(reply_size > 300 * 1024, "reply of only {reply_size} bytes");
+    let baseline = h.quiet_fds();
+
+    let mut stuck = UnixStream::connect(&sock).unwrap();
+    let _ = rustix::net::sockopt::set_socket_recv_buffer_size(&stuck, 1024);
+    stuck
+        .write_all(b"{\"version\":1,\"command\":\"status\"}\n")
+        .unwrap();
+    // hotsup writes what fits and then waits; after the reply timeout it
+    // closes its end, though this client still holds its own.
+    let mut pfd = [rustix::event::PollFd::new(
+        &stuck,
+        rustix::event::PollFlags::IN,
+    )];
+    let timeout = rustix::event::Timespec::try_from(WAIT).unwrap();
+    let ready = rustix::event::poll(&mut pfd, Some(&timeout)).unwrap();
+    assert_eq!(ready, 1, "no reply begun within {WAIT:?}");
+    assert!(h.open_fds() > baseline, "hotsup holds no connection");
+    let deadline = Instant::now() + WAIT;
+    while h.open_fds() > baseline && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        h.open_fds(),
+        baseline,
+        "the connection of a client that never reads is still open"
+    );
+    // What hotsup wrote stops short of the whole reply.
+    stuck.set_nonblocking(true).unwrap();
+    let mut got = Vec::new();
+    let _ = stuck.read_to_end(&mut got);
+    assert!(
+        got.len() < reply_size,
+        "{} of {reply_size} bytes",
+        got.len()
+    );
+    drop(stuck);
+    assert_eq!(
+        hotsup_client(&sock, &["status"]).status.code(),
+        Some(0),
+        "status after the stuck client"
+    );
+    stop(&mut h, &sock);
+    assert!(zombies_of(h.pid).is_empty());
 }
 
 #[test]

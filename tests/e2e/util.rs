@@ -416,6 +416,18 @@ impl Hotsup {
             status: None,
         }
     }
+
+    /// The fewest fds hotsup held over a few samples: a control connection
+    /// may still be closing.
+    pub fn quiet_fds(&self) -> usize {
+        (0..20)
+            .map(|_| {
+                thread::sleep(Duration::from_millis(5));
+                self.open_fds()
+            })
+            .min()
+            .unwrap_or(0)
+    }
 }
 
 /// `hotsup ARGS --control SOCK`, run to completion, bounded.
