@@ -314,3 +314,19 @@ pub fn signal(target: &Target, signal: &str) -> u8 {
         None => FAILED,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use super::clean;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert!(matches!(clean("warm, 42 tenants"), Cow::Borrowed(_)));
+        assert_eq!(
+            clean("evil \u{1b}[2J\u{7}\u{9b}\ttab\nline\u{7f} é"),
+            r"evil \x1b[2J\x07\u{9b}\x09tab\x0aline\x7f é"
+        );
+    }
+}
