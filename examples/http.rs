@@ -21,6 +21,17 @@
 //!    finish, idle connections close), wait for them until shortly before the
 //!    deadline, and exit 0.
 
+/// One line on stderr in one write(2): `eprintln!` writes a formatted line
+/// in pieces, and the stderr an app shares with hotsup would get hotsup's
+/// log lines in between them.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let line = format!("{}\n", format_args!($($arg)*));
+        let _ = std::io::stderr().write_all(line.as_bytes());
+    }};
+}
+
 use std::convert::Infallible;
 use std::error::Error;
 use std::io::Write;
@@ -93,7 +104,7 @@ async fn serve(addr: &str, drain: hotsup_child::Drain) -> Result<(), Box<dyn Err
                 }
                 Err(e) => {
                     // For example EMFILE: back off instead of spinning.
-                    eprintln!("http example: accept: {e}");
+                    say!("http example: accept: {e}");
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             },
@@ -110,7 +121,7 @@ async fn serve(addr: &str, drain: hotsup_child::Drain) -> Result<(), Box<dyn Err
     // exit rather than having to kill the process group.
     let leave_by = deadline - (left / 10).min(Duration::from_millis(200));
     let grace = Duration::from_secs(1).min(left / 4);
-    eprintln!(
+    say!(
         "http example pid={pid}: draining {} connections, grace {grace:?}",
         connections.len()
     );
@@ -120,7 +131,7 @@ async fn serve(addr: &str, drain: hotsup_child::Drain) -> Result<(), Box<dyn Err
     let _ = shutdown.send(true);
     let finished = tokio::time::timeout_at(leave_by.into(), wait_all(&mut connections)).await;
     if finished.is_err() {
-        eprintln!(
+        say!(
             "http example pid={pid}: {} connections still open at the deadline",
             connections.len()
         );
@@ -157,7 +168,7 @@ fn report(result: Result<(), hyper::Error>) {
     if let Err(e) = result {
         // Clients that vanish mid-request are routine.
         if !e.is_incomplete_message() && !e.is_canceled() {
-            eprintln!("http example: connection: {e}");
+            say!("http example: connection: {e}");
         }
     }
 }

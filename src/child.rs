@@ -274,7 +274,9 @@ fn scrubbed(program: &Path) -> Command {
 /// child, single-threaded, before anything else in `main`.
 pub fn exec_listen_pid(rest: &[OsString]) -> ! {
     let [argv0, program, args @ ..] = rest else {
-        eprintln!("hotsup: {EXEC_LISTEN_PID} needs ARGV0 PROGRAM [ARGS...]");
+        crate::logging::report(format_args!(
+            "{EXEC_LISTEN_PID} needs ARGV0 PROGRAM [ARGS...]"
+        ));
         std::process::exit(2);
     };
     // A pinned executable run by descriptor: the app does not need the fd
@@ -293,10 +295,10 @@ pub fn exec_listen_pid(rest: &[OsString]) -> ! {
         .env_remove(ENV_EXE_FD)
         .env("LISTEN_PID", std::process::id().to_string());
     let err = cmd.exec();
-    eprintln!(
-        "hotsup: cannot exec {}: {err}",
+    crate::logging::report(format_args!(
+        "cannot exec {}: {err}",
         Path::new(program).display()
-    );
+    ));
     std::process::exit(127);
 }
 

@@ -1,10 +1,19 @@
 //! The client subcommands: `hotsup upgrade|status|stop|signal`.
 //!
-//! Exit codes: 0 success; 2 usage (no --control or --name); 5 hotsup cannot
-//! be reached. `upgrade` and `rollback` tell their outcomes apart:
-//! 1 failed before ready, 3 rolled back after ready, 4 refused or
-//! superseded, 6 gave up waiting (see [`crate::cli::CLIENT_EXIT_CODES`]).
+//! Exit codes: 0 success; 1 the operation failed; 2 usage (no --control or
+//! --name); 5 hotsup cannot be reached. `upgrade` and `rollback` tell their
+//! outcomes apart: 1 failed before ready, 3 rolled back after ready,
+//! 4 refused or superseded, 6 gave up waiting (see
+//! [`crate::cli::CLIENT_EXIT_CODES`]). A reader of stdout that went away
+//! (EPIPE, as with `| head`) does not change the exit code; another error
+//! writing stdout exits 1.
+//!
+//! Text from the server (a child's STATUS above all) is printed with its
+//! control characters escaped (`\x1b`), so that it cannot drive the
+//! operator's terminal.
 
+use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -12,8 +21,8 @@ use std::time::Duration;
 
 use crate::cli::Target;
 use crate::control::{self, Reply, Request};
-
-use crate::lifecycle::UpgradeOutcome;
+use crate::lifecycle::{LastResult, UpgradeOutcome};
+use crate::logging;
 
 const OK: u8 = 0;
 const FAILED: u8 = 1;
@@ -28,8 +37,8 @@ fn path_of(target: &Target) -> Result<PathBuf, u8> {
         (Some(p), _) => Ok(p.clone()),
         (None, Some(n)) => Ok(control::default_path(n)),
         (None, None) => {
-            eprintln!(
-                "hotsup: give --control PATH or --name NAME (the name hotsup run was given, by default its COMMAND's file name)"
+            logging::report(
+                "give --control PATH or --name NAME (the name hotsup run was given, by default its COMMAND's file name)",
             );
             Err(USAGE)
         }
@@ -40,7 +49,7 @@ fn path_of(target: &Target) -> Result<PathBuf, u8> {
 fn call(target: &Target, request: Request, timeout: Option<Duration>) -> Result<Reply, u8> {
     let path = path_of(target)?;
     let fail = |what: String| {
-        eprintln!("hotsup: {what}");
+        logging::report(what);
         UNREACHABLE
     };
     let mut stream = UnixStream::connect(&path).map_err(|e| {
@@ -86,10 +95,10 @@ fn call(target: &Target, request: Request, timeout: Option<Duration>) -> Result<
                 e.kind(),
                 std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
             ) {
-                eprintln!(
-                    "hotsup: no answer from {} within the timeout; the request goes on",
+                logging::report(format_args!(
+                    "no answer from {} within the timeout; the request goes on",
                     path.display()
-                );
+                ));
                 return Err(TIMED_OUT);
             }
         }
@@ -105,13 +114,43 @@ fn call(target: &Target, request: Request, timeout: Option<Duration>) -> Result<
 
 fn refused(reply: &Reply) -> Option<u8> {
     if reply.upgrade.is_none() && !reply.ok {
-        eprintln!(
-            "hotsup: {}",
-            reply.error.as_deref().unwrap_or("request refused")
-        );
+        logging::report(clean(reply.error.as_deref().unwrap_or("request refused")));
         return Some(FAILED);
     }
     None
+}
+
+/// Prints `text` on stdout and returns `code`, or 1 if stdout failed (other
+/// than by its reader going away).
+fn say(text: &str, code: u8) -> u8 {
+    match logging::print(text) {
+        Ok(()) => code,
+        Err(e) => {
+            logging::report(format_args!("cannot write to stdout: {e}"));
+            FAILED
+        }
+    }
+}
+
+/// `s` with control characters escaped as tracing escapes them in the log
+/// (`\x1b`, `\u{9b}`): a child's STATUS must not reach the terminal raw.
+pub fn clean(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c as u32 {
+            n @ (0..=0x1f | 0x7f) => {
+                let _ = write!(out, "\\x{n:02x}");
+            }
+            n @ 0x80..=0x9f => {
+                let _ = write!(out, "\\u{{{n:x}}}");
+            }
+            _ => out.push(c),
+        }
+    }
+    Cow::Owned(out)
 }
 
 pub fn upgrade(target: &Target, no_wait: bool, timeout: Duration) -> u8 {
@@ -133,25 +172,21 @@ fn outcome(reply: Result<Reply, u8>) -> u8 {
         Err(code) => return code,
     };
     let Some(o) = reply.upgrade else {
-        eprintln!(
-            "hotsup: {}",
-            reply.error.as_deref().unwrap_or("reply without an outcome")
-        );
+        logging::report(clean(
+            reply.error.as_deref().unwrap_or("reply without an outcome"),
+        ));
         return if reply.ok { UNREACHABLE } else { REFUSED };
     };
     match o {
-        UpgradeOutcome::Ready { generation, pid } => {
-            println!("upgraded: generation {generation} (pid {pid}) is serving");
-            OK
-        }
-        UpgradeOutcome::Started { generation, pid } => {
-            println!("upgrade started: generation {generation} (pid {pid})");
-            OK
-        }
-        UpgradeOutcome::Queued => {
-            println!("upgrade queued after the one in progress");
-            OK
-        }
+        UpgradeOutcome::Ready { generation, pid } => say(
+            &format!("upgraded: generation {generation} (pid {pid}) is serving\n"),
+            OK,
+        ),
+        UpgradeOutcome::Started { generation, pid } => say(
+            &format!("upgrade started: generation {generation} (pid {pid})\n"),
+            OK,
+        ),
+        UpgradeOutcome::Queued => say("upgrade queued after the one in progress\n", OK),
         UpgradeOutcome::Failed {
             generation,
             reason,
@@ -164,7 +199,10 @@ fn outcome(reply: Result<Reply, u8>) -> u8 {
             let serving = serving
                 .map(|g| format!("; generation {g} serves on"))
                 .unwrap_or_default();
-            eprintln!("hotsup: upgrade{to} failed before it was ready: {reason}{serving}");
+            logging::report(format_args!(
+                "upgrade{to} failed before it was ready: {}{serving}",
+                clean(&reason)
+            ));
             FAILED
         }
         UpgradeOutcome::RolledBack {
@@ -177,14 +215,15 @@ fn outcome(reply: Result<Reply, u8>) -> u8 {
             let serving = serving
                 .map(|g| format!("; generation {g} serves"))
                 .unwrap_or_default();
-            eprintln!(
-                "hotsup: upgrade to generation {generation} rolled back after {}: {reason}{serving}",
-                humantime::format_duration(Duration::from_millis(lived_ms))
-            );
+            logging::report(format_args!(
+                "upgrade to generation {generation} rolled back after {}: {}{serving}",
+                humantime::format_duration(Duration::from_millis(lived_ms)),
+                clean(&reason)
+            ));
             ROLLED_BACK
         }
         UpgradeOutcome::Superseded => {
-            eprintln!("hotsup: upgrade superseded: hotsup began shutting down");
+            logging::report("upgrade superseded: hotsup began shutting down");
             REFUSED
         }
     }
@@ -199,54 +238,72 @@ pub fn status(target: &Target, json: bool) -> u8 {
         return code;
     }
     let Some(s) = reply.status else {
-        eprintln!("hotsup: reply without a status");
+        logging::report("reply without a status");
         return FAILED;
     };
     if json {
-        match serde_json::to_string_pretty(&s) {
-            Ok(text) => println!("{text}"),
+        return match serde_json::to_string_pretty(&s) {
+            Ok(text) => say(&format!("{text}\n"), OK),
             Err(e) => {
-                eprintln!("hotsup: {e}");
-                return FAILED;
+                logging::report(e);
+                FAILED
             }
-        }
-        return OK;
+        };
     }
+    say(&status_text(&s), OK)
+}
+
+/// The human form of `hotsup status`.
+fn status_text(s: &control::Status) -> String {
     let secs = |ms: u64| humantime::format_duration(Duration::from_secs(ms / 1000)).to_string();
-    println!(
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = writeln!(
+        out,
         "hotsup {} (pid {}), up {}",
-        s.version,
+        clean(&s.version),
         s.pid,
         secs(s.uptime_ms)
     );
-    println!("listeners:");
+    out.push_str("listeners:\n");
     for l in &s.listeners {
-        println!("  {:<12} {:<4} {}", l.name, l.kind, l.address);
+        let _ = writeln!(
+            out,
+            "  {:<12} {:<4} {}",
+            clean(&l.name),
+            clean(&l.kind),
+            clean(&l.address)
+        );
     }
     match &s.serving {
-        Some(g) => println!(
-            "serving:  generation {} (pid {}), ready via {} {} ago{}",
-            g.generation,
-            g.pid,
-            g.ready_via.as_deref().unwrap_or("?"),
-            secs(g.serving_ms.unwrap_or(0)),
-            g.probation_ends_in_ms
-                .map(|ms| format!(", on probation for {} more", secs(ms)))
-                .unwrap_or_default()
-        ),
-        None => println!("serving:  nothing"),
+        Some(g) => {
+            let _ = writeln!(
+                out,
+                "serving:  generation {} (pid {}), ready via {} {} ago{}",
+                g.generation,
+                g.pid,
+                clean(g.ready_via.as_deref().unwrap_or("?")),
+                secs(g.serving_ms.unwrap_or(0)),
+                g.probation_ends_in_ms
+                    .map(|ms| format!(", on probation for {} more", secs(ms)))
+                    .unwrap_or_default()
+            );
+        }
+        None => out.push_str("serving:  nothing\n"),
     }
     if let Some(g) = &s.standby {
-        println!(
+        let _ = writeln!(
+            out,
             "standby:  generation {} (pid {}), paused; resumes if the upgrade is rolled back",
             g.generation, g.pid
         );
     }
     if let Some(text) = s.serving.as_ref().and_then(|g| g.status.as_deref()) {
-        println!("          status: {text}");
+        let _ = writeln!(out, "          status: {}", clean(text));
     }
     if let Some(g) = &s.starting {
-        println!(
+        let _ = writeln!(
+            out,
             "starting: generation {} (pid {}), for {}",
             g.generation,
             g.pid,
@@ -254,26 +311,29 @@ pub fn status(target: &Target, json: bool) -> u8 {
         );
     }
     for g in &s.draining {
-        match g.deadline_in_ms {
-            Some(d) => println!(
+        let _ = match g.deadline_in_ms {
+            Some(d) => writeln!(
+                out,
                 "draining: generation {} (pid {}), killed in {}",
                 g.generation,
                 g.pid,
                 secs(d)
             ),
-            None => println!(
+            None => writeln!(
+                out,
                 "draining: generation {} (pid {}), being killed",
                 g.generation, g.pid
             ),
-        }
+        };
     }
-    match &s.last_upgrade {
-        Some(u) => println!(
+    let _ = match &s.last_upgrade {
+        Some(u) => writeln!(
+            out,
             "last upgrade: {}{} {} ago{}",
             match u.result {
-                crate::lifecycle::LastResult::Ready => "ready",
-                crate::lifecycle::LastResult::Failed => "failed",
-                crate::lifecycle::LastResult::RolledBack => "rolled back",
+                LastResult::Ready => "ready",
+                LastResult::Failed => "failed",
+                LastResult::RolledBack => "rolled back",
             },
             u.generation
                 .map(|g| format!(" (generation {g})"))
@@ -281,19 +341,21 @@ pub fn status(target: &Target, json: bool) -> u8 {
             secs(u.ago_ms),
             u.reason
                 .as_ref()
-                .map(|r| format!(": {r}"))
+                .map(|r| format!(": {}", clean(r)))
                 .unwrap_or_default()
         ),
-        None => println!("last upgrade: none"),
-    }
-    println!(
+        None => writeln!(out, "last upgrade: none"),
+    };
+    let _ = writeln!(
+        out,
         "upgrades: {} ready, {} failed, {} rolled back; crash restarts: {}",
         s.upgrades.ready, s.upgrades.failed, s.upgrades.rolled_back, s.restarts
     );
     if let Some(p) = &s.last_good {
-        println!("last good: {p}");
+        let _ = writeln!(out, "last good: {}", clean(p));
     }
-    OK
+    let _ = writeln!(out, "log lines dropped: {}", s.log_lines_dropped);
+    out
 }
 
 pub fn stop(target: &Target, no_wait: bool) -> u8 {
@@ -305,14 +367,11 @@ pub fn stop(target: &Target, no_wait: bool) -> u8 {
         return code;
     }
     match reply.stop {
-        Some(s) => {
-            println!("stopped: hotsup exited with code {}", s.exit_code);
-            if s.exit_code == 0 { OK } else { FAILED }
-        }
-        None => {
-            println!("stopping");
-            OK
-        }
+        Some(s) => say(
+            &format!("stopped: hotsup exited with code {}\n", s.exit_code),
+            if s.exit_code == 0 { OK } else { FAILED },
+        ),
+        None => say("stopping\n", OK),
     }
 }
 
@@ -331,13 +390,31 @@ pub fn signal(target: &Target, signal: &str) -> u8 {
         return code;
     }
     match reply.signal {
-        Some(s) => {
-            println!(
-                "sent {} to generation {} (pid {})",
-                s.signal, s.generation, s.pid
-            );
-            OK
-        }
+        Some(s) => say(
+            &format!(
+                "sent {} to generation {} (pid {})\n",
+                clean(&s.signal),
+                s.generation,
+                s.pid
+            ),
+            OK,
+        ),
         None => FAILED,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use super::clean;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert!(matches!(clean("warm, 42 tenants"), Cow::Borrowed(_)));
+        assert_eq!(
+            clean("evil \u{1b}[2J\u{7}\u{9b}\ttab\nline\u{7f} é"),
+            r"evil \x1b[2J\x07\u{9b}\x09tab\x0aline\x7f é"
+        );
     }
 }

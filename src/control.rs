@@ -31,6 +31,15 @@
 //!
 //! Unknown fields are ignored; a new incompatible protocol gets a new
 //! `version`.
+//!
+//! # Bounds
+//!
+//! At most [`MAX_CONNECTIONS`] (64) connections are served at once; one
+//! more is answered `{"version":1,"ok":false,"error":"busy: ..."}` without
+//! waiting and closed, so a flood of idle clients cannot queue without end
+//! or pin fds. A client has [`REQUEST_TIMEOUT`] (10 s) to send its request
+//! and [`REPLY_TIMEOUT`] (5 s) to take the reply; past either, the
+//! connection is closed.
 
 use std::io;
 use std::os::unix::fs::MetadataExt;
@@ -51,7 +60,15 @@ pub const VERSION: u32 = 1;
 /// Longest request line accepted.
 const MAX_REQUEST: usize = 64 * 1024;
 /// A client must send its request within this time.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client must take the reply within this time.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections served at once; more are refused at once.
+pub const MAX_CONNECTIONS: usize = 64;
+/// The answer to a connection beyond [`MAX_CONNECTIONS`]; short enough to
+/// fit any socket buffer, so writing it never waits.
+const BUSY: &[u8] =
+    b"{\"version\":1,\"ok\":false,\"error\":\"busy: too many control connections (64), try again\"}\n";
 
 /// A request, tagged by `command`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,6 +182,9 @@ pub struct Status {
     /// NOTIFY_SOCKET datagrams dropped because no generation sent them.
     #[serde(default)]
     pub notify_dropped: u64,
+    /// Log lines hotsup could not write: stderr was full or closed.
+    #[serde(default)]
+    pub log_lines_dropped: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
@@ -386,6 +406,14 @@ impl Server {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 };
+                // Only this task adds, so the count cannot pass the cap.
+                if active.0.load(std::sync::atomic::Ordering::SeqCst) >= MAX_CONNECTIONS {
+                    // Without waiting: the reply fits the empty socket
+                    // buffer, or the client does without it.
+                    let _ = stream.try_write(BUSY);
+                    debug!("control socket: refused a connection beyond {MAX_CONNECTIONS}");
+                    continue;
+                }
                 let tx = tx.clone();
                 let active = active.clone();
                 active.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -464,11 +492,22 @@ pub fn parse(line: &[u8]) -> Result<Request, String> {
     Ok(env.request)
 }
 
+/// Writes the reply, for at most [`REPLY_TIMEOUT`]: a client that does not
+/// read must not keep the connection (and its fd) forever.
 async fn send(w: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) -> io::Result<()> {
     let mut line = serde_json::to_vec(reply).map_err(io::Error::other)?;
     line.push(b'\n');
-    w.write_all(&line).await?;
-    w.shutdown().await
+    let write = async {
+        w.write_all(&line).await?;
+        w.shutdown().await
+    };
+    match tokio::time::timeout(REPLY_TIMEOUT, write).await {
+        Ok(r) => r,
+        Err(_) => {
+            debug!("control socket: the client did not take its reply within 5s");
+            Err(io::ErrorKind::TimedOut.into())
+        }
+    }
 }
 
 #[cfg(test)]

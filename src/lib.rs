@@ -13,6 +13,7 @@ pub mod handoff;
 pub mod identity;
 pub mod lifecycle;
 pub mod listeners;
+pub mod logging;
 pub mod notify;
 pub mod pinned;
 pub mod signals;

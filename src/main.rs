@@ -6,11 +6,12 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 use hotsup::cli::{self, Cli, Command, RunArgs};
 use hotsup::listeners::{self, BindOptions};
-use hotsup::{child, client, control, handoff, identity, lifecycle, notify, signals, supervisor};
+use hotsup::{
+    child, client, control, handoff, identity, lifecycle, logging, notify, signals, supervisor,
+};
 
 const EXIT_RUNTIME: u8 = 1;
 const EXIT_USAGE: u8 = 2;
@@ -27,9 +28,14 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return ExitCode::from(usage_error(e)),
     };
-    init_logging(cli.verbose, cli.quiet, cli.log_format);
     match cli.command {
-        Command::Run(args) => ExitCode::from(run(args)),
+        Command::Run(args) => {
+            let log = logging::init(cli.verbose, cli.quiet, cli.log_format);
+            let code = run(args);
+            // Writes what is still queued, `exiting` included.
+            drop(log);
+            ExitCode::from(code)
+        }
         Command::Generate { what } => ExitCode::from(generate(what)),
         Command::Upgrade {
             target,
@@ -47,7 +53,6 @@ fn main() -> ExitCode {
 fn generate(what: cli::Generate) -> u8 {
     use clap::CommandFactory;
     let mut cmd = Cli::command();
-    let mut out = std::io::stdout().lock();
     match what {
         cli::Generate::Man { dir } => {
             cmd.build();
@@ -59,7 +64,13 @@ fn generate(what: cli::Generate) -> u8 {
             }
         }
         cli::Generate::Completions { shell } => {
+            // Generated in memory: clap_complete panics when its writer
+            // fails, as stdout does when its reader went away.
+            let mut out = Vec::new();
             clap_complete::generate(shell, &mut cmd, "hotsup", &mut out);
+            if let Err(e) = logging::print(&String::from_utf8_lossy(&out)) {
+                return runtime_failure(format!("cannot write the completions: {e}"));
+            }
         }
     }
     0
@@ -92,53 +103,18 @@ fn usage_error(e: clap::Error) -> u8 {
         line.push_str(l.trim());
     }
     let line = line.strip_prefix("error: ").unwrap_or(&line);
-    eprintln!("hotsup: {line} (see hotsup run --help)");
+    logging::report(format_args!("{line} (see hotsup run --help)"));
     EXIT_USAGE
-}
-
-fn init_logging(verbose: u8, quiet: u8, format: cli::LogFormat) {
-    let level = match (verbose, quiet) {
-        (0, 0) => "info",
-        (1, _) => "debug",
-        (v, _) if v >= 2 => "trace",
-        (_, 1) => "warn",
-        _ => "error",
-    };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false);
-    match format {
-        cli::LogFormat::Json => builder.event_format(hotsup::events::JsonLines).init(),
-        // journald stamps and colours lines itself.
-        cli::LogFormat::Text if under_journald() => builder.without_time().with_ansi(false).init(),
-        cli::LogFormat::Text => builder
-            .with_ansi(rustix::termios::isatty(std::io::stderr()))
-            .init(),
-    }
-}
-
-/// Whether stderr is the journal: `JOURNAL_STREAM` names its device and
-/// inode (systemd.exec(5)).
-fn under_journald() -> bool {
-    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
-        return false;
-    };
-    let Ok(st) = rustix::fs::fstat(std::io::stderr()) else {
-        return false;
-    };
-    stream.to_str() == Some(&format!("{}:{}", st.st_dev, st.st_ino))
 }
 
 /// A usage error found after parsing: one line, exit 2.
 fn usage(msg: impl std::fmt::Display) -> u8 {
-    eprintln!("hotsup: {msg}");
+    logging::report(msg);
     EXIT_USAGE
 }
 
 fn runtime_failure(msg: impl std::fmt::Display) -> u8 {
-    eprintln!("hotsup: {msg}");
+    logging::report(msg);
     EXIT_RUNTIME
 }
 

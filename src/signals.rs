@@ -5,6 +5,8 @@
 //! `main` blocks these signals first, and the supervisor unblocks them once
 //! its handlers exist: a signal sent meanwhile is delivered then, not lost.
 //! Children never inherit the mask: `child::prepare_child` clears it.
+//! hotsup's only other thread, the log writer, blocks every signal for its
+//! whole life (see `logging`), so these reach the event loop's thread.
 
 const HANDLED: [libc::c_int; 7] = [
     libc::SIGTERM,
@@ -20,7 +22,8 @@ fn mask(how: libc::c_int) {
     let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
     // SAFETY: sigemptyset initialises the set; sigaddset gets valid signal
     // numbers; sigprocmask gets that initialised set and a null old-set
-    // pointer, which it allows. hotsup has one thread, so this is its mask.
+    // pointer, which it allows. It sets the mask of the event loop's thread,
+    // the one that takes signals.
     unsafe {
         libc::sigemptyset(set.as_mut_ptr());
         for sig in HANDLED {

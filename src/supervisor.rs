@@ -730,6 +730,7 @@ impl Supervisor {
             last_good: path_of(snap.last_good),
             previous_good: path_of(snap.previous_good),
             notify_dropped: self.strangers.total(),
+            log_lines_dropped: crate::logging::dropped_lines(),
         }
     }
 }

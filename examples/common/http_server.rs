@@ -19,6 +19,17 @@
 //!    flight finish, idle connections close), waits for them at most 10 s,
 //!    and exits 0.
 
+/// One line on stderr in one write(2): `eprintln!` writes a formatted line
+/// in pieces, and the stderr an app shares with hotsup would get hotsup's
+/// log lines in between them.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let line = format!("{}\n", format_args!($($arg)*));
+        let _ = std::io::stderr().write_all(line.as_bytes());
+    }};
+}
+
 use std::convert::Infallible;
 use std::error::Error;
 use std::sync::Arc;
@@ -120,7 +131,7 @@ async fn serve(
                 }
                 Err(e) => {
                     // For example EMFILE: back off instead of spinning.
-                    eprintln!("{app}: accept: {e}");
+                    say!("{app}: accept: {e}");
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             },
@@ -133,7 +144,7 @@ async fn serve(
         // Draining before it reported ready: it never will.
         ready.abort();
     }
-    eprintln!(
+    say!(
         "{app} pid={pid}: draining {} connections",
         connections.len()
     );
@@ -145,12 +156,12 @@ async fn serve(
         .await
         .is_err()
     {
-        eprintln!(
+        say!(
             "{app} pid={pid}: {} connections still open after {IN_FLIGHT:?}",
             connections.len()
         );
     }
-    eprintln!("{app} pid={pid}: drained");
+    say!("{app} pid={pid}: drained");
     Ok(())
 }
 
@@ -183,7 +194,7 @@ fn report(result: Result<(), hyper::Error>) {
     if let Err(e) = result {
         // Clients that vanish mid-request are routine.
         if !e.is_incomplete_message() && !e.is_canceled() {
-            eprintln!("connection: {e}");
+            say!("connection: {e}");
         }
     }
 }

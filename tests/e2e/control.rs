@@ -159,12 +159,14 @@ fn status_json_has_a_stable_schema() {
         "notify_dropped",
         "last_good",
         "previous_good",
+        "log_lines_dropped",
     ];
     expected.sort();
     let mut got = keys.clone();
     got.sort();
     assert_eq!(got, expected);
     assert!(v["pid"].is_i64() && v["uptime_ms"].is_u64() && v["restarts"].is_u64());
+    assert_eq!(v["log_lines_dropped"], 0, "stderr is read: nothing dropped");
     assert_eq!(v["listeners"][0]["name"], "http");
     assert_eq!(v["listeners"][0]["kind"], "tcp");
     assert!(

@@ -10,6 +10,7 @@ mod lifecycle;
 mod listeners;
 mod notify;
 mod privileges;
+mod reliability_log;
 mod rollback;
 mod systemd;
 mod upgrade;

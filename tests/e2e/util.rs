@@ -468,7 +468,49 @@ pub fn run_to_end(args: &[&str]) -> (i32, String) {
     (status.code().unwrap_or(-1), reader.join().unwrap())
 }
 
-/// `hotsup ARGS --control SOCK`, run to completion.
+impl Hotsup {
+    /// `hotsup run ARGS -- COMMAND...` with `stderr` as hotsup's stderr
+    /// (shared with its children, as always): `log` stays empty.
+    pub fn run_with_stderr<S: AsRef<OsStr>>(
+        args: &[&str],
+        command: &[S],
+        stderr: impl Into<Stdio>,
+    ) -> Hotsup {
+        let mut cmd = Command::new(hotsup_bin());
+        cmd.arg("run")
+            .args(args)
+            .arg("--")
+            .args(command)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr);
+        let mut child = cmd.spawn().expect("spawn hotsup");
+        let out = Stream::follow(child.stdout.take().unwrap(), "child");
+        let pid = child.id() as i32;
+        Hotsup {
+            child,
+            pid,
+            log: Stream::follow(std::io::empty(), "hotsup"),
+            out,
+            status: None,
+        }
+    }
+
+    /// The fewest fds hotsup held over a few samples: a control connection
+    /// may still be closing.
+    pub fn quiet_fds(&self) -> usize {
+        (0..20)
+            .map(|_| {
+                thread::sleep(Duration::from_millis(5));
+                self.open_fds()
+            })
+            .min()
+            .unwrap_or(0)
+    }
+}
+
+/// `hotsup ARGS --control SOCK`, run to completion, bounded.
 pub fn client(sock: &Path, args: &[&str]) -> std::process::Output {
     let mut cmd = Command::new(hotsup_bin());
     cmd.args(args).arg("--control").arg(sock);
@@ -579,4 +621,105 @@ pub fn http_get(addr: SocketAddr) -> String {
     let mut reply = String::new();
     s.read_to_string(&mut reply).expect("read the response");
     reply
+}
+
+/// `hotsup status --json` once it answers with a serving generation, for
+/// tests that cannot read hotsup's log. Panics past [`WAIT`].
+pub fn wait_serving(sock: &Path) -> serde_json::Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let out = client(sock, &["status", "--json"]);
+        if out.status.success() {
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+            if v["serving"].is_object() {
+                return v;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "hotsup at {} did not serve within {WAIT:?}: {}",
+            sock.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A pipe, both ends close-on-exec (the one handed to a child as its stdio
+/// is dup'ed onto 0-2 without it).
+pub fn pipe() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+    rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).expect("pipe")
+}
+
+/// Fills the pipe whose read end is `read` until it takes no more byte,
+/// through an open file description of its own: the flags of the one
+/// others share (blocking or not) stay as they are. Returns the bytes
+/// written.
+pub fn fill_pipe(read: &std::os::fd::OwnedFd) -> usize {
+    use std::os::fd::AsRawFd;
+    let path = format!("/proc/self/fd/{}", read.as_raw_fd());
+    let w = rustix::fs::open(
+        path.as_str(),
+        rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .expect("reopen the pipe for writing");
+    let mut n = 0;
+    // Pages first, then single bytes into what is left.
+    for size in [4096, 1] {
+        let chunk = vec![b'x'; size];
+        // Bounded by the pipe's capacity (at most 1 MiB by default).
+        for _ in 0..(2 << 20) {
+            match rustix::io::write(&w, &chunk) {
+                Ok(k) => n += k,
+                Err(rustix::io::Errno::AGAIN) => break,
+                Err(e) => panic!("filling the pipe: {e}"),
+            }
+        }
+    }
+    n
+}
+
+/// The value of `key` in `hotsup status --json`, as a number.
+pub fn status_u64(sock: &Path, key: &str) -> u64 {
+    let out = client(sock, &["status", "--json"]);
+    assert!(
+        out.status.success(),
+        "status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no number {key} in {v}"))
+}
+
+/// Follows the lines of `r` (a pipe read end, say) as they arrive.
+pub fn follow_lines(r: impl std::io::Read + Send + 'static, echo: &'static str) -> Stream {
+    Stream::follow(r, echo)
+}
+
+/// Runs `cmd` (stdin, stderr set here; stdout as the caller set it) to
+/// completion, killing it past [`WAIT`]. Returns its status and stderr.
+pub fn status_and_stderr_bounded(mut cmd: Command) -> (ExitStatus, String) {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let err = child.stderr.take().unwrap();
+    let reader = thread::spawn(move || std::io::read_to_string(err).unwrap_or_default());
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} did not finish within {WAIT:?}");
+        }
+        thread::sleep(Duration::from_millis(5));
+    };
+    (status, reader.join().unwrap())
 }
