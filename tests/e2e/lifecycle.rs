@@ -206,18 +206,14 @@ fn shutdown_drains_in_flight_requests_and_exits_0() {
         let mode = std::fs::metadata(&sock).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
     }
-    // Slow enough to be seen in flight even on a loaded machine whose
-    // /proc/net/tcp lists tens of thousands of TIME_WAIT sockets (one read
-    // then takes a good fraction of a second).
-    let slow = std::thread::spawn(move || request_once(addr, "/?sleep_ms=5000", WAIT));
-    // The request is in flight once the server has accepted it; give the
-    // connection a moment to be accepted, bounded by observing the socket.
-    // Seen once is enough: a read of /proc/net/tcp while the kernel's
-    // tables churn can miss an entry, so it is not asked twice.
+    // In flight once the server has accepted it: the accepted connection is
+    // one more socket among the server's fds.
+    let sockets_before = sockets_of(pid);
+    let slow = std::thread::spawn(move || request_once(addr, "/?sleep_ms=3000", WAIT));
     let deadline = std::time::Instant::now() + WAIT;
     let mut seen = false;
     while !seen && std::time::Instant::now() < deadline {
-        seen = has_established(pid);
+        seen = sockets_of(pid) > sockets_before;
         if !seen {
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -235,25 +231,16 @@ fn shutdown_drains_in_flight_requests_and_exits_0() {
     assert!(!sock.exists(), "socket file left behind");
 }
 
-/// Whether `pid` holds an established TCP connection (it accepted one).
-fn has_established(pid: i32) -> bool {
-    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+/// How many sockets `pid` holds open.
+fn sockets_of(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| {
             d.flatten()
                 .filter_map(|e| std::fs::read_link(e.path()).ok())
-                .map(|l| l.to_string_lossy().into_owned())
-                .filter_map(|l| {
-                    l.strip_prefix("socket:[")
-                        .map(|s| s.trim_end_matches(']').to_string())
-                })
-                .collect()
+                .filter(|l| l.to_string_lossy().starts_with("socket:"))
+                .count()
         })
-        .unwrap_or_default();
-    let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
-    tcp.lines().skip(1).any(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        f.get(3) == Some(&"01") && f.get(9).is_some_and(|i| inodes.iter().any(|x| x == i))
-    })
+        .unwrap_or(0)
 }
 
 #[test]
@@ -377,4 +364,50 @@ fn quit_and_usr1_are_forwarded_to_the_serving_child() {
     );
     // 128 + the signal, as a shell (and tini) report a death by signal.
     assert_eq!(h.wait_exit(WAIT).code(), Some(128 + 3));
+}
+
+#[test]
+fn a_first_start_that_never_succeeds_exits_1_after_the_attempts() {
+    // A service manager, a container runtime or a shell learns at once that
+    // the service cannot start, instead of watching it crash-loop.
+    let dir = tempdir();
+    let mode = dir.path().join("mode");
+    std::fs::write(&mode, "crash").unwrap();
+    let mut h = Hotsup::run(
+        &["-l", "127.0.0.1:0", "--start-attempts", "3"],
+        &[example("testchild"), "--mode-file".into(), mode.clone()],
+    );
+    assert_eq!(h.wait_exit(WAIT).code(), Some(1));
+    let attempts: Vec<u64> = h
+        .log
+        .events()
+        .iter()
+        .filter(|e| e["event"] == "start_failed")
+        .map(|e| e["attempt"].as_u64().unwrap())
+        .collect();
+    assert_eq!(attempts, [1, 2, 3]);
+    h.event("gave_up", &[("attempts", json!(3))]);
+    // Start failures are not upgrade failures.
+    assert_eq!(h.log.count_events("upgrade_failed", &[]), 0);
+    assert!(zombies_of(h.pid).is_empty());
+
+    // Once something has served, crashes never end hotsup.
+    std::fs::write(&mode, "crash-after-ready").unwrap();
+    let mut h = Hotsup::run(
+        &["-l", "127.0.0.1:0", "--start-attempts", "1"],
+        &[
+            example("testchild"),
+            "--mode-file".into(),
+            mode.clone(),
+            "--crash-after-ms".into(),
+            "50".into(),
+        ],
+    );
+    for g in 1..=3 {
+        h.ready(g);
+        h.event("crashed", &[("generation", json!(g))]);
+    }
+    assert!(h.is_running());
+    h.signal(Signal::TERM);
+    assert_eq!(h.wait_exit(WAIT).code(), Some(0));
 }

@@ -167,3 +167,59 @@ fn ready_from_systemd_notify_counts() {
     }
     helper_ready_upgrades("systemd-notify --ready", 20);
 }
+
+#[test]
+fn barrier_is_answered_after_what_came_before() {
+    // sd_notify_barrier(3): send BARRIER=1 with the write end of a pipe,
+    // close it, and wait for EOF on the read end, which comes once the
+    // manager has handled (here: passed on) everything sent before.
+    let dir = tempdir();
+    let app = dir.path().join("app");
+    let go = dir.path().join("go");
+    let helper = "import array, os, socket, sys, time\n\
+        path = os.environ['NOTIFY_SOCKET']\n\
+        while not os.path.exists(sys.argv[1]): time.sleep(0.01)\n\
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+        s.sendto(b'STATUS=before the barrier', path)\n\
+        r, w = os.pipe()\n\
+        s.sendmsg([b'BARRIER=1'], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array('i', [w]))], 0, path)\n\
+        os.close(w)\n\
+        import select\n\
+        ok = select.select([r], [], [], 20)[0]\n\
+        print('barrier', 'answered' if ok and os.read(r, 1) == b'' else 'timed out', flush=True)\n\
+        s.sendto(b'READY=1', path)\n";
+    script(
+        &app,
+        &format!(
+            "#!/bin/sh\npython3 -c \"{helper}\" {}\nexec sleep 600\n",
+            go.display()
+        ),
+    );
+    let mut h = Hotsup::run(&["-l", "127.0.0.1:0"], &[&app]);
+    h.spawned_pid(1);
+    // Whatever pipes hotsup inherited from the test harness are not ours to
+    // judge; only new ones are.
+    let pipes_before = pipes_of(h.pid);
+    std::fs::write(&go, "").unwrap();
+    let line = h.out.wait(&["barrier"]);
+    assert_eq!(line, "barrier answered");
+    h.event("ready", &[("generation", json!(1))]);
+    h.event("status", &[("text", json!("before the barrier"))]);
+    // The barrier's pipe is not kept.
+    assert_eq!(pipes_of(h.pid), pipes_before);
+    h.signal(Signal::TERM);
+    assert_eq!(h.wait_exit(WAIT).code(), Some(0));
+}
+
+/// The pipes `pid` holds open.
+fn pipes_of(pid: i32) -> Vec<String> {
+    let mut pipes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|l| l.display().to_string())
+        .filter(|l| l.starts_with("pipe:"))
+        .collect();
+    pipes.sort();
+    pipes
+}
