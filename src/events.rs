@@ -132,6 +132,7 @@ pub fn log(ev: &Event) {
             reason = "still alive after SIGKILL",
             "abandoned"
         ),
+        Event::WaitingForUpgrade => at!("waiting_for_upgrade"),
         Event::ShutdownBegan { source, forced } => {
             at!(source = %source.describe(), forced, "shutdown_began")
         }

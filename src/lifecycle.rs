@@ -95,6 +95,9 @@ pub enum RestartRule {
     Always,
     OnFailure,
     Never,
+    /// Never restart, never exit: wait for the next upgrade (watch mode,
+    /// where the next save brings the fix).
+    Wait,
 }
 
 /// The rules the core applies; fixed for a supervisor's life.
@@ -1249,10 +1252,17 @@ impl Core {
         if self.restart_at.is_some() || self.shutdown.is_some() {
             return;
         }
-        if self.policy.restart == RestartRule::Never {
-            self.exit_code = Some(1);
-            self.begin_shutdown(now, Source::Supervisor, Shutdown::Graceful, fx);
-            return;
+        match self.policy.restart {
+            RestartRule::Never => {
+                self.exit_code = Some(1);
+                self.begin_shutdown(now, Source::Supervisor, Shutdown::Graceful, fx);
+                return;
+            }
+            RestartRule::Wait => {
+                fx.push(Effect::Emit(Event::WaitingForUpgrade));
+                return;
+            }
+            RestartRule::Always | RestartRule::OnFailure => {}
         }
         let delay = BACKOFF_START
             .saturating_mul(1u32 << self.crashes.min(16))
@@ -1500,7 +1510,7 @@ impl Core {
             return;
         }
         let restart = match self.policy.restart {
-            RestartRule::Always => true,
+            RestartRule::Always | RestartRule::Wait => true,
             RestartRule::OnFailure => !status.success(),
             RestartRule::Never => false,
         };

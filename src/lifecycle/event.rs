@@ -236,6 +236,9 @@ pub enum Event {
         generation: u64,
         pid: i32,
     },
+    /// Nothing serves, and `--restart` (watch mode) leaves the next start
+    /// to the next upgrade.
+    WaitingForUpgrade,
     ShutdownBegan {
         source: Source,
         forced: bool,
@@ -305,6 +308,7 @@ impl Event {
             Event::Crashed { .. } => "crashed",
             Event::RestartScheduled { .. } => "restart_scheduled",
             Event::Abandoned { .. } => "abandoned",
+            Event::WaitingForUpgrade => "waiting_for_upgrade",
             Event::ShutdownBegan { .. } => "shutdown_began",
             Event::Stopped { .. } => "stopped",
             Event::Forwarded { .. } => "forwarded",
@@ -330,6 +334,7 @@ impl Event {
             Event::Crashed { .. }
             | Event::UpgradeIgnored { .. }
             | Event::RestartScheduled { .. }
+            | Event::WaitingForUpgrade
             | Event::NothingToSignal { .. }
             | Event::Unhealthy { .. }
             | Event::MalformedMessage { .. } => Level::Warn,

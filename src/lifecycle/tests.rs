@@ -697,6 +697,31 @@ fn restart_policy_decides_what_an_exit_means() {
 }
 
 #[test]
+fn restart_wait_leaves_the_next_start_to_an_upgrade() {
+    // Watch mode: a crash waits for the next save, without spinning and
+    // without exiting.
+    let mut h = Harness::serving(Policy {
+        restart: RestartRule::Wait,
+        start_attempts: u32::MAX,
+        ..policy()
+    });
+    let fx = h.exit(1, CRASH);
+    assert!(events(&fx).contains(&"waiting_for_upgrade"));
+    assert_eq!(h.core.next_deadline(), None);
+    assert!(exit_code(&fx).is_none());
+    // A failed start waits too.
+    let (_, fx) = h.upgrade();
+    assert_eq!(spawns(&fx), vec![(2, Exe::Fresh(PinId(2)))]);
+    let fx = h.exit(2, CRASH);
+    assert!(events(&fx).contains(&"waiting_for_upgrade"));
+    assert!(spawns(&fx).is_empty());
+    // The next upgrade starts the fixed build.
+    let (t, _) = h.upgrade();
+    let fx = h.ready(3);
+    assert!(matches!(outcome_for(&fx, t), UpgradeOutcome::Ready { generation: 3, .. }));
+}
+
+#[test]
 fn a_first_start_that_never_succeeds_gives_up_after_the_attempts() {
     let mut h = Harness::new(policy());
     h.feed(Input::Start);
