@@ -5,6 +5,7 @@ mod bad_input;
 mod control;
 mod faults;
 mod lifecycle;
+mod recipes;
 mod listeners;
 mod rollback;
 mod systemd;

@@ -18,8 +18,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 /// How long [`Lifecycle::accept`] waits on a listener before it looks at
-/// the state again. A pause is noticed within this time (a connection taken
-/// in between is served as usual); a drain too.
+/// the state again, should no eventfd be available to wake it at once.
 const ACCEPT_SLICE: Duration = Duration::from_millis(20);
 
 /// What the app should be doing with its listeners.
@@ -343,31 +342,66 @@ impl Lifecycle {
     /// while paused; returns `None` once draining.
     ///
     /// Works with the listener in either mode, but see
-    /// [Blocking mode](crate#blocking-mode): it waits for a connection with
-    /// `poll(2)` in slices of 20 ms, so that a pause or a drain is noticed
-    /// within that time. With a nonblocking listener, a connection that
-    /// another generation took first is simply waited for again; a blocking
-    /// listener would block in `accept` until the next one.
+    /// [Blocking mode](crate#blocking-mode): it waits with `poll(2)` for a
+    /// connection or a change of state, whichever comes first, so that a
+    /// pause or a drain is noticed at once. With a nonblocking listener, a
+    /// connection that another generation took first is simply waited for
+    /// again; a blocking listener would block in `accept` until the next
+    /// one.
     ///
     /// Errors of `accept` are returned as they are (`EINTR` and
     /// `ECONNABORTED` are retried); an app usually logs them and goes on.
     pub fn accept<L: Accept>(&self, listener: &L) -> Option<io::Result<(L::Conn, L::Addr)>> {
         use rustix::event::{PollFd, PollFlags, Timespec};
-        let slice = Timespec {
-            tv_sec: 0,
-            tv_nsec: ACCEPT_SLICE.as_nanos() as _,
-        };
+        let wake = FdWaker::for_this_thread();
         loop {
-            if self.wait_serving() == State::Draining {
-                return None;
+            // Taken before the state is read, so no change in between is
+            // missed; it wakes `wake` when the state changes.
+            let mut changed = self.changed();
+            match self.state() {
+                State::Draining => return None,
+                State::Paused => {
+                    self.wait_change(State::Paused, None);
+                    continue;
+                }
+                _ => {}
             }
-            let mut fds = [PollFd::new(listener, PollFlags::IN)];
-            match rustix::event::poll(&mut fds, Some(&slice)) {
-                Ok(0) | Err(rustix::io::Errno::INTR) => continue,
-                Ok(_) => {}
+            let woken = match &wake {
+                Some(wake) => {
+                    let waker = Waker::from(Arc::clone(wake));
+                    if Pin::new(&mut changed)
+                        .poll(&mut Context::from_waker(&waker))
+                        .is_ready()
+                    {
+                        continue;
+                    }
+                    let mut fds = [
+                        PollFd::new(listener, PollFlags::IN),
+                        PollFd::new(&wake.fd, PollFlags::IN),
+                    ];
+                    let polled = rustix::event::poll(&mut fds, None);
+                    let woken = !fds[1].revents().is_empty();
+                    if woken {
+                        wake.reset();
+                    }
+                    polled.map(|_| woken)
+                }
+                // No eventfd: look at the state again every slice.
+                None => {
+                    let slice = Timespec {
+                        tv_sec: 0,
+                        tv_nsec: ACCEPT_SLICE.as_nanos() as _,
+                    };
+                    let mut fds = [PollFd::new(listener, PollFlags::IN)];
+                    rustix::event::poll(&mut fds, Some(&slice)).map(|n| n == 0)
+                }
+            };
+            match woken {
+                Ok(true) | Err(rustix::io::Errno::INTR) => continue,
+                Ok(false) => {}
                 Err(e) => return Some(Err(e.into())),
             }
-            // A pause or drain that arrived while polling wins over the
+            // A pause or drain that arrived meanwhile wins over the
             // connection: it stays in the backlog for another generation.
             if self.state() != State::Serving {
                 continue;
@@ -506,6 +540,44 @@ impl Accept for std::os::unix::net::UnixListener {
     type Addr = std::os::unix::net::SocketAddr;
     fn accept(&self) -> io::Result<(Self::Conn, Self::Addr)> {
         std::os::unix::net::UnixListener::accept(self)
+    }
+}
+
+/// Wakes a thread blocked in `poll(2)` through an eventfd: how
+/// [`Lifecycle::accept`] waits for a connection and a change of state at
+/// once.
+struct FdWaker {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl FdWaker {
+    /// One per thread, made on first use; `None` if no eventfd can be had.
+    fn for_this_thread() -> Option<Arc<FdWaker>> {
+        thread_local! {
+            static WAKE: Option<Arc<FdWaker>> = {
+                use rustix::event::{EventfdFlags, eventfd};
+                eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
+                    .ok()
+                    .map(|fd| Arc::new(FdWaker { fd }))
+            };
+        }
+        WAKE.with(Clone::clone)
+    }
+
+    fn reset(&self) {
+        let mut buf = [0u8; 8];
+        let _ = rustix::io::read(&self.fd, &mut buf);
+    }
+}
+
+impl std::task::Wake for FdWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        // A full counter (never, at 2^64 - 2) still reads as readable.
+        let _ = rustix::io::write(&self.fd, &1u64.to_ne_bytes());
     }
 }
 
