@@ -2,6 +2,7 @@
 //! loopback. One test binary, as ripgrep does; each module is one area.
 
 mod bad_input;
+mod child_v2;
 mod control;
 mod faults;
 mod lifecycle;
