@@ -162,7 +162,8 @@ fn wait_readable(fd: &impl AsFd, deadline: Instant) {
 /// One `GET /` on `conn` (keep-alive); the response head and body.
 fn get(conn: &mut TcpStream) -> String {
     conn.set_read_timeout(Some(WAIT)).unwrap();
-    conn.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
     let mut got = Vec::new();
     let mut buf = [0; 1024];
     // testchild's body ends with a newline after `generation=<g>`.
@@ -180,7 +181,14 @@ fn testchild_pauses_keeps_its_connections_and_resumes() {
     assert_eq!(child.recv(), "HELLO version=2", "answered before READY");
     assert_eq!(child.recv(), "READY");
     let ready = child.wait_line("testchild ready");
-    let pid = ready.split("pid=").nth(1).unwrap().split(' ').next().unwrap().to_owned();
+    let pid = ready
+        .split("pid=")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_owned();
     let addr = child.listener.local_addr().unwrap();
 
     let mut kept = TcpStream::connect(addr).unwrap();
@@ -220,18 +228,30 @@ fn testchild_reports_itself_unhealthy() {
     assert_eq!(child.recv(), "HELLO version=2");
     assert_eq!(child.recv(), "READY");
     assert_eq!(child.recv(), "UNHEALTHY testchild unhealthy");
-    assert!(child.wait_line("testchild unhealthy").ends_with("sent=true"));
+    assert!(
+        child
+            .wait_line("testchild unhealthy")
+            .ends_with("sent=true")
+    );
     child.drain();
 }
 
 #[test]
 fn testchild_as_version_1_never_answers() {
-    let child = Emulated::start("testchild", &["--protocol", "1", "--unhealthy-after-ms", "0"], 2);
+    let child = Emulated::start(
+        "testchild",
+        &["--protocol", "1", "--unhealthy-after-ms", "0"],
+        2,
+    );
     // READY comes first: no HELLO before it, and none after.
     assert_eq!(child.recv(), "READY");
     // Without version 2 there is no UNHEALTHY: a status line instead.
     assert_eq!(child.recv(), "STATUS unhealthy: testchild unhealthy");
-    assert!(child.wait_line("testchild unhealthy").ends_with("sent=false"));
+    assert!(
+        child
+            .wait_line("testchild unhealthy")
+            .ends_with("sent=false")
+    );
     child.drain();
 }
 

@@ -34,8 +34,11 @@ fn upgrades_under_load(recipe: &str, fds: &str) {
     for g in 2..=UPGRADES + 1 {
         h.upgrade();
         pids.push(h.ready(g));
-        h.log
-            .wait(&["drained", "exited with code 0", &format!("generation={} ", g - 1)]);
+        h.log.wait(&[
+            "drained",
+            "exited with code 0",
+            &format!("generation={} ", g - 1),
+        ]);
         traffic.wait_ok(10);
     }
     let reports = traffic.stop();
@@ -45,7 +48,10 @@ fn upgrades_under_load(recipe: &str, fds: &str) {
         seen.extend(r.pids_seen());
     }
     for pid in &pids {
-        assert!(seen.contains(&(*pid as u32)), "{recipe}: pid {pid} never answered");
+        assert!(
+            seen.contains(&(*pid as u32)),
+            "{recipe}: pid {pid} never answered"
+        );
     }
     for pid in &pids[..pids.len() - 1] {
         assert!(!alive(*pid), "{recipe}: old generation {pid} still alive");
@@ -102,17 +108,17 @@ fn standalone(recipe: &str) {
         "{response}"
     );
 
-    rustix::process::kill_process(
-        Pid::from_raw(pid as i32).expect("a pid"),
-        Signal::TERM,
-    )
-    .expect("signal the recipe");
+    rustix::process::kill_process(Pid::from_raw(pid as i32).expect("a pid"), Signal::TERM)
+        .expect("signal the recipe");
     let deadline = std::time::Instant::now() + WAIT;
     let status = loop {
         if let Some(status) = child.0.try_wait().expect("try_wait") {
             break status;
         }
-        assert!(std::time::Instant::now() < deadline, "{recipe} did not exit");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{recipe} did not exit"
+        );
         std::thread::sleep(Duration::from_millis(10));
     };
     assert_eq!(status.code(), Some(0), "{recipe} after SIGTERM");

@@ -143,7 +143,10 @@ fn full() {
     rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::TERM)
         .unwrap();
     assert!(drain.wait_drain_timeout(Duration::from_secs(5)));
-    assert_eq!(drain.drain_reason(), Some(DrainReason::Signal(Signal::Term)));
+    assert_eq!(
+        drain.drain_reason(),
+        Some(DrainReason::Signal(Signal::Term))
+    );
 }
 
 fn other_pid() {

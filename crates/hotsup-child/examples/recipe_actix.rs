@@ -49,7 +49,10 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let lifecycle = hotsup_child::lifecycle();
     let pid = std::process::id();
     let generation = hotsup_child::generation().unwrap_or(0);
-    println!("recipe_actix listening on {} pid={pid}", listener.local_addr()?);
+    println!(
+        "recipe_actix listening on {} pid={pid}",
+        listener.local_addr()?
+    );
 
     let shared = web::Data::new(Shared {
         body: format!("pid={pid} generation={generation}\n"),

@@ -19,11 +19,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use axum::Router;
 use axum::extract::{RawQuery, State};
 use axum::http::header::{CONNECTION, HeaderValue};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::Router;
 use hotsup_child::Lifecycle;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -85,7 +85,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let lifecycle = hotsup_child::lifecycle();
     let pid = std::process::id();
     let generation = hotsup_child::generation().unwrap_or(0);
-    println!("recipe_axum listening on {} pid={pid}", listener.local_addr()?);
+    println!(
+        "recipe_axum listening on {} pid={pid}",
+        listener.local_addr()?
+    );
 
     let app = Arc::new(App {
         body: format!("pid={pid} generation={generation}\n"),

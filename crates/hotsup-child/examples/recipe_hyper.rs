@@ -37,7 +37,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let lifecycle = hotsup_child::lifecycle();
     let pid = std::process::id();
     let generation = hotsup_child::generation().unwrap_or(0);
-    println!("recipe_hyper listening on {} pid={pid}", listener.local_addr()?);
+    println!(
+        "recipe_hyper listening on {} pid={pid}",
+        listener.local_addr()?
+    );
     let body = Bytes::from(format!("pid={pid} generation={generation}\n"));
     let closing = Arc::new(AtomicBool::new(false));
     hotsup_child::enable_pause()?;

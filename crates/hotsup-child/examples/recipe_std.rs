@@ -79,7 +79,10 @@ fn main() -> Result<(), hotsup_child::Error> {
 /// Serves one keep-alive connection until the client or the drain ends it.
 fn serve(conn: TcpStream, shared: &Shared) {
     // Wakes idle reads up, so that the drain can close them.
-    if conn.set_read_timeout(Some(Duration::from_millis(50))).is_err() {
+    if conn
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .is_err()
+    {
         return;
     }
     let Ok(mut writer) = conn.try_clone() else {

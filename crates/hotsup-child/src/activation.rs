@@ -216,10 +216,7 @@ mod tests {
                 ..
             })
         ));
-        assert_eq!(
-            parse(vars("1", None, Some("10")), 7).unwrap(),
-            Some(10..11)
-        );
+        assert_eq!(parse(vars("1", None, Some("10")), 7).unwrap(), Some(10..11));
     }
 
     #[test]

@@ -132,7 +132,9 @@ pub enum StartupError {
     /// [`Handoff::from_env`](crate::Handoff::from_env) was already called
     /// in this process (perhaps by a process-wide function of this crate):
     /// the inherited fds have one owner.
-    #[error("the inherited sockets were already adopted in this process (Handoff::from_env runs once)")]
+    #[error(
+        "the inherited sockets were already adopted in this process (Handoff::from_env runs once)"
+    )]
     AlreadyAdopted,
 }
 
@@ -209,7 +211,9 @@ pub enum Error {
     /// declared but found by looking at the fds: such an fd is kept open and
     /// keeps its name, but is not in [`listeners`](crate::Handoff::listeners)
     /// and cannot be taken.
-    #[error("inherited fd {fd} ({name:?}) is not a listening TCP or Unix stream socket or a UDP socket: it is {found}")]
+    #[error(
+        "inherited fd {fd} ({name:?}) is not a listening TCP or Unix stream socket or a UDP socket: it is {found}"
+    )]
     UnsupportedInheritedFd {
         /// The name it was given.
         name: String,

@@ -176,9 +176,11 @@ impl Handoff {
             Ok(false) => return Err(StartupError::NotSeqpacket { fd }),
             Err(()) => return Err(StartupError::NotASocket { fd }),
         }
-        let io = |operation| move |e: rustix::io::Errno| StartupError::Io {
-            operation,
-            source: e.into(),
+        let io = |operation| {
+            move |e: rustix::io::Errno| StartupError::Io {
+                operation,
+                source: e.into(),
+            }
         };
         rustix::io::fcntl_setfd(&channel, FdFlags::CLOEXEC)
             .map_err(io("make the channel close-on-exec"))?;

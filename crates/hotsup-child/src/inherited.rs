@@ -140,11 +140,7 @@ impl Sockets {
         let mut fds = Vec::with_capacity(entries.len());
         for entry in entries {
             if let Ok(kind) = entry.kind {
-                listeners.push(ListenerInfo::new(
-                    entry.name.clone(),
-                    kind,
-                    entry.address,
-                ));
+                listeners.push(ListenerInfo::new(entry.name.clone(), kind, entry.address));
             }
             slots.push(Slot {
                 name: entry.name,

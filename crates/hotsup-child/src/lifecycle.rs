@@ -335,7 +335,9 @@ impl Lifecycle {
     /// Blocks while paused; returns [`State::Serving`] or
     /// [`State::Draining`].
     pub fn wait_serving(&self) -> State {
-        self.shared.wait_until(None, |i| i.state() != State::Paused).0
+        self.shared
+            .wait_until(None, |i| i.state() != State::Paused)
+            .0
     }
 
     /// Accepts one connection from a std listener while serving; waits
@@ -438,7 +440,10 @@ impl Lifecycle {
     /// }
     /// # }
     /// ```
-    pub async fn accept_async<F: Future>(&self, mut accept: impl FnMut() -> F) -> Option<F::Output> {
+    pub async fn accept_async<F: Future>(
+        &self,
+        mut accept: impl FnMut() -> F,
+    ) -> Option<F::Output> {
         loop {
             // Taken before the state is read, so no change in between is
             // missed.

@@ -27,7 +27,9 @@ fn bad_hotsup_fd() {
     // Every later call reports the same start-up error; nothing binds the
     // fallback.
     assert!(matches!(
-        hotsup_child::first_tcp().or_bind("127.0.0.1:0").nonblocking(),
+        hotsup_child::first_tcp()
+            .or_bind("127.0.0.1:0")
+            .nonblocking(),
         Err(Error::Startup(_))
     ));
     assert!(matches!(hotsup_child::ready(), Err(Error::Startup(_))));
@@ -38,7 +40,5 @@ fn bad_hotsup_fd() {
          environment variable HOTSUP_FD has an invalid value \"three\""
     );
     // The lifecycle still works.
-    assert!(
-        !hotsup_child::lifecycle().wait_drain_timeout(Duration::from_millis(10))
-    );
+    assert!(!hotsup_child::lifecycle().wait_drain_timeout(Duration::from_millis(10)));
 }

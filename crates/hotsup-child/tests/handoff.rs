@@ -58,7 +58,11 @@ fn info(kind: WireKind, name: &str, address: &str) -> WireInfo {
 
 /// The listeners a handoff holds, as `kind name address` lines.
 fn described(handoff: &Handoff) -> Vec<String> {
-    handoff.listeners().iter().map(ToString::to_string).collect()
+    handoff
+        .listeners()
+        .iter()
+        .map(ToString::to_string)
+        .collect()
 }
 
 fn wire_described(infos: &[WireInfo]) -> Vec<String> {
@@ -221,7 +225,9 @@ fn receives_300_listeners_of_every_kind() {
         handoff.first_tcp().blocking(),
         Err(Error::AlreadyTaken { .. })
     ));
-    assert!(matches!(handoff.tcp("nope").blocking(), Err(Error::NotFound { name }) if name == "nope"));
+    assert!(
+        matches!(handoff.tcp("nope").blocking(), Err(Error::NotFound { name }) if name == "nope")
+    );
     drop(sup);
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -715,7 +721,13 @@ fn pause_holds_back_accept_and_resume_releases_it() {
         let lifecycle = lifecycle.clone();
         std::thread::spawn(move || lifecycle.accept(&listener).is_none())
     };
-    send_msg(&sup, &ToChild::Drain { timeout: Duration::from_secs(5) }, &[]);
+    send_msg(
+        &sup,
+        &ToChild::Drain {
+            timeout: Duration::from_secs(5),
+        },
+        &[],
+    );
     assert!(waiting.join().unwrap());
     assert_eq!(lifecycle.state(), State::Draining);
 }
@@ -767,7 +779,13 @@ fn async_accept_follows_the_state_without_a_runtime_of_its_own() {
 
         // The owned future suits `with_graceful_shutdown`-style APIs.
         let drained = tokio::spawn(lifecycle.drained());
-        send_msg(&sup, &ToChild::Drain { timeout: Duration::from_secs(5) }, &[]);
+        send_msg(
+            &sup,
+            &ToChild::Drain {
+                timeout: Duration::from_secs(5),
+            },
+            &[],
+        );
         drained.await.unwrap();
         assert!(lifecycle.accept_async(|| listener.accept()).await.is_none());
     });

@@ -24,8 +24,14 @@ fn standalone_process() {
         hotsup_child::tcp("web").blocking(),
         Err(Error::NoFallback { name }) if name == "web"
     ));
-    hotsup_child::tcp("web").or_bind("127.0.0.1:0").blocking().unwrap();
-    hotsup_child::udp("dns").or_bind("127.0.0.1:0").fd().unwrap();
+    hotsup_child::tcp("web")
+        .or_bind("127.0.0.1:0")
+        .blocking()
+        .unwrap();
+    hotsup_child::udp("dns")
+        .or_bind("127.0.0.1:0")
+        .fd()
+        .unwrap();
     let dir = std::env::temp_dir().join(format!("hsc-standalone-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -34,7 +40,9 @@ fn standalone_process() {
         .blocking()
         .unwrap();
     assert!(matches!(
-        hotsup_child::unix("admin").or_bind(dir.join("admin.sock")).blocking(),
+        hotsup_child::unix("admin")
+            .or_bind(dir.join("admin.sock"))
+            .blocking(),
         Err(Error::Bind { .. })
     ));
     let _ = std::fs::remove_dir_all(&dir);
@@ -56,6 +64,9 @@ fn standalone_process() {
     rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::TERM)
         .unwrap();
     assert!(drain.wait_drain_timeout(Duration::from_secs(5)));
-    assert_eq!(drain.drain_reason(), Some(DrainReason::Signal(Signal::Term)));
+    assert_eq!(
+        drain.drain_reason(),
+        Some(DrainReason::Signal(Signal::Term))
+    );
     assert_eq!(drain.deadline(), None);
 }

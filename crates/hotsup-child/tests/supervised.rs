@@ -63,7 +63,13 @@ fn supervised_process() {
         .iter()
         .map(ToString::to_string)
         .collect();
-    assert_eq!(described, ["tcp web ".to_owned() + &infos[0].address, "udp dns ".to_owned() + &infos[1].address]);
+    assert_eq!(
+        described,
+        [
+            "tcp web ".to_owned() + &infos[0].address,
+            "udp dns ".to_owned() + &infos[1].address
+        ]
+    );
     // The handle has one owner: a second adoption is refused.
     assert!(matches!(
         hotsup_child::Handoff::from_env(),
@@ -71,7 +77,10 @@ fn supervised_process() {
     ));
 
     // The fallback is not used under hotsup.
-    let listener = hotsup_child::first_tcp().or_bind("127.0.0.1:1").blocking().unwrap();
+    let listener = hotsup_child::first_tcp()
+        .or_bind("127.0.0.1:1")
+        .blocking()
+        .unwrap();
     assert_eq!(listener.local_addr().unwrap(), web.local_addr().unwrap());
     assert!(matches!(
         hotsup_child::tcp("web").blocking(),
@@ -85,7 +94,10 @@ fn supervised_process() {
         hotsup_child::tcp("dns").blocking(),
         Err(Error::WrongKind { .. })
     ));
-    let udp = hotsup_child::udp("dns").or_bind("127.0.0.1:0").blocking().unwrap();
+    let udp = hotsup_child::udp("dns")
+        .or_bind("127.0.0.1:0")
+        .blocking()
+        .unwrap();
 
     // SAFETY: the harness runs this binary's only test; no other thread
     // uses the environment now.

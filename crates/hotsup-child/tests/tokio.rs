@@ -19,7 +19,10 @@ async fn tokio_standalone() {
     let client = tokio::spawn(async move { tokio::net::TcpStream::connect(addr).await });
     let (_conn, _) = listener.accept().await.unwrap();
     client.await.unwrap().unwrap();
-    hotsup_child::udp("dns").or_bind("127.0.0.1:0").tokio().unwrap();
+    hotsup_child::udp("dns")
+        .or_bind("127.0.0.1:0")
+        .tokio()
+        .unwrap();
 
     let drain = hotsup_child::lifecycle();
     assert!(
