@@ -154,11 +154,20 @@ impl Shared {
 
     /// Applies `change` and wakes every waiter if it changed anything.
     fn update(&self, change: impl FnOnce(&mut Inner) -> bool) {
+        self.wake_if(true, change);
+    }
+
+    /// Like [`update`](Self::update); `bump` says whether the change is one
+    /// of the lifecycle (state, deadline) that [`Lifecycle::changed`]
+    /// reports, rather than of the work in flight.
+    fn wake_if(&self, bump: bool, change: impl FnOnce(&mut Inner) -> bool) {
         let mut inner = self.lock();
         if !change(&mut inner) {
             return;
         }
-        inner.epoch += 1;
+        if bump {
+            inner.epoch += 1;
+        }
         let wakers: Vec<Waker> = inner.wakers.drain().map(|(_, w)| w).collect();
         drop(inner);
         self.changed.notify_all();
@@ -198,7 +207,7 @@ impl Shared {
     }
 
     fn leave(&self) {
-        self.update(|inner| {
+        self.wake_if(false, |inner| {
             inner.in_flight = inner.in_flight.saturating_sub(1);
             inner.in_flight == 0
         });
@@ -479,7 +488,8 @@ impl Lifecycle {
     }
 
     /// A future that completes at the next change of [`state`](Self::state)
-    /// (or of the drain deadline) after this call.
+    /// (or of the drain deadline) after this call. It may also be woken
+    /// (and stay pending) when the work in flight ends.
     pub fn changed(&self) -> Wait {
         let epoch = self.shared.lock().epoch;
         Wait::new(&self.shared, Cond::ChangedSince(epoch))
@@ -839,6 +849,11 @@ mod tests {
         assert!(waiter.join().unwrap());
         assert!(poll(&mut idle, &count).is_ready());
         assert_eq!(lc.in_flight_count(), 0);
+        // The end of the work is no change of state.
+        let mut changed = lc.changed();
+        assert!(poll(&mut changed, &count).is_pending());
+        drop(lc.in_flight());
+        assert!(poll(&mut changed, &count).is_pending());
     }
 
     #[test]
