@@ -199,8 +199,12 @@ fn testchild_pauses_keeps_its_connections_and_resumes() {
     // An open keep-alive connection is still served.
     assert!(get(&mut kept).starts_with("HTTP/1.1 200"));
     // A new one stays in the backlog, for another generation: the
-    // supervisor's copy of the listener takes it.
+    // supervisor's copy of the listener takes it. It takes it only after a
+    // request through the child has gone there and back, so that a child
+    // that wrongly accepts while paused has had every chance to take it
+    // first (then nothing is left to take, and this fails).
     let newcomer = TcpStream::connect(addr).unwrap();
+    assert!(get(&mut kept).starts_with("HTTP/1.1 200"));
     let deadline = Instant::now() + WAIT;
     let peer = loop {
         match child.listener.accept() {

@@ -698,9 +698,10 @@ fn pause_holds_back_accept_and_resume_releases_it() {
             peer
         })
     };
-    // A connection made while paused stays in the backlog for another
-    // generation: the supervisor's copy (another holder of the same
-    // socket) takes it.
+    // A connection made while paused can be taken by another holder of the
+    // same socket (the supervisor's copy here). That the paused child does
+    // not take it first is shown by tests/e2e/child_v2.rs, which gives the
+    // child a round trip's time to do so.
     let early = TcpStream::connect(web.local_addr().unwrap()).unwrap();
     let (_taken, peer) = lifecycle_free_accept(&web);
     assert_eq!(peer, early.local_addr().unwrap());
