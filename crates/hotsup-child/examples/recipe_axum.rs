@@ -1,7 +1,7 @@
 //! Recipe: axum under hotsup.
 //!
 //! ```text
-//! cargo run -p hotsup-child --example recipe_axum [ADDR]         # standalone, default 127.0.0.1:8080
+//! cargo run -p hotsup-child --features tokio --example recipe_axum [ADDR]  # standalone, default 127.0.0.1:8080
 //! hotsup run -l http=127.0.0.1:8080 -- target/debug/examples/recipe_axum
 //! hotsup run --fds systemd -l http=127.0.0.1:8080 -- target/debug/examples/recipe_axum
 //! ```

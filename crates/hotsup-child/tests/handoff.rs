@@ -753,6 +753,7 @@ fn lifecycle_free_accept(listener: &TcpListener) -> (TcpStream, std::net::Socket
     }
 }
 
+#[cfg(feature = "tokio")]
 #[test]
 fn async_accept_follows_the_state_without_a_runtime_of_its_own() {
     let (sup, _web, handoff) = v2_handoff();
