@@ -34,12 +34,20 @@ fn probe() -> PathBuf {
     probe
 }
 
-/// A fresh directory for Unix sockets.
-fn temp_dir(tag: &str) -> PathBuf {
+/// A fresh directory for Unix sockets, removed on drop (also when the
+/// test fails).
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn temp_dir(tag: &str) -> TempDir {
     let dir = std::env::temp_dir().join(format!("hsc-act-{}-{tag}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    TempDir(dir)
 }
 
 /// How to start the child.
@@ -142,6 +150,7 @@ fn datagrams(socket: &UnixDatagram) -> Vec<String> {
 #[test]
 fn activation_with_names_kinds_and_notify() {
     let dir = temp_dir("full");
+    let dir = &dir.0;
     let web = TcpListener::bind("127.0.0.1:0").unwrap();
     let dns = UdpSocket::bind("127.0.0.1:0").unwrap();
     let admin_path = dir.join("admin.sock");
@@ -186,7 +195,6 @@ fn activation_with_names_kinds_and_notify() {
         ["READY=1\n", "STATUS=warming up\n"],
         "READY=1 once, then the status"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
