@@ -1,43 +1,31 @@
-//! A TCP echo server on tokio that drains gracefully.
+//! A TCP echo server on tokio that pauses and drains gracefully.
 //!
 //! ```text
 //! cargo run --example echo [ADDR]              # standalone, default 127.0.0.1:7000
 //! hotsup run --listen 127.0.0.1:7000 -- target/debug/examples/echo
 //! ```
 //!
-//! On drain (`DRAIN`, `SIGTERM` or `SIGINT`) it stops accepting at once, lets
-//! the open connections run until their clients close them, at most until
-//! shortly before the drain deadline, and exits 0.
+//! While paused (protocol version 2) it accepts nothing and keeps echoing on
+//! the open connections. On drain (`DRAIN`, `SIGTERM` or `SIGINT`) it stops
+//! accepting at once, lets the open connections run until their clients
+//! close them, at most until shortly before the drain deadline, and exits 0.
 
 use std::error::Error;
 use std::io::Write;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::net::TcpStream;
-use tokio::task::JoinSet;
 
 /// Drain budget when the drain has no deadline (a signal).
 const DEFAULT_DRAIN: Duration = Duration::from_secs(10);
 
-fn main() -> Result<(), Box<dyn Error>> {
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn Error>> {
     let addr = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:7000".into());
-    // The handoff runs before the runtime starts its threads (it edits the
-    // environment), and so does the signal handling of the drain handle.
-    hotsup_child::init()?;
-    let drain = hotsup_child::drain();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(serve(&addr, drain))?;
-    // Connections still open at the deadline are dropped with the runtime.
-    runtime.shutdown_timeout(Duration::from_millis(100));
-    Ok(())
-}
-
-async fn serve(addr: &str, drain: hotsup_child::Drain) -> Result<(), Box<dyn Error>> {
-    let listener = hotsup_child::tokio::inherit_listener(addr)?;
+    let listener = hotsup_child::first_tcp().or_bind(addr).tokio()?;
+    let lifecycle = hotsup_child::lifecycle();
     let pid = std::process::id();
     let generation = hotsup_child::generation().unwrap_or(0);
     println!(
@@ -45,46 +33,39 @@ async fn serve(addr: &str, drain: hotsup_child::Drain) -> Result<(), Box<dyn Err
         listener.local_addr()?
     );
     std::io::stdout().flush()?;
+    hotsup_child::enable_pause()?;
     hotsup_child::ready()?;
 
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = drain.wait_async() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    connections.spawn(echo(stream));
-                }
-                Err(e) => {
-                    // For example EMFILE: back off instead of spinning.
-                    eprintln!("echo example: accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            },
-            // Reap finished connections as we go.
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+    while let Some(accepted) = lifecycle.accept_async(|| listener.accept()).await {
+        match accepted {
+            Ok((stream, _)) => {
+                let in_flight = lifecycle.in_flight();
+                tokio::spawn(async move {
+                    echo(stream).await;
+                    drop(in_flight);
+                });
+            }
+            Err(e) => {
+                // For example EMFILE: back off instead of spinning.
+                eprintln!("echo example: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         }
     }
     drop(listener);
 
-    let now = Instant::now();
-    let deadline = drain.deadline().unwrap_or(now + DEFAULT_DRAIN);
-    let left = deadline.saturating_duration_since(now);
-    // Exit a little before the deadline, so that the supervisor sees a clean
-    // exit rather than having to kill the process group.
-    let leave_by = deadline - (left / 10).min(Duration::from_millis(200));
     eprintln!(
         "echo example pid={pid}: draining, {} connections open",
-        connections.len()
+        lifecycle.in_flight_count()
     );
-    let all_closed = tokio::time::timeout_at(leave_by.into(), async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
-    if all_closed.is_err() {
+    let leave_by = lifecycle.exit_by(DEFAULT_DRAIN);
+    if tokio::time::timeout_at(leave_by.into(), lifecycle.idle())
+        .await
+        .is_err()
+    {
         eprintln!(
             "echo example pid={pid}: closing {} connections at the deadline",
-            connections.len()
+            lifecycle.in_flight_count()
         );
     }
     Ok(())

@@ -9,7 +9,10 @@
 //! (`g` is 0 standalone). `?sleep_ms=N` (at most 10000) delays the response,
 //! to have requests in flight across an upgrade.
 //!
-//! Draining (on `DRAIN`, `SIGTERM` or `SIGINT`) goes in three steps:
+//! It follows the supervisor's lifecycle: it accepts while serving, accepts
+//! nothing while paused (protocol version 2; open connections are served
+//! as usual), and drains (on `DRAIN`, `SIGTERM` or `SIGINT`) in three
+//! steps:
 //!
 //! 1. Stop accepting at once; the next generation accepts from the same
 //!    socket.
@@ -17,9 +20,9 @@
 //!    keep-alive connections, but answer every request with
 //!    `Connection: close`. A busy client thus learns to reconnect (to the new
 //!    generation) from a response, instead of racing a close.
-//! 3. Shut every remaining connection down gracefully (requests in flight
-//!    finish, idle connections close), wait for them until shortly before the
-//!    deadline, and exit 0.
+//! 3. Shut the remaining connections down with hyper-util's
+//!    `GracefulShutdown` (requests in flight finish, idle connections
+//!    close), until shortly before the deadline, and exit 0.
 
 /// One line on stderr in one write(2): `eprintln!` writes a formatted line
 /// in pieces, and the stderr an app shares with hotsup would get hotsup's
@@ -47,34 +50,20 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpStream;
-use tokio::sync::watch;
-use tokio::task::JoinSet;
+use hyper_util::server::graceful::GracefulShutdown;
 
 /// Drain budget when the drain has no deadline (a signal).
 const DEFAULT_DRAIN: Duration = Duration::from_secs(10);
 /// Longest `?sleep_ms=`.
 const MAX_SLEEP_MS: u64 = 10_000;
 
-fn main() -> Result<(), Box<dyn Error>> {
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn Error>> {
     let addr = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:8080".into());
-    // The handoff runs before the runtime starts its threads (it edits the
-    // environment), and so does the signal handling of the drain handle.
-    hotsup_child::init()?;
-    let drain = hotsup_child::drain();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(serve(&addr, drain))?;
-    // Connections still open at the deadline are dropped with the runtime.
-    runtime.shutdown_timeout(Duration::from_millis(100));
-    Ok(())
-}
-
-async fn serve(addr: &str, drain: hotsup_child::Drain) -> Result<(), Box<dyn Error>> {
-    let listener = hotsup_child::tokio::inherit_listener(addr)?;
+    let listener = hotsup_child::first_tcp().or_bind(addr).tokio()?;
+    let lifecycle = hotsup_child::lifecycle();
     let pid = std::process::id();
     let generation = hotsup_child::generation().unwrap_or(0);
     println!(
@@ -82,86 +71,55 @@ async fn serve(addr: &str, drain: hotsup_child::Drain) -> Result<(), Box<dyn Err
         listener.local_addr()?
     );
     std::io::stdout().flush()?;
+    hotsup_child::enable_pause()?;
     hotsup_child::ready()?;
 
     let body = Bytes::from(format!("pid={pid} generation={generation}\n"));
     // Set during the grace period: every response says `Connection: close`.
     let closing = Arc::new(AtomicBool::new(false));
-    // Set after it: every connection shuts down gracefully.
-    let (shutdown, shutdown_rx) = watch::channel(false);
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = drain.wait_async() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    connections.spawn(serve_connection(
-                        stream,
-                        body.clone(),
-                        Arc::clone(&closing),
-                        shutdown_rx.clone(),
-                    ));
-                }
-                Err(e) => {
-                    // For example EMFILE: back off instead of spinning.
-                    say!("http example: accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            },
-            // Reap finished connections as we go.
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
+    let graceful = GracefulShutdown::new();
+    while let Some(accepted) = lifecycle.accept_async(|| listener.accept()).await {
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // For example EMFILE: back off instead of spinning.
+                say!("http example: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let (body, closing) = (body.clone(), Arc::clone(&closing));
+        let service = service_fn(move |req| respond(req, body.clone(), Arc::clone(&closing)));
+        let connection = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        let in_flight = lifecycle.in_flight();
+        tokio::spawn(async move {
+            report(connection.await);
+            drop(in_flight);
+        });
     }
     drop(listener);
 
-    let now = Instant::now();
-    let deadline = drain.deadline().unwrap_or(now + DEFAULT_DRAIN);
-    let left = deadline.saturating_duration_since(now);
-    // Exit a little before the deadline, so that the supervisor sees a clean
-    // exit rather than having to kill the process group.
-    let leave_by = deadline - (left / 10).min(Duration::from_millis(200));
-    let grace = Duration::from_secs(1).min(left / 4);
+    let leave_by = lifecycle.exit_by(DEFAULT_DRAIN);
+    let grace = Duration::from_secs(1).min(leave_by.saturating_duration_since(Instant::now()) / 4);
     say!(
         "http example pid={pid}: draining {} connections, grace {grace:?}",
-        connections.len()
+        lifecycle.in_flight_count()
     );
-
     closing.store(true, Ordering::SeqCst);
-    let _ = tokio::time::timeout(grace, wait_all(&mut connections)).await;
-    let _ = shutdown.send(true);
-    let finished = tokio::time::timeout_at(leave_by.into(), wait_all(&mut connections)).await;
-    if finished.is_err() {
+    let _ = tokio::time::timeout(grace, lifecycle.idle()).await;
+    if tokio::time::timeout_at(leave_by.into(), graceful.shutdown())
+        .await
+        .is_err()
+    {
         say!(
             "http example pid={pid}: {} connections still open at the deadline",
-            connections.len()
+            lifecycle.in_flight_count()
         );
     }
     Ok(())
-}
-
-async fn wait_all(connections: &mut JoinSet<()>) {
-    while connections.join_next().await.is_some() {}
-}
-
-async fn serve_connection(
-    stream: TcpStream,
-    body: Bytes,
-    closing: Arc<AtomicBool>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let service = service_fn(move |req| respond(req, body.clone(), Arc::clone(&closing)));
-    let connection = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .serve_connection(TokioIo::new(stream), service);
-    let mut connection = std::pin::pin!(connection);
-    tokio::select! {
-        result = connection.as_mut() => return report(result),
-        // An error means the sender is gone: shut down as well.
-        _ = shutdown.wait_for(|shut| *shut) => {}
-    }
-    // Finishes the request in flight, if any, then closes.
-    connection.as_mut().graceful_shutdown();
-    report(connection.await);
 }
 
 fn report(result: Result<(), hyper::Error>) {

@@ -4,8 +4,17 @@
 //!
 //! ```text
 //! testchild [--mode-file PATH] [--ready-delay-ms N] [--crash-after-ms N]
-//!           [--dump-listeners] [--listen ADDR]
+//!           [--unhealthy-after-ms N] [--protocol 1|2] [--dump-listeners]
+//!           [--listen ADDR]
 //! ```
+//!
+//! `--protocol 2` (the default) answers a version 2 supervisor's `HELLO`
+//! (`enable_pause`) before `ready()` in the serving modes and honours
+//! `PAUSE`/`RESUME` on every listener: while paused it accepts (and reads
+//! UDP datagrams) no more, but keeps serving its open connections.
+//! `--protocol 1` behaves as a version 1 child: no answer, no pause.
+//! `--unhealthy-after-ms N` sends `UNHEALTHY testchild unhealthy` N ms after
+//! `ready()` (a status line when version 2 was not agreed).
 //!
 //! The mode is read from `--mode-file` at start-up (trimmed; `serve` when the
 //! option is absent, the file missing or empty):
@@ -29,7 +38,10 @@
 //! prefixed with `<name> `.
 //!
 //! Stdout lines, each flushed at once: `testchild ready pid=<pid>
-//! generation=<g>` after `ready()`, `testchild draining pid=<pid>` when
+//! generation=<g>` after `ready()`, `testchild paused pid=<pid>` and
+//! `testchild resumed pid=<pid>` when the supervisor pauses and resumes it,
+//! `testchild unhealthy pid=<pid> sent=<true|false>` after reporting itself
+//! unhealthy (`sent`: as `UNHEALTHY`), `testchild draining pid=<pid>` when
 //! draining. Standalone (generation 0) the HTTP server binds `--listen`
 //! (default `127.0.0.1:0`) and prints the address on stderr.
 //!
@@ -42,16 +54,15 @@
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use hotsup_child::{Drain, Kind};
+use hotsup_child::{Accept, InFlight, Kind, Lifecycle, State};
 
 /// How often accept loops and idle connections look at the drain state.
 const POLL: Duration = Duration::from_millis(10);
@@ -92,6 +103,8 @@ struct Args {
     mode_file: Option<PathBuf>,
     ready_delay: Duration,
     crash_after: Duration,
+    unhealthy_after: Option<Duration>,
+    protocol: u32,
     dump_listeners: bool,
     grandchild: bool,
     listen: String,
@@ -101,7 +114,7 @@ fn usage(msg: &str) -> ! {
     eprintln!("testchild: {msg}");
     eprintln!(
         "usage: testchild [--mode-file PATH] [--ready-delay-ms N] [--crash-after-ms N] \
-         [--dump-listeners] [--listen ADDR]"
+         [--unhealthy-after-ms N] [--protocol 1|2] [--dump-listeners] [--listen ADDR]"
     );
     std::process::exit(2);
 }
@@ -111,6 +124,8 @@ fn parse_args() -> Args {
         mode_file: None,
         ready_delay: Duration::ZERO,
         crash_after: Duration::from_millis(500),
+        unhealthy_after: None,
+        protocol: 2,
         dump_listeners: false,
         grandchild: false,
         listen: "127.0.0.1:0".into(),
@@ -130,6 +145,12 @@ fn parse_args() -> Args {
             },
             "--ready-delay-ms" => args.ready_delay = millis(&arg, it.next()),
             "--crash-after-ms" => args.crash_after = millis(&arg, it.next()),
+            "--unhealthy-after-ms" => args.unhealthy_after = Some(millis(&arg, it.next())),
+            "--protocol" => match it.next().as_deref() {
+                Some("1") => args.protocol = 1,
+                Some("2") => args.protocol = 2,
+                _ => usage("--protocol needs 1 or 2"),
+            },
             "--dump-listeners" => args.dump_listeners = true,
             "--grandchild" => args.grandchild = true,
             "--listen" => match it.next() {
@@ -173,7 +194,7 @@ fn main() {
     if args.grandchild {
         // Handling the signals (and never acting on them) makes them
         // harmless: only the process group's SIGKILL ends the grandchild.
-        let _ignored = hotsup_child::drain();
+        let _ignored = hotsup_child::lifecycle();
         sleep_forever();
     }
     let mode = read_mode(args.mode_file.as_ref());
@@ -193,34 +214,28 @@ fn main() {
     let pid = std::process::id();
     let generation = hotsup_child::generation().unwrap_or(0);
 
-    // The drain handle also turns SIGTERM and SIGINT into a drain. Modes that
+    // The lifecycle also turns SIGTERM and SIGINT into a drain. Modes that
     // must die from those signals (never-ready, garbage) do not ask for it.
-    let drain = match mode {
+    let lifecycle = match mode {
         Mode::NeverReady | Mode::Garbage => None,
-        _ => Some(hotsup_child::drain()),
+        _ => Some(hotsup_child::lifecycle()),
     };
     let server = Arc::new(Server {
-        drain: if mode == Mode::IgnoreDrain {
-            None
-        } else {
-            drain.clone()
-        },
-        active: AtomicUsize::new(0),
+        lifecycle: lifecycle.clone(),
+        ignore_drain: mode == Mode::IgnoreDrain,
         idle_close_at: OnceLock::new(),
         body: format!("pid={pid} generation={generation}\n"),
     });
 
+    // Every testchild generation takes its sockets nonblocking, so no
+    // generation (not even one that never serves) can leave an older one
+    // stuck in a blocking accept.
     let sockets = if args.dump_listeners {
         take_all_listeners()
     } else {
-        let first_tcp = hotsup_child::listeners()
-            .iter()
-            .find(|l| l.kind == Kind::Tcp)
-            .map(|l| l.name.clone());
-        let taken = match first_tcp {
-            Some(name) => take_nonblocking(&name, Kind::Tcp).map(TcpListener::from),
-            None => hotsup_child::inherit_listener(args.listen.as_str()),
-        };
+        let taken = hotsup_child::first_tcp()
+            .or_bind(args.listen.as_str())
+            .nonblocking();
         match taken {
             Ok(l) => {
                 if !hotsup_child::is_supervised() {
@@ -264,12 +279,32 @@ fn main() {
     if !args.ready_delay.is_zero() {
         thread::sleep(args.ready_delay);
     }
+    // Every accept loop follows the lifecycle (ignore-drain's too, for
+    // pauses), so this child may answer version 2.
+    if args.protocol >= 2 {
+        if let Err(e) = hotsup_child::enable_pause() {
+            eprintln!("testchild: enable_pause: {e}");
+        }
+    }
+    if let Some(lifecycle) = &lifecycle {
+        let lifecycle = lifecycle.clone();
+        thread::spawn(move || report_pauses(&lifecycle, pid));
+    }
     if let Err(e) = hotsup_child::ready() {
         eprintln!("testchild: ready: {e}");
     }
     say(&format!(
         "testchild ready pid={pid} generation={generation}"
     ));
+    if let Some(after) = args.unhealthy_after {
+        thread::spawn(move || {
+            thread::sleep(after);
+            match hotsup_child::unhealthy("testchild unhealthy") {
+                Ok(sent) => say(&format!("testchild unhealthy pid={pid} sent={sent}")),
+                Err(e) => eprintln!("testchild: unhealthy: {e}"),
+            }
+        });
+    }
 
     match mode {
         Mode::ExitAfterReady => {
@@ -288,28 +323,42 @@ fn main() {
         _ => {}
     }
 
-    let drain = drain.expect("serving modes have a drain handle");
-    drain.wait();
+    let Some(lifecycle) = lifecycle else {
+        unreachable!("serving modes have a lifecycle");
+    };
+    lifecycle.wait_drain();
     say(&format!("testchild draining pid={pid}"));
     if args.dump_listeners {
         // The dump answers are one-shot; nothing is in flight to finish.
         std::process::exit(0);
     }
     let now = Instant::now();
-    let deadline = drain.deadline().unwrap_or(now + DEFAULT_DRAIN);
-    let left = deadline.saturating_duration_since(now);
-    let grace = Duration::from_secs(1).min(left / 4);
+    let leave_by = lifecycle.exit_by(DEFAULT_DRAIN);
+    let grace = Duration::from_secs(1).min(leave_by.saturating_duration_since(now) / 4);
     let _ = server.idle_close_at.set(now + grace);
-    // Leave a little before the deadline, so the supervisor sees a clean
-    // exit rather than having to kill.
-    let leave_by = deadline - (left / 10).min(Duration::from_millis(200));
     for t in threads {
         let _ = t.join();
     }
-    while server.active.load(Ordering::SeqCst) > 0 && Instant::now() < leave_by {
-        thread::sleep(POLL);
-    }
+    lifecycle.wait_idle_until(leave_by);
     std::process::exit(0);
+}
+
+/// Prints a line whenever the supervisor pauses or resumes this process.
+fn report_pauses(lifecycle: &Lifecycle, pid: u32) {
+    let mut seen = State::Serving;
+    loop {
+        seen = match lifecycle.wait_change(seen, None) {
+            State::Paused => {
+                say(&format!("testchild paused pid={pid}"));
+                State::Paused
+            }
+            State::Serving => {
+                say(&format!("testchild resumed pid={pid}"));
+                State::Serving
+            }
+            _ => return,
+        };
+    }
 }
 
 /// Sends bytes that are no protocol message on the channel.
@@ -349,10 +398,9 @@ fn spawn_grandchild() {
 
 /// State shared by the main thread and the serving threads.
 struct Server {
-    /// `None` when drains are ignored.
-    drain: Option<Drain>,
-    /// Open connections.
-    active: AtomicUsize,
+    lifecycle: Option<Lifecycle>,
+    /// Whether drains are ignored.
+    ignore_drain: bool,
     /// When draining: from then on idle connections are closed.
     idle_close_at: OnceLock<Instant>,
     /// The response body.
@@ -361,34 +409,34 @@ struct Server {
 
 impl Server {
     fn draining(&self) -> bool {
-        self.drain.as_ref().is_some_and(Drain::is_draining)
+        !self.ignore_drain && self.lifecycle.as_ref().is_some_and(Lifecycle::is_draining)
+    }
+
+    /// Waits while paused; returns whether to stop (draining).
+    fn hold(&self) -> bool {
+        let Some(lifecycle) = &self.lifecycle else {
+            return false;
+        };
+        loop {
+            match lifecycle.state() {
+                State::Paused => {
+                    lifecycle.wait_change(State::Paused, Some(POLL * 10));
+                }
+                State::Draining => return !self.ignore_drain,
+                _ => return false,
+            }
+        }
+    }
+
+    /// Counts one connection as in flight.
+    fn in_flight(&self) -> Option<InFlight> {
+        self.lifecycle.as_ref().map(Lifecycle::in_flight)
     }
 
     fn close_idle(&self) -> bool {
         self.idle_close_at
             .get()
             .is_some_and(|at| Instant::now() >= *at)
-    }
-}
-
-/// Counts a connection as open while it lives.
-struct Active<'a>(&'a AtomicUsize);
-
-impl<'a> Active<'a> {
-    /// Takes over a count made with [`count_one`] before the connection's
-    /// thread started.
-    fn adopt(counter: &'a AtomicUsize) -> Active<'a> {
-        Active(counter)
-    }
-}
-
-fn count_one(counter: &AtomicUsize) {
-    counter.fetch_add(1, Ordering::SeqCst);
-}
-
-impl Drop for Active<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -406,14 +454,26 @@ fn take_all_listeners() -> Vec<Socket> {
     for (index, l) in hotsup_child::listeners().iter().enumerate() {
         say(&format!(
             "listener {index} {} {} {}",
-            l.name, l.kind, l.address
+            l.name(),
+            l.kind(),
+            l.address()
         ));
-        let name = l.name.clone();
-        let taken = take_nonblocking(&name, l.kind).map(|fd| match l.kind {
-            Kind::Tcp => Socket::TcpName(fd.into(), name),
-            Kind::Unix => Socket::UnixName(fd.into(), name),
-            Kind::Udp => Socket::UdpEcho(fd.into(), name),
-        });
+        let name = l.name().to_owned();
+        let taken = match l.kind() {
+            Kind::Tcp => hotsup_child::tcp(&name)
+                .nonblocking()
+                .map(|s| Socket::TcpName(s, name)),
+            Kind::Unix => hotsup_child::unix(&name)
+                .nonblocking()
+                .map(|s| Socket::UnixName(s, name)),
+            Kind::Udp => hotsup_child::udp(&name)
+                .nonblocking()
+                .map(|s| Socket::UdpEcho(s, name)),
+            other => {
+                eprintln!("testchild: listener kind {other} is new to me");
+                continue;
+            }
+        };
         match taken {
             Ok(s) => sockets.push(s),
             Err(e) => {
@@ -425,62 +485,58 @@ fn take_all_listeners() -> Vec<Socket> {
     sockets
 }
 
-/// Takes an inherited socket and makes it nonblocking.
-///
-/// `O_NONBLOCK` is shared by every generation holding the socket. Every
-/// testchild generation uses its sockets nonblocking, and takes them without
-/// the blocking-mode step of the std accessors, so no generation (not even
-/// one that never serves) can leave an older one stuck in a blocking accept.
-fn take_nonblocking(name: &str, kind: Kind) -> Result<std::os::fd::OwnedFd, hotsup_child::Error> {
-    let fd = hotsup_child::take_socket(name, kind)?;
-    rustix::io::ioctl_fionbio(&fd, true).map_err(io::Error::from)?;
-    Ok(fd)
-}
-
 impl Socket {
     /// Serves until draining (or forever when drains are ignored).
     fn serve(self, server: &Arc<Server>) {
         match self {
-            Socket::Http(l) => accept_loop(&l, TcpListener::accept, server, |conn| {
+            Socket::Http(l) => accept_loop(&l, server, |conn| {
                 let server = Arc::clone(server);
                 // Counted here, in the accept loop, not in the new thread:
                 // the drain waits for the count once the accept loops are
                 // joined, and must not miss a connection whose thread has
                 // not run yet.
-                count_one(&server.active);
+                let in_flight = server.in_flight();
                 thread::spawn(move || {
-                    let _active = Active::adopt(&server.active);
+                    let _in_flight = in_flight;
                     if let Err(e) = serve_http(conn, &server) {
                         eprintln!("testchild: connection: {e}");
                     }
                 });
             }),
-            Socket::TcpName(l, name) => accept_loop(&l, TcpListener::accept, server, |conn| {
-                answer_name(conn, &name)
-            }),
-            Socket::UnixName(l, name) => accept_loop(&l, UnixListener::accept, server, |conn| {
-                answer_name(conn, &name)
-            }),
+            Socket::TcpName(l, name) => accept_loop(&l, server, |conn| answer_name(conn, &name)),
+            Socket::UnixName(l, name) => accept_loop(&l, server, |conn| answer_name(conn, &name)),
             Socket::UdpEcho(s, name) => udp_echo(&s, &name, server),
         }
     }
 }
 
-/// Accepts until draining. The listener is polled nonblocking, so a drain is
-/// noticed within [`POLL`] even when nobody connects. (`O_NONBLOCK` is
-/// shared with the other generations, whose mode may change under us; every
-/// loop here copes with both modes.)
-fn accept_loop<L: AsFd, C: SetBlocking, A>(
-    listener: &L,
-    accept: impl Fn(&L) -> io::Result<(C, A)>,
-    server: &Server,
-    mut handle: impl FnMut(C),
-) {
-    if let Err(e) = rustix::io::ioctl_fionbio(listener, true) {
-        eprintln!("testchild: cannot make the listener nonblocking: {e}");
+/// Accepts until draining, holding back while paused. With a lifecycle
+/// that honours drains, `Lifecycle::accept` does it all; ignore-drain mode
+/// polls by hand, since for it a drain is no reason to stop.
+fn accept_loop<L: Accept>(listener: &L, server: &Server, mut handle: impl FnMut(L::Conn))
+where
+    L::Conn: SetBlocking,
+{
+    if let (Some(lifecycle), false) = (&server.lifecycle, server.ignore_drain) {
+        while let Some(accepted) = lifecycle.accept(listener) {
+            match accepted {
+                Ok((conn, _)) => {
+                    if let Err(e) = conn.set_blocking() {
+                        eprintln!("testchild: {e}");
+                        continue;
+                    }
+                    handle(conn);
+                }
+                Err(e) => {
+                    eprintln!("testchild: accept: {e}");
+                    thread::sleep(POLL);
+                }
+            }
+        }
+        return;
     }
-    while !server.draining() {
-        match accept(listener) {
+    while !server.hold() {
+        match listener.accept() {
             Ok((conn, _)) => {
                 // Accepted sockets do not inherit O_NONBLOCK, but be explicit.
                 if let Err(e) = conn.set_blocking() {
@@ -528,7 +584,7 @@ fn udp_echo(socket: &UdpSocket, name: &str, server: &Server) {
         eprintln!("testchild: {e}");
     }
     let mut buf = vec![0u8; 65536];
-    while !server.draining() {
+    while !server.hold() {
         match socket.recv_from(&mut buf) {
             Ok((n, from)) => {
                 let mut reply = format!("{name} ").into_bytes();

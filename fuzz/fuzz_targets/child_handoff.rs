@@ -1,13 +1,13 @@
-//! Drives `hotsup_child::Handoff::receive` (the child's side of the
+//! Drives `hotsup_child::Handoff::from_channel` (the child's side of the
 //! handshake) with arbitrary messages from a fake supervisor.
 //!
 //! Input format: the first byte is the number of messages; each message is a
 //! 2-byte little-endian length followed by that many bytes (cut short at the
 //! end of the input). The messages are sent, without fds, on one end of an
-//! `AF_UNIX` `SOCK_SEQPACKET` socketpair, which is then closed; `receive`
+//! `AF_UNIX` `SOCK_SEQPACKET` socketpair, which is then closed; `from_channel`
 //! reads the other end. Sending stops early if the socket buffer is full.
 //!
-//! Properties: `receive` returns (it never blocks, since the peer is closed),
+//! Properties: `from_channel` returns (it never blocks, since the peer is closed),
 //! never panics, and leaves exactly as many fds open as there were before
 //! (on success, once the handoff is dropped and its watcher thread has seen
 //! end-of-file).
@@ -65,15 +65,15 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         drop(ours);
-        match hotsup_child::Handoff::receive(theirs) {
+        match hotsup_child::Handoff::from_channel(theirs) {
             Ok(handoff) => {
                 // No fds were sent, so only an empty handoff can succeed.
                 assert!(handoff.listeners().is_empty());
-                let drain = handoff.drain();
+                let lifecycle = handoff.lifecycle();
                 drop(handoff);
                 // The watcher thread sees end-of-file and drops its end.
                 assert!(
-                    drain.wait_timeout(Duration::from_secs(5)),
+                    lifecycle.wait_drain_timeout(Duration::from_secs(5)),
                     "watcher did not see end-of-file"
                 );
             }

@@ -2,6 +2,7 @@
 //! loopback. One test binary, as ripgrep does; each module is one area.
 
 mod bad_input;
+mod child_v2;
 mod containment;
 mod control;
 mod faults;
@@ -10,6 +11,7 @@ mod lifecycle;
 mod listeners;
 mod notify;
 mod privileges;
+mod recipes;
 mod reliability_log;
 mod rollback;
 mod systemd;

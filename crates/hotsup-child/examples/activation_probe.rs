@@ -10,13 +10,13 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use hotsup_child::{DrainReason, Error, Kind};
+use hotsup_child::{DrainReason, Error, Signal, StartupError};
 use rustix::io::FdFlags;
 
 #[path = "../tests/common/activation.rs"]
 mod common;
 
-use common::{assert_scrubbed, expected, fd_flags};
+use common::{SCRUBBED, address, assert_scrubbed, expected, fd_flags, found};
 
 fn main() {
     let scenario = std::env::args().nth(1).unwrap_or_default();
@@ -49,10 +49,17 @@ fn full() {
     let notify = std::env::var_os("NOTIFY_SOCKET").unwrap();
 
     hotsup_child::init().unwrap();
+    // The handoff only reads the environment.
+    for var in ["LISTEN_FDS", "LISTEN_PID", "NOTIFY_SOCKET"] {
+        assert!(std::env::var_os(var).is_some(), "{var} must be left alone");
+    }
+    // SAFETY: the only other thread of this process (the time-out above)
+    // only sleeps and never touches the environment.
+    unsafe { hotsup_child::scrub_env() };
     assert_scrubbed();
     assert!(hotsup_child::is_supervised());
     assert_eq!(hotsup_child::generation(), Some(5));
-    assert_eq!(hotsup_child::listeners(), &expect[..]);
+    assert_eq!(found(), expect);
     assert_eq!(hotsup_child::notify_socket(), Some(notify.as_os_str()));
     for fd in 3..=8 {
         assert!(
@@ -62,38 +69,46 @@ fn full() {
     }
 
     // The fallback is not used: the first TCP listener is.
-    let web = hotsup_child::inherit_listener("127.0.0.1:1").unwrap();
-    assert_eq!(web.local_addr().unwrap().to_string(), expect[0].address);
+    let web = hotsup_child::first_tcp()
+        .or_bind("127.0.0.1:1")
+        .blocking()
+        .unwrap();
+    assert_eq!(web.local_addr().unwrap().to_string(), address(&expect[0]));
     assert!(matches!(
-        hotsup_child::tcp_listener("web"),
+        hotsup_child::tcp("web").blocking(),
         Err(Error::AlreadyTaken { .. })
     ));
-    match hotsup_child::tcp_listener("conn") {
-        Err(Error::UnsupportedInheritedFd { fd: 6, found }) => {
-            assert_eq!(found, "inet stream socket, not listening");
+    match hotsup_child::tcp("conn").blocking() {
+        Err(Error::UnsupportedInheritedFd { fd: 6, found, .. }) => {
+            assert_eq!(found, "an inet stream socket, not listening");
         }
         other => panic!("expected UnsupportedInheritedFd, got {other:?}"),
     }
-    match hotsup_child::take_socket("other4", Kind::Unix) {
-        Err(Error::UnsupportedInheritedFd { fd: 7, found }) => assert_eq!(found, "not a socket"),
+    match hotsup_child::unix("other4").fd() {
+        Err(Error::UnsupportedInheritedFd { fd: 7, found, .. }) => {
+            assert_eq!(found, "not a socket")
+        }
         other => panic!("expected UnsupportedInheritedFd, got {other:?}"),
     }
     assert!(matches!(
-        hotsup_child::tcp_listener("udp1"),
+        hotsup_child::tcp("udp1").blocking(),
         Err(Error::WrongKind { .. })
     ));
     assert!(matches!(
-        hotsup_child::tcp_listener("nope"),
+        hotsup_child::tcp("nope").blocking(),
         Err(Error::NotFound { .. })
     ));
     // The unsupported fds stay open.
     assert!(fd_flags(6).is_ok() && fd_flags(7).is_ok());
 
-    let udp = hotsup_child::udp_socket("udp1").unwrap();
-    assert_eq!(udp.local_addr().unwrap().to_string(), expect[1].address);
-    let admin = hotsup_child::unix_listener("admin").unwrap();
-    let web2 = hotsup_child::tcp_listener_or_bind("tcp5", "127.0.0.1:1").unwrap();
-    assert_eq!(web2.local_addr().unwrap().to_string(), expect[3].address);
+    let udp = hotsup_child::udp("udp1").blocking().unwrap();
+    assert_eq!(udp.local_addr().unwrap().to_string(), address(&expect[1]));
+    let admin = hotsup_child::unix("admin").blocking().unwrap();
+    let web2 = hotsup_child::tcp("tcp5")
+        .or_bind("127.0.0.1:1")
+        .blocking()
+        .unwrap();
+    assert_eq!(web2.local_addr().unwrap().to_string(), address(&expect[3]));
 
     // They work.
     let mut client = TcpStream::connect(web.local_addr().unwrap()).unwrap();
@@ -108,7 +123,7 @@ fn full() {
     let mut buf = [0; 2];
     client.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"hi");
-    let _client = UnixStream::connect(&expect[2].address).unwrap();
+    let _client = UnixStream::connect(address(&expect[2])).unwrap();
     admin.accept().unwrap();
     let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
     sender.send_to(b"x", udp.local_addr().unwrap()).unwrap();
@@ -119,31 +134,36 @@ fn full() {
     hotsup_child::status("warming up").unwrap();
     assert!(matches!(
         hotsup_child::status("two\nlines"),
-        Err(Error::Encode(_))
+        Err(Error::InvalidText { .. })
     ));
 
     // The supervisor drains with a signal.
-    let drain = hotsup_child::drain();
+    let drain = hotsup_child::lifecycle();
     assert!(!drain.is_draining());
     rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::TERM)
         .unwrap();
-    assert!(drain.wait_timeout(Duration::from_secs(5)));
-    assert_eq!(drain.reason(), Some(DrainReason::Signal(15)));
+    assert!(drain.wait_drain_timeout(Duration::from_secs(5)));
+    assert_eq!(
+        drain.drain_reason(),
+        Some(DrainReason::Signal(Signal::Term))
+    );
 }
 
 fn other_pid() {
     let before = fd_flags(3).unwrap();
     hotsup_child::init().unwrap();
-    assert_scrubbed();
     assert!(!hotsup_child::is_supervised());
     assert_eq!(hotsup_child::generation(), None);
     assert!(hotsup_child::listeners().is_empty());
     assert!(matches!(
-        hotsup_child::tcp_listener("web"),
-        Err(Error::NotFound { .. })
+        hotsup_child::tcp("web").blocking(),
+        Err(Error::NoFallback { .. })
     ));
     // Binds the fallback; fd 3 is not ours and is left alone.
-    let listener = hotsup_child::inherit_listener("127.0.0.1:0").unwrap();
+    let listener = hotsup_child::tcp("web")
+        .or_bind("127.0.0.1:0")
+        .blocking()
+        .unwrap();
     assert_ne!(listener.as_raw_fd(), 3);
     assert_eq!(fd_flags(3).unwrap(), before);
     assert!(!before.contains(FdFlags::CLOEXEC));
@@ -153,13 +173,12 @@ fn other_pid() {
 fn first_fd() {
     let expect = expected();
     hotsup_child::init().unwrap();
-    assert_scrubbed();
     // Under systemd: supervised, but no generation.
     assert!(hotsup_child::is_supervised());
     assert_eq!(hotsup_child::generation(), None);
-    assert_eq!(hotsup_child::listeners(), &expect[..]);
+    assert_eq!(found(), expect);
     assert_eq!(hotsup_child::notify_socket(), None);
-    let web = hotsup_child::tcp_listener("tcp0").unwrap();
+    let web = hotsup_child::tcp("tcp0").nonblocking().unwrap();
     assert_eq!(web.as_raw_fd(), 10);
     // No NOTIFY_SOCKET: nothing to tell.
     hotsup_child::ready().unwrap();
@@ -168,17 +187,28 @@ fn first_fd() {
 
 fn missing_fd() {
     match hotsup_child::init() {
-        Err(Error::Handoff(inner)) => {
-            assert!(matches!(*inner, Error::NotASocket { fd: 900 }), "{inner:?}");
+        Err(Error::Startup(inner)) => {
+            assert!(
+                matches!(*inner, StartupError::NotASocket { fd: 900 }),
+                "{inner:?}"
+            );
         }
-        other => panic!("expected Handoff(NotASocket), got {other:?}"),
+        other => panic!("expected Startup(NotASocket), got {other:?}"),
     }
-    assert_scrubbed();
     assert!(hotsup_child::is_supervised());
     assert!(hotsup_child::listeners().is_empty());
     assert!(matches!(
-        hotsup_child::inherit_listener("127.0.0.1:0"),
-        Err(Error::Handoff(_))
+        hotsup_child::first_tcp().or_bind("127.0.0.1:0").blocking(),
+        Err(Error::Startup(_))
     ));
-    assert!(matches!(hotsup_child::ready(), Err(Error::Handoff(_))));
+    assert!(matches!(hotsup_child::ready(), Err(Error::Startup(_))));
+    // The variables stay; a program started with `remove_env` sees none.
+    let mut cmd = std::process::Command::new("/usr/bin/env");
+    hotsup_child::remove_env(&mut cmd);
+    let env = cmd.output().unwrap().stdout;
+    let env = String::from_utf8_lossy(&env);
+    assert!(std::env::var_os("LISTEN_FDS").is_some());
+    for var in SCRUBBED {
+        assert!(!env.contains(&format!("{var}=")), "{var} reached the child");
+    }
 }

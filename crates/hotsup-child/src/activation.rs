@@ -1,14 +1,20 @@
 //! Socket activation: adopting the fds that `LISTEN_FDS` passes, as systemd
 //! and `hotsup run --fds systemd` do.
+//!
+//! Three steps, each usable on its own, so that a supervisor adopting its
+//! own `LISTEN_FDS` can share them: [`parse`] reads the variables' values
+//! (no side effect), [`claim`] takes ownership of the fd numbers (the one
+//! unsafe step), [`inspect`] names the owned fds and finds out what each is.
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
+use std::ops::Range;
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use rustix::io::FdFlags;
 
-use crate::error::Error;
-use crate::inherited::Sockets;
+use crate::Kind;
+use crate::error::StartupError;
 use crate::sockets::{self, Inspected};
 
 /// How many fds are passed.
@@ -25,42 +31,44 @@ pub(crate) const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
 /// Where the fds start when `LISTEN_FDS_FIRST_FD` is unset (`SD_LISTEN_FDS_START`).
 const DEFAULT_FIRST_FD: RawFd = 3;
 
-fn bad_env(var: &'static str, value: &OsStr) -> Error {
-    Error::BadEnv {
+/// The values of the activation variables, as found in the environment.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Vars<'a> {
+    pub(crate) listen_fds: Option<&'a OsStr>,
+    pub(crate) listen_pid: Option<&'a OsStr>,
+    pub(crate) first_fd: Option<&'a OsStr>,
+}
+
+fn bad_env(var: &'static str, value: &OsStr) -> StartupError {
+    StartupError::BadEnv {
         var,
         value: value.to_string_lossy().into_owned(),
     }
 }
 
-/// Whether the fds are meant for this process: `LISTEN_PID` is unset, empty
-/// or this process's pid.
-pub(crate) fn meant_for_us(listen_pid: Option<&OsStr>) -> Result<bool, Error> {
-    let Some(value) = listen_pid.filter(|v| !v.is_empty()) else {
-        return Ok(true);
+/// The fd numbers passed to the process whose pid is `pid`: `None` when
+/// `LISTEN_FDS` is unset, or when `LISTEN_PID` is set, not empty and names
+/// another process (the fds are meant for it, typically a parent that did
+/// not consume them).
+pub(crate) fn parse(vars: Vars<'_>, pid: u32) -> Result<Option<Range<RawFd>>, StartupError> {
+    let Some(listen_fds) = vars.listen_fds else {
+        return Ok(None);
     };
-    let pid: u32 = value
-        .to_str()
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| bad_env(LISTEN_PID, value))?;
-    Ok(pid == std::process::id())
-}
-
-/// Adopts the fds `first .. first + LISTEN_FDS`, naming them after
-/// `LISTEN_FDNAMES` and finding out what each one is.
-///
-/// Every fd must be open; then each becomes close-on-exec and is owned by the
-/// returned [`Sockets`]. On error, none is adopted (or closed).
-pub(crate) fn adopt(
-    listen_fds: &OsStr,
-    names: Option<&OsStr>,
-    first_fd: Option<&OsStr>,
-) -> Result<Sockets, Error> {
+    if let Some(value) = vars.listen_pid.filter(|v| !v.is_empty()) {
+        let for_pid: u32 = value
+            .to_str()
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| bad_env(LISTEN_PID, value))?;
+        if for_pid != pid {
+            return Ok(None);
+        }
+    }
     let count: RawFd = listen_fds
         .to_str()
         .and_then(|v| v.parse().ok())
         .filter(|n| *n >= 0)
         .ok_or_else(|| bad_env(LISTEN_FDS, listen_fds))?;
-    let first: RawFd = match first_fd.filter(|v| !v.is_empty()) {
+    let first: RawFd = match vars.first_fd.filter(|v| !v.is_empty()) {
         None => DEFAULT_FIRST_FD,
         Some(value) => value
             .to_str()
@@ -71,42 +79,80 @@ pub(crate) fn adopt(
     let end = first
         .checked_add(count)
         .ok_or_else(|| bad_env(LISTEN_FDS, listen_fds))?;
+    Ok(Some(first..end))
+}
 
-    // Check every fd before owning any, so that a wrong count never closes
-    // (on the error path) an fd that belongs to someone else.
-    for fd in first..end {
+/// Takes ownership of the fds in `range` and makes each close-on-exec.
+///
+/// Every fd must be open; if one is not, none is taken (so a wrong count
+/// never closes, on the error path, an fd that belongs to someone else).
+///
+/// # Safety
+///
+/// Nothing else in the process may own or use these fd numbers: they were
+/// passed to this process for it to adopt, and this is the only adoption.
+pub(crate) unsafe fn claim(range: Range<RawFd>) -> Result<Vec<OwnedFd>, StartupError> {
+    for fd in range.clone() {
         // SAFETY: the fd is only used for one `fcntl(F_GETFD)`, which fails
         // harmlessly with EBADF if it is not open; nothing is closed.
         let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
         if rustix::io::fcntl_getfd(borrowed).is_err() {
-            return Err(Error::NotASocket { fd });
+            return Err(StartupError::NotASocket { fd });
         }
     }
+    let owned: Vec<OwnedFd> = range
+        // SAFETY: open (checked above), and the caller guarantees that
+        // nothing else owns it.
+        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+        .collect();
+    for fd in &owned {
+        rustix::io::fcntl_setfd(fd, FdFlags::CLOEXEC).map_err(|e| StartupError::Io {
+            operation: "make an inherited fd close-on-exec",
+            source: e.into(),
+        })?;
+    }
+    Ok(owned)
+}
 
+/// One adopted fd, named, with what it turned out to be.
+#[derive(Debug)]
+pub(crate) struct Adopted {
+    pub(crate) name: String,
+    /// The listener kind, or a description of the fd when it is not a
+    /// listener this crate supports.
+    pub(crate) kind: Result<Kind, String>,
+    /// The bound address, empty if unknown.
+    pub(crate) address: String,
+    pub(crate) fd: OwnedFd,
+}
+
+/// Names the fds after `LISTEN_FDNAMES` (`names`) and finds out what each
+/// one is by looking at it.
+pub(crate) fn inspect(fds: Vec<OwnedFd>, names: Option<&OsStr>) -> Vec<Adopted> {
     let given: Vec<&str> = match names.and_then(OsStr::to_str) {
         Some(names) => names.split(':').collect(),
         None => Vec::new(),
     };
     let mut used = HashSet::new();
-    let mut entries = Vec::with_capacity(count as usize);
-    for (index, fd) in (first..end).enumerate() {
-        // SAFETY: the fd is open (checked above) and `LISTEN_FDS` hands it to
-        // this process, which this crate adopts once (the process-global
-        // `OnceLock` runs this at most once, and the variables are removed
-        // from the environment). No other part of the program owns it.
-        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-        rustix::io::fcntl_setfd(&owned, FdFlags::CLOEXEC).map_err(std::io::Error::from)?;
-        let found = sockets::inspect(owned.as_fd());
-        let kind = sockets::kind_of(found);
-        let address = match found {
-            Inspected::Socket { .. } => sockets::local_address(owned.as_fd()),
-            Inspected::NotASocket => String::new(),
-        };
-        let default = format!("{}{index}", kind.map_or("other", |k| k.as_str()));
-        let name = unique_name(given.get(index).copied(), &default, &mut used);
-        entries.push((name, kind.ok_or_else(|| found.to_string()), address, owned));
-    }
-    Ok(Sockets::inspected(entries))
+    fds.into_iter()
+        .enumerate()
+        .map(|(index, fd)| {
+            let found = sockets::inspect(fd.as_fd());
+            let kind = sockets::kind_of(found);
+            let address = match found {
+                Inspected::Socket { .. } => sockets::local_address(fd.as_fd()),
+                Inspected::NotASocket => String::new(),
+            };
+            let default = format!("{}{index}", kind.map_or("other", Kind::as_str));
+            let name = unique_name(given.get(index).copied(), &default, &mut used);
+            Adopted {
+                name,
+                kind: kind.ok_or_else(|| found.to_string()),
+                address,
+                fd,
+            }
+        })
+        .collect()
 }
 
 /// The name from `LISTEN_FDNAMES` if it is present, non-empty and not taken
@@ -119,14 +165,12 @@ fn unique_name(given: Option<&str>, default: &str, used: &mut HashSet<String>) -
             return name.to_owned();
         }
     }
-    if used.insert(default.to_owned()) {
-        return default.to_owned();
+    let mut name = default.to_owned();
+    let mut k = 2;
+    while !used.insert(name.clone()) {
+        name = format!("{default}-{k}");
+        k += 1;
     }
-    let name = (2..)
-        .map(|k| format!("{default}-{k}"))
-        .find(|n| !used.contains(n))
-        .expect("an unused suffix exists");
-    used.insert(name.clone());
     name
 }
 
@@ -148,20 +192,31 @@ mod tests {
         assert_eq!(unique_name(Some("tcp5"), "tcp5", &mut used), "tcp5-2");
     }
 
+    fn vars<'a>(fds: &'a str, pid: Option<&'a str>, first: Option<&'a str>) -> Vars<'a> {
+        Vars {
+            listen_fds: Some(OsStr::new(fds)),
+            listen_pid: pid.map(OsStr::new),
+            first_fd: first.map(OsStr::new),
+        }
+    }
+
     #[test]
-    fn listen_pid() {
-        assert!(meant_for_us(None).unwrap());
-        assert!(meant_for_us(Some(OsStr::new(""))).unwrap());
-        let me = std::process::id().to_string();
-        assert!(meant_for_us(Some(OsStr::new(&me))).unwrap());
-        assert!(!meant_for_us(Some(OsStr::new("1"))).unwrap());
+    fn listen_pid_decides_whose_fds_they_are() {
+        assert_eq!(parse(Vars::default(), 7).unwrap(), None);
+        assert_eq!(parse(vars("2", None, None), 7).unwrap(), Some(3..5));
+        assert_eq!(parse(vars("2", Some(""), None), 7).unwrap(), Some(3..5));
+        assert_eq!(parse(vars("2", Some("7"), None), 7).unwrap(), Some(3..5));
+        assert_eq!(parse(vars("2", Some("1"), None), 7).unwrap(), None);
+        // For another process: its LISTEN_FDS is its business.
+        assert_eq!(parse(vars("x", Some("1"), None), 7).unwrap(), None);
         assert!(matches!(
-            meant_for_us(Some(OsStr::new("x"))),
-            Err(Error::BadEnv {
+            parse(vars("1", Some("x"), None), 7),
+            Err(StartupError::BadEnv {
                 var: "LISTEN_PID",
                 ..
             })
         ));
+        assert_eq!(parse(vars("1", None, Some("10")), 7).unwrap(), Some(10..11));
     }
 
     #[test]
@@ -172,16 +227,21 @@ mod tests {
             ("1", Some("-3")),
             ("2147483647", None),
         ] {
-            let err = adopt(OsStr::new(fds), None, first.map(OsStr::new)).unwrap_err();
+            let err = parse(vars(fds, None, first), 7).unwrap_err();
             assert!(
-                matches!(err, Error::BadEnv { .. }),
+                matches!(err, StartupError::BadEnv { .. }),
                 "{fds} {first:?}: {err:?}"
             );
         }
-        // Nothing is open that high; nothing is adopted.
-        let err = adopt(OsStr::new("2"), None, Some(OsStr::new("100000"))).unwrap_err();
-        assert!(matches!(err, Error::NotASocket { fd: 100000 }), "{err:?}");
-        let none = adopt(OsStr::new("0"), None, None).unwrap();
-        assert!(none.listeners().is_empty());
+        // Nothing is open that high; nothing is claimed.
+        // SAFETY: fds 100000 and 100001 are not open in this test process.
+        let err = unsafe { claim(100_000..100_002) }.unwrap_err();
+        assert!(
+            matches!(err, StartupError::NotASocket { fd: 100000 }),
+            "{err:?}"
+        );
+        // SAFETY: an empty range claims nothing.
+        let none = unsafe { claim(5..5) }.unwrap();
+        assert!(inspect(none, None).is_empty());
     }
 }

@@ -1,14 +1,93 @@
 //! The inherited sockets, by name, each of which can be taken once.
 
-use std::net::{TcpListener, UdpSocket};
+use std::fmt;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::os::unix::net::UnixListener;
 use std::sync::Mutex;
-
-use hotsup_protocol::{Kind, ListenerInfo};
 
 use crate::error::Error;
 use crate::sockets;
+
+/// What kind of socket a listener is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Kind {
+    /// A listening TCP socket (IPv4 or IPv6).
+    Tcp,
+    /// A bound UDP socket.
+    Udp,
+    /// A listening Unix stream socket.
+    Unix,
+}
+
+impl Kind {
+    /// The protocol's spelling: `tcp`, `udp` or `unix`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Tcp => "tcp",
+            Kind::Udp => "udp",
+            Kind::Unix => "unix",
+        }
+    }
+
+    pub(crate) fn from_wire(kind: hotsup_protocol::Kind) -> Kind {
+        match kind {
+            hotsup_protocol::Kind::Tcp => Kind::Tcp,
+            hotsup_protocol::Kind::Udp => Kind::Udp,
+            hotsup_protocol::Kind::Unix => Kind::Unix,
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One inherited listener: its name, kind and bound address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ListenerInfo {
+    name: String,
+    kind: Kind,
+    address: String,
+}
+
+impl ListenerInfo {
+    pub(crate) fn new(name: String, kind: Kind, address: String) -> ListenerInfo {
+        ListenerInfo {
+            name,
+            kind,
+            address,
+        }
+    }
+
+    pub(crate) fn from_wire(info: hotsup_protocol::ListenerInfo) -> ListenerInfo {
+        ListenerInfo::new(info.name, Kind::from_wire(info.kind), info.address)
+    }
+
+    /// The listener's name: the supervisor's `--listen NAME=…`, a
+    /// `LISTEN_FDNAMES` entry, or a default such as `tcp0`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its kind.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// The bound address: `ip:port`, `[v6]:port`, a Unix socket path, or
+    /// `@name` for an abstract Unix socket (empty if unknown).
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+}
+
+impl fmt::Display for ListenerInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} {}", self.kind, self.name, self.address)
+    }
+}
 
 /// One inherited fd.
 #[derive(Debug)]
@@ -23,7 +102,7 @@ struct Slot {
 }
 
 /// A set of inherited sockets, in the supervisor's order.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct Sockets {
     slots: Vec<Slot>,
     /// The supported listeners, in order (the slots whose kind is known).
@@ -55,24 +134,20 @@ impl Sockets {
     /// Sockets whose kinds were found by looking at them: `kind` is `Err`
     /// (with a description of the fd) for an fd that is not a supported
     /// listener. Names must be unique.
-    pub(crate) fn inspected(entries: Vec<(String, Result<Kind, String>, String, OwnedFd)>) -> Self {
+    pub(crate) fn inspected(entries: Vec<crate::activation::Adopted>) -> Self {
         let mut slots = Vec::with_capacity(entries.len());
         let mut listeners = Vec::with_capacity(entries.len());
         let mut fds = Vec::with_capacity(entries.len());
-        for (name, kind, address, fd) in entries {
-            if let Ok(kind) = kind {
-                listeners.push(ListenerInfo {
-                    name: name.clone(),
-                    kind,
-                    address,
-                });
+        for entry in entries {
+            if let Ok(kind) = entry.kind {
+                listeners.push(ListenerInfo::new(entry.name.clone(), kind, entry.address));
             }
             slots.push(Slot {
-                name,
-                kind,
-                fd: fd.as_raw_fd(),
+                name: entry.name,
+                kind: entry.kind,
+                fd: entry.fd.as_raw_fd(),
             });
-            fds.push(Some(fd));
+            fds.push(Some(entry.fd));
         }
         Sockets {
             slots,
@@ -86,59 +161,29 @@ impl Sockets {
         &self.listeners
     }
 
-    /// Takes the socket named `name`, checked to be of `kind`, leaving its
-    /// `O_NONBLOCK` flag as it is.
-    pub(crate) fn take_socket(&self, name: &str, kind: Kind) -> Result<OwnedFd, Error> {
-        self.take(self.index_of(name)?, kind)
-    }
-
-    /// Takes the TCP listener named `name`, in the given mode.
-    ///
-    /// The mode is set once, directly: `O_NONBLOCK` is shared with every
-    /// generation, and even a moment in the other mode could leave an older
-    /// generation blocked in `accept`.
-    pub(crate) fn take_tcp(&self, name: &str, nonblocking: bool) -> Result<TcpListener, Error> {
-        let listener = TcpListener::from(self.take(self.index_of(name)?, Kind::Tcp)?);
-        listener.set_nonblocking(nonblocking)?;
-        Ok(listener)
-    }
-
-    /// Takes the first TCP listener, in order, in the given mode.
-    pub(crate) fn take_first_tcp(&self, nonblocking: bool) -> Result<TcpListener, Error> {
-        let index = self
-            .slots
-            .iter()
-            .position(|s| s.kind == Ok(Kind::Tcp))
-            .ok_or(Error::NoListenerOfKind { kind: Kind::Tcp })?;
-        let listener = TcpListener::from(self.take(index, Kind::Tcp)?);
-        listener.set_nonblocking(nonblocking)?;
-        Ok(listener)
-    }
-
-    /// Takes the Unix stream listener named `name`, in the given mode.
-    pub(crate) fn take_unix(&self, name: &str, nonblocking: bool) -> Result<UnixListener, Error> {
-        let listener = UnixListener::from(self.take(self.index_of(name)?, Kind::Unix)?);
-        listener.set_nonblocking(nonblocking)?;
-        Ok(listener)
-    }
-
-    /// Takes the UDP socket named `name`, in the given mode.
-    pub(crate) fn take_udp(&self, name: &str, nonblocking: bool) -> Result<UdpSocket, Error> {
-        let socket = UdpSocket::from(self.take(self.index_of(name)?, Kind::Udp)?);
-        socket.set_nonblocking(nonblocking)?;
-        Ok(socket)
-    }
-
-    fn index_of(&self, name: &str) -> Result<usize, Error> {
+    /// The index of the socket named `name`.
+    pub(crate) fn index_of(&self, name: &str) -> Result<usize, Error> {
         self.slots
             .iter()
             .position(|s| s.name == name)
             .ok_or_else(|| Error::NotFound { name: name.into() })
     }
 
+    /// The index of the first listener of `kind`.
+    pub(crate) fn first_of(&self, kind: Kind) -> Result<usize, Error> {
+        self.slots
+            .iter()
+            .position(|s| s.kind == Ok(kind))
+            .ok_or(Error::NoListenerOfKind { kind })
+    }
+
+    pub(crate) fn name(&self, index: usize) -> &str {
+        &self.slots[index].name
+    }
+
     /// Takes the fd at `index` if it is declared as `kind` and really is such
     /// a socket; otherwise leaves it in place.
-    fn take(&self, index: usize, kind: Kind) -> Result<OwnedFd, Error> {
+    pub(crate) fn take(&self, index: usize, kind: Kind) -> Result<OwnedFd, Error> {
         let slot = &self.slots[index];
         let wrong = |found: String| Error::WrongKind {
             name: slot.name.clone(),
@@ -148,6 +193,7 @@ impl Sockets {
         match &slot.kind {
             Err(found) => {
                 return Err(Error::UnsupportedInheritedFd {
+                    name: slot.name.clone(),
                     fd: slot.fd,
                     found: found.clone(),
                 });
@@ -159,13 +205,17 @@ impl Sockets {
         }
         let mut fds = self.fds.lock().unwrap_or_else(|e| e.into_inner());
         let held = &mut fds[index];
-        let fd = held.as_ref().ok_or_else(|| Error::AlreadyTaken {
-            name: slot.name.clone(),
-        })?;
+        let Some(fd) = held.as_ref() else {
+            return Err(Error::AlreadyTaken {
+                name: slot.name.clone(),
+            });
+        };
         let found = sockets::inspect(fd.as_fd());
         if !sockets::matches(kind, found) {
             return Err(wrong(found.to_string()));
         }
-        Ok(held.take().expect("checked above"))
+        held.take().ok_or_else(|| Error::AlreadyTaken {
+            name: slot.name.clone(),
+        })
     }
 }

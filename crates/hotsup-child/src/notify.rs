@@ -64,7 +64,9 @@ impl Notifier {
     /// channel.
     pub(crate) fn status(&self, text: &str) -> Result<(), Error> {
         // The same rules as the native `STATUS` (one line, bounded length).
-        FromChild::Status(text.to_owned()).encode()?;
+        FromChild::Status(text.to_owned())
+            .encode()
+            .map_err(|_| Error::invalid_text(text))?;
         self.send(format!("STATUS={text}\n").as_bytes())
     }
 
@@ -106,7 +108,7 @@ mod tests {
         notifier.status("warming up").unwrap();
         assert!(matches!(
             notifier.status("two\nlines"),
-            Err(Error::Encode(_))
+            Err(Error::InvalidText { .. })
         ));
         let mut buf = [0; 64];
         let n = server.recv(&mut buf).unwrap();

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::os::fd::BorrowedFd;
 
-use hotsup_protocol::Kind;
+use crate::Kind;
 use rustix::io::Errno;
 use rustix::net::{AddressFamily, SocketType, sockopt};
 
@@ -40,9 +40,9 @@ impl fmt::Display for Inspected {
             return f.write_str("not a socket");
         };
         let family = match family {
-            Family::Inet => "inet",
-            Family::Unix => "unix",
-            Family::Other => "non-inet non-unix",
+            Family::Inet => "an inet",
+            Family::Unix => "a unix",
+            Family::Other => "a non-inet non-unix",
         };
         let type_ = match type_ {
             SocketType::STREAM => "stream",
@@ -181,18 +181,18 @@ mod tests {
         assert!(matches(Kind::Tcp, found));
         assert!(!matches(Kind::Udp, found));
         assert!(!matches(Kind::Unix, found));
-        assert_eq!(found.to_string(), "inet stream socket");
+        assert_eq!(found.to_string(), "an inet stream socket");
 
         let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let found = inspect(udp.as_fd());
         assert!(matches(Kind::Udp, found));
         assert!(!matches(Kind::Tcp, found));
-        assert_eq!(found.to_string(), "inet datagram socket");
+        assert_eq!(found.to_string(), "an inet datagram socket");
 
         let stream = std::net::TcpStream::connect(tcp.local_addr().unwrap()).unwrap();
         let found = inspect(stream.as_fd());
         assert!(!matches(Kind::Tcp, found));
-        assert_eq!(found.to_string(), "inet stream socket, not listening");
+        assert_eq!(found.to_string(), "an inet stream socket, not listening");
 
         let file = std::fs::File::open("/dev/null").unwrap();
         assert_eq!(inspect(file.as_fd()), Inspected::NotASocket);

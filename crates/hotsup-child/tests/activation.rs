@@ -16,11 +16,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use command_fds::{CommandFdExt, FdMapping};
-use hotsup_child::{Kind, ListenerInfo};
 
 mod common;
 
-use common::activation::{EXPECT, SCRUBBED, encode};
+use common::activation::{EXPECT, SCRUBBED, encode, line};
 
 /// The probe, next to this test binary's directory.
 fn probe() -> PathBuf {
@@ -35,12 +34,20 @@ fn probe() -> PathBuf {
     probe
 }
 
-/// A fresh directory for Unix sockets.
-fn temp_dir(tag: &str) -> PathBuf {
+/// A fresh directory for Unix sockets, removed on drop (also when the
+/// test fails).
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn temp_dir(tag: &str) -> TempDir {
     let dir = std::env::temp_dir().join(format!("hsc-act-{}-{tag}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    TempDir(dir)
 }
 
 /// How to start the child.
@@ -52,7 +59,7 @@ struct Child<'a> {
     /// Set `LISTEN_PID` to the child's own pid (through `sh`, whose pid the
     /// test binary keeps across `exec`).
     own_pid: bool,
-    expect: Vec<ListenerInfo>,
+    expect: Vec<String>,
 }
 
 impl Child<'_> {
@@ -87,23 +94,29 @@ impl Child<'_> {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap();
+        // Read both pipes while the probe runs, so that a chatty probe
+        // cannot fill one and block.
+        let readers = [
+            drain_pipe(child.stdout.take().unwrap()),
+            drain_pipe(child.stderr.take().unwrap()),
+        ];
         // The probe stops itself after 30 s; this bound is the test's own.
         let deadline = Instant::now() + Duration::from_secs(60);
-        while child.try_wait().unwrap().is_none() {
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                break;
+                break child.wait().unwrap();
             }
             std::thread::sleep(Duration::from_millis(5));
-        }
-        let out = child.wait_with_output().unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        };
+        let [stdout, stderr] = readers.map(|r| r.join().unwrap());
         assert!(
-            out.status.success(),
-            "scenario {} failed: {}\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+            status.success(),
+            "scenario {} failed: {status}\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
             self.scenario,
-            out.status
         );
         // The probe prints this only when every check of the scenario ran.
         assert!(
@@ -114,12 +127,13 @@ impl Child<'_> {
     }
 }
 
-fn info(kind: Kind, name: &str, address: impl ToString) -> ListenerInfo {
-    ListenerInfo {
-        name: name.into(),
-        kind,
-        address: address.to_string(),
-    }
+/// Reads a pipe to its end on a thread.
+fn drain_pipe(mut pipe: impl std::io::Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = pipe.read_to_string(&mut text);
+        text
+    })
 }
 
 /// Reads every datagram that arrived, without waiting.
@@ -136,6 +150,7 @@ fn datagrams(socket: &UnixDatagram) -> Vec<String> {
 #[test]
 fn activation_with_names_kinds_and_notify() {
     let dir = temp_dir("full");
+    let dir = &dir.0;
     let web = TcpListener::bind("127.0.0.1:0").unwrap();
     let dns = UdpSocket::bind("127.0.0.1:0").unwrap();
     let admin_path = dir.join("admin.sock");
@@ -148,12 +163,12 @@ fn activation_with_names_kinds_and_notify() {
     let notify = UnixDatagram::bind(&notify_path).unwrap();
 
     let expect = vec![
-        info(Kind::Tcp, "web", web.local_addr().unwrap()),
-        info(Kind::Udp, "udp1", dns.local_addr().unwrap()),
-        info(Kind::Unix, "admin", admin_path.display()),
+        line("tcp", "web", web.local_addr().unwrap()),
+        line("udp", "udp1", dns.local_addr().unwrap()),
+        line("unix", "admin", admin_path.display()),
         // 3 ("conn") and 4 (/dev/null, unnamed: "other4") are unsupported.
         // 5 repeats the name "web": it gets the default name.
-        info(Kind::Tcp, "tcp5", web2.local_addr().unwrap()),
+        line("tcp", "tcp5", web2.local_addr().unwrap()),
     ];
     Child {
         scenario: "full",
@@ -180,7 +195,6 @@ fn activation_with_names_kinds_and_notify() {
         ["READY=1\n", "STATUS=warming up\n"],
         "READY=1 once, then the status"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -209,7 +223,7 @@ fn activation_for_another_pid_is_standalone() {
 #[test]
 fn activation_at_another_first_fd_without_names() {
     let web = TcpListener::bind("127.0.0.1:0").unwrap();
-    let expect = vec![info(Kind::Tcp, "tcp0", web.local_addr().unwrap())];
+    let expect = vec![line("tcp", "tcp0", web.local_addr().unwrap())];
     Child {
         scenario: "first_fd",
         fds: vec![(web.into(), 10)],

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use hotsup_child::Error;
+use hotsup_child::{Error, StartupError};
 
 #[test]
 fn bad_hotsup_fd() {
@@ -15,11 +15,11 @@ fn bad_hotsup_fd() {
     }
     let err = hotsup_child::init().unwrap_err();
     match &err {
-        Error::Handoff(inner) => assert!(
-            matches!(&**inner, Error::BadEnv { var: "HOTSUP_FD", value } if value == "three"),
+        Error::Startup(inner) => assert!(
+            matches!(&**inner, StartupError::BadEnv { var: "HOTSUP_FD", value } if value == "three"),
             "{inner:?}"
         ),
-        other => panic!("expected Handoff(BadEnv), got {other:?}"),
+        other => panic!("expected Startup(BadEnv), got {other:?}"),
     }
     assert!(hotsup_child::is_supervised());
     assert_eq!(hotsup_child::generation(), Some(5));
@@ -27,11 +27,18 @@ fn bad_hotsup_fd() {
     // Every later call reports the same start-up error; nothing binds the
     // fallback.
     assert!(matches!(
-        hotsup_child::inherit_listener("127.0.0.1:0"),
-        Err(Error::Handoff(_))
+        hotsup_child::first_tcp()
+            .or_bind("127.0.0.1:0")
+            .nonblocking(),
+        Err(Error::Startup(_))
     ));
-    assert!(matches!(hotsup_child::ready(), Err(Error::Handoff(_))));
-    assert_eq!(std::env::var_os(hotsup_protocol::ENV_FD), None);
-    // The drain handle still works.
-    assert!(!hotsup_child::drain().wait_timeout(Duration::from_millis(10)));
+    assert!(matches!(hotsup_child::ready(), Err(Error::Startup(_))));
+    // How `fn main() -> Result<(), hotsup_child::Error>` shows it.
+    assert_eq!(
+        format!("{err:?}"),
+        "the handoff from the hotsup supervisor failed at start-up\n\nCaused by:\n    \
+         environment variable HOTSUP_FD has an invalid value \"three\""
+    );
+    // The lifecycle still works.
+    assert!(!hotsup_child::lifecycle().wait_drain_timeout(Duration::from_millis(10)));
 }

@@ -8,8 +8,10 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use hotsup_child::{DrainReason, Error, Handoff, Kind, ListenerInfo};
-use hotsup_protocol::{DecodeError, RecvError, ToChild, chunk_listeners};
+use hotsup_child::{DrainReason, Error, Handoff, StartupError, State};
+use hotsup_protocol::{
+    Kind as WireKind, ListenerInfo as WireInfo, RecvError, ToChild, chunk_listeners,
+};
 use rustix::io::FdFlags;
 use rustix::net::{AddressFamily, SocketFlags, SocketType, socketpair};
 
@@ -46,12 +48,28 @@ fn hello(sup: &OwnedFd, generation: u64, listeners: usize) {
     );
 }
 
-fn info(kind: Kind, name: &str, address: &str) -> ListenerInfo {
-    ListenerInfo {
+fn info(kind: WireKind, name: &str, address: &str) -> WireInfo {
+    WireInfo {
         name: name.into(),
         kind,
         address: address.into(),
     }
+}
+
+/// The listeners a handoff holds, as `kind name address` lines.
+fn described(handoff: &Handoff) -> Vec<String> {
+    handoff
+        .listeners()
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+fn wire_described(infos: &[WireInfo]) -> Vec<String> {
+    infos
+        .iter()
+        .map(|i| format!("{} {} {}", i.kind, i.name, i.address))
+        .collect()
 }
 
 /// A fresh directory for Unix sockets.
@@ -83,7 +101,7 @@ fn is_cloexec(fd: BorrowedFd<'_>) -> bool {
 fn empty_handoff() -> (OwnedFd, Handoff) {
     let (sup, child) = channel();
     hello(&sup, 1, 0);
-    (sup, Handoff::receive(child).unwrap())
+    (sup, Handoff::from_channel(child).unwrap())
 }
 
 #[test]
@@ -102,7 +120,7 @@ fn receives_300_listeners_of_every_kind() {
                 // inherit that assumption.
                 l.set_nonblocking(true).unwrap();
                 infos.push(info(
-                    Kind::Tcp,
+                    WireKind::Tcp,
                     &format!("tcp-{i}"),
                     &l.local_addr().unwrap().to_string(),
                 ));
@@ -113,7 +131,7 @@ fn receives_300_listeners_of_every_kind() {
                 let s = UdpSocket::bind("127.0.0.1:0").unwrap();
                 s.set_nonblocking(true).unwrap();
                 infos.push(info(
-                    Kind::Udp,
+                    WireKind::Udp,
                     &format!("udp-{i}"),
                     &s.local_addr().unwrap().to_string(),
                 ));
@@ -124,7 +142,7 @@ fn receives_300_listeners_of_every_kind() {
                 let path = dir.join(format!("s{i}"));
                 let l = UnixListener::bind(&path).unwrap();
                 infos.push(info(
-                    Kind::Unix,
+                    WireKind::Unix,
                     &format!("unix.{i}"),
                     path.to_str().unwrap(),
                 ));
@@ -150,11 +168,11 @@ fn receives_300_listeners_of_every_kind() {
         drop(fds);
         sup
     });
-    let handoff = Handoff::receive(child).unwrap();
+    let handoff = Handoff::from_channel(child).unwrap();
     let sup = supervisor.join().unwrap();
 
-    assert_eq!(handoff.generation(), 42);
-    assert_eq!(handoff.listeners(), &infos[..]);
+    assert_eq!(handoff.generation(), Some(42));
+    assert_eq!(described(&handoff), wire_described(&infos));
     // SAFETY: `handoff` owns this fd and is alive for the whole borrow.
     let channel_fd = unsafe { BorrowedFd::borrow_raw(child_raw) };
     assert!(
@@ -164,7 +182,7 @@ fn receives_300_listeners_of_every_kind() {
 
     for (i, l) in tcp.iter().enumerate() {
         let name = format!("tcp-{}", i * 3);
-        let taken = handoff.take_tcp(&name).unwrap();
+        let taken = handoff.tcp(&name).blocking().unwrap();
         assert_eq!(taken.local_addr().unwrap(), l.local_addr().unwrap());
         assert!(is_cloexec(taken.as_fd()));
         assert!(
@@ -172,31 +190,31 @@ fn receives_300_listeners_of_every_kind() {
             "taken listeners are blocking"
         );
         assert!(
-            matches!(handoff.take_tcp(&name), Err(Error::AlreadyTaken { name: n }) if n == name)
+            matches!(handoff.tcp(&name).blocking(), Err(Error::AlreadyTaken { name: n }) if n == name)
         );
     }
-    // Connect and accept through one of them.
+    // Connect and accept through one of them. Taking it made the shared
+    // open file description blocking, so this `accept` waits for the
+    // connection to be queued instead of racing the handshake.
     {
         let addr = tcp[0].local_addr().unwrap();
         let mut client = TcpStream::connect(addr).unwrap();
         client.write_all(b"x").unwrap();
-        let (mut conn, _) = tcp[0].accept().unwrap_or_else(|_| {
-            std::thread::sleep(Duration::from_millis(50));
-            tcp[0].accept().unwrap()
-        });
+        assert!(!is_nonblocking(tcp[0].as_fd()));
+        let (mut conn, _) = tcp[0].accept().unwrap();
         let mut buf = [0; 1];
         conn.set_nonblocking(false).unwrap();
         conn.read_exact(&mut buf).unwrap();
     }
     for (i, s) in udp.iter().enumerate() {
         let name = format!("udp-{}", i * 3 + 1);
-        let taken = handoff.take_udp(&name).unwrap();
+        let taken = handoff.udp(&name).blocking().unwrap();
         assert_eq!(taken.local_addr().unwrap(), s.local_addr().unwrap());
         assert!(!is_nonblocking(taken.as_fd()));
     }
     for (i, l) in unix.iter().enumerate() {
         let name = format!("unix.{}", i * 3 + 2);
-        let taken = handoff.take_unix(&name).unwrap();
+        let taken = handoff.unix(&name).blocking().unwrap();
         assert_eq!(
             taken.local_addr().unwrap().as_pathname(),
             l.local_addr().unwrap().as_pathname()
@@ -204,10 +222,12 @@ fn receives_300_listeners_of_every_kind() {
         assert!(!is_nonblocking(taken.as_fd()));
     }
     assert!(matches!(
-        handoff.take_first_tcp(),
+        handoff.first_tcp().blocking(),
         Err(Error::AlreadyTaken { .. })
     ));
-    assert!(matches!(handoff.take_tcp("nope"), Err(Error::NotFound { name }) if name == "nope"));
+    assert!(
+        matches!(handoff.tcp("nope").blocking(), Err(Error::NotFound { name }) if name == "nope")
+    );
     drop(sup);
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -222,13 +242,13 @@ fn take_checks_the_declared_and_the_actual_kind() {
     let unix_stream = UnixStream::connect(dir.join("u")).unwrap();
     let file = std::fs::File::open("/dev/null").unwrap();
     let listeners = [
-        info(Kind::Tcp, "real-tcp", "127.0.0.1:1"),
-        info(Kind::Tcp, "udp-as-tcp", "127.0.0.1:2"),
-        info(Kind::Tcp, "stream-as-tcp", "127.0.0.1:3"),
-        info(Kind::Tcp, "unix-as-tcp", "127.0.0.1:4"),
-        info(Kind::Tcp, "file-as-tcp", "127.0.0.1:5"),
-        info(Kind::Unix, "stream-as-unix", "/x"),
-        info(Kind::Udp, "tcp-as-udp", "127.0.0.1:6"),
+        info(WireKind::Tcp, "real-tcp", "127.0.0.1:1"),
+        info(WireKind::Tcp, "udp-as-tcp", "127.0.0.1:2"),
+        info(WireKind::Tcp, "stream-as-tcp", "127.0.0.1:3"),
+        info(WireKind::Tcp, "unix-as-tcp", "127.0.0.1:4"),
+        info(WireKind::Tcp, "file-as-tcp", "127.0.0.1:5"),
+        info(WireKind::Unix, "stream-as-unix", "/x"),
+        info(WireKind::Udp, "tcp-as-udp", "127.0.0.1:6"),
     ];
     let fds = [
         tcp.as_fd(),
@@ -244,49 +264,49 @@ fn take_checks_the_declared_and_the_actual_kind() {
     for (msg, range) in chunk_listeners(&listeners) {
         send_msg(&sup, &msg, &fds[range]);
     }
-    let handoff = Handoff::receive(child).unwrap();
+    let handoff = Handoff::from_channel(child).unwrap();
 
     let wrong = |r: Result<(), Error>| match r {
         Err(Error::WrongKind { found, .. }) => found,
         other => panic!("expected WrongKind, got {other:?}"),
     };
     // Declared kind differs from the one asked for.
-    let found = wrong(handoff.take_udp("real-tcp").map(drop));
+    let found = wrong(handoff.udp("real-tcp").blocking().map(drop));
     assert_eq!(found, "a tcp listener");
-    let found = wrong(handoff.take_unix("real-tcp").map(drop));
+    let found = wrong(handoff.unix("real-tcp").blocking().map(drop));
     assert_eq!(found, "a tcp listener");
     // Declared right, but the socket is something else.
     assert_eq!(
-        wrong(handoff.take_tcp("udp-as-tcp").map(drop)),
-        "inet datagram socket"
+        wrong(handoff.tcp("udp-as-tcp").blocking().map(drop)),
+        "an inet datagram socket"
     );
     assert_eq!(
-        wrong(handoff.take_tcp("stream-as-tcp").map(drop)),
-        "inet stream socket, not listening"
+        wrong(handoff.tcp("stream-as-tcp").blocking().map(drop)),
+        "an inet stream socket, not listening"
     );
     assert_eq!(
-        wrong(handoff.take_tcp("unix-as-tcp").map(drop)),
-        "unix stream socket"
+        wrong(handoff.tcp("unix-as-tcp").blocking().map(drop)),
+        "a unix stream socket"
     );
     assert_eq!(
-        wrong(handoff.take_tcp("file-as-tcp").map(drop)),
+        wrong(handoff.tcp("file-as-tcp").blocking().map(drop)),
         "not a socket"
     );
     assert_eq!(
-        wrong(handoff.take_unix("stream-as-unix").map(drop)),
-        "unix stream socket, not listening"
+        wrong(handoff.unix("stream-as-unix").blocking().map(drop)),
+        "a unix stream socket, not listening"
     );
     assert_eq!(
-        wrong(handoff.take_udp("tcp-as-udp").map(drop)),
-        "inet stream socket"
+        wrong(handoff.udp("tcp-as-udp").blocking().map(drop)),
+        "an inet stream socket"
     );
     // A failed take leaves the listener in place.
     assert_eq!(
-        wrong(handoff.take_tcp("udp-as-tcp").map(drop)),
-        "inet datagram socket"
+        wrong(handoff.tcp("udp-as-tcp").blocking().map(drop)),
+        "an inet datagram socket"
     );
     // The first TCP listener is the real one.
-    let taken = handoff.take_first_tcp().unwrap();
+    let taken = handoff.first_tcp().blocking().unwrap();
     assert_eq!(taken.local_addr().unwrap(), tcp.local_addr().unwrap());
     drop(sup);
     let _ = std::fs::remove_dir_all(dir);
@@ -297,15 +317,15 @@ fn unsupported_version_is_a_typed_error() {
     let (sup, child) = channel();
     send(&sup, b"HELLO version=2 generation=1 listeners=0", &[]);
     assert!(matches!(
-        Handoff::receive(child),
-        Err(Error::UnsupportedVersion { version: 2 })
+        Handoff::from_channel(child),
+        Err(StartupError::UnsupportedVersion { version: 2 })
     ));
     // Even when the other fields of version 1 are missing.
     let (sup, child) = channel();
     send(&sup, b"HELLO version=9 something=else", &[]);
     assert!(matches!(
-        Handoff::receive(child),
-        Err(Error::UnsupportedVersion { version: 9 })
+        Handoff::from_channel(child),
+        Err(StartupError::UnsupportedVersion { version: 9 })
     ));
 }
 
@@ -331,8 +351,8 @@ fn fd_count_mismatch_is_an_error_and_closes_the_fds() {
     );
     drop(tcp);
     assert!(matches!(
-        Handoff::receive(child),
-        Err(Error::FdCountMismatch {
+        Handoff::from_channel(child),
+        Err(StartupError::FdCountMismatch {
             expected: 2,
             found: 1
         })
@@ -354,8 +374,8 @@ fn more_listeners_than_announced_is_an_error_and_closes_the_fds() {
     );
     drop((a, b));
     assert!(matches!(
-        Handoff::receive(child),
-        Err(Error::ListenerCountMismatch {
+        Handoff::from_channel(child),
+        Err(StartupError::ListenerCountMismatch {
             expected: 1,
             found: 2
         })
@@ -374,8 +394,8 @@ fn lines_and_count_must_agree() {
         &[tcp.as_fd()],
     );
     assert!(matches!(
-        Handoff::receive(child),
-        Err(Error::Protocol(DecodeError::CountMismatch { .. }))
+        Handoff::from_channel(child),
+        Err(StartupError::Malformed { .. })
     ));
 }
 
@@ -390,8 +410,8 @@ fn chunks_must_come_in_order() {
         &[tcp.as_fd()],
     );
     assert!(matches!(
-        Handoff::receive(child),
-        Err(Error::OutOfOrder {
+        Handoff::from_channel(child),
+        Err(StartupError::OutOfOrder {
             expected: 0,
             found: 5
         })
@@ -409,8 +429,8 @@ fn duplicate_names_are_rejected() {
         &[tcp.as_fd(), tcp.as_fd()],
     );
     assert!(matches!(
-        Handoff::receive(child),
-        Err(Error::DuplicateName { name }) if name == "a"
+        Handoff::from_channel(child),
+        Err(StartupError::DuplicateName { name }) if name == "a"
     ));
 }
 
@@ -420,8 +440,8 @@ fn handshake_errors() {
     let (sup, child) = channel();
     send(&sup, b"LISTENERS start=0 count=0", &[]);
     assert!(matches!(
-        Handoff::receive(child),
-        Err(Error::UnexpectedMessage {
+        Handoff::from_channel(child),
+        Err(StartupError::UnexpectedMessage {
             expected: "HELLO",
             ..
         })
@@ -430,23 +450,23 @@ fn handshake_errors() {
     let (sup, child) = channel();
     send(&sup, b"\xff\xfe", &[]);
     assert!(matches!(
-        Handoff::receive(child),
-        Err(Error::Protocol(DecodeError::NotUtf8))
+        Handoff::from_channel(child),
+        Err(StartupError::Malformed { .. })
     ));
     // A missing field.
     let (sup, child) = channel();
     send(&sup, b"HELLO version=1 generation=1", &[]);
     assert!(matches!(
-        Handoff::receive(child),
-        Err(Error::Protocol(DecodeError::MissingField { .. }))
+        Handoff::from_channel(child),
+        Err(StartupError::Malformed { .. })
     ));
     // The supervisor goes away in the middle.
     let (sup, child) = channel();
     hello(&sup, 1, 3);
     drop(sup);
     assert!(matches!(
-        Handoff::receive(child),
-        Err(Error::Channel(RecvError::Closed))
+        Handoff::from_channel(child),
+        Err(StartupError::ChannelClosed)
     ));
 }
 
@@ -454,8 +474,8 @@ fn handshake_errors() {
 fn the_channel_must_be_a_unix_seqpacket_socket() {
     let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
     assert!(matches!(
-        Handoff::receive(tcp.into()),
-        Err(Error::NotSeqpacket { .. })
+        Handoff::from_channel(tcp.into()),
+        Err(StartupError::NotSeqpacket { .. })
     ));
     let (_a, b) = socketpair(
         AddressFamily::UNIX,
@@ -465,13 +485,13 @@ fn the_channel_must_be_a_unix_seqpacket_socket() {
     )
     .unwrap();
     assert!(matches!(
-        Handoff::receive(b),
-        Err(Error::NotSeqpacket { .. })
+        Handoff::from_channel(b),
+        Err(StartupError::NotSeqpacket { .. })
     ));
     let file = std::fs::File::open("/dev/null").unwrap();
     assert!(matches!(
-        Handoff::receive(file.into()),
-        Err(Error::NotASocket { .. })
+        Handoff::from_channel(file.into()),
+        Err(StartupError::NotASocket { .. })
     ));
 }
 
@@ -491,24 +511,24 @@ fn unknown_verbs_are_ignored_everywhere() {
         b"LISTENERS start=0 count=1 extra=1\ntcp web 127.0.0.1:80",
         &[tcp.as_fd()],
     );
-    let handoff = Handoff::receive(child).unwrap();
-    assert_eq!(handoff.generation(), 3);
-    assert_eq!(handoff.listeners()[0].name, "web");
-    let drain = handoff.drain();
+    let handoff = Handoff::from_channel(child).unwrap();
+    assert_eq!(handoff.generation(), Some(3));
+    assert_eq!(handoff.listeners()[0].name(), "web");
+    let drain = handoff.lifecycle();
     send(&sup, b"SOMETHING_NEW", &[]);
     send(&sup, b"\xff garbage", &[]);
-    assert!(!drain.wait_timeout(Duration::from_millis(100)));
+    assert!(!drain.wait_drain_timeout(Duration::from_millis(100)));
     send(&sup, b"DRAIN timeout_ms=1000", &[]);
-    assert!(drain.wait_timeout(Duration::from_secs(5)));
+    assert!(drain.wait_drain_timeout(Duration::from_secs(5)));
 }
 
 #[test]
 fn drain_sets_the_deadline() {
     let (sup, handoff) = empty_handoff();
-    let drain = handoff.drain();
+    let drain = handoff.lifecycle();
     assert!(!drain.is_draining());
     assert_eq!(drain.deadline(), None);
-    assert_eq!(drain.reason(), None);
+    assert_eq!(drain.drain_reason(), None);
     let before = Instant::now();
     send_msg(
         &sup,
@@ -517,10 +537,10 @@ fn drain_sets_the_deadline() {
         },
         &[],
     );
-    assert!(drain.wait_timeout(Duration::from_secs(5)));
+    assert!(drain.wait_drain_timeout(Duration::from_secs(5)));
     let after = Instant::now();
     assert_eq!(
-        drain.reason(),
+        drain.drain_reason(),
         Some(DrainReason::Supervisor {
             timeout: Duration::from_millis(5000)
         })
@@ -530,7 +550,7 @@ fn drain_sets_the_deadline() {
     assert!(deadline <= after + Duration::from_millis(5000));
     // Clones share the state.
     assert!(drain.clone().is_draining());
-    assert!(handoff.drain().is_draining());
+    assert!(handoff.lifecycle().is_draining());
 }
 
 #[test]
@@ -544,23 +564,23 @@ fn drain_during_the_handshake_is_kept() {
         b"LISTENERS start=0 count=1\ntcp web 127.0.0.1:80",
         &[tcp.as_fd()],
     );
-    let handoff = Handoff::receive(child).unwrap();
-    assert!(handoff.drain().is_draining());
-    assert!(handoff.drain().deadline().is_some());
+    let handoff = Handoff::from_channel(child).unwrap();
+    assert!(handoff.lifecycle().is_draining());
+    assert!(handoff.lifecycle().deadline().is_some());
 }
 
 #[test]
 fn end_of_file_drains_without_deadline() {
     let (sup, handoff) = empty_handoff();
-    let drain = handoff.drain();
-    assert!(!drain.wait_timeout(Duration::from_millis(50)));
+    let drain = handoff.lifecycle();
+    assert!(!drain.wait_drain_timeout(Duration::from_millis(50)));
     let waiter = {
         let drain = drain.clone();
-        std::thread::spawn(move || drain.wait())
+        std::thread::spawn(move || drain.wait_drain())
     };
     drop(sup);
     waiter.join().unwrap();
-    assert_eq!(drain.reason(), Some(DrainReason::SupervisorGone));
+    assert_eq!(drain.drain_reason(), Some(DrainReason::SupervisorGone));
     assert_eq!(drain.deadline(), None);
 }
 
@@ -572,7 +592,7 @@ fn ready_is_sent_once_and_status_is_sent() {
     handoff.status("warming up").unwrap();
     assert!(matches!(
         handoff.status("two\nlines"),
-        Err(Error::Encode(_))
+        Err(Error::InvalidText { .. })
     ));
     let recv = || hotsup_protocol::recv(sup.as_fd(), true).map(|m| m.bytes);
     assert_eq!(recv().unwrap(), b"READY");
@@ -584,5 +604,228 @@ fn ready_is_sent_once_and_status_is_sent() {
 fn ready_fails_when_the_supervisor_is_gone() {
     let (sup, handoff) = empty_handoff();
     drop(sup);
-    assert!(matches!(handoff.ready(), Err(Error::Io(_))));
+    assert!(matches!(
+        handoff.ready(),
+        Err(Error::Send {
+            message: "READY",
+            ..
+        })
+    ));
+}
+
+/// A handoff whose supervisor offers version 2, with one TCP listener
+/// `web`; returns the supervisor's end and its own copy of the listener.
+fn v2_handoff() -> (OwnedFd, TcpListener, Handoff) {
+    let web = TcpListener::bind("127.0.0.1:0").unwrap();
+    let infos = [info(
+        WireKind::Tcp,
+        "web",
+        &web.local_addr().unwrap().to_string(),
+    )];
+    let (sup, child) = channel();
+    send_msg(
+        &sup,
+        &ToChild::Hello {
+            version: 1,
+            generation: 2,
+            listeners: 1,
+            max_version: 2,
+        },
+        &[],
+    );
+    for (msg, range) in chunk_listeners(&infos) {
+        let fds: Vec<_> = [web.as_fd()][range].to_vec();
+        send_msg(&sup, &msg, &fds);
+    }
+    let handoff = Handoff::from_channel(child).unwrap();
+    (sup, web, handoff)
+}
+
+fn next_message(sup: &OwnedFd) -> Vec<u8> {
+    hotsup_protocol::recv(sup.as_fd(), false).unwrap().bytes
+}
+
+#[test]
+fn version_2_is_answered_only_when_the_app_enables_pause() {
+    let (sup, _web, handoff) = v2_handoff();
+    assert_eq!(handoff.protocol_version(), Some(1));
+    // Before the answer, PAUSE is not for this child: ignored.
+    send_msg(&sup, &ToChild::Pause, &[]);
+    handoff.ready().unwrap();
+    assert_eq!(next_message(&sup), b"READY");
+    assert_eq!(handoff.lifecycle().state(), State::Serving);
+    // Not negotiated: no UNHEALTHY, a status line instead.
+    assert!(!handoff.unhealthy("db down").unwrap());
+    assert_eq!(next_message(&sup), b"STATUS unhealthy: db down");
+
+    assert!(handoff.enable_pause().unwrap());
+    assert!(handoff.enable_pause().unwrap());
+    assert_eq!(next_message(&sup), b"HELLO version=2", "answered once");
+    assert_eq!(handoff.protocol_version(), Some(2));
+    assert!(handoff.unhealthy("db down").unwrap());
+    assert_eq!(next_message(&sup), b"UNHEALTHY db down");
+    assert!(matches!(
+        hotsup_protocol::recv(sup.as_fd(), true),
+        Err(RecvError::WouldBlock)
+    ));
+
+    // A version 1 supervisor gets no answer.
+    let (sup, handoff) = empty_handoff();
+    assert!(!handoff.enable_pause().unwrap());
+    assert_eq!(handoff.protocol_version(), Some(1));
+    assert!(matches!(
+        hotsup_protocol::recv(sup.as_fd(), true),
+        Err(RecvError::WouldBlock)
+    ));
+}
+
+#[test]
+fn pause_holds_back_accept_and_resume_releases_it() {
+    let (sup, web, handoff) = v2_handoff();
+    handoff.enable_pause().unwrap();
+    assert_eq!(next_message(&sup), b"HELLO version=2");
+    let listener = handoff.tcp("web").nonblocking().unwrap();
+    let lifecycle = handoff.lifecycle();
+
+    send_msg(&sup, &ToChild::Pause, &[]);
+    let bound = Some(Duration::from_secs(30));
+    assert_eq!(lifecycle.wait_change(State::Serving, bound), State::Paused);
+    let accepting = {
+        let lifecycle = lifecycle.clone();
+        std::thread::spawn(move || {
+            let (conn, peer) = lifecycle.accept(&listener).unwrap().unwrap();
+            drop(conn);
+            peer
+        })
+    };
+    // A connection made while paused can be taken by another holder of the
+    // same socket (the supervisor's copy here). That the paused child does
+    // not take it first is shown by tests/e2e/child_v2.rs, which gives the
+    // child a round trip's time to do so.
+    let early = TcpStream::connect(web.local_addr().unwrap()).unwrap();
+    let (_taken, peer) = lifecycle_free_accept(&web);
+    assert_eq!(peer, early.local_addr().unwrap());
+
+    let late = TcpStream::connect(web.local_addr().unwrap()).unwrap();
+    send_msg(&sup, &ToChild::Resume, &[]);
+    assert_eq!(accepting.join().unwrap(), late.local_addr().unwrap());
+    assert_eq!(lifecycle.state(), State::Serving);
+
+    // Draining while paused ends the accept loop.
+    send_msg(&sup, &ToChild::Pause, &[]);
+    assert_eq!(lifecycle.wait_change(State::Serving, bound), State::Paused);
+    let listener = {
+        // The same socket again, as a second listener handle.
+        TcpListener::from(web.as_fd().try_clone_to_owned().unwrap())
+    };
+    let waiting = {
+        let lifecycle = lifecycle.clone();
+        std::thread::spawn(move || lifecycle.accept(&listener).is_none())
+    };
+    send_msg(
+        &sup,
+        &ToChild::Drain {
+            timeout: Duration::from_secs(5),
+        },
+        &[],
+    );
+    assert!(waiting.join().unwrap());
+    assert_eq!(lifecycle.state(), State::Draining);
+}
+
+/// Accepts on a nonblocking listener, waiting with `poll` (bounded).
+fn lifecycle_free_accept(listener: &TcpListener) -> (TcpStream, std::net::SocketAddr) {
+    use rustix::event::{PollFd, PollFlags, Timespec};
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match listener.accept() {
+            Ok(accepted) => return accepted,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            Err(e) => panic!("accept: {e}"),
+        }
+        assert!(Instant::now() < deadline, "no connection to accept");
+        let mut fds = [PollFd::new(listener, PollFlags::IN)];
+        let wait = Timespec {
+            tv_sec: 1,
+            tv_nsec: 0,
+        };
+        let _ = rustix::event::poll(&mut fds, Some(&wait));
+    }
+}
+
+#[cfg(feature = "tokio")]
+#[test]
+fn async_accept_follows_the_state_without_a_runtime_of_its_own() {
+    let (sup, _web, handoff) = v2_handoff();
+    handoff.enable_pause().unwrap();
+    let lifecycle = handoff.lifecycle();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let listener = handoff.tcp("web").tokio().unwrap();
+        let addr = listener.local_addr().unwrap();
+        send_msg(&sup, &ToChild::Pause, &[]);
+        lifecycle.changed().await;
+        assert_eq!(lifecycle.state(), State::Paused);
+        let accepting = lifecycle.accept_async(|| listener.accept());
+        let resume = async {
+            let client = tokio::net::TcpStream::connect(addr).await.unwrap();
+            send_msg(&sup, &ToChild::Resume, &[]);
+            client
+        };
+        let (accepted, client) = tokio::join!(accepting, resume);
+        let (_conn, peer) = accepted.unwrap().unwrap();
+        assert_eq!(peer, client.local_addr().unwrap());
+
+        // The owned future suits `with_graceful_shutdown`-style APIs.
+        let drained = tokio::spawn(lifecycle.drained());
+        send_msg(
+            &sup,
+            &ToChild::Drain {
+                timeout: Duration::from_secs(5),
+            },
+            &[],
+        );
+        drained.await.unwrap();
+        assert!(lifecycle.accept_async(|| listener.accept()).await.is_none());
+    });
+}
+
+/// Socket activation without a subprocess: the handle takes the fds as
+/// values, so no fd needs to sit at a fixed number.
+#[test]
+fn activation_handoff_in_process() {
+    let web = TcpListener::bind("127.0.0.1:0").unwrap();
+    let dns = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let conn = TcpStream::connect(web.local_addr().unwrap()).unwrap();
+    let expect = [
+        format!("tcp web {}", web.local_addr().unwrap()),
+        format!("udp udp1 {}", dns.local_addr().unwrap()),
+    ];
+    let handoff = Handoff::from_activation(
+        vec![
+            web.as_fd().try_clone_to_owned().unwrap(),
+            dns.as_fd().try_clone_to_owned().unwrap(),
+            conn.into(),
+        ],
+        Some(std::ffi::OsStr::new("web::web")),
+    );
+    assert!(handoff.is_supervised());
+    assert_eq!(handoff.generation(), None);
+    assert_eq!(handoff.protocol_version(), None);
+    assert_eq!(described(&handoff), expect);
+    assert!(matches!(
+        handoff.tcp("other2").blocking(),
+        Err(Error::UnsupportedInheritedFd { .. })
+    ));
+    assert!(matches!(
+        handoff.tcp("web").or_bind("127.0.0.1:0").nonblocking(),
+        Ok(l) if l.local_addr().unwrap() == web.local_addr().unwrap()
+    ));
+    assert!(is_nonblocking(web.as_fd()), "the mode is shared");
+    assert!(!handoff.enable_pause().unwrap(), "no channel, no PAUSE");
+    // Without NOTIFY_SOCKET there is nobody to tell.
+    handoff.ready().unwrap();
 }

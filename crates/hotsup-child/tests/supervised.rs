@@ -6,8 +6,8 @@ use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd};
 use std::time::Duration;
 
-use hotsup_child::{DrainReason, Error, Kind};
-use hotsup_protocol::{ENV_FD, ENV_GENERATION, ListenerInfo, ToChild, chunk_listeners};
+use hotsup_child::{DrainReason, Error};
+use hotsup_protocol::{ENV_FD, ENV_GENERATION, Kind, ListenerInfo, ToChild, chunk_listeners};
 use rustix::net::{AddressFamily, SocketFlags, SocketType, socketpair};
 
 #[test]
@@ -56,27 +56,55 @@ fn supervised_process() {
 
     assert!(hotsup_child::is_supervised());
     hotsup_child::init().unwrap();
-    assert_eq!(std::env::var_os(ENV_FD), None, "HOTSUP_FD must be scrubbed");
-    assert_eq!(std::env::var_os(ENV_GENERATION), None);
+    // Only read: removing needs `scrub_env`, which is unsafe.
+    assert!(std::env::var_os(ENV_FD).is_some());
     assert_eq!(hotsup_child::generation(), Some(7));
-    assert_eq!(hotsup_child::listeners(), &infos[..]);
+    let described: Vec<String> = hotsup_child::listeners()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        described,
+        [
+            "tcp web ".to_owned() + &infos[0].address,
+            "udp dns ".to_owned() + &infos[1].address
+        ]
+    );
+    // The handle has one owner: a second adoption is refused.
+    assert!(matches!(
+        hotsup_child::Handoff::from_env(),
+        Err(hotsup_child::StartupError::AlreadyAdopted)
+    ));
 
     // The fallback is not used under hotsup.
-    let listener = hotsup_child::inherit_listener("127.0.0.1:1").unwrap();
+    let listener = hotsup_child::first_tcp()
+        .or_bind("127.0.0.1:1")
+        .blocking()
+        .unwrap();
     assert_eq!(listener.local_addr().unwrap(), web.local_addr().unwrap());
     assert!(matches!(
-        hotsup_child::tcp_listener("web"),
+        hotsup_child::tcp("web").blocking(),
         Err(Error::AlreadyTaken { .. })
     ));
     assert!(matches!(
-        hotsup_child::tcp_listener_or_bind("other", "127.0.0.1:0"),
+        hotsup_child::tcp("other").or_bind("127.0.0.1:0").blocking(),
         Err(Error::NotFound { .. })
     ));
     assert!(matches!(
-        hotsup_child::tcp_listener("dns"),
+        hotsup_child::tcp("dns").blocking(),
         Err(Error::WrongKind { .. })
     ));
-    let udp = hotsup_child::udp_socket_or_bind("dns", "127.0.0.1:0").unwrap();
+    let udp = hotsup_child::udp("dns")
+        .or_bind("127.0.0.1:0")
+        .blocking()
+        .unwrap();
+
+    // SAFETY: the harness runs this binary's only test; no other thread
+    // uses the environment now.
+    unsafe { hotsup_child::scrub_env() };
+    assert_eq!(std::env::var_os(ENV_FD), None, "HOTSUP_FD must be scrubbed");
+    assert_eq!(std::env::var_os(ENV_GENERATION), None);
+    assert_eq!(hotsup_child::generation(), Some(7));
     assert_eq!(udp.local_addr().unwrap(), dns.local_addr().unwrap());
 
     let mut client = TcpStream::connect(web.local_addr().unwrap()).unwrap();
@@ -90,15 +118,15 @@ fn supervised_process() {
     assert_eq!(msg.bytes, b"READY");
     assert!(hotsup_protocol::recv(sup.as_fd(), true).is_err());
 
-    let drain = hotsup_child::drain();
+    let drain = hotsup_child::lifecycle();
     assert!(!drain.is_draining());
     let msg = ToChild::Drain {
         timeout: Duration::from_secs(3),
     };
     hotsup_protocol::send(sup.as_fd(), &msg.encode().unwrap(), &[]).unwrap();
-    assert!(drain.wait_timeout(Duration::from_secs(5)));
+    assert!(drain.wait_drain_timeout(Duration::from_secs(5)));
     assert_eq!(
-        drain.reason(),
+        drain.drain_reason(),
         Some(DrainReason::Supervisor {
             timeout: Duration::from_secs(3)
         })

@@ -1,19 +1,233 @@
-//! The wire protocol between the hotsup supervisor and the servers it runs.
+//! The wire protocol between the hotsup supervisor and the servers it runs,
+//! and its reference implementation.
 //!
-//! This crate is shared by the supervisor (`hotsup`) and the app-side library
-//! (`hotsup-child`). The protocol itself is documented for implementers in
-//! other languages in `hotsup-child`'s crate docs; this module is the
-//! reference implementation of the framing.
+//! The supervisor (`hotsup`) and the Rust app library (`hotsup-child`) both
+//! use this crate. This page is the specification, for implementers in any
+//! language: a child that follows it gets its listening sockets from hotsup,
+//! reports readiness, and drains, pauses and resumes when told.
 //!
-//! # Framing in one paragraph
+//! # 1. The channel
 //!
-//! The channel is one end of a `socketpair(AF_UNIX, SOCK_SEQPACKET)`, so every
-//! `sendmsg` is one message and boundaries are kept by the kernel. A message is
-//! UTF-8 text of at most [`MAX_MESSAGE`] bytes. Its first line is a verb
-//! followed by space-separated `key=value` fields; a `LISTENERS` message has
-//! one further line per listener. File descriptors travel as one
-//! `SCM_RIGHTS` control message on the `LISTENERS` message that describes
-//! them, at most [`MAX_FDS_PER_MESSAGE`] per message.
+//! For each child it starts, the supervisor creates a
+//! `socketpair(AF_UNIX, SOCK_SEQPACKET)`, keeps one end, and passes the other
+//! to the child as an inherited file descriptor. The child's environment
+//! holds:
+//!
+//! | variable | value |
+//! |---|---|
+//! | `HOTSUP_FD` ([`ENV_FD`]) | the decimal number of the child's end |
+//! | `HOTSUP_GENERATION` ([`ENV_GENERATION`]) | the child's generation, decimal: 1 for the first child, then 2, 3, … (for information; `HELLO` is authoritative) |
+//!
+//! The child should check that the fd is an `AF_UNIX` `SOCK_SEQPACKET`
+//! socket (`getsockopt(SO_DOMAIN)`, `SO_TYPE`), set close-on-exec on it, and
+//! keep both variables away from the programs it starts itself (they would
+//! find the number closed or reused).
+//!
+//! (`hotsup run --fds systemd` uses systemd's socket activation protocol
+//! instead: `LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES`, `NOTIFY_SOCKET`, a
+//! signal to drain. None of this page applies there.)
+//!
+//! # 2. Framing
+//!
+//! - Each message is one `SOCK_SEQPACKET` record: one `sendmsg`, received
+//!   by one `recvmsg`. The kernel keeps the boundaries; there is no length
+//!   prefix and no terminator.
+//! - A message is UTF-8 text of at most [`MAX_MESSAGE`] (65536) bytes.
+//!   Receive with a buffer of at least 65537 bytes, and treat `MSG_TRUNC`
+//!   as an error.
+//! - Lines are separated by `\n` (0x0A), with no trailing newline. `\r`
+//!   appears nowhere.
+//! - The first line is a verb (ASCII capitals) followed by zero or more
+//!   fields `key=value`, separated by single spaces. Keys are lower case;
+//!   values contain no space. Field order is not significant. A receiver
+//!   ignores keys it does not know.
+//! - Further lines, if any, depend on the verb. Free text (`STATUS`,
+//!   `UNHEALTHY`) is the rest of the first line after the verb and one
+//!   space.
+//! - A receiver ignores a well-formed message whose verb it does not know
+//!   (closing any fds attached to it). Every verb below is defined for one
+//!   direction only.
+//!
+//! ## File descriptors
+//!
+//! Only `LISTENERS` carries fds: all of them in one `SCM_RIGHTS` control
+//! message, in the order of its lines, at most [`MAX_FDS_PER_MESSAGE`]
+//! (252; the kernel allows 253 and musl 252). Receive with
+//! `MSG_CMSG_CLOEXEC` and control space for 252 fds. `MSG_CTRUNC` means fds
+//! were lost (too many, or over `RLIMIT_NOFILE`): an error. Raise the soft
+//! `RLIMIT_NOFILE` to the hard limit before receiving: the kernel silently
+//! drops fds beyond it. A receiver closes fds attached to any other message.
+//!
+//! The fds share their open file descriptions with the supervisor and with
+//! every other generation of the app. `O_NONBLOCK` belongs to the open file
+//! description: set the mode you need, explicitly, and use the same mode in
+//! every generation. Nonblocking is the one that lets an accept loop notice
+//! `PAUSE` and `DRAIN` promptly.
+//!
+//! # 3. Supervisor to child
+//!
+//! | message (exact bytes, `<…>` replaced by decimal numbers) | meaning |
+//! |---|---|
+//! | `HELLO version=1 generation=<g> listeners=<n>` | first message, from a version 1 supervisor |
+//! | `HELLO version=1 generation=<g> listeners=<n> max_version=2` | first message, from a supervisor that also speaks version 2 |
+//! | `LISTENERS start=<s> count=<c>` + `c` lines `<kind> <name> <address>`, + `c` fds | a chunk of listeners |
+//! | `DRAIN timeout_ms=<t>` | drain: stop accepting, finish, exit within `t` ms |
+//! | `PAUSE` | version 2: accept nothing new until `RESUME` |
+//! | `RESUME` | version 2: accept again |
+//!
+//! - **`HELLO`** is always the first message. `version` is the version of
+//!   the framing, which a child reads *before* any other field: a child that
+//!   does not know it exits with an error. Supervisors write
+//!   [`BASE_VERSION`] (1) there and offer more in `max_version` (absent
+//!   means equal to `version`). `generation` is the child's generation; `n`
+//!   the total number of listeners.
+//! - **`LISTENERS`** messages immediately follow `HELLO`: `ceil(n / 252)` of
+//!   them (none when `n` is 0), with `start` = 0, 252, 504, … in that order.
+//!   Each listener line is `<kind> <name> <address>`:
+//!   - `kind`: `tcp` (a listening TCP socket, IPv4 or IPv6), `udp` (a bound
+//!     UDP socket) or `unix` (a listening Unix stream socket);
+//!   - `name`: 1 to 255 bytes of ASCII letters, digits, `-`, `_` and `.`
+//!     ([`valid_name`]), unique among the listeners;
+//!   - `address`: the rest of the line: `ip:port`, `[ipv6]:port`, or a Unix
+//!     socket path (which may contain spaces).
+//! - **`DRAIN`** may arrive at any time after `HELLO`, even between
+//!   `LISTENERS` messages and before `READY`. The child stops accepting,
+//!   finishes its work in flight, and exits (or closes its end of the
+//!   channel) within `t` milliseconds of receiving it; then the supervisor
+//!   kills the child's process group with `SIGKILL`. A second `DRAIN` may
+//!   shorten the deadline, never lengthen it. `DRAIN` ends any pause.
+//! - **`PAUSE`** and **`RESUME`** (version 2) come only after the child
+//!   answered `HELLO version=2`. While paused, the child accepts no new
+//!   connection (and reads no new datagram) on any listener, but keeps the
+//!   listeners open, keeps running, and keeps serving its open connections:
+//!   the supervisor pauses the previous generation while a new one is on
+//!   probation, so that it can take the traffic back at once with `RESUME`
+//!   if the new one fails. `PAUSE` while paused and `RESUME` while serving
+//!   change nothing; `RESUME` after `DRAIN` is ignored.
+//!
+//! # 4. Child to supervisor
+//!
+//! | message (exact bytes) | meaning |
+//! |---|---|
+//! | `READY` | the child serves |
+//! | `STATUS <text>` | a line for the supervisor's log |
+//! | `HELLO version=2` | version 2: the child's answer to `HELLO` |
+//! | `UNHEALTHY <text>` | version 2: alive, but cannot serve correctly |
+//!
+//! - **`READY`**: the child serves. The supervisor counts a new generation
+//!   as up, and drains (or pauses) the previous one, only after it. Send it
+//!   once.
+//! - **`STATUS <text>`**: free-form, one line (no `\n`, no `\r`), logged by
+//!   the supervisor and shown by `hotsup status`.
+//! - **`HELLO version=2`**: sent at most once, after all `LISTENERS`
+//!   arrived, and before `READY` (a supervisor must not rely on seeing it
+//!   before `READY`, but a child should send it first so that the new
+//!   generation can be paused as soon as it is ready). Only to a supervisor
+//!   whose `max_version` is 2 or more. **Answer it only if you honour
+//!   `PAUSE` and `RESUME` on every listener you accept on:** a paused
+//!   generation that keeps accepting takes connections while the supervisor
+//!   believes another generation serves.
+//! - **`UNHEALTHY <text>`** (version 2, so only after `HELLO version=2`): the
+//!   child is alive but cannot serve (its database is unreachable, say);
+//!   one line. A generation on probation is rolled back: the previous one
+//!   resumes, this one is drained.
+//!
+//! A message from the child carries no fds. The supervisor logs a malformed
+//! message and stops reading the channel after 10 of them.
+//!
+//! # 5. Version negotiation
+//!
+//! | supervisor | child | the child receives | the child sends | result |
+//! |---|---|---|---|---|
+//! | version 1 | any | `HELLO version=1 …` (no `max_version`) | never `HELLO` | version 1 |
+//! | version 2 | version 1 | `HELLO version=1 … max_version=2` | ignores the unknown field, never answers | version 1: no `PAUSE`, `RESUME` |
+//! | version 2 | version 2, honours `PAUSE` | `HELLO version=1 … max_version=2` | `HELLO version=2` | version 2 |
+//!
+//! A version 1 child is treated as version 1 for its whole life: the
+//! supervisor drains it as before, and never sends it a version 2 message.
+//! Within a version, new fields and new verbs may be added; receivers
+//! ignore them. An incompatible change of the framing would get a new
+//! `version` in `HELLO`, which older children refuse.
+//!
+//! # 6. End of file and errors
+//!
+//! - A `recvmsg` that returns 0 bytes and no fds means the peer closed its
+//!   end. For the child that means the supervisor died: nobody will start a
+//!   successor or stop it, so it drains, without deadline. For the
+//!   supervisor it means the child exited or gave up the channel.
+//! - An error in the handshake (an unknown `version`, a malformed `HELLO` or
+//!   `LISTENERS`, `LISTENERS` out of order or with the wrong number of fds,
+//!   more listeners than announced, a duplicate name, end of file before
+//!   all listeners arrived) is fatal for the child: it closes every fd it
+//!   received and exits with a non-zero status, and the supervisor sees the
+//!   new generation fail (the old one keeps serving).
+//! - After the handshake, a child ignores (and may log) messages it cannot
+//!   decode.
+//!
+//! # 7. A child in another language, step by step
+//!
+//! 1. Read `HOTSUP_FD`. If it is unset, run without hotsup (or look for
+//!    `LISTEN_FDS`). Check the fd is an `AF_UNIX` `SOCK_SEQPACKET` socket;
+//!    set `FD_CLOEXEC` on it; make sure it is blocking.
+//! 2. Raise the soft `RLIMIT_NOFILE` to the hard limit.
+//! 3. `recvmsg` the first message (buffer 65537 bytes, control space for 252
+//!    fds, `MSG_CMSG_CLOEXEC`). It must be `HELLO`; read `version` first and
+//!    refuse anything but 1. Note `generation`, `listeners` (`n`) and
+//!    `max_version` (default: `version`). If a `DRAIN` arrives first or in
+//!    between, remember it and go on.
+//! 4. `recvmsg` until `n` listeners arrived: each `LISTENERS` message's
+//!    `start` must equal the number received so far, its line count must
+//!    equal `count` and its fd count too. Keep fd *i* with line *i*.
+//! 5. Set the mode of each socket you use (nonblocking, normally), and start
+//!    serving: accept on the sockets, by name.
+//! 6. If `max_version` ≥ 2 and every accept loop follows the pause state,
+//!    send `HELLO version=2`.
+//! 7. Send `READY`.
+//! 8. Keep reading the channel (a thread, or the event loop): on `DRAIN`
+//!    stop accepting, finish the work in flight and exit before the
+//!    deadline; on `PAUSE` stop accepting (keep everything else); on
+//!    `RESUME` accept again; on end of file drain. Ignore unknown verbs.
+//! 9. Optionally send `STATUS <text>` at any time, and `UNHEALTHY <text>`
+//!    (version 2) when the process cannot serve.
+//!
+//! # 8. Transcripts
+//!
+//! Version 1:
+//!
+//! ```text
+//! supervisor -> child   HELLO version=1 generation=2 listeners=3
+//! supervisor -> child   LISTENERS start=0 count=3          + SCM_RIGHTS [3 fds]
+//!                       tcp http 127.0.0.1:8080
+//!                       udp dns [::1]:5353
+//!                       unix admin /run/my app/admin.sock
+//! child -> supervisor   STATUS loading configuration
+//! child -> supervisor   READY
+//!      ... later, generation 3 has sent READY ...
+//! supervisor -> child   DRAIN timeout_ms=30000
+//!      ... the child closes its listeners, finishes its requests, exits 0
+//! ```
+//!
+//! Version 2, with probation (`hotsup run --probation 5s`):
+//!
+//! ```text
+//! supervisor -> gen 2   HELLO version=1 generation=2 listeners=1 max_version=2
+//! supervisor -> gen 2   LISTENERS start=0 count=1          + SCM_RIGHTS [1 fd]
+//!                       tcp http 127.0.0.1:8080
+//! gen 2 -> supervisor   HELLO version=2
+//! gen 2 -> supervisor   READY
+//!      ... an upgrade starts generation 3, which answers HELLO version=2
+//!      and sends READY ...
+//! supervisor -> gen 2   PAUSE          (standby: gen 3 accepts, on probation)
+//! gen 3 -> supervisor   UNHEALTHY database unreachable
+//! supervisor -> gen 2   RESUME         (rolled back: gen 2 accepts again)
+//! supervisor -> gen 3   DRAIN timeout_ms=30000
+//! ```
+//!
+//! # This crate
+//!
+//! [`ToChild`] and [`FromChild`] are the messages, with `encode` and
+//! `decode`; [`send`] and [`recv`] move one message and its fds;
+//! [`chunk_listeners`] splits listeners into `LISTENERS` messages.
 
 use std::fmt::{self, Write as _};
 use std::io::{IoSlice, IoSliceMut};

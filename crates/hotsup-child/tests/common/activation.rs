@@ -5,7 +5,6 @@
 
 use std::os::fd::{BorrowedFd, RawFd};
 
-use hotsup_child::{Kind, ListenerInfo};
 use rustix::io::FdFlags;
 
 /// Set in the probe: the listeners it must find, `kind name address` lines.
@@ -22,33 +21,32 @@ pub const SCRUBBED: [&str; 7] = [
     "NOTIFY_SOCKET",
 ];
 
-pub fn encode(listeners: &[ListenerInfo]) -> String {
-    listeners
-        .iter()
-        .map(|l| format!("{} {} {}", l.kind, l.name, l.address))
-        .collect::<Vec<_>>()
-        .join("\n")
+/// A listener as `ListenerInfo`'s `Display` writes it: `kind name address`.
+pub fn line(kind: &str, name: &str, address: impl std::fmt::Display) -> String {
+    format!("{kind} {name} {address}")
+}
+
+pub fn encode(listeners: &[String]) -> String {
+    listeners.join("\n")
 }
 
 /// In the probe: the listeners the test says it passed.
-pub fn expected() -> Vec<ListenerInfo> {
+pub fn expected() -> Vec<String> {
     let text = std::env::var(EXPECT).unwrap();
-    text.lines()
-        .map(|line| {
-            let mut parts = line.splitn(3, ' ');
-            let kind = match parts.next().unwrap() {
-                "tcp" => Kind::Tcp,
-                "udp" => Kind::Udp,
-                "unix" => Kind::Unix,
-                other => panic!("kind {other}"),
-            };
-            ListenerInfo {
-                kind,
-                name: parts.next().unwrap().into(),
-                address: parts.next().unwrap().into(),
-            }
-        })
+    text.lines().map(str::to_owned).collect()
+}
+
+/// In the probe: the listeners the crate found.
+pub fn found() -> Vec<String> {
+    hotsup_child::listeners()
+        .iter()
+        .map(ToString::to_string)
         .collect()
+}
+
+/// The address part of an expected line.
+pub fn address(line: &str) -> &str {
+    line.splitn(3, ' ').nth(2).unwrap()
 }
 
 pub fn assert_scrubbed() {
