@@ -1,4 +1,5 @@
-//! One cgroup v2 per generation, so that no process escapes its generation.
+//! One cgroup v2 per worker process, so that no process escapes its
+//! generation.
 //!
 //! A process group is not a boundary: `setsid()` or `setpgid()` leaves it,
 //! and a process in the same session can join another generation's group.
@@ -17,10 +18,10 @@
 //! It then creates, below its own cgroup `<own>`:
 //!
 //! ```text
-//! <own>/                      hotsup itself stays here
-//! <own>/hotsup-<pid>/         this supervisor's base: no process ever
-//! <own>/hotsup-<pid>/gen-1/   one leaf per generation, never reused
-//! <own>/hotsup-<pid>/gen-2/
+//! <own>/                         hotsup itself stays here
+//! <own>/hotsup-<pid>/            this supervisor's base: no process ever
+//! <own>/hotsup-<pid>/worker-1/   one leaf per worker process, never reused
+//! <own>/hotsup-<pid>/worker-2/
 //! ```
 //!
 //! hotsup does not move itself. The "no internal processes" rule only
@@ -57,7 +58,7 @@
 //!
 //! Each supervisor holds an exclusive `flock` on its base directory for its
 //! whole life; the kernel drops it when the process dies, however it dies.
-//! At start-up hotsup removes the empty `gen-*` leaves and the base of every
+//! At start-up hotsup removes the empty `worker-*` leaves and the base of every
 //! `hotsup-*` directory in `<own>` nobody holds locked: the leftovers of a
 //! supervisor that was `kill -9`ed. The lock, not the pid in the name,
 //! decides: pids are reused, and a supervisor in another pid namespace may
@@ -98,8 +99,8 @@ use rustix::process::{Pid, Signal};
 
 /// Prefix of a supervisor's base directory: `hotsup-<pid>[.<n>]`.
 const BASE_PREFIX: &str = "hotsup-";
-/// Prefix of a generation's directory: `gen-<id>`.
-const GEN_PREFIX: &str = "gen-";
+/// Prefix of a worker's directory: `worker-<seq>`.
+const GEN_PREFIX: &str = "worker-";
 /// Names tried for the base directory before giving up.
 const BASE_ATTEMPTS: u32 = 64;
 /// Rounds of "read cgroup.procs, SIGKILL what is new" when `cgroup.kill`
@@ -745,7 +746,7 @@ fn sweep(own_dir: &Path) -> (usize, Vec<PathBuf>) {
     (swept, populated)
 }
 
-/// The `gen-*` directories in `base`.
+/// The `worker-*` directories in `base`.
 fn gen_dirs(base: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(base) else {
         return Vec::new();
@@ -1097,7 +1098,7 @@ mod tests {
             return;
         };
         let base = m.base().to_path_buf();
-        let _cleanup = Cleanup(base.join("gen-1"));
+        let _cleanup = Cleanup(base.join("worker-1"));
         let g = m.create(1).expect("create");
         let _empty = m.create(2).expect("create");
         let mut sleeper = spawn_in(&g, Command::new("sleep").arg("60")).expect("spawn");
@@ -1169,13 +1170,13 @@ mod tests {
         let (live_name, live_lock) = make_base(&parent).expect("a live base");
         let live = parent.join(&live_name);
         let _cleanup_live = Cleanup(live.clone());
-        rustix::fs::mkdir(live.join("gen-1"), mode).expect("mkdir");
-        let _cleanup_live_gen = Cleanup(live.join("gen-1"));
+        rustix::fs::mkdir(live.join("worker-1"), mode).expect("mkdir");
+        let _cleanup_live_gen = Cleanup(live.join("worker-1"));
         let (stale, _) = dead_base(&parent, "1", &[1, 2], false);
         let _cleanup_stale = Cleanup(stale.clone());
         let (busy, mut sleepers) = dead_base(&parent, "2", &[3], true);
         let _cleanup_busy = Cleanup(busy.clone());
-        let busy_gen = busy.join("gen-3");
+        let busy_gen = busy.join("worker-3");
         let _cleanup_busy_gen = Cleanup(busy_gen.clone());
         let other = parent.join("not-hotsup");
         rustix::fs::mkdir(&other, mode).expect("mkdir");
@@ -1189,7 +1190,7 @@ mod tests {
         assert!(is_populated_dir(&busy_gen));
         // A live supervisor's directories, and anything not hotsup's,
         // are left alone.
-        assert!(live.join("gen-1").is_dir());
+        assert!(live.join("worker-1").is_dir());
         assert!(other.is_dir());
         // A second supervisor with our pid takes another name.
         let (next_name, _next_lock) = make_base(&parent).expect("another base");

@@ -32,6 +32,7 @@ const SCRUBBED_ENV: &[&str] = &[
     "LISTEN_PID",
     "LISTEN_FDNAMES",
     "LISTEN_FDS_FIRST_FD",
+    ENV_WORKER,
     "WATCHDOG_USEC",
     "WATCHDOG_PID",
     ENV_EXE_FD,
@@ -104,6 +105,8 @@ pub struct Spec<'a> {
     pub argv0: &'a OsStr,
     pub args: &'a [OsString],
     pub generation: u64,
+    /// The worker's slot in its generation's pool, 0 to N-1.
+    pub worker: u32,
     pub notify_socket: Option<&'a Path>,
     /// Soft RLIMIT_NOFILE for the child: hotsup raises its own to hold many
     /// sockets, but a child (select()-based ones above all) should start
@@ -147,6 +150,9 @@ pub struct ExeFd {
     /// step does, and it closes the fd on its own exec.
     pub app_keeps: bool,
 }
+
+/// The worker's slot, 0 to N-1 (`--workers N`), for the app.
+pub const ENV_WORKER: &str = "HOTSUP_WORKER";
 
 /// Tells the `--fds systemd` step which fd to close on its exec of the app.
 const ENV_EXE_FD: &str = "HOTSUP_EXE_FD";
@@ -210,6 +216,7 @@ pub fn spawn(spec: &Spec<'_>) -> io::Result<Spawned> {
         }
     }
     cmd.env(ENV_GENERATION, spec.generation.to_string())
+        .env(ENV_WORKER, spec.worker.to_string())
         .process_group(0);
     if let Some(path) = spec.notify_socket {
         cmd.env("NOTIFY_SOCKET", path);

@@ -62,7 +62,7 @@ Exit codes:
 pub enum Command {
     /// Bind the listeners and run COMMAND under supervision.
     #[command(after_help = RUN_HELP)]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Upgrade a running hotsup and wait for the outcome.
     ///
     /// Waits through --probation. Exits 0 when the new generation serves,
@@ -111,12 +111,26 @@ pub enum Command {
         #[arg(long)]
         no_wait: bool,
     },
-    /// Send SIGNAL to the serving child of a running hotsup.
+    /// Send SIGNAL to the serving workers of a running hotsup.
     Signal {
         #[command(flatten)]
         target: Target,
+        /// Only the worker of this slot (0 to N-1; default: every worker).
+        #[arg(long, value_name = "INDEX")]
+        worker: Option<u32>,
         /// Name or number, e.g. USR1 or 10.
         signal: String,
+    },
+    /// Change the number of worker processes of a running hotsup.
+    ///
+    /// New workers start from the serving generation's executable; with
+    /// fewer, the highest slots drain. Refused while an upgrade rolls out.
+    Scale {
+        #[command(flatten)]
+        target: Target,
+        /// The new number of workers.
+        #[arg(value_parser = clap::value_parser!(u32).range(1..=MAX_WORKERS as i64))]
+        workers: u32,
     },
     /// Print the man page or shell completions (for packaging).
     #[command(hide = true)]
@@ -325,6 +339,36 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = Restart::OnFailure, help_heading = "Lifecycle")]
     pub restart: Restart,
 
+    /// Run N worker processes per generation, all on the same listeners
+    /// (each gets HOTSUP_WORKER=0..N-1). A worker that crashes restarts in
+    /// its slot, with a backoff of its own, while the others serve.
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=MAX_WORKERS as i64), help_heading = "Workers")]
+    pub workers: u32,
+
+    /// Roll an upgrade out K workers at a time: each batch must be ready
+    /// before as many old workers retire (paused if they speak protocol 2,
+    /// drained otherwise). Default: all N at once, the fastest upgrade,
+    /// with 2N processes for a moment.
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..=MAX_WORKERS as i64), help_heading = "Workers")]
+    pub rollout_batch: Option<u32>,
+
+    /// Let the first new worker of an upgrade serve beside the whole old
+    /// pool for DURATION before the rest rolls out; its crash or UNHEALTHY
+    /// takes the upgrade back.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Workers")]
+    pub canary: Option<Duration>,
+
+    /// Replace a worker whose resident memory exceeds SIZE (e.g. 512M,
+    /// 2G): a new worker starts in its slot first, then it drains.
+    /// Checked every 5 s.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, help_heading = "Workers")]
+    pub max_worker_rss: Option<u64>,
+
+    /// Replace a worker once it has served DURATION (plus up to a tenth,
+    /// so that a pool is not replaced all at once).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Workers")]
+    pub max_worker_age: Option<Duration>,
+
     /// Keep the previous generation on standby for DURATION after a new one
     /// is ready: if the new one exits or reports itself unhealthy within
     /// the window, hotsup rolls back to the previous one at once. Costs
@@ -343,6 +387,31 @@ pub struct RunArgs {
     /// at every upgrade, so a binary replaced in place is picked up.
     #[arg(trailing_var_arg = true, value_name = "COMMAND", num_args = 0..)]
     pub command: Vec<OsString>,
+}
+
+/// Most workers per generation.
+pub const MAX_WORKERS: u32 = 1024;
+
+/// Parses `512M`, `2G`, `100k` or a number of bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, unit) = t
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((t, ""), |i| t.split_at(i));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| "not a size such as 512M or 2G".to_string())?;
+    let mult: u64 = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "K" | "KB" | "KIB" => 1 << 10,
+        "M" | "MB" | "MIB" => 1 << 20,
+        "G" | "GB" | "GIB" => 1 << 30,
+        _ => return Err("not a size such as 512M or 2G (units: K, M, G)".into()),
+    };
+    match n.checked_mul(mult) {
+        Some(0) | None => Err("must be more than zero and less than 16 EiB".into()),
+        Some(b) => Ok(b),
+    }
 }
 
 /// Longest duration accepted: deadlines computed from it cannot overflow.
@@ -403,6 +472,17 @@ mod tests {
         );
         assert!(parse_ready("delay:").is_err());
         assert!(parse_ready("later").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("100k"), Ok(100 << 10));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("12X").is_err());
+        assert!(parse_size("M").is_err());
     }
 
     #[test]

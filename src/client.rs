@@ -375,11 +375,30 @@ pub fn stop(target: &Target, no_wait: bool) -> u8 {
     }
 }
 
-pub fn signal(target: &Target, signal: &str) -> u8 {
+pub fn scale(target: &Target, workers: u32) -> u8 {
+    let reply = match call(
+        target,
+        Request::Scale { workers },
+        Some(Duration::from_secs(30)),
+    ) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    if let Some(code) = refused(&reply) {
+        return code;
+    }
+    match reply.scale {
+        Some(s) => say(&format!("scaled from {} to {} workers\n", s.from, s.to), OK),
+        None => FAILED,
+    }
+}
+
+pub fn signal(target: &Target, signal: &str, worker: Option<u32>) -> u8 {
     let reply = match call(
         target,
         Request::Signal {
             signal: signal.to_string(),
+            worker,
         },
         Some(Duration::from_secs(30)),
     ) {

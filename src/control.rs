@@ -86,8 +86,15 @@ pub enum Request {
         #[serde(default = "yes")]
         wait: bool,
     },
-    /// Forward a signal (name or number) to the serving child.
-    Signal { signal: String },
+    /// Forward a signal (name or number) to the serving generation's
+    /// workers, or to the worker of one slot.
+    Signal {
+        signal: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        worker: Option<u32>,
+    },
+    /// Change the number of workers.
+    Scale { workers: u32 },
     /// Roll back the upgrade on probation, or go back to the previous good
     /// executable.
     Rollback,
@@ -119,6 +126,15 @@ pub struct Reply {
     pub stop: Option<Stopped>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signal: Option<Signalled>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale: Option<Scaled>,
+}
+
+/// What `scale` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Scaled {
+    pub from: u32,
+    pub to: u32,
 }
 
 impl Reply {
@@ -182,6 +198,9 @@ pub struct Status {
     /// NOTIFY_SOCKET datagrams dropped because no generation sent them.
     #[serde(default)]
     pub notify_dropped: u64,
+    /// Workers per generation (`--workers`, or the last `hotsup scale`).
+    #[serde(default = "one")]
+    pub workers: u32,
     /// Log lines hotsup could not write: stderr was full or closed.
     #[serde(default)]
     pub log_lines_dropped: u64,
@@ -229,9 +248,26 @@ pub struct GenerationStatus {
     /// The last UNHEALTHY (or ERRNO=) it reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unhealthy: Option<String>,
+    /// Its worker processes (one, without `--workers`).
+    #[serde(default)]
+    pub workers: Vec<WorkerStatus>,
     /// The last status line it reported (`STATUS`, or `STATUS=`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
+}
+
+/// One worker process of a generation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    /// Its slot, 0 to N-1 (`HOTSUP_WORKER`).
+    pub worker: u32,
+    pub pid: i32,
+    /// `starting`, `serving`, `paused`, `draining` or `killing`.
+    pub state: String,
+    pub age_ms: u64,
+    /// Resident memory, when it could be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rss_kib: Option<u64>,
 }
 
 fn one() -> u32 {
@@ -527,7 +563,8 @@ mod tests {
         assert_eq!(
             parse(br#"{"version":1,"command":"signal","signal":"USR1"}"#),
             Ok(Request::Signal {
-                signal: "USR1".into()
+                signal: "USR1".into(),
+                worker: None,
             })
         );
         assert!(parse(b"upgrade").unwrap_err().contains("malformed"));

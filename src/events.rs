@@ -43,21 +43,31 @@ pub fn log(ev: &Event) {
         }
         Event::Spawned {
             generation,
+            slot,
             pid,
             origin,
             pinned,
-        } => at!(generation, pid, origin = origin.as_str(), pinned, "spawned"),
+        } => at!(
+            generation,
+            slot,
+            pid,
+            origin = origin.as_str(),
+            pinned,
+            "spawned"
+        ),
         Event::HandedOff {
             generation,
+            slot,
             pid,
             listeners,
             elapsed_us,
-        } => at!(generation, pid, listeners, elapsed_us, "handed_off"),
+        } => at!(generation, slot, pid, listeners, elapsed_us, "handed_off"),
         Event::Protocol {
             generation,
+            slot,
             pid,
             version,
-        } => at!(generation, pid, version, "protocol"),
+        } => at!(generation, slot, pid, version, "protocol"),
         Event::Ready {
             generation,
             pid,
@@ -97,42 +107,99 @@ pub fn log(ev: &Event) {
         ),
         Event::Draining {
             generation,
+            slot,
             pid,
             via,
             timeout_ms,
-        } => at!(generation, pid, via = %via, timeout_ms, "draining"),
+        } => at!(generation, slot, pid, via = %via, timeout_ms, "draining"),
         Event::Drained {
             generation,
+            slot,
             pid,
             status,
             clean,
-        } => at!(generation, pid, status = %status, clean, "drained"),
+        } => at!(generation, slot, pid, status = %status, clean, "drained"),
         Event::Killed {
             generation,
+            slot,
             pid,
             cause,
-        } => at!(generation, pid, cause = cause.as_str(), "killed"),
+        } => at!(generation, slot, pid, cause = cause.as_str(), "killed"),
         Event::Reaped {
             generation,
+            slot,
             pid,
             status,
-        } => at!(generation, pid, status = %status, "reaped"),
+        } => at!(generation, slot, pid, status = %status, "reaped"),
         Event::Crashed {
             generation,
+            slot,
             pid,
             status,
             successor,
-        } => at!(generation, pid, status = %status, successor, "crashed"),
+        } => at!(generation, slot, pid, status = %status, successor, "crashed"),
         Event::RestartScheduled { delay_ms, attempt } => {
             at!(delay_ms, attempt, "restart_scheduled")
         }
-        Event::Abandoned { generation, pid } => at!(
+        Event::Abandoned {
             generation,
+            slot,
+            pid,
+        } => at!(
+            generation,
+            slot,
             pid,
             reason = "still alive after SIGKILL",
             "abandoned"
         ),
         Event::WaitingForUpgrade => at!("waiting_for_upgrade"),
+        Event::WorkerReady {
+            generation,
+            slot,
+            pid,
+            after_ms,
+        } => at!(generation, slot, pid, after_ms, "worker_ready"),
+        Event::BatchReady {
+            generation,
+            ready,
+            of,
+        } => at!(generation, ready, of, "batch_ready"),
+        Event::CanaryStarted {
+            generation,
+            pid,
+            canary_ms,
+        } => at!(generation, pid, canary_ms, "canary_started"),
+        Event::CanaryPassed { generation, pid } => at!(generation, pid, "canary_passed"),
+        Event::WorkerPaused {
+            generation,
+            slot,
+            pid,
+        } => at!(generation, slot, pid, "worker_paused"),
+        Event::WorkerFailed {
+            generation,
+            slot,
+            pid,
+            failure,
+        } => at!(generation, slot, pid, reason = %failure, "worker_failed"),
+        Event::SlotRestartScheduled {
+            generation,
+            slot,
+            delay_ms,
+            attempt,
+        } => at!(
+            generation,
+            slot,
+            delay_ms,
+            attempt,
+            "slot_restart_scheduled"
+        ),
+        Event::Recycling {
+            generation,
+            slot,
+            pid,
+            why,
+        } => at!(generation, slot, pid, why = %why, "recycling"),
+        Event::Scaled { from, to } => at!(from, to, "scaled"),
         Event::ShutdownBegan { source, forced } => {
             at!(source = %source.describe(), forced, "shutdown_began")
         }
@@ -143,32 +210,37 @@ pub fn log(ev: &Event) {
         } => at!(generation, status = %status, exit_code, "stopped"),
         Event::Forwarded {
             generation,
+            slot,
             pid,
             signal,
-        } => at!(generation, pid, signal = %signals::name(*signal), "forwarded"),
+        } => at!(generation, slot, pid, signal = %signals::name(*signal), "forwarded"),
         Event::NothingToSignal { signal } => {
             at!(signal = %signals::name(*signal), "nothing_to_signal")
         }
         Event::Status {
             generation,
+            slot,
             pid,
             text,
-        } => at!(generation, pid, text = %text, "status"),
+        } => at!(generation, slot, pid, text = %text, "status"),
         Event::Unhealthy {
             generation,
+            slot,
             pid,
             reason,
-        } => at!(generation, pid, reason = %reason, "unhealthy"),
+        } => at!(generation, slot, pid, reason = %reason, "unhealthy"),
         Event::MalformedMessage {
             generation,
+            slot,
             pid,
             detail,
-        } => at!(generation, pid, detail = %detail, "malformed_message"),
+        } => at!(generation, slot, pid, detail = %detail, "malformed_message"),
         Event::ChannelClosed {
             generation,
+            slot,
             pid,
             detail,
-        } => at!(generation, pid, detail = %detail, "channel_closed"),
+        } => at!(generation, slot, pid, detail = %detail, "channel_closed"),
         Event::Exiting { code } => at!(code, "exiting"),
     }
 }

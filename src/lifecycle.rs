@@ -7,34 +7,49 @@
 //! no syscall, reads no clock, spawns no task and logs nothing, so each rule
 //! is tested by feeding inputs and reading effects (see `lifecycle/tests.rs`).
 //!
-//! # Generations
+//! # Generations and workers
 //!
-//! A generation is one start of the command: a set of worker processes
-//! (one, for now) sharing the listeners. Its [`Phase`] owns the data that is
-//! meaningful in it:
+//! A generation is one version of the app: its pinned executable, run as
+//! `--workers N` worker processes that share the listeners. Each worker has
+//! a slot (0..N, its `HOTSUP_WORKER`) and a state of its own; the
+//! generation has a role:
 //!
 //! ```text
-//!             ready, no probation
-//!  Starting ─────────────────────────────▶ Serving ──▶ Draining ──▶ (reaped)
-//!     │  ready, --probation                  ▲
-//!     ├──────────────▶ Probation ────────────┘ window passed
-//!     │                   │ exits, UNHEALTHY, `hotsup rollback`
+//!            all workers ready, no probation
+//!  Rolling ──────────────────────────────────▶ Serving ──▶ Retiring ──▶ (gone)
+//!     │  all ready, --probation                  ▲
+//!     ├──────────────▶ Probation ────────────────┘ window passed
+//!     │                   │ a worker exits, UNHEALTHY, `hotsup rollback`
 //!     │                   ▼
-//!     └─▶ Killing ◀───────┘   (the Standby generation resumes, or the
+//!     └─▶ Retiring ◀──────┘   (the Standby generation resumes, or the
 //!           failed             last good executable starts again)
 //! ```
 //!
-//! The previous generation of one on probation is paused (`Standby`) when
-//! it speaks protocol version 2; otherwise it drains as usual and a rollback
-//! starts its pinned executable again.
+//! A rollout starts the new workers in batches of `--rollout-batch K`
+//! (all N at once by default). Once a batch is ready, as many old workers
+//! are retired: paused when they speak protocol version 2, so that a failed
+//! rollout can resume them at once, drained otherwise. With `--canary`, the
+//! first new worker serves beside the whole old pool for a while before the
+//! rest rolls. Serving and starting workers never exceed N+K; paused and
+//! draining ones serve nothing new.
 //!
-//! Invariants the core keeps: at most one generation is Starting or on
+//! The previous generation of one on probation is paused (`Standby`) when
+//! all its workers speak protocol version 2; otherwise it drains and a
+//! rollback starts its pinned executable again.
+//!
+//! A serving worker that crashes is restarted in its slot, with a backoff
+//! of its own, while the others serve on. Only when every worker of the
+//! serving generation is gone is it a crash of the generation, restarted
+//! (as a new generation) from the last good executable.
+//!
+//! Invariants the core keeps: at most one generation is Rolling or on
 //! Probation (an "attempt"), and upgrades asked for during one are coalesced
 //! into a single follow-up; at most one generation is Serving or on
 //! Probation; at most one is on Standby.
 
 mod event;
 mod outcome;
+mod state;
 #[cfg(test)]
 mod tests;
 
@@ -45,6 +60,8 @@ use rustix::process::Pid;
 
 pub use event::{Event, KillCause, Level, Origin, Source};
 pub use outcome::{ExitInfo, FailureReason, LastResult, ReadyVia, UpgradeOutcome};
+use state::{Canary, Generation, Role, WState, Worker};
+pub use state::{Fallback, GenerationSnapshot, LastUpgradeSnapshot, Snapshot, WorkerSnapshot};
 
 /// First crash-restart delay; it doubles per consecutive crash.
 pub const BACKOFF_START: Duration = Duration::from_millis(100);
@@ -67,11 +84,14 @@ pub type GenId = u64;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PinId(pub u64);
 
-/// One worker process of a generation.
+/// One worker process of a generation. `seq` is unique over hotsup's life:
+/// a slot's worker that crashed and was restarted, or was replaced, is
+/// another worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct WorkerId {
     pub generation: GenId,
     pub slot: u32,
+    pub seq: u64,
 }
 
 /// A client waiting for an answer; the shell keeps where to send it.
@@ -116,6 +136,17 @@ pub struct Policy {
     /// Failed starts, before any generation was ever ready, after which
     /// hotsup gives up and exits 1.
     pub start_attempts: u32,
+    /// Worker processes per generation (`--workers`), at start.
+    pub workers: u32,
+    /// New workers started at once in a rollout (`--rollout-batch`); all
+    /// of them when `None`.
+    pub rollout_batch: Option<u32>,
+    /// How long the first new worker serves beside the old pool before the
+    /// rest rolls (`--canary`).
+    pub canary: Option<Duration>,
+    /// Replace a worker after it served this long (`--max-worker-age`), with
+    /// up to a tenth more so that a pool does not recycle all at once.
+    pub max_worker_age: Option<Duration>,
 }
 
 /// What the core learns from the world.
@@ -147,8 +178,17 @@ pub enum Input {
         worker: WorkerId,
         event: WorkerEvent,
     },
-    /// Send a signal to the serving generation.
-    Forward { signal: i32, reply: Option<Ticket> },
+    /// Send a signal to the serving generation's workers, or to one slot.
+    Forward {
+        signal: i32,
+        slot: Option<u32>,
+        reply: Option<Ticket>,
+    },
+    /// Change the number of workers (`hotsup scale`).
+    Scale { workers: u32, reply: Option<Ticket> },
+    /// Replace a worker (`--max-worker-rss`): a new one in its slot first,
+    /// then it drains.
+    Recycle { worker: WorkerId, why: String },
     /// Time passed; deadlines may have expired.
     Tick,
 }
@@ -210,6 +250,7 @@ pub enum Exe {
 pub enum Answer {
     Upgrade(UpgradeOutcome),
     Stopped { exit_code: u8 },
+    Scaled { from: u32, to: u32 },
     Error(String),
 }
 
@@ -277,158 +318,6 @@ pub enum Effect {
     Exit(u8),
 }
 
-/// A generation's phase; each variant owns what is meaningful in it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Phase {
-    Starting {
-        deadline: Instant,
-        /// `--ready delay:…`: when it counts as ready.
-        ready_at: Option<Instant>,
-        /// Why it can no longer become ready, reported if it has not exited
-        /// by its (shortened) deadline.
-        doomed: Option<FailureReason>,
-    },
-    Probation {
-        since: Instant,
-        until: Instant,
-        fallback: Fallback,
-    },
-    Serving {
-        since: Instant,
-    },
-    /// Paused while its successor is on probation.
-    Standby {
-        since: Instant,
-        successor: GenId,
-    },
-    Draining {
-        since: Instant,
-        deadline: Instant,
-    },
-    /// SIGKILL sent; past `deadline` it is sent again (or, during shutdown,
-    /// the generation is abandoned).
-    Killing {
-        deadline: Instant,
-    },
-}
-
-impl Phase {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Phase::Starting { .. } => "starting",
-            Phase::Probation { .. } => "probation",
-            Phase::Serving { .. } => "serving",
-            Phase::Standby { .. } => "standby",
-            Phase::Draining { .. } => "draining",
-            Phase::Killing { .. } => "killing",
-        }
-    }
-}
-
-/// What a rollback from probation goes back to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fallback {
-    /// Resume this paused generation.
-    Standby(GenId),
-    /// Start this pinned executable again.
-    Pin(PinId),
-}
-
-#[derive(Debug, Clone)]
-struct Worker {
-    slot: u32,
-    /// Set once spawned; cleared when reaped.
-    pid: Option<Pid>,
-    /// Whether it was ever spawned (a reaped worker has `pid: None` too).
-    spawned: bool,
-    ready: bool,
-    /// Whether it sent a valid message on its channel: then DRAIN goes
-    /// there rather than the drain signal.
-    spoke: bool,
-    /// The protocol version it answered HELLO with (1 if it never did).
-    protocol: u32,
-    channel_open: bool,
-    status: Option<String>,
-    unhealthy: Option<String>,
-}
-
-impl Worker {
-    fn new(slot: u32) -> Worker {
-        Worker {
-            slot,
-            pid: None,
-            spawned: false,
-            ready: false,
-            spoke: false,
-            protocol: 1,
-            channel_open: false,
-            status: None,
-            unhealthy: None,
-        }
-    }
-
-    fn can_pause(&self) -> bool {
-        self.pid.is_some() && self.channel_open && self.protocol >= 2
-    }
-}
-
-#[derive(Debug, Clone)]
-struct Generation {
-    id: GenId,
-    pin: PinId,
-    origin: Origin,
-    spawned_at: Instant,
-    ready_via: Option<ReadyVia>,
-    ready_since: Option<Instant>,
-    phase: Phase,
-    workers: Vec<Worker>,
-    /// Clients waiting for the outcome of the attempt this generation is.
-    waiters: Vec<Ticket>,
-    /// `--no-wait` clients, answered once it has started.
-    on_spawn: Vec<Ticket>,
-}
-
-impl Generation {
-    fn alive(&self) -> bool {
-        self.workers.iter().any(|w| w.pid.is_some())
-    }
-
-    fn pid(&self) -> i32 {
-        self.workers
-            .iter()
-            .find_map(|w| w.pid)
-            .map_or(0, Pid::as_raw_pid)
-    }
-
-    fn live_workers(&self) -> impl Iterator<Item = (WorkerId, Pid)> + '_ {
-        self.workers.iter().filter_map(|w| {
-            w.pid.map(|pid| {
-                (
-                    WorkerId {
-                        generation: self.id,
-                        slot: w.slot,
-                    },
-                    pid,
-                )
-            })
-        })
-    }
-
-    fn is_attempt(&self) -> bool {
-        matches!(self.phase, Phase::Starting { .. } | Phase::Probation { .. })
-    }
-
-    fn is_serving(&self) -> bool {
-        matches!(self.phase, Phase::Serving { .. } | Phase::Probation { .. })
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Shutdown {
-    Graceful,
-    Forced,
-}
-
 /// The last upgrade's result, for `status`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LastUpgrade {
@@ -445,14 +334,27 @@ pub struct Counters {
     pub upgrades_failed: u64,
     pub rollbacks: u64,
     pub crash_restarts: u64,
+    /// Workers restarted in their slot after a crash.
+    pub worker_restarts: u64,
+    /// Workers replaced for their age or size.
+    pub recycled: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shutdown {
+    Graceful,
+    Forced,
 }
 
 /// The lifecycle core. See the module docs.
 #[derive(Debug)]
 pub struct Core {
     policy: Policy,
+    /// Workers of the next generation (`--workers`, or `hotsup scale`).
+    workers_target: u32,
     gens: BTreeMap<GenId, Generation>,
     next_gen: GenId,
+    next_seq: u64,
     next_pin: u64,
     pins: BTreeSet<PinId>,
     /// The executable of the generation that last became ready and passed
@@ -463,7 +365,7 @@ pub struct Core {
     /// An upgrade asked for during an attempt, and who waits for it.
     pending: Option<Vec<Reply>>,
     restart_at: Option<Instant>,
-    /// Consecutive crashes, for the backoff.
+    /// Consecutive crashes of whole generations, for the backoff.
     crashes: u32,
     ever_ready: bool,
     failed_starts: u32,
@@ -476,12 +378,36 @@ pub struct Core {
     started_at: Instant,
 }
 
+/// What a worker's message leads to, beyond the worker itself.
+enum Follow {
+    Ready(ReadyVia),
+    Fail(FailureReason),
+    RollBack(FailureReason),
+    Retire,
+    Replace,
+}
+
+/// A deadline that passed.
+#[derive(Debug, Clone, Copy)]
+enum Due {
+    DelayReady(WorkerId),
+    NotReady(WorkerId),
+    Canary(GenId),
+    Probation(GenId),
+    Drain(WorkerId),
+    Kill(WorkerId),
+    SlotRestart(GenId, u32),
+    Recycle(WorkerId),
+}
+
 impl Core {
     pub fn new(policy: Policy, now: Instant) -> Core {
         Core {
+            workers_target: policy.workers.max(1),
             policy,
             gens: BTreeMap::new(),
             next_gen: 1,
+            next_seq: 1,
             next_pin: 1,
             pins: BTreeSet::new(),
             last_good: None,
@@ -523,7 +449,13 @@ impl Core {
             }
             Input::Exited { pid, status } => self.on_exit(now, pid, status, &mut fx),
             Input::Worker { worker, event } => self.on_worker(now, worker, event, &mut fx),
-            Input::Forward { signal, reply } => self.forward(signal, reply, &mut fx),
+            Input::Forward {
+                signal,
+                slot,
+                reply,
+            } => self.forward(signal, slot, reply, &mut fx),
+            Input::Scale { workers, reply } => self.scale(now, workers, reply, &mut fx),
+            Input::Recycle { worker, why } => self.recycle(now, worker, why, &mut fx),
             Input::Tick => {}
         }
         self.expire(now, &mut fx);
@@ -534,40 +466,66 @@ impl Core {
 
     /// When the shell must feed [`Input::Tick`] next, if ever.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.gens
-            .values()
-            .filter_map(|g| match &g.phase {
-                Phase::Starting {
-                    deadline,
-                    ready_at,
-                    doomed,
-                } => match (ready_at, doomed) {
-                    (Some(r), None) => Some((*r).min(*deadline)),
-                    _ => Some(*deadline),
-                },
-                Phase::Probation { until, .. } => Some(*until),
-                Phase::Draining { deadline, .. } | Phase::Killing { deadline } => Some(*deadline),
-                Phase::Serving { .. } | Phase::Standby { .. } => None,
-            })
-            .chain(self.restart_at)
-            .min()
+        let mut next: Option<Instant> = self.restart_at;
+        let mut at = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
+        for g in self.gens.values() {
+            match g.role {
+                Role::Rolling {
+                    canary: Canary::Serving { until, .. },
+                    ..
+                } => at(until),
+                Role::Probation { until, .. } => at(until),
+                _ => {}
+            }
+            for r in g.slot_restarts.values() {
+                if let Some(t) = r.at {
+                    at(t);
+                }
+            }
+            for w in g.workers.iter().filter(|w| w.present()) {
+                match &w.state {
+                    WState::Starting {
+                        deadline,
+                        ready_at,
+                        doomed,
+                    } => match (ready_at, doomed) {
+                        (Some(r), None) => at((*r).min(*deadline)),
+                        _ => at(*deadline),
+                    },
+                    WState::Draining { deadline, .. } | WState::Killing { deadline } => {
+                        at(*deadline)
+                    }
+                    WState::Serving { .. } | WState::Paused { .. } => {}
+                }
+                if let Some(t) = w.recycle_at {
+                    at(t);
+                }
+            }
+        }
+        next
     }
 
     /// The worker whose main process is `pid`.
     pub fn worker_of(&self, pid: Pid) -> Option<WorkerId> {
         self.gens
             .values()
-            .flat_map(Generation::live_workers)
+            .flat_map(Generation::live)
             .find(|(_, p)| *p == pid)
             .map(|(w, _)| w)
     }
 
-    /// Every live worker with its main pid, for attributing notify messages.
+    /// Every live worker with its main pid.
     pub fn live_workers(&self) -> Vec<(WorkerId, Pid)> {
+        self.gens.values().flat_map(Generation::live).collect()
+    }
+
+    /// Whether a `Spawn` the shell is about to carry out is still wanted: a
+    /// batch whose first worker failed to start is cancelled.
+    pub fn wants_spawn(&self, worker: WorkerId) -> bool {
         self.gens
-            .values()
-            .flat_map(Generation::live_workers)
-            .collect()
+            .get(&worker.generation)
+            .and_then(|g| g.worker(worker))
+            .is_some_and(|w| !w.spawned && matches!(w.state, WState::Starting { .. }))
     }
 
     pub fn is_shutting_down(&self) -> bool {
@@ -634,11 +592,9 @@ impl Core {
         if self.shutdown.is_some() {
             return refuse(fx, "hotsup is shutting down".into());
         }
-        if let Some(id) = self.on_probation() {
-            if let Some(t) = reply {
-                if let Some(g) = self.gens.get_mut(&id) {
-                    g.waiters.push(t);
-                }
+        if let Some(id) = self.taken_back_by_rollback() {
+            if let (Some(t), Some(g)) = (reply, self.gens.get_mut(&id)) {
+                g.waiters.push(t);
             }
             self.roll_back(now, id, FailureReason::RollbackRequested, fx);
             return;
@@ -667,6 +623,24 @@ impl Core {
         self.begin_attempt(now, Origin::Rollback, Exe::Pinned(pin), waiters, fx);
     }
 
+    /// The generation `hotsup rollback` takes back at once: one on
+    /// probation, or a canary serving.
+    fn taken_back_by_rollback(&self) -> Option<GenId> {
+        self.gens
+            .values()
+            .find(|g| {
+                matches!(
+                    g.role,
+                    Role::Probation { .. }
+                        | Role::Rolling {
+                            canary: Canary::Serving { .. },
+                            ..
+                        }
+                )
+            })
+            .map(|g| g.id)
+    }
+
     fn request_stop(
         &mut self,
         now: Instant,
@@ -687,26 +661,41 @@ impl Core {
         }
     }
 
-    fn forward(&mut self, signal: i32, reply: Option<Ticket>, fx: &mut Vec<Effect>) {
+    fn forward(
+        &mut self,
+        signal: i32,
+        slot: Option<u32>,
+        reply: Option<Ticket>,
+        fx: &mut Vec<Effect>,
+    ) {
         let targets: Vec<(WorkerId, Pid)> = self
             .gens
             .values()
             .filter(|g| g.is_serving())
-            .flat_map(Generation::live_workers)
+            .flat_map(|g| g.workers.iter())
+            .filter(|w| slot.is_none_or(|s| w.id.slot == s))
+            .filter(|w| matches!(w.state, WState::Serving { .. }))
+            .filter_map(|w| w.pid.map(|p| (w.id, p)))
             .collect();
         if targets.is_empty() {
             fx.push(Effect::Emit(Event::NothingToSignal { signal }));
             if let Some(t) = reply {
+                let why = match slot {
+                    Some(s) => format!("no worker serves in slot {s}"),
+                    None => "no generation is serving".into(),
+                };
                 fx.push(Effect::Reply {
                     ticket: t,
-                    answer: Answer::Error("no generation is serving".into()),
+                    answer: Answer::Error(why),
                 });
             }
             return;
         }
-        for (worker, pid) in targets {
+        let last = targets.len() - 1;
+        for (i, (worker, pid)) in targets.into_iter().enumerate() {
             fx.push(Effect::Emit(Event::Forwarded {
                 generation: worker.generation,
+                slot: worker.slot,
                 pid: pid.as_raw_pid(),
                 signal,
             }));
@@ -714,8 +703,103 @@ impl Core {
                 worker,
                 pid,
                 signal,
-                reply,
+                // One answer, once every worker was signalled.
+                reply: if i == last { reply } else { None },
             });
+        }
+    }
+
+    fn scale(&mut self, now: Instant, to: u32, reply: Option<Ticket>, fx: &mut Vec<Effect>) {
+        let refuse = |fx: &mut Vec<Effect>, why: String| {
+            if let Some(t) = reply {
+                fx.push(Effect::Reply {
+                    ticket: t,
+                    answer: Answer::Error(why),
+                });
+            }
+        };
+        if to == 0 {
+            return refuse(fx, "a pool needs at least one worker".into());
+        }
+        if self.shutdown.is_some() {
+            return refuse(fx, "hotsup is shutting down".into());
+        }
+        if let Some(id) = self.attempt() {
+            return refuse(
+                fx,
+                format!("generation {id} is rolling out; scale once it serves"),
+            );
+        }
+        let from = self.workers_target;
+        self.workers_target = to;
+        fx.push(Effect::Emit(Event::Scaled { from, to }));
+        if let Some(id) = self.serving() {
+            let pin = self.gens.get(&id).map(|g| g.pin);
+            let Some(g) = self.gens.get_mut(&id) else {
+                return;
+            };
+            let old = g.slots;
+            g.slots = to;
+            g.slot_restarts.retain(|slot, _| *slot < to);
+            if to > old {
+                for slot in old..to {
+                    if let Some(pin) = pin {
+                        self.spawn_worker(now, id, slot, Exe::Pinned(pin), fx);
+                    }
+                }
+            } else {
+                let extra: Vec<WorkerId> = g
+                    .workers
+                    .iter()
+                    .filter(|w| w.present() && w.id.slot >= to)
+                    .map(|w| w.id)
+                    .collect();
+                for w in extra {
+                    self.retire_worker(now, w, false, fx);
+                }
+            }
+        }
+        if let Some(t) = reply {
+            fx.push(Effect::Reply {
+                ticket: t,
+                answer: Answer::Scaled { from, to },
+            });
+        }
+    }
+
+    fn recycle(&mut self, now: Instant, worker: WorkerId, why: String, fx: &mut Vec<Effect>) {
+        if self.shutdown.is_some() || self.attempt().is_some() {
+            return;
+        }
+        let Some(g) = self.gens.get(&worker.generation) else {
+            return;
+        };
+        if !matches!(g.role, Role::Serving { .. }) {
+            return;
+        }
+        let Some(w) = g.worker(worker) else { return };
+        if !w.is(state::serving) {
+            return;
+        }
+        // One replacement per slot at a time.
+        if g.workers.iter().any(|o| o.replaces == Some(worker)) {
+            return;
+        }
+        let pin = g.pin;
+        fx.push(Effect::Emit(Event::Recycling {
+            generation: worker.generation,
+            slot: worker.slot,
+            pid: w.pid.map_or(0, Pid::as_raw_pid),
+            why,
+        }));
+        let new = self.spawn_worker(now, worker.generation, worker.slot, Exe::Pinned(pin), fx);
+        if let Some(g) = self.gens.get_mut(&worker.generation) {
+            if let Some(n) = g.worker_mut(new) {
+                n.replaces = Some(worker);
+            }
+            if let Some(o) = g.worker_mut(worker) {
+                o.recycle_at = None;
+            }
         }
     }
 
@@ -727,20 +811,20 @@ impl Core {
         pin
     }
 
-    /// The generation whose outcome is pending: Starting or on Probation.
+    /// The generation whose outcome is pending: Rolling or on Probation.
     fn attempt(&self) -> Option<GenId> {
         self.gens.values().find(|g| g.is_attempt()).map(|g| g.id)
     }
 
-    fn on_probation(&self) -> Option<GenId> {
+    fn serving(&self) -> Option<GenId> {
         self.gens
             .values()
-            .find(|g| matches!(g.phase, Phase::Probation { .. }))
+            .find(|g| matches!(g.role, Role::Serving { .. }))
             .map(|g| g.id)
     }
 
-    fn serving(&self) -> Option<GenId> {
-        self.gens.values().find(|g| g.is_serving()).map(|g| g.id)
+    fn anything_serving(&self) -> bool {
+        self.gens.values().any(Generation::is_serving)
     }
 
     fn begin_attempt(
@@ -751,7 +835,7 @@ impl Core {
         waiters: Vec<Reply>,
         fx: &mut Vec<Effect>,
     ) {
-        if self.serving().is_some() {
+        if self.anything_serving() {
             fx.push(Effect::Manager(ManagerMessage::Reloading));
         }
         self.spawn_generation(now, origin, exe, waiters, fx);
@@ -771,9 +855,14 @@ impl Core {
             Exe::Fresh(p) | Exe::Pinned(p) => p,
         };
         self.pins.insert(pin);
-        let ready_at = match self.policy.ready {
-            ReadyRule::Delay(d) => Some(now + d),
-            _ => None,
+        // A canary only where there is an old pool to serve beside.
+        let canary = if self.policy.canary.is_some()
+            && origin == Origin::Upgrade
+            && self.serving().is_some()
+        {
+            Canary::Starting
+        } else {
+            Canary::Off
         };
         let mut g = Generation {
             id,
@@ -781,15 +870,12 @@ impl Core {
             origin,
             spawned_at: now,
             ready_via: None,
-            ready_since: None,
-            phase: Phase::Starting {
-                deadline: now + self.policy.ready_timeout,
-                ready_at,
-                doomed: None,
-            },
-            workers: vec![Worker::new(0)],
+            role: Role::Rolling { started: 0, canary },
+            slots: self.workers_target,
+            workers: Vec::new(),
             waiters: Vec::new(),
             on_spawn: Vec::new(),
+            slot_restarts: BTreeMap::new(),
         };
         for r in waiters {
             match r {
@@ -797,27 +883,100 @@ impl Core {
                 Reply::Started(t) => g.on_spawn.push(t),
             }
         }
-        let slots: Vec<u32> = g.workers.iter().map(|w| w.slot).collect();
         self.gens.insert(id, g);
-        for slot in slots {
-            fx.push(Effect::Spawn {
-                worker: WorkerId {
-                    generation: id,
-                    slot,
-                },
-                exe,
-                origin,
-            });
-        }
+        self.roll(now, id, Some(exe), fx);
         id
+    }
+
+    /// Starts the next batch of a rolling generation. `first` is how the
+    /// generation's executable is found, for its very first worker; later
+    /// ones run what that one pinned.
+    fn roll(&mut self, now: Instant, id: GenId, first: Option<Exe>, fx: &mut Vec<Effect>) {
+        let Some(g) = self.gens.get(&id) else { return };
+        let Role::Rolling { started, canary } = g.role else {
+            return;
+        };
+        let n = g.slots;
+        if started >= n {
+            return;
+        }
+        // Batches keep capacity while an old pool serves; with nothing
+        // serving, every worker starts at once.
+        let old_pool = self
+            .gens
+            .values()
+            .any(|o| o.id != id && matches!(o.role, Role::Serving { .. }));
+        let batch = match canary {
+            Canary::Starting => 1,
+            _ if !old_pool => n,
+            _ => self.policy.rollout_batch.unwrap_or(n).max(1),
+        };
+        let end = (started + batch).min(n);
+        let pin = g.pin;
+        if let Some(g) = self.gens.get_mut(&id) {
+            g.role = Role::Rolling {
+                started: end,
+                canary,
+            };
+        }
+        for slot in started..end {
+            let exe = match first {
+                Some(e) if slot == started => e,
+                _ => Exe::Pinned(pin),
+            };
+            self.spawn_worker(now, id, slot, exe, fx);
+        }
+    }
+
+    fn spawn_worker(
+        &mut self,
+        now: Instant,
+        id: GenId,
+        slot: u32,
+        exe: Exe,
+        fx: &mut Vec<Effect>,
+    ) -> WorkerId {
+        let worker = WorkerId {
+            generation: id,
+            slot,
+            seq: self.next_seq,
+        };
+        self.next_seq += 1;
+        let ready_at = match self.policy.ready {
+            ReadyRule::Delay(d) => Some(now + d),
+            _ => None,
+        };
+        let state = WState::Starting {
+            deadline: now + self.policy.ready_timeout,
+            ready_at,
+            doomed: None,
+        };
+        let origin = match self.gens.get_mut(&id) {
+            Some(g) => {
+                g.workers.push(Worker::new(worker, state, now));
+                g.origin
+            }
+            None => return worker,
+        };
+        fx.push(Effect::Spawn {
+            worker,
+            exe,
+            origin,
+        });
+        worker
     }
 
     fn on_spawned(&mut self, now: Instant, worker: WorkerId, pid: Pid, fx: &mut Vec<Effect>) {
         let exec = self.policy.ready == ReadyRule::Exec;
         let Some(g) = self.gens.get_mut(&worker.generation) else {
+            // Cancelled meanwhile: it must not run.
+            fx.push(Effect::Kill { worker, pid });
             return;
         };
-        let Some(w) = g.workers.iter_mut().find(|w| w.slot == worker.slot) else {
+        let (origin, gid) = (g.origin, g.id);
+        let on_spawn = std::mem::take(&mut g.on_spawn);
+        let Some(w) = g.worker_mut(worker) else {
+            fx.push(Effect::Kill { worker, pid });
             return;
         };
         w.pid = Some(pid);
@@ -825,18 +984,24 @@ impl Core {
         // Until its channel closes, a native child's channel is open; a
         // systemd-mode child has none, and never speaks on one.
         w.channel_open = true;
+        let killing = matches!(w.state, WState::Killing { .. });
         fx.push(Effect::Emit(Event::Spawned {
-            generation: g.id,
+            generation: gid,
+            slot: worker.slot,
             pid: pid.as_raw_pid(),
-            origin: g.origin,
-            pinned: g.origin != Origin::Start && g.origin != Origin::Upgrade,
+            origin,
+            pinned: origin != Origin::Start && origin != Origin::Upgrade,
         }));
-        for t in std::mem::take(&mut g.on_spawn) {
+        if killing {
+            fx.push(Effect::Kill { worker, pid });
+            return;
+        }
+        for t in on_spawn {
             answer(
                 fx,
                 t,
                 UpgradeOutcome::Started {
-                    generation: g.id,
+                    generation: gid,
                     pid: pid.as_raw_pid(),
                 },
             );
@@ -853,21 +1018,26 @@ impl Core {
         error: String,
         fx: &mut Vec<Effect>,
     ) {
-        let Some(g) = self.gens.get(&worker.generation) else {
+        let Some(g) = self.gens.get_mut(&worker.generation) else {
             return;
         };
-        // A generation that never got a process does not use up a number.
-        if !g.workers.iter().any(|w| w.spawned) && self.next_gen == worker.generation + 1 {
-            self.next_gen = worker.generation;
+        g.workers.retain(|w| w.id != worker);
+        let failure = FailureReason::SpawnFailed { error };
+        match g.role {
+            Role::Rolling { .. } => {
+                // A generation that never got a process does not use up a
+                // number.
+                if !g.workers.iter().any(|w| w.spawned) && self.next_gen == worker.generation + 1 {
+                    self.next_gen = worker.generation;
+                }
+                self.fail_attempt(now, worker.generation, failure, fx);
+            }
+            // A slot restart or a replacement that could not start: the
+            // slot's backoff tries again.
+            Role::Serving { .. } => self.slot_failed(now, worker, fx),
+            _ => {}
         }
-        {
-            self.fail_attempt(
-                now,
-                worker.generation,
-                FailureReason::SpawnFailed { error },
-                fx,
-            );
-        }
+        self.forget_if_gone(worker.generation);
     }
 
     fn worker_ready(
@@ -877,18 +1047,164 @@ impl Core {
         via: ReadyVia,
         fx: &mut Vec<Effect>,
     ) {
+        let max_age = self.policy.max_worker_age;
         let Some(g) = self.gens.get_mut(&worker.generation) else {
             return;
         };
-        let Phase::Starting { doomed: None, .. } = g.phase else {
+        let slots = g.slots;
+        let role = g.role.clone();
+        let Some(w) = g.worker_mut(worker) else {
             return;
         };
-        if let Some(w) = g.workers.iter_mut().find(|w| w.slot == worker.slot) {
-            w.ready = true;
+        let WState::Starting { doomed: None, .. } = w.state else {
+            return;
+        };
+        w.state = WState::Serving { since: now };
+        w.ready_via = Some(via);
+        w.recycle_at = max_age.map(|age| now + age + jitter(age, worker.seq));
+        let pid = w.pid.map_or(0, Pid::as_raw_pid);
+        let after_ms = ms(now.saturating_duration_since(w.started_at));
+        let replaces = w.replaces;
+        if slots > 1 || !matches!(role, Role::Rolling { .. }) {
+            fx.push(Effect::Emit(Event::WorkerReady {
+                generation: worker.generation,
+                slot: worker.slot,
+                pid,
+                after_ms,
+            }));
         }
-        if g.workers.iter().all(|w| w.ready) {
-            self.on_ready(now, worker.generation, via, fx);
+        match role {
+            Role::Rolling { started, canary } => {
+                if g.any(state::starting) {
+                    return;
+                }
+                self.batch_ready(now, worker.generation, started, canary, via, fx);
+            }
+            Role::Serving { .. } => {
+                // A restarted slot serves again; a replacement lets the
+                // worker it replaces go.
+                if let Some(old) = replaces {
+                    self.counters.recycled += 1;
+                    self.retire_worker(now, old, false, fx);
+                }
+            }
+            _ => {}
         }
+    }
+
+    /// Every worker spawned so far of a rolling generation is ready.
+    fn batch_ready(
+        &mut self,
+        now: Instant,
+        id: GenId,
+        started: u32,
+        canary: Canary,
+        via: ReadyVia,
+        fx: &mut Vec<Effect>,
+    ) {
+        let Some(g) = self.gens.get_mut(&id) else {
+            return;
+        };
+        if canary == Canary::Starting {
+            if let Some(window) = self.policy.canary {
+                g.role = Role::Rolling {
+                    started,
+                    canary: Canary::Serving {
+                        since: now,
+                        until: now + window,
+                    },
+                };
+                fx.push(Effect::Emit(Event::CanaryStarted {
+                    generation: id,
+                    pid: g.pid(),
+                    canary_ms: ms(window),
+                }));
+                return;
+            }
+        }
+        if started < g.slots {
+            // The old workers of this batch's slots make room, then the next
+            // batch starts.
+            let batch_start = self
+                .policy
+                .rollout_batch
+                .map_or(0, |k| started.saturating_sub(k));
+            let first = if canary == Canary::Passed && started == 1 {
+                0
+            } else {
+                batch_start
+            };
+            fx.push(Effect::Emit(Event::BatchReady {
+                generation: id,
+                ready: started,
+                of: g.slots,
+            }));
+            self.retire_old_slots(now, id, first..started, fx);
+            self.roll(now, id, None, fx);
+            return;
+        }
+        self.on_ready(now, id, via, fx);
+    }
+
+    /// Retires the previous generation's workers of `slots`: paused when
+    /// they can be, so that a failed rollout resumes them; drained
+    /// otherwise.
+    fn retire_old_slots(
+        &mut self,
+        now: Instant,
+        successor: GenId,
+        slots: std::ops::Range<u32>,
+        fx: &mut Vec<Effect>,
+    ) {
+        let old: Vec<WorkerId> = self
+            .gens
+            .values()
+            .filter(|g| g.id != successor && matches!(g.role, Role::Serving { .. }))
+            .flat_map(|g| g.workers.iter())
+            .filter(|w| w.is(state::serving) && slots.contains(&w.id.slot))
+            .map(|w| w.id)
+            .collect();
+        for w in old {
+            self.retire_worker(now, w, true, fx);
+        }
+    }
+
+    /// Takes one worker out of service: pauses it (when `may_pause` and it
+    /// can be paused) or drains it.
+    fn retire_worker(
+        &mut self,
+        now: Instant,
+        worker: WorkerId,
+        may_pause: bool,
+        fx: &mut Vec<Effect>,
+    ) {
+        let timeout = self.policy.drain_timeout;
+        let sig = self.policy.drain_signal;
+        let Some(g) = self.gens.get_mut(&worker.generation) else {
+            return;
+        };
+        g.slot_restarts.remove(&worker.slot);
+        let Some(w) = g.worker_mut(worker) else {
+            return;
+        };
+        let Some(pid) = w.pid else {
+            // Not started yet: it will be killed as it arrives.
+            w.state = WState::Killing {
+                deadline: now + KILL_GRACE,
+            };
+            return;
+        };
+        if may_pause && w.can_pause() {
+            w.state = WState::Paused { since: now };
+            fx.push(Effect::Pause { worker, pid });
+            fx.push(Effect::Emit(Event::WorkerPaused {
+                generation: worker.generation,
+                slot: worker.slot,
+                pid: pid.as_raw_pid(),
+            }));
+            return;
+        }
+        drain_worker(w, now, timeout, sig, fx);
     }
 
     fn on_ready(&mut self, now: Instant, id: GenId, via: ReadyVia, fx: &mut Vec<Effect>) {
@@ -904,7 +1220,6 @@ impl Core {
             return;
         };
         g.ready_via = Some(via);
-        g.ready_since = Some(now);
         let origin = g.origin;
         let pid = g.pid();
         fx.push(Effect::Emit(Event::Ready {
@@ -927,15 +1242,15 @@ impl Core {
         {
             let mut fallback = Fallback::Pin(pin);
             for p in previous {
-                if self.pause(now, p, id, fx) {
+                if self.pause_generation(now, p, fx) {
                     fallback = Fallback::Standby(p);
                 } else {
-                    self.drain(now, p, fx);
+                    self.drain_generation(now, p, fx);
                 }
             }
             self.enforce_max_draining(now, fx);
             if let Some(g) = self.gens.get_mut(&id) {
-                g.phase = Phase::Probation {
+                g.role = Role::Probation {
                     since: now,
                     until: now + window,
                     fallback,
@@ -956,10 +1271,10 @@ impl Core {
         }
 
         if let Some(g) = self.gens.get_mut(&id) {
-            g.phase = Phase::Serving { since: now };
+            g.role = Role::Serving { since: now };
         }
         for p in &previous {
-            self.drain(now, *p, fx);
+            self.drain_generation(now, *p, fx);
         }
         self.enforce_max_draining(now, fx);
         self.went_live(now, id, !previous.is_empty(), fx);
@@ -1002,27 +1317,24 @@ impl Core {
         self.after_attempt(now, fx);
     }
 
-    /// Pauses generation `id` for `successor`'s probation. Returns false
-    /// when it cannot pause (it never spoke protocol version 2).
-    fn pause(&mut self, now: Instant, id: GenId, successor: GenId, fx: &mut Vec<Effect>) -> bool {
+    /// Pauses every worker of generation `id` for a successor's probation.
+    /// Returns false when one of them cannot be paused (it never spoke
+    /// protocol version 2); then nothing is paused.
+    fn pause_generation(&mut self, now: Instant, id: GenId, fx: &mut Vec<Effect>) -> bool {
         let Some(g) = self.gens.get_mut(&id) else {
             return false;
         };
-        if !g
-            .workers
-            .iter()
-            .filter(|w| w.pid.is_some())
-            .all(Worker::can_pause)
-            || !g.alive()
-        {
+        let live: Vec<&Worker> = g.workers.iter().filter(|w| w.pid.is_some()).collect();
+        if live.is_empty() || !live.iter().all(|w| w.can_pause() || w.is(state::paused)) {
             return false;
         }
-        g.phase = Phase::Standby {
-            since: now,
-            successor,
-        };
-        for (worker, pid) in g.live_workers() {
-            fx.push(Effect::Pause { worker, pid });
+        g.role = Role::Standby { since: now };
+        g.slot_restarts.clear();
+        for w in g.workers.iter_mut() {
+            if let (Some(pid), WState::Serving { .. }) = (w.pid, &w.state) {
+                w.state = WState::Paused { since: now };
+                fx.push(Effect::Pause { worker: w.id, pid });
+            }
         }
         fx.push(Effect::Emit(Event::Standby {
             generation: id,
@@ -1035,13 +1347,13 @@ impl Core {
         let Some(g) = self.gens.get_mut(&id) else {
             return;
         };
-        let Phase::Probation {
+        let Role::Probation {
             since, fallback, ..
-        } = g.phase
+        } = g.role
         else {
             return;
         };
-        g.phase = Phase::Serving { since };
+        g.role = Role::Serving { since };
         fx.push(Effect::Emit(Event::ProbationPassed {
             generation: id,
             pid: g.pid(),
@@ -1050,77 +1362,71 @@ impl Core {
             if self
                 .gens
                 .get(&s)
-                .is_some_and(|g| matches!(g.phase, Phase::Standby { .. }))
+                .is_some_and(|g| matches!(g.role, Role::Standby { .. }))
             {
-                self.drain(now, s, fx);
+                self.drain_generation(now, s, fx);
                 self.enforce_max_draining(now, fx);
             }
         }
         self.went_live(now, id, true, fx);
     }
 
-    /// Takes generation `id` off probation and goes back to its fallback.
+    fn pass_canary(&mut self, now: Instant, id: GenId, fx: &mut Vec<Effect>) {
+        let Some(g) = self.gens.get_mut(&id) else {
+            return;
+        };
+        let Role::Rolling {
+            started,
+            canary: Canary::Serving { .. },
+        } = g.role
+        else {
+            return;
+        };
+        g.role = Role::Rolling {
+            started,
+            canary: Canary::Passed,
+        };
+        fx.push(Effect::Emit(Event::CanaryPassed {
+            generation: id,
+            pid: g.pid(),
+        }));
+        let via = g
+            .workers
+            .iter()
+            .find_map(|w| w.ready_via)
+            .unwrap_or(ReadyVia::Channel);
+        self.batch_ready(now, id, started, Canary::Passed, via, fx);
+    }
+
+    /// Takes back generation `id` after it went live (on probation, or as a
+    /// canary) and goes back to what served before it.
     fn roll_back(&mut self, now: Instant, id: GenId, failure: FailureReason, fx: &mut Vec<Effect>) {
         let Some(g) = self.gens.get_mut(&id) else {
             return;
         };
-        let Phase::Probation {
-            since, fallback, ..
-        } = g.phase
-        else {
-            return;
+        let (since, fallback) = match g.role {
+            Role::Probation {
+                since, fallback, ..
+            } => (since, Some(fallback)),
+            Role::Rolling {
+                canary: Canary::Serving { since, .. },
+                ..
+            } => (since, None),
+            _ => return,
         };
         let lived_ms = ms(now.saturating_duration_since(since));
         let pid = g.pid();
         let waiters = std::mem::take(&mut g.waiters);
-        self.kill(now, id, KillCause::RolledBack, fx);
+        self.kill_generation(now, id, KillCause::RolledBack, fx);
 
-        let standby = match fallback {
-            Fallback::Standby(s) => self.gens.get(&s).and_then(|g| match g.phase {
-                Phase::Standby { .. }
-                    if g.workers.iter().all(|w| w.pid.is_none() || w.can_pause()) =>
-                {
-                    Some((s, g.pin))
-                }
-                _ => None,
-            }),
-            Fallback::Pin(_) => None,
-        };
-        let serving = if let Some((s, _)) = standby {
-            if let Some(sg) = self.gens.get_mut(&s) {
-                sg.phase = Phase::Serving { since: now };
-                for (worker, wpid) in sg.live_workers() {
-                    fx.push(Effect::Resume { worker, pid: wpid });
-                }
-                fx.push(Effect::Emit(Event::Resumed {
-                    generation: s,
-                    pid: sg.pid(),
-                }));
-            }
-            Some(s)
-        } else {
-            None
-        };
-        fx.push(Effect::Emit(Event::RolledBack {
-            generation: id,
-            pid,
-            failure: failure.clone(),
-            lived_ms,
-            resumed: serving,
-        }));
-        self.counters.rollbacks += 1;
-        self.last_upgrade = Some(LastUpgrade {
-            generation: Some(id),
-            result: LastResult::RolledBack,
-            failure: Some(failure.clone()),
-            at: now,
-        });
-        let serving = match serving {
-            Some(s) => Some(s),
-            None => {
+        let serving = match fallback {
+            // A canary served beside the old pool, which serves on.
+            None => self.serving(),
+            Some(Fallback::Standby(s)) if self.resume_generation(now, s, fx) => Some(s),
+            Some(fb) => {
                 // Nothing to resume: start the executable that served before
                 // the upgrade. The listeners queue connections meanwhile.
-                let pin = match fallback {
+                let pin = match fb {
                     Fallback::Pin(p) => Some(p),
                     Fallback::Standby(s) => self.gens.get(&s).map(|g| g.pin).or(self.last_good),
                 }
@@ -1137,6 +1443,20 @@ impl Core {
                 }
             }
         };
+        fx.push(Effect::Emit(Event::RolledBack {
+            generation: id,
+            pid,
+            failure: failure.clone(),
+            lived_ms,
+            resumed: serving.filter(|s| self.gens.get(s).is_some_and(Generation::is_serving)),
+        }));
+        self.counters.rollbacks += 1;
+        self.last_upgrade = Some(LastUpgrade {
+            generation: Some(id),
+            result: LastResult::RolledBack,
+            failure: Some(failure.clone()),
+            at: now,
+        });
         for t in waiters {
             answer(
                 fx,
@@ -1155,8 +1475,54 @@ impl Core {
         self.after_attempt(now, fx);
     }
 
-    /// A generation that had not become ready failed: kill what is left of
-    /// it, answer its clients, and decide what follows.
+    /// Resumes a generation on standby. Returns false when nothing of it is
+    /// left to resume.
+    fn resume_generation(&mut self, now: Instant, id: GenId, fx: &mut Vec<Effect>) -> bool {
+        let Some(g) = self.gens.get_mut(&id) else {
+            return false;
+        };
+        if !matches!(g.role, Role::Standby { .. }) || !g.any(state::paused) {
+            return false;
+        }
+        g.role = Role::Serving { since: now };
+        let pid = g.pid();
+        self.restore_pool(now, id, fx);
+        fx.push(Effect::Emit(Event::Resumed {
+            generation: id,
+            pid,
+        }));
+        true
+    }
+
+    /// After a failed rollout or a rollback: the old pool serves in full
+    /// again. Paused workers resume; slots whose worker was drained get a new
+    /// one from the generation's executable.
+    fn restore_pool(&mut self, now: Instant, id: GenId, fx: &mut Vec<Effect>) {
+        let Some(g) = self.gens.get_mut(&id) else {
+            return;
+        };
+        let mut covered = BTreeSet::new();
+        for w in g.workers.iter_mut() {
+            match (&w.state, w.pid) {
+                (WState::Paused { .. }, Some(pid)) if w.channel_open => {
+                    w.state = WState::Serving { since: now };
+                    fx.push(Effect::Resume { worker: w.id, pid });
+                    covered.insert(w.id.slot);
+                }
+                (WState::Serving { .. } | WState::Starting { .. }, _) if w.present() => {
+                    covered.insert(w.id.slot);
+                }
+                _ => {}
+            }
+        }
+        let (slots, pin) = (g.slots, g.pin);
+        for slot in (0..slots).filter(|s| !covered.contains(s)) {
+            self.spawn_worker(now, id, slot, Exe::Pinned(pin), fx);
+        }
+    }
+
+    /// A generation that had not gone live failed: kill what is left of it,
+    /// answer its clients, and decide what follows.
     fn fail_attempt(
         &mut self,
         now: Instant,
@@ -1167,14 +1533,28 @@ impl Core {
         let Some(g) = self.gens.get_mut(&id) else {
             return;
         };
-        if !matches!(g.phase, Phase::Starting { .. }) {
+        if matches!(
+            g.role,
+            Role::Rolling {
+                canary: Canary::Serving { .. },
+                ..
+            }
+        ) {
+            // A canary that served is taken back like a probation.
+            return self.roll_back(now, id, failure, fx);
+        }
+        if !matches!(g.role, Role::Rolling { .. }) {
             return;
         }
         let waiters = std::mem::take(&mut g.waiters);
         let on_spawn = std::mem::take(&mut g.on_spawn);
         let origin = g.origin;
         let spawned = g.workers.iter().any(|w| w.spawned);
-        self.kill(now, id, KillCause::FailedStart, fx);
+        self.kill_generation(now, id, KillCause::FailedStart, fx);
+        // The old pool gives back the slots it lent to this rollout.
+        if let Some(old) = self.serving() {
+            self.restore_pool(now, old, fx);
+        }
         let generation = spawned.then_some(id);
         let serving = self.serving();
         for t in waiters.into_iter().chain(on_spawn) {
@@ -1243,7 +1623,7 @@ impl Core {
             self.begin_attempt(now, Origin::Upgrade, Exe::Fresh(pin), waiters, fx);
             return;
         }
-        if self.serving().is_none() {
+        if !self.anything_serving() {
             self.schedule_restart(now, fx);
         }
     }
@@ -1264,9 +1644,7 @@ impl Core {
             }
             RestartRule::Always | RestartRule::OnFailure => {}
         }
-        let delay = BACKOFF_START
-            .saturating_mul(1u32 << self.crashes.min(16))
-            .min(BACKOFF_MAX);
+        let delay = backoff(self.crashes);
         self.crashes = self.crashes.saturating_add(1);
         fx.push(Effect::Emit(Event::RestartScheduled {
             delay_ms: ms(delay),
@@ -1275,70 +1653,52 @@ impl Core {
         self.restart_at = Some(now + delay);
     }
 
-    /// Asks a generation to finish and exit before the drain deadline.
-    fn drain(&mut self, now: Instant, id: GenId, fx: &mut Vec<Effect>) {
+    /// Asks every live worker of a generation to finish and exit before the
+    /// drain deadline.
+    fn drain_generation(&mut self, now: Instant, id: GenId, fx: &mut Vec<Effect>) {
         let timeout = self.policy.drain_timeout;
         let sig = self.policy.drain_signal;
         let Some(g) = self.gens.get_mut(&id) else {
             return;
         };
-        g.phase = Phase::Draining {
-            since: now,
-            deadline: now + timeout,
-        };
-        let mut via_name = None;
-        for w in &g.workers {
-            let Some(pid) = w.pid else { continue };
-            let via = if w.spoke && w.channel_open {
-                DrainVia::Channel {
-                    timeout,
-                    fallback: sig,
+        g.role = Role::Retiring;
+        g.slot_restarts.clear();
+        for w in g.workers.iter_mut().filter(|w| w.present()) {
+            match w.state {
+                WState::Serving { .. } | WState::Paused { .. } => {
+                    drain_worker(w, now, timeout, sig, fx)
                 }
-            } else {
-                DrainVia::Signal(sig)
-            };
-            via_name.get_or_insert(match via {
-                DrainVia::Channel { .. } => "protocol".to_string(),
-                DrainVia::Signal(s) => crate::signals::name(s),
-            });
-            fx.push(Effect::Drain {
-                worker: WorkerId {
-                    generation: id,
-                    slot: w.slot,
-                },
-                pid,
-                via,
-            });
+                // Serves nothing yet: nothing to finish.
+                WState::Starting { .. } => kill_worker(w, now, KillCause::Shutdown, fx),
+                WState::Draining { .. } | WState::Killing { .. } => {}
+            }
         }
-        fx.push(Effect::Emit(Event::Draining {
-            generation: id,
-            pid: g.pid(),
-            via: via_name.unwrap_or_default(),
-            timeout_ms: ms(timeout),
-        }));
+        self.forget_if_gone(id);
     }
 
-    /// SIGKILLs a generation and waits to reap it.
-    fn kill(&mut self, now: Instant, id: GenId, cause: KillCause, fx: &mut Vec<Effect>) {
+    /// SIGKILLs every worker of a generation and waits to reap them.
+    fn kill_generation(&mut self, now: Instant, id: GenId, cause: KillCause, fx: &mut Vec<Effect>) {
         let Some(g) = self.gens.get_mut(&id) else {
             return;
         };
-        if !g.alive() {
-            // Never started, or already reaped: nothing to kill or wait for.
-            self.gens.remove(&id);
-            return;
+        g.role = Role::Retiring;
+        g.slot_restarts.clear();
+        for w in g.workers.iter_mut().filter(|w| w.present()) {
+            if !matches!(w.state, WState::Killing { .. }) || w.pid.is_none() {
+                kill_worker(w, now, cause, fx);
+            }
         }
-        g.phase = Phase::Killing {
-            deadline: now + KILL_GRACE,
-        };
-        for (worker, pid) in g.live_workers() {
-            fx.push(Effect::Kill { worker, pid });
+        self.forget_if_gone(id);
+    }
+
+    /// Removes a generation none of whose workers is left.
+    fn forget_if_gone(&mut self, id: GenId) {
+        if let Some(g) = self.gens.get_mut(&id) {
+            g.forget_dead();
+            if !g.alive() && !matches!(g.role, Role::Serving { .. }) {
+                self.gens.remove(&id);
+            }
         }
-        fx.push(Effect::Emit(Event::Killed {
-            generation: id,
-            pid: g.pid(),
-            cause,
-        }));
     }
 
     /// Kills the oldest draining generations beyond `--max-draining`.
@@ -1346,12 +1706,12 @@ impl Core {
         let draining: Vec<GenId> = self
             .gens
             .values()
-            .filter(|g| matches!(g.phase, Phase::Draining { .. }))
+            .filter(|g| matches!(g.role, Role::Retiring) && g.any(state::draining))
             .map(|g| g.id)
             .collect();
         let excess = draining.len().saturating_sub(self.policy.max_draining);
         for id in draining.into_iter().take(excess) {
-            self.kill(now, id, KillCause::MaxDraining, fx);
+            self.kill_generation(now, id, KillCause::MaxDraining, fx);
         }
     }
 
@@ -1388,21 +1748,13 @@ impl Core {
         if self.exit_code.is_none() {
             self.exit_code = Some(0);
         }
-        let ids: Vec<(GenId, Phase)> = self
-            .gens
-            .values()
-            .map(|g| (g.id, g.phase.clone()))
-            .collect();
-        for (id, phase) in ids {
-            match (how, phase) {
-                (_, Phase::Killing { .. }) => {}
-                (Shutdown::Forced, _) | (_, Phase::Starting { .. }) => {
-                    self.kill(now, id, KillCause::Shutdown, fx)
-                }
-                (_, Phase::Serving { .. } | Phase::Probation { .. } | Phase::Standby { .. }) => {
-                    self.drain(now, id, fx)
-                }
-                (_, Phase::Draining { .. }) => {}
+        let ids: Vec<GenId> = self.gens.keys().copied().collect();
+        for id in ids {
+            match how {
+                Shutdown::Forced => self.kill_generation(now, id, KillCause::Shutdown, fx),
+                // Every worker drains at once, under one deadline; one that
+                // serves nothing yet is killed.
+                Shutdown::Graceful => self.drain_generation(now, id, fx),
             }
         }
     }
@@ -1416,28 +1768,25 @@ impl Core {
         let Some(g) = self.gens.get_mut(&worker.generation) else {
             return;
         };
-        if let Some(w) = g.workers.iter_mut().find(|w| w.slot == worker.slot) {
-            w.pid = None;
-        }
+        let role = g.role.clone();
+        let Some(w) = g.worker_mut(worker) else {
+            return;
+        };
+        w.pid = None;
+        let wstate = w.state.clone();
         // Whatever the main process left behind goes with it: a leftover
         // could hold listener copies and accept connections nobody serves.
         fx.push(Effect::KillLeftovers { worker, pid });
-        let id = g.id;
+        let id = worker.generation;
         let p = pid.as_raw_pid();
-        let alive = g.alive();
-        match g.phase.clone() {
-            Phase::Starting { .. } => {
-                self.fail_attempt(now, id, FailureReason::ExitedBeforeReady { status }, fx);
-            }
-            Phase::Probation { .. } => {
-                self.roll_back(now, id, FailureReason::ExitedOnProbation { status }, fx);
-            }
-            Phase::Killing { .. } => fx.push(Effect::Emit(Event::Reaped {
+        match wstate {
+            WState::Killing { .. } => fx.push(Effect::Emit(Event::Reaped {
                 generation: id,
+                slot: worker.slot,
                 pid: p,
                 status,
             })),
-            Phase::Draining { .. } => {
+            WState::Draining { .. } => {
                 // Exiting by the drain signal, or with 128+signal as JVMs and
                 // Node do when they handle it, is a clean drain.
                 let sig = self.policy.drain_signal;
@@ -1446,6 +1795,7 @@ impl Core {
                     || status.signal == Some(sig);
                 fx.push(Effect::Emit(Event::Drained {
                     generation: id,
+                    slot: worker.slot,
                     pid: p,
                     status,
                     clean,
@@ -1454,44 +1804,97 @@ impl Core {
                     self.exit_code = Some(1);
                 }
             }
-            Phase::Standby { .. } => {
-                // Its successor's rollback will start its executable instead.
-                fx.push(Effect::Emit(Event::Crashed {
-                    generation: id,
-                    pid: p,
-                    status,
-                    successor: self.attempt(),
-                }));
-            }
-            Phase::Serving { since } => {
-                if alive {
-                    // Another worker of this generation still serves.
-                } else {
-                    self.on_serving_exit(now, id, p, since, status, fx);
+            WState::Starting { .. } => match role {
+                Role::Rolling { .. } => {
+                    self.fail_attempt(now, id, FailureReason::ExitedBeforeReady { status }, fx)
                 }
-            }
+                Role::Serving { .. } => {
+                    fx.push(Effect::Emit(Event::WorkerFailed {
+                        generation: id,
+                        slot: worker.slot,
+                        pid: p,
+                        failure: FailureReason::ExitedBeforeReady { status },
+                    }));
+                    self.slot_failed(now, worker, fx);
+                }
+                _ => {}
+            },
+            WState::Serving { since } | WState::Paused { since } => match role {
+                Role::Rolling { .. } => {
+                    self.fail_attempt(now, id, FailureReason::ExitedBeforeReady { status }, fx)
+                }
+                Role::Probation { .. } => {
+                    self.roll_back(now, id, FailureReason::ExitedOnProbation { status }, fx)
+                }
+                Role::Serving { .. } => {
+                    self.on_serving_exit(now, worker, p, since, status, fx);
+                }
+                Role::Standby { .. } => {
+                    // Its successor's rollback will start its executable
+                    // instead.
+                    fx.push(Effect::Emit(Event::Crashed {
+                        generation: id,
+                        slot: worker.slot,
+                        pid: p,
+                        status,
+                        successor: self.attempt(),
+                    }));
+                }
+                Role::Retiring => {}
+            },
         }
-        if self.gens.get(&id).is_some_and(|g| !g.alive()) {
-            self.gens.remove(&id);
-        }
+        self.forget_if_gone(id);
     }
 
     fn on_serving_exit(
         &mut self,
         now: Instant,
-        id: GenId,
+        worker: WorkerId,
         pid: i32,
         since: Instant,
         status: ExitInfo,
         fx: &mut Vec<Effect>,
     ) {
-        self.gens.remove(&id);
+        let id = worker.generation;
+        let Some(g) = self.gens.get_mut(&id) else {
+            return;
+        };
+        let others = g.workers.iter().any(|w| {
+            w.id != worker
+                && w.present()
+                && !matches!(w.state, WState::Draining { .. } | WState::Killing { .. })
+        });
+        if self.shutdown.is_none() && others && worker.slot < g.slots {
+            // One worker of a pool: only its slot restarts; the generation
+            // serves on.
+            fx.push(Effect::Emit(Event::Crashed {
+                generation: id,
+                slot: worker.slot,
+                pid,
+                status,
+                successor: None,
+            }));
+            let r = g.slot_restarts.entry(worker.slot).or_default();
+            if now.saturating_duration_since(since) >= BACKOFF_RESET_AFTER {
+                r.crashes = 0;
+            }
+            self.slot_failed(now, worker, fx);
+            return;
+        }
+        if others {
+            // Scaled away meanwhile: nothing to restart.
+            return;
+        }
+        // The whole generation is gone.
+        g.role = Role::Retiring;
+        g.slot_restarts.clear();
         if now.saturating_duration_since(since) >= BACKOFF_RESET_AFTER {
             self.crashes = 0;
         }
         if self.shutdown.is_some() {
             fx.push(Effect::Emit(Event::Drained {
                 generation: id,
+                slot: worker.slot,
                 pid,
                 status,
                 clean: status.success(),
@@ -1501,12 +1904,13 @@ impl Core {
         let successor = self.attempt();
         fx.push(Effect::Emit(Event::Crashed {
             generation: id,
+            slot: worker.slot,
             pid,
             status,
             successor,
         }));
         if successor.is_some() {
-            // The generation starting (or on probation) takes over.
+            // The generation rolling out (or on probation) takes over.
             return;
         }
         let restart = match self.policy.restart {
@@ -1528,6 +1932,39 @@ impl Core {
         }
     }
 
+    /// A worker of a serving generation crashed or could not start: its
+    /// slot tries again after its own backoff.
+    fn slot_failed(&mut self, now: Instant, worker: WorkerId, fx: &mut Vec<Effect>) {
+        let Some(g) = self.gens.get_mut(&worker.generation) else {
+            return;
+        };
+        if worker.slot >= g.slots || self.shutdown.is_some() {
+            return;
+        }
+        // A replacement that failed leaves the worker it was to replace in
+        // place.
+        let replacing = g
+            .workers
+            .iter()
+            .any(|w| w.id.slot == worker.slot && w.id != worker && w.is(state::serving));
+        if replacing {
+            return;
+        }
+        let r = g.slot_restarts.entry(worker.slot).or_default();
+        if r.at.is_some() {
+            return;
+        }
+        let delay = backoff(r.crashes);
+        r.crashes = r.crashes.saturating_add(1);
+        r.at = Some(now + delay);
+        fx.push(Effect::Emit(Event::SlotRestartScheduled {
+            generation: worker.generation,
+            slot: worker.slot,
+            delay_ms: ms(delay),
+            attempt: r.crashes,
+        }));
+    }
+
     fn on_worker(
         &mut self,
         now: Instant,
@@ -1539,16 +1976,14 @@ impl Core {
             return;
         };
         let id = g.id;
-        let pid = g.pid();
-        let starting = matches!(g.phase, Phase::Starting { .. });
-        let on_probation = matches!(g.phase, Phase::Probation { .. });
-        let standby = matches!(g.phase, Phase::Standby { .. });
-        let Some(w) = g.workers.iter_mut().find(|w| w.slot == worker.slot) else {
+        let role = g.role.clone();
+        let Some(w) = g.worker_mut(worker) else {
             return;
         };
-        if w.pid.is_none() {
+        let Some(pid) = w.pid.map(Pid::as_raw_pid) else {
             return;
-        }
+        };
+        let wstate = w.state.clone();
         // What the worker's state alone cannot settle is decided below, once
         // the borrow of the generation has ended.
         let follow = match event {
@@ -1558,6 +1993,7 @@ impl Core {
             } => {
                 fx.push(Effect::Emit(Event::HandedOff {
                     generation: id,
+                    slot: worker.slot,
                     pid,
                     listeners,
                     elapsed_us,
@@ -1569,6 +2005,7 @@ impl Core {
                 w.protocol = version;
                 fx.push(Effect::Emit(Event::Protocol {
                     generation: id,
+                    slot: worker.slot,
                     pid,
                     version,
                 }));
@@ -1584,6 +2021,7 @@ impl Core {
                 w.status = Some(text.clone());
                 fx.push(Effect::Emit(Event::Status {
                     generation: id,
+                    slot: worker.slot,
                     pid,
                     text,
                 }));
@@ -1593,42 +2031,48 @@ impl Core {
                 w.unhealthy = Some(reason.clone());
                 fx.push(Effect::Emit(Event::Unhealthy {
                     generation: id,
+                    slot: worker.slot,
                     pid,
                     reason: reason.clone(),
                 }));
                 let failure = FailureReason::Unhealthy { reason };
-                if on_probation {
-                    Some(Follow::RollBack(failure))
-                } else if starting {
-                    Some(Follow::Fail(failure))
-                } else {
-                    None
+                match role {
+                    Role::Probation { .. } => Some(Follow::RollBack(failure)),
+                    Role::Rolling { .. } => Some(Follow::Fail(failure)),
+                    _ => None,
                 }
             }
             WorkerEvent::Unknown(_) => None,
             WorkerEvent::Malformed(detail) => {
                 fx.push(Effect::Emit(Event::MalformedMessage {
                     generation: id,
+                    slot: worker.slot,
                     pid,
                     detail: detail.clone(),
                 }));
-                starting.then_some(Follow::Fail(FailureReason::MalformedMessage { detail }))
+                match (&role, &wstate) {
+                    (Role::Rolling { .. }, WState::Starting { .. }) => {
+                        Some(Follow::Fail(FailureReason::MalformedMessage { detail }))
+                    }
+                    _ => None,
+                }
             }
             WorkerEvent::ChannelClosed(detail) => {
                 w.channel_open = false;
                 w.spoke = false;
                 fx.push(Effect::Emit(Event::ChannelClosed {
                     generation: id,
+                    slot: worker.slot,
                     pid,
                     detail: detail.clone(),
                 }));
-                if let Phase::Starting {
+                if let WState::Starting {
                     deadline,
                     ready_at,
                     doomed: None,
-                } = g.phase
+                } = w.state
                 {
-                    g.phase = Phase::Starting {
+                    w.state = WState::Starting {
                         deadline: deadline.min(now + CLOSED_GRACE),
                         ready_at,
                         doomed: Some(FailureReason::ChannelClosed { detail }),
@@ -1637,10 +2081,11 @@ impl Core {
                 None
             }
             WorkerEvent::PauseFailed(_) => {
-                // It keeps accepting: no harm while its successor is on
-                // probation, but it cannot be resumed, only replaced.
+                // It keeps accepting: no harm while its successor rolls out
+                // or is on probation, but it cannot be resumed, only
+                // replaced.
                 w.channel_open = false;
-                standby.then_some(Follow::Drain)
+                matches!(wstate, WState::Paused { .. }).then_some(Follow::Retire)
             }
             WorkerEvent::ResumeFailed(_) => {
                 w.channel_open = false;
@@ -1652,21 +2097,33 @@ impl Core {
             Some(Follow::Ready(via)) => self.worker_ready(now, worker, via, fx),
             Some(Follow::Fail(failure)) => self.fail_attempt(now, id, failure, fx),
             Some(Follow::RollBack(failure)) => self.roll_back(now, id, failure, fx),
-            Some(Follow::Drain) => {
-                self.drain(now, id, fx);
-                self.enforce_max_draining(now, fx);
+            Some(Follow::Retire) => {
+                if let Some(w) = self.gens.get_mut(&id).and_then(|g| g.worker_mut(worker)) {
+                    drain_worker(
+                        w,
+                        now,
+                        self.policy.drain_timeout,
+                        self.policy.drain_signal,
+                        fx,
+                    );
+                }
+                if matches!(role, Role::Standby { .. }) {
+                    self.drain_generation(now, id, fx);
+                    self.enforce_max_draining(now, fx);
+                }
             }
             Some(Follow::Replace) => {
-                // Paused for good. Killed while it is Serving, its exit is a
-                // crash, which restarts the last good executable.
-                if let Some(g) = self.gens.get(&id) {
-                    fx.push(Effect::Emit(Event::Killed {
-                        generation: id,
-                        pid,
-                        cause: KillCause::ResumeFailed,
-                    }));
-                    for (worker, wpid) in g.live_workers() {
-                        fx.push(Effect::Kill { worker, pid: wpid });
+                // Paused for good. Killed while it serves, its exit is a
+                // crash, which restarts its slot or the last good executable.
+                if let Some(w) = self.gens.get(&id).and_then(|g| g.worker(worker)) {
+                    if let Some(p) = w.pid {
+                        fx.push(Effect::Emit(Event::Killed {
+                            generation: id,
+                            slot: worker.slot,
+                            pid: p.as_raw_pid(),
+                            cause: KillCause::ResumeFailed,
+                        }));
+                        fx.push(Effect::Kill { worker, pid: p });
                     }
                 }
             }
@@ -1678,7 +2135,7 @@ impl Core {
     fn expire(&mut self, now: Instant, fx: &mut Vec<Effect>) {
         if self.restart_at.is_some_and(|t| t <= now) {
             self.restart_at = None;
-            if self.shutdown.is_none() && self.serving().is_none() && self.attempt().is_none() {
+            if self.shutdown.is_none() && !self.anything_serving() && self.attempt().is_none() {
                 self.counters.crash_restarts += 1;
                 // A crash restart runs what last served well, not whatever
                 // now sits at the path; with nothing good yet, the path.
@@ -1694,92 +2151,175 @@ impl Core {
                 self.spawn_generation(now, origin, exe, Vec::new(), fx);
             }
         }
-        // Each pass may change phases; go through them in order of id until
-        // nothing more is due.
-        loop {
-            let due = self.gens.values().find_map(|g| {
-                let due = match &g.phase {
-                    Phase::Starting {
-                        ready_at: Some(r),
-                        doomed: None,
-                        deadline,
-                    } if *r <= now && *r < *deadline => Some(Due::DelayReady),
-                    Phase::Starting { deadline, .. } if *deadline <= now => Some(Due::NotReady),
-                    Phase::Probation { until, .. } if *until <= now => Some(Due::Probation),
-                    Phase::Draining { deadline, .. } if *deadline <= now => Some(Due::Drain),
-                    Phase::Killing { deadline } if *deadline <= now => Some(Due::Kill),
-                    _ => None,
-                };
-                due.map(|d| (g.id, d))
-            });
-            let Some((id, due)) = due else { break };
+        // Each step may change states; take the due items one at a time
+        // until nothing more is due.
+        while let Some(due) = self.next_due(now) {
             match due {
-                Due::DelayReady => {
-                    let workers: Vec<WorkerId> = self
+                Due::DelayReady(w) => {
+                    self.worker_ready(now, w, ReadyVia::Delay, fx);
+                    // Still starting: it could not be ready (doomed).
+                    let stuck = self
                         .gens
-                        .get(&id)
-                        .map(|g| g.live_workers().map(|(w, _)| w).collect())
-                        .unwrap_or_default();
-                    for w in workers {
-                        self.worker_ready(now, w, ReadyVia::Delay, fx);
+                        .get(&w.generation)
+                        .and_then(|g| g.worker(w))
+                        .is_some_and(|w| matches!(w.state, WState::Starting { .. }));
+                    if stuck {
+                        self.worker_not_ready(now, w, fx);
                     }
-                    // A delay-ready generation whose workers did not all
-                    // start can never be ready: fail it now.
-                    if self
+                }
+                Due::NotReady(w) => self.worker_not_ready(now, w, fx),
+                Due::Canary(id) => self.pass_canary(now, id, fx),
+                Due::Probation(id) => self.pass_probation(now, id, fx),
+                Due::Drain(w) => {
+                    if let Some(wk) = self
                         .gens
-                        .get(&id)
-                        .is_some_and(|g| matches!(g.phase, Phase::Starting { .. }))
+                        .get_mut(&w.generation)
+                        .and_then(|g| g.worker_mut(w))
                     {
-                        let timeout_ms = ms(self.policy.ready_timeout);
-                        self.fail_attempt(now, id, FailureReason::NotReady { timeout_ms }, fx);
+                        kill_worker(wk, now, KillCause::DrainDeadline, fx);
                     }
-                }
-                Due::NotReady => {
-                    let doomed = match self.gens.get_mut(&id).map(|g| &mut g.phase) {
-                        Some(Phase::Starting { doomed, .. }) => doomed.take(),
-                        _ => None,
-                    };
-                    let failure = doomed.unwrap_or(FailureReason::NotReady {
-                        timeout_ms: ms(self.policy.ready_timeout),
-                    });
-                    self.fail_attempt(now, id, failure, fx);
-                }
-                Due::Probation => self.pass_probation(now, id, fx),
-                Due::Drain => {
-                    self.kill(now, id, KillCause::DrainDeadline, fx);
                     if self.shutdown.is_some() {
                         self.exit_code = Some(1);
                     }
                 }
-                Due::Kill => self.kill_again(now, id, fx),
+                Due::Kill(w) => self.kill_again(now, w, fx),
+                Due::SlotRestart(id, slot) => {
+                    let Some(g) = self.gens.get_mut(&id) else {
+                        continue;
+                    };
+                    if let Some(r) = g.slot_restarts.get_mut(&slot) {
+                        r.at = None;
+                    }
+                    let pin = g.pin;
+                    if matches!(g.role, Role::Serving { .. }) && self.shutdown.is_none() {
+                        self.counters.worker_restarts += 1;
+                        self.spawn_worker(now, id, slot, Exe::Pinned(pin), fx);
+                    }
+                }
+                Due::Recycle(w) => {
+                    if let Some(wk) = self
+                        .gens
+                        .get_mut(&w.generation)
+                        .and_then(|g| g.worker_mut(w))
+                    {
+                        wk.recycle_at = None;
+                    }
+                    self.recycle(now, w, "max-worker-age".into(), fx);
+                }
             }
         }
     }
 
-    /// A SIGKILLed generation that is still not reaped: its main process
-    /// sleeps uninterruptibly, or left its group. Kill again; when shutting
-    /// down, stop waiting for it so hotsup can exit.
-    fn kill_again(&mut self, now: Instant, id: GenId, fx: &mut Vec<Effect>) {
-        let Some(g) = self.gens.get_mut(&id) else {
+    fn next_due(&self, now: Instant) -> Option<Due> {
+        for g in self.gens.values() {
+            match g.role {
+                Role::Rolling {
+                    canary: Canary::Serving { until, .. },
+                    ..
+                } if until <= now => return Some(Due::Canary(g.id)),
+                Role::Probation { until, .. } if until <= now => {
+                    return Some(Due::Probation(g.id));
+                }
+                _ => {}
+            }
+            for (slot, r) in &g.slot_restarts {
+                if r.at.is_some_and(|t| t <= now) {
+                    return Some(Due::SlotRestart(g.id, *slot));
+                }
+            }
+            for w in g.workers.iter().filter(|w| w.present()) {
+                let due = match &w.state {
+                    WState::Starting {
+                        ready_at: Some(r),
+                        doomed: None,
+                        deadline,
+                    } if *r <= now && *r < *deadline && w.spawned => Some(Due::DelayReady(w.id)),
+                    WState::Starting { deadline, .. } if *deadline <= now => {
+                        Some(Due::NotReady(w.id))
+                    }
+                    WState::Draining { deadline, .. } if *deadline <= now => Some(Due::Drain(w.id)),
+                    WState::Killing { deadline } if *deadline <= now => Some(Due::Kill(w.id)),
+                    WState::Serving { .. } if w.recycle_at.is_some_and(|t| t <= now) => {
+                        Some(Due::Recycle(w.id))
+                    }
+                    _ => None,
+                };
+                if due.is_some() {
+                    return due;
+                }
+            }
+        }
+        None
+    }
+
+    /// A starting worker was not ready in time (or was doomed).
+    fn worker_not_ready(&mut self, now: Instant, worker: WorkerId, fx: &mut Vec<Effect>) {
+        let timeout_ms = ms(self.policy.ready_timeout);
+        let Some(g) = self.gens.get_mut(&worker.generation) else {
             return;
         };
-        for (worker, pid) in g.live_workers() {
-            fx.push(Effect::Kill { worker, pid });
+        let role = g.role.clone();
+        let Some(w) = g.worker_mut(worker) else {
+            return;
+        };
+        let failure = match &mut w.state {
+            WState::Starting { doomed, .. } => doomed
+                .take()
+                .unwrap_or(FailureReason::NotReady { timeout_ms }),
+            _ => return,
+        };
+        match role {
+            Role::Rolling { .. } => self.fail_attempt(now, worker.generation, failure, fx),
+            _ => {
+                // A slot restart or a replacement.
+                let pid = w.pid.map_or(0, Pid::as_raw_pid);
+                kill_worker(w, now, KillCause::FailedStart, fx);
+                fx.push(Effect::Emit(Event::WorkerFailed {
+                    generation: worker.generation,
+                    slot: worker.slot,
+                    pid,
+                    failure,
+                }));
+                self.slot_failed(now, worker, fx);
+            }
         }
-        if self.shutdown.is_some() {
+    }
+
+    /// A SIGKILLed worker that is still not reaped: its main process sleeps
+    /// uninterruptibly, or left its group. Kill again; when shutting down,
+    /// stop waiting for it so hotsup can exit.
+    fn kill_again(&mut self, now: Instant, worker: WorkerId, fx: &mut Vec<Effect>) {
+        let shutting_down = self.shutdown.is_some();
+        let Some(g) = self.gens.get_mut(&worker.generation) else {
+            return;
+        };
+        let Some(w) = g.worker_mut(worker) else {
+            return;
+        };
+        let Some(pid) = w.pid else {
+            // Never arrived: nothing to wait for.
+            w.spawned = true;
+            self.forget_if_gone(worker.generation);
+            return;
+        };
+        fx.push(Effect::Kill { worker, pid });
+        if shutting_down {
             fx.push(Effect::Emit(Event::Abandoned {
-                generation: id,
-                pid: g.pid(),
+                generation: worker.generation,
+                slot: worker.slot,
+                pid: pid.as_raw_pid(),
             }));
-            self.gens.remove(&id);
+            w.pid = None;
             self.exit_code = Some(1);
+            self.forget_if_gone(worker.generation);
         } else {
             fx.push(Effect::Emit(Event::Killed {
-                generation: id,
-                pid: g.pid(),
+                generation: worker.generation,
+                slot: worker.slot,
+                pid: pid.as_raw_pid(),
                 cause: KillCause::Again,
             }));
-            g.phase = Phase::Killing {
+            w.state = WState::Killing {
                 deadline: now + KILL_GRACE,
             };
         }
@@ -1790,10 +2330,10 @@ impl Core {
         used.extend(self.last_good);
         used.extend(self.previous_good);
         for g in self.gens.values() {
-            if let Phase::Probation {
+            if let Role::Probation {
                 fallback: Fallback::Pin(p),
                 ..
-            } = g.phase
+            } = g.role
             {
                 used.insert(p);
             }
@@ -1806,10 +2346,23 @@ impl Core {
     }
 
     fn check_exit(&mut self, fx: &mut Vec<Effect>) {
-        if self.exited || !self.gens.is_empty() {
+        if self.exited {
             return;
         }
         let Some(code) = self.exit_code else { return };
+        if self.shutdown.is_none() {
+            return;
+        }
+        // A serving generation with no worker left is gone too.
+        let ids: Vec<GenId> = self.gens.keys().copied().collect();
+        for id in ids {
+            if self.gens.get(&id).is_some_and(|g| !g.alive()) {
+                self.gens.remove(&id);
+            }
+        }
+        if !self.gens.is_empty() {
+            return;
+        }
         self.exited = true;
         for t in std::mem::take(&mut self.stop_waiters) {
             fx.push(Effect::Reply {
@@ -1825,17 +2378,20 @@ impl Core {
 
     /// One line for the service manager's `STATUS=`.
     pub fn status_line(&self) -> String {
-        let mut s = match self.gens.values().find(|g| g.is_serving()) {
-            Some(g) => match g.phase {
-                Phase::Probation { .. } => {
-                    format!(
-                        "generation {} (pid {}) serving, on probation",
-                        g.id,
-                        g.pid()
-                    )
+        let serving = self.gens.values().find(|g| g.is_serving());
+        let mut s = match serving {
+            Some(g) => {
+                let n = g.workers.iter().filter(|w| w.is(state::serving)).count();
+                let who = if g.slots > 1 {
+                    format!("generation {} ({n} of {} workers) serving", g.id, g.slots)
+                } else {
+                    format!("generation {} (pid {}) serving", g.id, g.pid())
+                };
+                match g.role {
+                    Role::Probation { .. } => format!("{who}, on probation"),
+                    _ => who,
                 }
-                _ => format!("generation {} (pid {}) serving", g.id, g.pid()),
-            },
+            }
             None => "nothing serving".to_string(),
         };
         if let Some(LastUpgrade {
@@ -1859,115 +2415,148 @@ impl Core {
 
     /// What `status` shows, at time `now`.
     pub fn snapshot(&self, now: Instant) -> Snapshot {
+        let since = |t: Instant| now.saturating_duration_since(t);
         Snapshot {
-            uptime: now.saturating_duration_since(self.started_at),
+            uptime: since(self.started_at),
             generations: self
                 .gens
                 .values()
-                .map(|g| GenerationSnapshot {
-                    id: g.id,
-                    pin: g.pin,
-                    phase: g.phase.name(),
-                    pids: g
-                        .workers
+                .map(|g| {
+                    let live: Vec<&Worker> = g.workers.iter().filter(|w| w.present()).collect();
+                    let phase = match g.role {
+                        Role::Retiring if live.iter().any(|w| w.is(state::draining)) => "draining",
+                        Role::Retiring => "killing",
+                        ref r => r.name(),
+                    };
+                    let deadline = live
                         .iter()
-                        .filter_map(|w| w.pid)
-                        .map(Pid::as_raw_pid)
-                        .collect(),
-                    age: now.saturating_duration_since(g.spawned_at),
-                    ready_via: g.ready_via,
-                    serving_for: match g.phase {
-                        Phase::Serving { since } | Phase::Probation { since, .. } => {
-                            Some(now.saturating_duration_since(since))
-                        }
-                        _ => None,
-                    },
-                    deadline_in: match g.phase {
-                        Phase::Draining { deadline, .. }
-                        | Phase::Starting { deadline, .. }
-                        | Phase::Killing { deadline } => {
-                            Some(deadline.saturating_duration_since(now))
-                        }
-                        Phase::Probation { until, .. } => {
-                            Some(until.saturating_duration_since(now))
-                        }
-                        _ => None,
-                    },
-                    protocol: g.workers.iter().map(|w| w.protocol).min().unwrap_or(1),
-                    status: g.workers.iter().find_map(|w| w.status.clone()),
-                    unhealthy: g.workers.iter().find_map(|w| w.unhealthy.clone()),
+                        .filter_map(|w| match &w.state {
+                            WState::Starting { deadline, .. }
+                            | WState::Draining { deadline, .. }
+                            | WState::Killing { deadline } => Some(*deadline),
+                            _ => None,
+                        })
+                        .min();
+                    GenerationSnapshot {
+                        id: g.id,
+                        pin: g.pin,
+                        phase,
+                        pids: live
+                            .iter()
+                            .filter_map(|w| w.pid)
+                            .map(Pid::as_raw_pid)
+                            .collect(),
+                        age: since(g.spawned_at),
+                        ready_via: g.ready_via,
+                        serving_for: match g.role {
+                            Role::Serving { since: s } | Role::Probation { since: s, .. } => {
+                                Some(since(s))
+                            }
+                            _ => None,
+                        },
+                        deadline_in: match g.role {
+                            Role::Probation { until, .. } => {
+                                Some(until.saturating_duration_since(now))
+                            }
+                            _ => deadline.map(|d| d.saturating_duration_since(now)),
+                        },
+                        protocol: live.iter().map(|w| w.protocol).min().unwrap_or(1),
+                        status: live.iter().find_map(|w| w.status.clone()),
+                        unhealthy: live.iter().find_map(|w| w.unhealthy.clone()),
+                        workers: live
+                            .iter()
+                            .map(|w| WorkerSnapshot {
+                                id: w.id,
+                                pid: w.pid.map(Pid::as_raw_pid),
+                                state: w.state.name(),
+                                age: since(w.started_at),
+                                ready_via: w.ready_via,
+                                status: w.status.clone(),
+                            })
+                            .collect(),
+                    }
                 })
                 .collect(),
             last_upgrade: self.last_upgrade.clone().map(|u| LastUpgradeSnapshot {
                 generation: u.generation,
                 result: u.result,
                 failure: u.failure,
-                ago: now.saturating_duration_since(u.at),
+                ago: since(u.at),
             }),
             counters: self.counters,
             last_good: self.last_good,
             previous_good: self.previous_good,
             upgrade_pending: self.pending.is_some(),
             restart_in: self.restart_at.map(|t| t.saturating_duration_since(now)),
+            workers_target: self.workers_target,
         }
     }
 }
 
-/// What a worker's message leads to, beyond the worker itself.
-enum Follow {
-    Ready(ReadyVia),
-    Fail(FailureReason),
-    RollBack(FailureReason),
-    Drain,
-    Replace,
+fn drain_worker(w: &mut Worker, now: Instant, timeout: Duration, sig: i32, fx: &mut Vec<Effect>) {
+    let Some(pid) = w.pid else { return };
+    w.state = WState::Draining {
+        since: now,
+        deadline: now + timeout,
+    };
+    let via = if w.spoke && w.channel_open {
+        DrainVia::Channel {
+            timeout,
+            fallback: sig,
+        }
+    } else {
+        DrainVia::Signal(sig)
+    };
+    fx.push(Effect::Drain {
+        worker: w.id,
+        pid,
+        via,
+    });
+    fx.push(Effect::Emit(Event::Draining {
+        generation: w.id.generation,
+        slot: w.id.slot,
+        pid: pid.as_raw_pid(),
+        via: match via {
+            DrainVia::Channel { .. } => "protocol".to_string(),
+            DrainVia::Signal(s) => crate::signals::name(s),
+        },
+        timeout_ms: ms(timeout),
+    }));
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Due {
-    DelayReady,
-    NotReady,
-    Probation,
-    Drain,
-    Kill,
+fn kill_worker(w: &mut Worker, now: Instant, cause: KillCause, fx: &mut Vec<Effect>) {
+    w.state = WState::Killing {
+        deadline: now + KILL_GRACE,
+    };
+    let Some(pid) = w.pid else {
+        // Not spawned yet, or never will be: nothing to wait for once it
+        // was (the shell skips a cancelled spawn; a spawn in flight is
+        // killed as it arrives).
+        w.spawned = true;
+        return;
+    };
+    fx.push(Effect::Kill { worker: w.id, pid });
+    fx.push(Effect::Emit(Event::Killed {
+        generation: w.id.generation,
+        slot: w.id.slot,
+        pid: pid.as_raw_pid(),
+        cause,
+    }));
 }
 
-/// The core's state as `status` shows it.
-#[derive(Debug, Clone)]
-pub struct Snapshot {
-    pub uptime: Duration,
-    pub generations: Vec<GenerationSnapshot>,
-    pub last_upgrade: Option<LastUpgradeSnapshot>,
-    pub counters: Counters,
-    pub last_good: Option<PinId>,
-    pub previous_good: Option<PinId>,
-    pub upgrade_pending: bool,
-    pub restart_in: Option<Duration>,
+/// Crash-restart delay after `crashes` consecutive crashes.
+fn backoff(crashes: u32) -> Duration {
+    BACKOFF_START
+        .saturating_mul(1u32 << crashes.min(16))
+        .min(BACKOFF_MAX)
 }
 
-#[derive(Debug, Clone)]
-pub struct GenerationSnapshot {
-    pub id: GenId,
-    pub pin: PinId,
-    /// `starting`, `probation`, `serving`, `standby`, `draining`, `killing`.
-    pub phase: &'static str,
-    pub pids: Vec<i32>,
-    pub age: Duration,
-    pub ready_via: Option<ReadyVia>,
-    pub serving_for: Option<Duration>,
-    /// Until the ready timeout, the end of probation, the drain deadline or
-    /// the next SIGKILL.
-    pub deadline_in: Option<Duration>,
-    pub protocol: u32,
-    pub status: Option<String>,
-    pub unhealthy: Option<String>,
-}
-
-#[derive(Debug, Clone)]
-pub struct LastUpgradeSnapshot {
-    pub generation: Option<GenId>,
-    pub result: LastResult,
-    pub failure: Option<FailureReason>,
-    pub ago: Duration,
+/// Up to a tenth of `age`, spread by the worker's number, so that a pool
+/// started at once is not recycled at once. Deterministic, as the core
+/// must be.
+fn jitter(age: Duration, seq: u64) -> Duration {
+    let spread = seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 54; // 0..1024
+    age / 10 * u32::try_from(spread).unwrap_or(0) / 1024
 }
 
 fn ticket_of(r: Reply) -> Ticket {

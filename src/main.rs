@@ -31,7 +31,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => {
             let log = logging::init(cli.verbose, cli.quiet, cli.log_format);
-            let code = run(args);
+            let code = run(*args);
             // Writes what is still queued, `exiting` included.
             drop(log);
             ExitCode::from(code)
@@ -45,7 +45,12 @@ fn main() -> ExitCode {
         Command::Rollback { target, timeout } => ExitCode::from(client::rollback(&target, timeout)),
         Command::Status { target, json } => ExitCode::from(client::status(&target, json)),
         Command::Stop { target, no_wait } => ExitCode::from(client::stop(&target, no_wait)),
-        Command::Signal { target, signal } => ExitCode::from(client::signal(&target, &signal)),
+        Command::Signal {
+            target,
+            worker,
+            signal,
+        } => ExitCode::from(client::signal(&target, &signal, worker)),
+        Command::Scale { target, workers } => ExitCode::from(client::scale(&target, workers)),
     }
 }
 
@@ -203,6 +208,7 @@ fn run(args: RunArgs) -> u8 {
         fds: args.fds,
         notify: None,
         child_nofile: original_nofile,
+        max_worker_rss: args.max_worker_rss,
         cgroups,
         policy: lifecycle::Policy {
             ready: match args.ready {
@@ -221,6 +227,10 @@ fn run(args: RunArgs) -> u8 {
             max_draining: usize::from(args.max_draining),
             probation: args.probation,
             start_attempts: args.start_attempts,
+            workers: args.workers,
+            rollout_batch: args.rollout_batch,
+            canary: args.canary,
+            max_worker_age: args.max_worker_age,
         },
         identity,
     };

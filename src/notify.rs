@@ -82,9 +82,12 @@ impl ChildNotify {
 
     /// Binds the socket of one worker, with `SO_PASSCRED` set before any
     /// child can know it, so every datagram arrives with its sender's pid.
-    pub fn bind(&self, generation: u64, slot: u32) -> std::io::Result<WorkerSocket> {
-        let path = self.dir.path().join(format!("notify-{generation}.{slot}"));
-        // A leftover of a generation that failed to spawn.
+    pub fn bind(&self, generation: u64, slot: u32, seq: u64) -> std::io::Result<WorkerSocket> {
+        let path = self
+            .dir
+            .path()
+            .join(format!("notify-{generation}.{slot}.{seq}"));
+        // A leftover of a worker that failed to spawn.
         let _ = std::fs::remove_file(&path);
         let sock = UnixDatagram::bind(&path)?;
         sock.set_nonblocking(true)?;

@@ -35,6 +35,8 @@ use crate::pinned::Pinned;
 /// Channel events waiting for the loop; a child that floods its channel is
 /// slowed down by this bound instead of growing the supervisor.
 const CHANNEL_QUEUE: usize = 64;
+/// How often `--max-worker-rss` looks at the workers.
+const RSS_EVERY: Duration = Duration::from_secs(5);
 /// Notify messages waiting for the loop, from all workers together.
 const NOTIFY_QUEUE: usize = 64;
 
@@ -47,6 +49,8 @@ pub struct Config {
     pub notify: Option<notify::ChildNotify>,
     /// The soft RLIMIT_NOFILE hotsup started with, restored for children.
     pub child_nofile: Option<u64>,
+    /// `--max-worker-rss`, in bytes.
+    pub max_worker_rss: Option<u64>,
     /// Where generations get cgroups of their own; process groups only when
     /// `None`.
     pub cgroups: Option<Cgroups>,
@@ -141,6 +145,13 @@ impl Supervisor {
                 t
             });
 
+        // `--max-worker-rss` only: no wakeups otherwise.
+        let mut rss_check = self.cfg.max_worker_rss.map(|_| {
+            let mut t = tokio::time::interval(RSS_EVERY);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        });
+
         crate::signals::release();
         self.feed(Input::Start);
         loop {
@@ -152,6 +163,7 @@ impl Supervisor {
                 Some((w, ev)) = self.chan_rx.recv() => self.on_channel(w, ev),
                 Some((w, msg)) = self.notify_rx.recv() => self.on_notify(w, msg),
                 () = tick(&mut watchdog) => self.manager.watchdog(),
+                () = tick(&mut rss_check) => self.check_rss(),
                 Some(()) = sigchld.recv() => self.reap(),
                 Some(()) = usr2.recv() => self.feed(Input::Upgrade {
                     source: Source::Signal(libc::SIGUSR2),
@@ -170,8 +182,8 @@ impl Supervisor {
                     source: Source::Signal(libc::SIGINT),
                     reply: None,
                 }),
-                Some(()) = quit.recv() => self.feed(Input::Forward { signal: libc::SIGQUIT, reply: None }),
-                Some(()) = usr1.recv() => self.feed(Input::Forward { signal: libc::SIGUSR1, reply: None }),
+                Some(()) = quit.recv() => self.feed(Input::Forward { signal: libc::SIGQUIT, slot: None, reply: None }),
+                Some(()) = usr1.recv() => self.feed(Input::Forward { signal: libc::SIGUSR1, slot: None, reply: None }),
                 () = sleep_until(deadline) => {
                     self.sweep_cgroups();
                     self.feed(Input::Tick);
@@ -195,7 +207,11 @@ impl Supervisor {
     /// Carries out one effect; a spawn returns its result for the core.
     fn apply(&mut self, effect: Effect) -> Option<Input> {
         match effect {
-            Effect::Spawn { worker, exe, .. } => Some(self.spawn(worker, exe)),
+            // A batch whose first worker failed to start is cancelled.
+            Effect::Spawn { worker, exe, .. } if self.core.wants_spawn(worker) => {
+                Some(self.spawn(worker, exe))
+            }
+            Effect::Spawn { .. } => None,
             Effect::Unpin(pin) => {
                 self.pins.remove(&pin);
                 None
@@ -284,6 +300,12 @@ impl Supervisor {
                         stop: Some(control::Stopped { exit_code }),
                         ..Reply::default()
                     },
+                    Answer::Scaled { from, to } => Reply {
+                        version: control::VERSION,
+                        ok: true,
+                        scale: Some(control::Scaled { from, to }),
+                        ..Reply::default()
+                    },
                     Answer::Error(e) => Reply::error(e),
                 };
                 self.reply(ticket, r);
@@ -343,7 +365,7 @@ impl Supervisor {
         // The cgroup exists before the child does, and the child enters it
         // before it runs anything.
         let (cgroup, enter) = match self.cfg.cgroups.as_ref().map(|c| {
-            c.create(worker.generation)
+            c.create(worker.seq)
                 .and_then(|cg| cg.open_enter().map(|fd| (cg, fd)))
         }) {
             Some(Ok((cg, fd))) => (Some(cg), Some(fd)),
@@ -359,7 +381,7 @@ impl Supervisor {
             .cfg
             .notify
             .as_ref()
-            .map(|n| n.bind(worker.generation, worker.slot));
+            .map(|n| n.bind(worker.generation, worker.slot, worker.seq));
         let socket = match socket {
             Some(Ok(s)) => Some(s),
             Some(Err(e)) => {
@@ -373,6 +395,7 @@ impl Supervisor {
             argv0: &self.cfg.program,
             args: &self.cfg.args,
             generation: worker.generation,
+            worker: worker.slot,
             notify_socket: socket.as_ref().map(|s| s.path.as_path()),
             nofile: self.cfg.child_nofile.map(|n| {
                 // Room for every inherited listener above the usual limit.
@@ -529,6 +552,23 @@ impl Supervisor {
         self.feed(Input::Worker { worker, event });
     }
 
+    /// Replaces the workers whose resident memory is above
+    /// `--max-worker-rss`.
+    fn check_rss(&mut self) {
+        let Some(limit) = self.cfg.max_worker_rss else {
+            return;
+        };
+        for (worker, pid) in self.core.live_workers() {
+            let Some(rss) = rss_bytes(pid.as_raw_pid()) else {
+                continue;
+            };
+            if rss > limit {
+                let why = format!("RSS {} MiB over {} MiB", rss >> 20, limit >> 20);
+                self.feed(Input::Recycle { worker, why });
+            }
+        }
+    }
+
     /// What a worker's processes said on its `NOTIFY_SOCKET`.
     fn on_notify(&mut self, worker: WorkerId, msg: notify::Parsed) {
         if let Some(status) = msg.status {
@@ -643,7 +683,7 @@ impl Supervisor {
                     reply,
                 });
             }
-            Request::Signal { signal } => match crate::signals::parse(&signal) {
+            Request::Signal { signal, worker } => match crate::signals::parse(&signal) {
                 Err(e) => {
                     let _ = m.reply.send(Reply::error(format!("{signal:?}: {e}")));
                 }
@@ -651,10 +691,18 @@ impl Supervisor {
                     let t = self.ticket(m.reply);
                     self.feed(Input::Forward {
                         signal: sig.as_raw(),
+                        slot: worker,
                         reply: Some(t),
                     });
                 }
             },
+            Request::Scale { workers } => {
+                let t = self.ticket(m.reply);
+                self.feed(Input::Scale {
+                    workers,
+                    reply: Some(t),
+                });
+            }
         }
     }
 
@@ -678,6 +726,17 @@ impl Supervisor {
             },
             state: g.phase.to_string(),
             protocol: g.protocol,
+            workers: g
+                .workers
+                .iter()
+                .map(|w| control::WorkerStatus {
+                    worker: w.id.slot,
+                    pid: w.pid.unwrap_or(0),
+                    state: w.state.to_string(),
+                    age_ms: ms(w.age),
+                    rss_kib: w.pid.and_then(rss_bytes).map(|b| b >> 10),
+                })
+                .collect(),
             status: g.status.clone(),
             unhealthy: g.unhealthy.clone(),
         };
@@ -730,9 +789,24 @@ impl Supervisor {
             last_good: path_of(snap.last_good),
             previous_good: path_of(snap.previous_good),
             notify_dropped: self.strangers.total(),
+            workers: snap.workers_target,
             log_lines_dropped: crate::logging::dropped_lines(),
         }
     }
+}
+
+/// Resident memory of `pid`, from its `VmRSS` (one small read).
+fn rss_bytes(pid: i32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib << 10)
 }
 
 /// A wait status in the core's terms.

@@ -118,6 +118,7 @@ pub enum Event {
     /// A generation's process was started.
     Spawned {
         generation: u64,
+        slot: u32,
         pid: i32,
         origin: Origin,
         /// Whether it runs a pinned executable rather than the command
@@ -126,6 +127,7 @@ pub enum Event {
     },
     HandedOff {
         generation: u64,
+        slot: u32,
         pid: i32,
         listeners: usize,
         elapsed_us: u64,
@@ -133,14 +135,70 @@ pub enum Event {
     /// A generation answered HELLO with protocol version 2 or later.
     Protocol {
         generation: u64,
+        slot: u32,
         pid: i32,
         version: u32,
     },
+    /// One worker of a pool is ready (every worker of a generation that
+    /// has more than one; for one of a single worker, `ready` says it).
+    WorkerReady {
+        generation: u64,
+        slot: u32,
+        pid: i32,
+        after_ms: u64,
+    },
+    /// Every worker of a generation is ready.
     Ready {
         generation: u64,
         pid: i32,
         after_ms: u64,
         via: ReadyVia,
+    },
+    /// A batch of a rolling upgrade is ready; as many old workers retire.
+    BatchReady {
+        generation: u64,
+        ready: u32,
+        of: u32,
+    },
+    CanaryStarted {
+        generation: u64,
+        pid: i32,
+        canary_ms: u64,
+    },
+    CanaryPassed {
+        generation: u64,
+        pid: i32,
+    },
+    /// An old worker paused during a rollout: a failed rollout resumes it.
+    WorkerPaused {
+        generation: u64,
+        slot: u32,
+        pid: i32,
+    },
+    /// A worker of a serving generation (a slot restart, a replacement)
+    /// failed before it was ready.
+    WorkerFailed {
+        generation: u64,
+        slot: u32,
+        pid: i32,
+        failure: FailureReason,
+    },
+    SlotRestartScheduled {
+        generation: u64,
+        slot: u32,
+        delay_ms: u64,
+        attempt: u32,
+    },
+    /// A worker is being replaced (`--max-worker-age`, `--max-worker-rss`).
+    Recycling {
+        generation: u64,
+        slot: u32,
+        pid: i32,
+        why: String,
+    },
+    Scaled {
+        from: u32,
+        to: u32,
     },
     ProbationStarted {
         generation: u64,
@@ -196,6 +254,7 @@ pub enum Event {
     },
     Draining {
         generation: u64,
+        slot: u32,
         pid: i32,
         /// `protocol` (DRAIN on the channel) or the signal's name.
         via: String,
@@ -203,24 +262,28 @@ pub enum Event {
     },
     Drained {
         generation: u64,
+        slot: u32,
         pid: i32,
         status: ExitInfo,
         clean: bool,
     },
     Killed {
         generation: u64,
+        slot: u32,
         pid: i32,
         cause: KillCause,
     },
     /// A killed (or failed) generation's process was reaped.
     Reaped {
         generation: u64,
+        slot: u32,
         pid: i32,
         status: ExitInfo,
     },
     /// The serving generation exited on its own.
     Crashed {
         generation: u64,
+        slot: u32,
         pid: i32,
         status: ExitInfo,
         /// The generation starting or on probation that takes over.
@@ -234,6 +297,7 @@ pub enum Event {
     },
     Abandoned {
         generation: u64,
+        slot: u32,
         pid: i32,
     },
     /// Nothing serves, and `--restart` (watch mode) leaves the next start
@@ -251,6 +315,7 @@ pub enum Event {
     },
     Forwarded {
         generation: u64,
+        slot: u32,
         pid: i32,
         signal: i32,
     },
@@ -259,21 +324,25 @@ pub enum Event {
     },
     Status {
         generation: u64,
+        slot: u32,
         pid: i32,
         text: String,
     },
     Unhealthy {
         generation: u64,
+        slot: u32,
         pid: i32,
         reason: String,
     },
     MalformedMessage {
         generation: u64,
+        slot: u32,
         pid: i32,
         detail: String,
     },
     ChannelClosed {
         generation: u64,
+        slot: u32,
         pid: i32,
         detail: String,
     },
@@ -292,7 +361,16 @@ impl Event {
             Event::Spawned { .. } => "spawned",
             Event::HandedOff { .. } => "handed_off",
             Event::Protocol { .. } => "protocol",
+            Event::WorkerReady { .. } => "worker_ready",
             Event::Ready { .. } => "ready",
+            Event::BatchReady { .. } => "batch_ready",
+            Event::CanaryStarted { .. } => "canary_started",
+            Event::CanaryPassed { .. } => "canary_passed",
+            Event::WorkerPaused { .. } => "worker_paused",
+            Event::WorkerFailed { .. } => "worker_failed",
+            Event::SlotRestartScheduled { .. } => "slot_restart_scheduled",
+            Event::Recycling { .. } => "recycling",
+            Event::Scaled { .. } => "scaled",
             Event::ProbationStarted { .. } => "probation_started",
             Event::ProbationPassed { .. } => "probation_passed",
             Event::Standby { .. } => "standby",
@@ -334,6 +412,8 @@ impl Event {
             Event::Crashed { .. }
             | Event::UpgradeIgnored { .. }
             | Event::RestartScheduled { .. }
+            | Event::SlotRestartScheduled { .. }
+            | Event::WorkerFailed { .. }
             | Event::WaitingForUpgrade
             | Event::NothingToSignal { .. }
             | Event::Unhealthy { .. }

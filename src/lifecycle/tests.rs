@@ -17,6 +17,10 @@ fn policy() -> Policy {
         max_draining: 4,
         probation: None,
         start_attempts: 3,
+        workers: 1,
+        rollout_batch: None,
+        canary: None,
+        max_worker_age: None,
     }
 }
 
@@ -69,6 +73,10 @@ impl Harness {
         let mut queue = std::collections::VecDeque::from(self.core.handle(self.now, input));
         while let Some(e) = queue.pop_front() {
             if let Effect::Spawn { worker, exe, .. } = &e {
+                if !self.core.wants_spawn(*worker) {
+                    out.push(e);
+                    continue;
+                }
                 self.exes.insert(worker.generation, *exe);
                 let answer = if self.fail_spawns > 0 {
                     self.fail_spawns -= 1;
@@ -103,20 +111,32 @@ impl Harness {
         self.advance(d)
     }
 
+    /// The live worker of slot 0 of `generation`.
     fn w(&self, generation: GenId) -> WorkerId {
-        WorkerId {
-            generation,
-            slot: 0,
-        }
+        self.ws(generation, 0)
     }
 
-    fn pid(&self, generation: GenId) -> Pid {
+    /// The live worker of `slot` of `generation`.
+    fn ws(&self, generation: GenId, slot: u32) -> WorkerId {
         self.core
             .live_workers()
             .into_iter()
-            .find(|(w, _)| w.generation == generation)
+            .map(|(w, _)| w)
+            .find(|w| w.generation == generation && w.slot == slot)
+            .unwrap_or_else(|| panic!("generation {generation} has no live worker in slot {slot}"))
+    }
+
+    fn pid(&self, generation: GenId) -> Pid {
+        self.pid_of(self.w(generation))
+    }
+
+    fn pid_of(&self, worker: WorkerId) -> Pid {
+        self.core
+            .live_workers()
+            .into_iter()
+            .find(|(w, _)| *w == worker)
             .map(|(_, p)| p)
-            .unwrap_or_else(|| panic!("generation {generation} has no live process"))
+            .unwrap_or_else(|| panic!("{worker:?} has no live process"))
     }
 
     fn phase(&self, generation: GenId) -> Option<&'static str> {
@@ -867,6 +887,7 @@ fn signals_are_forwarded_to_the_serving_generation_only() {
     let t = h.ticket();
     let fx = h.feed(Input::Forward {
         signal: SIGUSR1,
+        slot: None,
         reply: Some(t),
     });
     let targets: Vec<GenId> = fx
@@ -883,6 +904,7 @@ fn signals_are_forwarded_to_the_serving_generation_only() {
     let t = h.ticket();
     let fx = h.feed(Input::Forward {
         signal: SIGUSR1,
+        slot: None,
         reply: Some(t),
     });
     assert!(matches!(answer_for(&fx, t), Some(Answer::Error(_))));
@@ -1165,4 +1187,477 @@ fn only_live_and_good_executables_stay_pinned() {
     h.upgrade();
     h.exit(5, CRASH);
     assert!(h.log.contains(&Effect::Unpin(PinId(5))));
+}
+
+// ----- worker pools -----
+
+fn pool(n: u32) -> Policy {
+    Policy {
+        workers: n,
+        ..policy()
+    }
+}
+
+impl Harness {
+    /// Every worker of `generation` says READY.
+    fn ready_all(&mut self, generation: GenId) -> Vec<Effect> {
+        let mut fx = Vec::new();
+        let workers: Vec<WorkerId> = self
+            .core
+            .live_workers()
+            .into_iter()
+            .map(|(w, _)| w)
+            .filter(|w| w.generation == generation)
+            .collect();
+        for w in workers {
+            fx.extend(self.feed(Input::Worker {
+                worker: w,
+                event: WorkerEvent::Ready(ReadyVia::Channel),
+            }));
+        }
+        fx
+    }
+
+    fn ready_slot(&mut self, generation: GenId, slot: u32) -> Vec<Effect> {
+        let worker = self.ws(generation, slot);
+        self.feed(Input::Worker {
+            worker,
+            event: WorkerEvent::Ready(ReadyVia::Channel),
+        })
+    }
+
+    /// Every worker of `generation` speaks protocol 2.
+    fn v2_all(&mut self, generation: GenId) {
+        let workers: Vec<WorkerId> = self
+            .core
+            .live_workers()
+            .into_iter()
+            .map(|(w, _)| w)
+            .filter(|w| w.generation == generation)
+            .collect();
+        for w in workers {
+            self.feed(Input::Worker {
+                worker: w,
+                event: WorkerEvent::Protocol(2),
+            });
+        }
+    }
+
+    fn exit_slot(&mut self, generation: GenId, slot: u32, status: ExitInfo) -> Vec<Effect> {
+        let pid = self.pid_of(self.ws(generation, slot));
+        self.feed(Input::Exited { pid, status })
+    }
+
+    /// The state of each live worker of `generation`, by slot.
+    fn worker_states(&self, generation: GenId) -> Vec<(u32, &'static str)> {
+        let snap = self.core.snapshot(self.now);
+        let mut v: Vec<(u32, &'static str)> = snap
+            .generations
+            .iter()
+            .filter(|g| g.id == generation)
+            .flat_map(|g| g.workers.iter())
+            .map(|w| (w.id.slot, w.state))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Workers serving or starting, in every generation: the N+K bound.
+    fn busy(&self) -> usize {
+        self.core
+            .snapshot(self.now)
+            .generations
+            .iter()
+            .flat_map(|g| g.workers.iter())
+            .filter(|w| matches!(w.state, "serving" | "starting"))
+            .count()
+    }
+}
+
+fn spawned_slots(fx: &[Effect]) -> Vec<(GenId, u32)> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::Spawn { worker, .. } => Some((worker.generation, worker.slot)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_pool_is_ready_when_every_worker_is() {
+    let mut h = Harness::new(pool(3));
+    let fx = h.feed(Input::Start);
+    assert_eq!(spawned_slots(&fx), vec![(1, 0), (1, 1), (1, 2)]);
+    // Only the first worker looks the command up; the others run what it
+    // pinned.
+    let exes: Vec<Exe> = fx
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Spawn { exe, .. } => Some(*exe),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        exes,
+        vec![
+            Exe::Fresh(PinId(1)),
+            Exe::Pinned(PinId(1)),
+            Exe::Pinned(PinId(1))
+        ]
+    );
+    h.ready_slot(1, 0);
+    h.ready_slot(1, 1);
+    assert_eq!(h.phase(1), Some("starting"));
+    let fx = h.ready_slot(1, 2);
+    assert!(events(&fx).contains(&"ready"));
+    assert_eq!(h.phase(1), Some("serving"));
+    assert_eq!(
+        h.worker_states(1),
+        vec![(0, "serving"), (1, "serving"), (2, "serving")]
+    );
+}
+
+#[test]
+fn a_rolling_upgrade_retires_old_workers_batch_by_batch() {
+    let mut h = Harness::new(Policy {
+        rollout_batch: Some(1),
+        ..pool(3)
+    });
+    h.feed(Input::Start);
+    h.ready_all(1);
+    h.v2_all(1);
+    let (t, fx) = h.upgrade();
+    // One new worker at a time.
+    assert_eq!(spawned_slots(&fx), vec![(2, 0)]);
+    assert!(h.busy() <= 3 + 1);
+    let fx = h.ready_slot(2, 0);
+    // Its old counterpart pauses (a failed rollout resumes it); the next
+    // batch starts.
+    assert!(fx.iter().any(
+        |e| matches!(e, Effect::Pause { worker, .. } if worker.generation == 1 && worker.slot == 0)
+    ));
+    assert_eq!(spawned_slots(&fx), vec![(2, 1)]);
+    assert_eq!(
+        h.worker_states(1),
+        vec![(0, "paused"), (1, "serving"), (2, "serving")]
+    );
+    assert!(h.busy() <= 3 + 1);
+    let fx = h.ready_slot(2, 1);
+    assert_eq!(spawned_slots(&fx), vec![(2, 2)]);
+    assert!(h.busy() <= 3 + 1);
+    assert!(answer_for(&fx, t).is_none());
+    let fx = h.ready_slot(2, 2);
+    assert!(matches!(
+        outcome_for(&fx, t),
+        UpgradeOutcome::Ready { generation: 2, .. }
+    ));
+    // Every old worker drains now, the paused ones too.
+    let mut drained: Vec<u32> = fx
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Drain { worker, .. } if worker.generation == 1 => Some(worker.slot),
+            _ => None,
+        })
+        .collect();
+    drained.sort();
+    assert_eq!(drained, vec![0, 1, 2]);
+    assert_eq!(h.phase(2), Some("serving"));
+}
+
+#[test]
+fn a_worker_failing_mid_rollout_rolls_the_whole_rollout_back() {
+    let mut h = Harness::new(Policy {
+        rollout_batch: Some(1),
+        ..pool(3)
+    });
+    h.feed(Input::Start);
+    h.ready_all(1);
+    h.v2_all(1);
+    let old: Vec<Pid> = (0..3).map(|s| h.pid_of(h.ws(1, s))).collect();
+    let (t, _) = h.upgrade();
+    h.ready_slot(2, 0);
+    // The second batch's worker crashes before it is ready.
+    let fx = h.exit_slot(2, 1, CRASH);
+    assert_eq!(kills(&fx), vec![2]);
+    assert!(fx.iter().any(
+        |e| matches!(e, Effect::Resume { worker, .. } if worker.generation == 1 && worker.slot == 0)
+    ));
+    assert!(matches!(
+        outcome_for(&fx, t),
+        UpgradeOutcome::Failed {
+            generation: Some(2),
+            serving: Some(1),
+            ..
+        }
+    ));
+    assert!(spawns(&fx).is_empty(), "{fx:#?}");
+    assert_eq!(
+        h.worker_states(1),
+        vec![(0, "serving"), (1, "serving"), (2, "serving")]
+    );
+    let now: Vec<Pid> = (0..3).map(|s| h.pid_of(h.ws(1, s))).collect();
+    assert_eq!(now, old, "the old pool is the same processes");
+}
+
+#[test]
+fn a_failed_rollout_refills_slots_whose_old_worker_drained() {
+    // Old workers that cannot pause drain batch by batch; a failed rollout
+    // starts their slots again from the old executable.
+    let mut h = Harness::new(Policy {
+        rollout_batch: Some(1),
+        ..pool(2)
+    });
+    h.feed(Input::Start);
+    h.ready_all(1);
+    h.upgrade();
+    let fx = h.ready_slot(2, 0);
+    assert_eq!(drains(&fx).iter().map(|d| d.0).collect::<Vec<_>>(), vec![1]);
+    let fx = h.exit_slot(2, 1, CRASH);
+    assert_eq!(spawned_slots(&fx), vec![(1, 0)]);
+    assert_eq!(spawns(&fx)[0].1, Exe::Pinned(PinId(1)));
+}
+
+#[test]
+fn a_canary_serves_beside_the_old_pool_and_can_be_taken_back() {
+    let mut h = Harness::new(Policy {
+        canary: Some(Duration::from_secs(10)),
+        ..pool(2)
+    });
+    h.feed(Input::Start);
+    h.ready_all(1);
+    h.v2_all(1);
+    let (t, fx) = h.upgrade();
+    assert_eq!(spawned_slots(&fx), vec![(2, 0)]);
+    let fx = h.ready_slot(2, 0);
+    assert!(events(&fx).contains(&"canary_started"));
+    // The whole old pool serves on beside it.
+    assert_eq!(h.worker_states(1), vec![(0, "serving"), (1, "serving")]);
+    assert!(drains(&fx).is_empty());
+    h.now += Duration::from_secs(3);
+    let fx = h.exit_slot(2, 0, CRASH);
+    assert!(matches!(
+        outcome_for(&fx, t),
+        UpgradeOutcome::RolledBack {
+            generation: 2,
+            lived_ms: 3000,
+            serving: Some(1),
+            ..
+        }
+    ));
+    assert_eq!(h.worker_states(1), vec![(0, "serving"), (1, "serving")]);
+    assert_eq!(h.core.snapshot(h.now).counters.rollbacks, 1);
+}
+
+#[test]
+fn a_canary_that_passes_lets_the_rest_roll() {
+    let mut h = Harness::new(Policy {
+        canary: Some(Duration::from_secs(10)),
+        ..pool(2)
+    });
+    h.feed(Input::Start);
+    h.ready_all(1);
+    h.v2_all(1);
+    let (t, _) = h.upgrade();
+    h.ready_slot(2, 0);
+    let fx = h.advance(Duration::from_secs(10));
+    assert!(events(&fx).contains(&"canary_passed"));
+    assert_eq!(spawned_slots(&fx), vec![(2, 1)]);
+    // The canary's old counterpart retires.
+    assert_eq!(h.worker_states(1), vec![(0, "paused"), (1, "serving")]);
+    let fx = h.ready_slot(2, 1);
+    assert!(matches!(
+        outcome_for(&fx, t),
+        UpgradeOutcome::Ready { generation: 2, .. }
+    ));
+}
+
+#[test]
+fn a_crashed_worker_restarts_in_its_slot_while_the_others_serve() {
+    let mut h = Harness::new(pool(3));
+    h.feed(Input::Start);
+    h.ready_all(1);
+    let others: Vec<Pid> = [0, 2].iter().map(|s| h.pid_of(h.ws(1, *s))).collect();
+    let fx = h.exit_slot(1, 1, ExitInfo::killed(9));
+    assert!(fx.iter().any(|e| matches!(
+        e,
+        Effect::Emit(Event::SlotRestartScheduled {
+            generation: 1,
+            slot: 1,
+            delay_ms: 100,
+            ..
+        })
+    )));
+    assert_eq!(h.phase(1), Some("serving"));
+    let fx = h.advance(Duration::from_millis(100));
+    // Same generation, same executable.
+    assert_eq!(spawned_slots(&fx), vec![(1, 1)]);
+    assert_eq!(spawns(&fx)[0].1, Exe::Pinned(PinId(1)));
+    h.ready_slot(1, 1);
+    assert_eq!(
+        h.worker_states(1),
+        vec![(0, "serving"), (1, "serving"), (2, "serving")]
+    );
+    let now: Vec<Pid> = [0, 2].iter().map(|s| h.pid_of(h.ws(1, *s))).collect();
+    assert_eq!(now, others);
+    // Its backoff is its own: a second crash waits twice as long, the
+    // generation's backoff is untouched.
+    let fx = h.exit_slot(1, 1, CRASH);
+    assert!(fx.iter().any(|e| matches!(
+        e,
+        Effect::Emit(Event::SlotRestartScheduled { delay_ms: 200, .. })
+    )));
+    assert!(restart_delay(&fx).is_none());
+    assert_eq!(h.core.snapshot(h.now).counters.worker_restarts, 1);
+}
+
+#[test]
+fn a_pool_whose_every_worker_died_restarts_as_a_new_generation() {
+    let mut h = Harness::new(pool(2));
+    h.feed(Input::Start);
+    h.ready_all(1);
+    h.exit_slot(1, 0, CRASH);
+    let fx = h.exit_slot(1, 1, CRASH);
+    assert_eq!(restart_delay(&fx), Some(100));
+    let fx = h.advance(Duration::from_millis(100));
+    assert_eq!(spawned_slots(&fx), vec![(2, 0), (2, 1)]);
+}
+
+#[test]
+fn scaling_adds_and_drains_workers() {
+    let mut h = Harness::new(pool(2));
+    h.feed(Input::Start);
+    h.ready_all(1);
+    let t = h.ticket();
+    let fx = h.feed(Input::Scale {
+        workers: 4,
+        reply: Some(t),
+    });
+    assert_eq!(spawned_slots(&fx), vec![(1, 2), (1, 3)]);
+    assert_eq!(answer_for(&fx, t), Some(&Answer::Scaled { from: 2, to: 4 }));
+    h.ready_slot(1, 2);
+    h.ready_slot(1, 3);
+    let fx = h.feed(Input::Scale {
+        workers: 1,
+        reply: None,
+    });
+    let mut drained: Vec<u32> = fx
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Drain { worker, .. } => Some(worker.slot),
+            _ => None,
+        })
+        .collect();
+    drained.sort();
+    assert_eq!(drained, vec![1, 2, 3]);
+    // A drained worker's exit is not a crash.
+    let fx = h.exit_slot(1, 3, CLEAN);
+    assert!(events(&fx).contains(&"drained"));
+    assert!(!events(&fx).contains(&"slot_restart_scheduled"));
+    // Upgrades start the new size.
+    let (_, fx) = h.upgrade();
+    assert_eq!(spawned_slots(&fx), vec![(2, 0)]);
+    // Not during an upgrade.
+    let t = h.ticket();
+    let fx = h.feed(Input::Scale {
+        workers: 3,
+        reply: Some(t),
+    });
+    assert!(matches!(answer_for(&fx, t), Some(Answer::Error(_))));
+}
+
+#[test]
+fn an_old_worker_is_replaced_before_it_goes() {
+    let mut h = Harness::new(Policy {
+        max_worker_age: Some(Duration::from_secs(100)),
+        ..pool(2)
+    });
+    h.feed(Input::Start);
+    h.ready_all(1);
+    let old = h.ws(1, 0);
+    // By RSS: the shell asks.
+    let fx = h.feed(Input::Recycle {
+        worker: old,
+        why: "RSS 600 MiB over 512 MiB".into(),
+    });
+    assert_eq!(spawned_slots(&fx), vec![(1, 0)]);
+    assert!(drains(&fx).is_empty(), "the old one serves until then");
+    let replacement = fx
+        .iter()
+        .find_map(|e| match e {
+            Effect::Spawn { worker, .. } => Some(*worker),
+            _ => None,
+        })
+        .unwrap();
+    let fx = h.feed(Input::Worker {
+        worker: replacement,
+        event: WorkerEvent::Ready(ReadyVia::Channel),
+    });
+    assert!(
+        fx.iter()
+            .any(|e| matches!(e, Effect::Drain { worker, .. } if *worker == old))
+    );
+    // By age: within a tenth more than the age, every worker is replaced.
+    let fx = h.advance(Duration::from_secs(111));
+    assert!(events(&fx).iter().filter(|e| **e == "recycling").count() >= 1);
+    assert!(h.core.snapshot(h.now).counters.recycled >= 1);
+}
+
+#[test]
+fn signals_go_to_every_worker_or_one_slot() {
+    let mut h = Harness::new(pool(3));
+    h.feed(Input::Start);
+    h.ready_all(1);
+    let fx = h.feed(Input::Forward {
+        signal: SIGUSR1,
+        slot: None,
+        reply: None,
+    });
+    let targets: Vec<u32> = fx
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Signal { worker, .. } => Some(worker.slot),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(targets, vec![0, 1, 2]);
+    let t = h.ticket();
+    let fx = h.feed(Input::Forward {
+        signal: SIGUSR1,
+        slot: Some(1),
+        reply: Some(t),
+    });
+    let targets: Vec<(u32, Option<Ticket>)> = fx
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Signal { worker, reply, .. } => Some((worker.slot, *reply)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(targets, vec![(1, Some(t))]);
+}
+
+#[test]
+fn shutdown_drains_every_worker_at_once() {
+    let mut h = Harness::new(pool(3));
+    h.feed(Input::Start);
+    h.ready_all(1);
+    let fx = h.term();
+    assert_eq!(drains(&fx).len(), 3);
+    for s in 0..2 {
+        let fx = h.exit_slot(1, s, CLEAN);
+        assert!(exit_code(&fx).is_none());
+    }
+    let fx = h.exit_slot(1, 2, CLEAN);
+    assert_eq!(exit_code(&fx), Some(0));
+}
+
+#[test]
+fn a_batch_whose_first_spawn_failed_is_cancelled() {
+    let mut h = Harness::new(pool(3));
+    h.fail_spawns = 1;
+    let fx = h.feed(Input::Start);
+    // The harness plays a shell that asks before each spawn.
+    let _ = fx;
+    assert!(h.core.live_workers().is_empty());
+    assert!(events(&h.log).contains(&"start_failed"));
 }

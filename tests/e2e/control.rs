@@ -159,6 +159,7 @@ fn status_json_has_a_stable_schema() {
         "notify_dropped",
         "last_good",
         "previous_good",
+        "workers",
         "log_lines_dropped",
     ];
     expected.sort();

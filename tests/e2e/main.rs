@@ -10,6 +10,7 @@ mod hygiene;
 mod lifecycle;
 mod listeners;
 mod notify;
+mod pools;
 mod privileges;
 mod recipes;
 mod reliability_log;
