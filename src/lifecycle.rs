@@ -876,6 +876,7 @@ impl Core {
             waiters: Vec::new(),
             on_spawn: Vec::new(),
             slot_restarts: BTreeMap::new(),
+            last_pid: 0,
         };
         for r in waiters {
             match r {
@@ -975,6 +976,7 @@ impl Core {
         };
         let (origin, gid) = (g.origin, g.id);
         let on_spawn = std::mem::take(&mut g.on_spawn);
+        g.last_pid = pid.as_raw_pid();
         let Some(w) = g.worker_mut(worker) else {
             fx.push(Effect::Kill { worker, pid });
             return;

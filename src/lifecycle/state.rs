@@ -202,6 +202,9 @@ pub(super) struct Generation {
     /// `--no-wait` clients, answered once its first worker has started.
     pub(super) on_spawn: Vec<Ticket>,
     pub(super) slot_restarts: BTreeMap<u32, SlotRestart>,
+    /// The pid of its most recently started worker, for logs once its
+    /// workers are gone.
+    pub(super) last_pid: i32,
 }
 
 impl Generation {
@@ -211,12 +214,13 @@ impl Generation {
         self.workers.iter().any(Worker::present)
     }
 
-    /// The pid of its first live worker (for logs and status).
+    /// The pid of its first live worker, or of the last one that lived
+    /// (for logs and status).
     pub(super) fn pid(&self) -> i32 {
         self.workers
             .iter()
             .find_map(|w| w.pid)
-            .map_or(0, Pid::as_raw_pid)
+            .map_or(self.last_pid, Pid::as_raw_pid)
     }
 
     pub(super) fn live(&self) -> impl Iterator<Item = (WorkerId, Pid)> + '_ {

@@ -12,6 +12,7 @@ mod listeners;
 mod notify;
 mod pools;
 mod privileges;
+mod probation;
 mod recipes;
 mod reliability_log;
 mod rollback;
