@@ -121,6 +121,20 @@ pub enum Command {
         /// Name or number, e.g. USR1 or 10.
         signal: String,
     },
+    /// Print a running hotsup's lifecycle events as JSON lines, as they
+    /// happen, until it exits.
+    ///
+    /// Each line is one object with `event` (its name: spawned, ready,
+    /// draining, drained, upgrade_failed, rolled_back, ...), `ts` and typed
+    /// fields; the same objects `--log-format json` logs. For deploy tools
+    /// and dashboards.
+    Events {
+        #[command(flatten)]
+        target: Target,
+        /// Only these events (repeatable; default: all).
+        #[arg(long = "event", value_name = "NAME")]
+        names: Vec<String>,
+    },
     /// Change the number of worker processes of a running hotsup.
     ///
     /// New workers start from the serving generation's executable; with
@@ -292,6 +306,14 @@ pub struct RunArgs {
     /// default with --user: the user's primary group.
     #[arg(long, value_name = "GROUP", help_heading = "Children")]
     pub group: Option<String>,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g.
+    /// 127.0.0.1:9100): upgrades by outcome, rollbacks, crash and worker
+    /// restarts, the serving generation, time to ready and drain
+    /// durations, dropped log lines and notify datagrams, workers' memory.
+    /// Nothing listens without it.
+    #[arg(long, value_name = "ADDR", help_heading = "Control")]
+    pub metrics: Option<std::net::SocketAddr>,
 
     /// Serve the control socket at PATH (default: see --name).
     #[arg(long, value_name = "PATH", help_heading = "Control")]

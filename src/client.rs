@@ -45,8 +45,12 @@ fn path_of(target: &Target) -> Result<PathBuf, u8> {
     }
 }
 
-/// Sends one request and reads the one-line reply.
-fn call(target: &Target, request: Request, timeout: Option<Duration>) -> Result<Reply, u8> {
+/// Connects to the control socket and sends `request`; the stream is left
+/// for reading the answer.
+fn connect(
+    target: &Target,
+    request: Request,
+) -> Result<(UnixStream, PathBuf, std::io::Result<()>), u8> {
     let path = path_of(target)?;
     let fail = |what: String| {
         logging::report(what);
@@ -77,7 +81,6 @@ fn call(target: &Target, request: Request, timeout: Option<Duration>) -> Result<
             )));
         }
     }
-    let _ = stream.set_read_timeout(timeout);
     let mut line = serde_json::to_vec(&control::Envelope {
         version: control::VERSION,
         request,
@@ -87,6 +90,17 @@ fn call(target: &Target, request: Request, timeout: Option<Duration>) -> Result<
     // A server that refuses the client answers before reading the request,
     // so a failed send may still have a reply waiting.
     let sent = stream.write_all(&line);
+    Ok((stream, path, sent))
+}
+
+/// Sends one request and reads the one-line reply.
+fn call(target: &Target, request: Request, timeout: Option<Duration>) -> Result<Reply, u8> {
+    let fail = |what: String| {
+        logging::report(what);
+        UNREACHABLE
+    };
+    let (stream, path, sent) = connect(target, request)?;
+    let _ = stream.set_read_timeout(timeout);
     let mut reply = String::new();
     let read = BufReader::new(stream).read_line(&mut reply);
     if reply.is_empty() {
@@ -373,6 +387,33 @@ pub fn stop(target: &Target, no_wait: bool) -> u8 {
         ),
         None => say("stopping\n", OK),
     }
+}
+
+/// `hotsup events`: prints lifecycle events as JSON lines as they happen,
+/// until hotsup exits.
+pub fn events(target: &Target, names: Vec<String>) -> u8 {
+    let (stream, path, sent) = match connect(target, Request::Events { names }) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if let Err(e) = sent {
+        logging::report(format_args!("cannot send to {}: {e}", path.display()));
+        return UNREACHABLE;
+    }
+    for line in BufReader::new(stream).lines() {
+        let Ok(line) = line else { break };
+        // A refusal is one reply object, not an event.
+        if let Ok(reply) = serde_json::from_str::<Reply>(&line) {
+            if !reply.ok && reply.error.is_some() {
+                refused(&reply);
+                return REFUSED;
+            }
+        }
+        if say(&format!("{}\n", line), OK) != OK {
+            return FAILED;
+        }
+    }
+    OK
 }
 
 pub fn scale(target: &Target, workers: u32) -> u8 {

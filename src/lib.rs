@@ -14,6 +14,7 @@ pub mod identity;
 pub mod lifecycle;
 pub mod listeners;
 pub mod logging;
+pub mod metrics;
 pub mod notify;
 pub mod pinned;
 pub mod signals;

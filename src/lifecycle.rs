@@ -1788,7 +1788,7 @@ impl Core {
                 pid: p,
                 status,
             })),
-            WState::Draining { .. } => {
+            WState::Draining { since, .. } => {
                 // Exiting by the drain signal, or with 128+signal as JVMs and
                 // Node do when they handle it, is a clean drain.
                 let sig = self.policy.drain_signal;
@@ -1801,6 +1801,7 @@ impl Core {
                     pid: p,
                     status,
                     clean,
+                    drain_ms: ms(now.saturating_duration_since(since)),
                 }));
                 if self.shutdown.is_some() && !clean && self.exit_code == Some(0) {
                     self.exit_code = Some(1);
@@ -1900,6 +1901,7 @@ impl Core {
                 pid,
                 status,
                 clean: status.success(),
+                drain_ms: 0,
             }));
             return;
         }

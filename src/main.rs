@@ -51,6 +51,7 @@ fn main() -> ExitCode {
             signal,
         } => ExitCode::from(client::signal(&target, &signal, worker)),
         Command::Scale { target, workers } => ExitCode::from(client::scale(&target, workers)),
+        Command::Events { target, names } => ExitCode::from(client::events(&target, names)),
     }
 }
 
@@ -209,6 +210,7 @@ fn run(args: RunArgs) -> u8 {
         notify: None,
         child_nofile: original_nofile,
         max_worker_rss: args.max_worker_rss,
+        metrics: None,
         cgroups,
         policy: lifecycle::Policy {
             ready: match args.ready {
@@ -240,6 +242,7 @@ fn run(args: RunArgs) -> u8 {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "hotsup".into())
     });
+    let metrics_addr = args.metrics;
     let explicit_control = args.control.is_some();
     let control_path = args
         .control
@@ -268,12 +271,23 @@ fn run(args: RunArgs) -> u8 {
             ..cfg
         };
         let (control_tx, control_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (feed, _) = tokio::sync::broadcast::channel(control::EVENT_BACKLOG);
+        let metrics = match metrics_addr {
+            None => None,
+            Some(addr) => {
+                let (m, bound) = hotsup::metrics::Metrics::serve(addr)
+                    .map_err(|e| format!("cannot serve --metrics {addr}: {e}"))?;
+                tracing::info!(address = %bound, "metrics");
+                Some(m)
+            }
+        };
+        let cfg = supervisor::Config { metrics, ..cfg };
         // An explicit --control must work; the default one is a convenience
         // that must not stop a supervisor from starting.
         let control = match control::Server::bind(&control_path) {
             Ok(mut server) => {
                 tracing::info!(path = %server.path.display(), "control_socket");
-                server.spawn(control_tx);
+                server.spawn(control_tx, feed.clone());
                 Some(server)
             }
             Err(e) if explicit_control => return Err(e.to_string()),
@@ -282,7 +296,7 @@ fn run(args: RunArgs) -> u8 {
                 None
             }
         };
-        let code = supervisor::Supervisor::new(cfg, outbox, control_rx)
+        let code = supervisor::Supervisor::new(cfg, outbox, control_rx, feed)
             .run()
             .await
             .map_err(|e| format!("cannot install signal handlers: {e}"))?;

@@ -51,6 +51,8 @@ pub struct Config {
     pub child_nofile: Option<u64>,
     /// `--max-worker-rss`, in bytes.
     pub max_worker_rss: Option<u64>,
+    /// `--metrics`: where scrapes find the metrics.
+    pub metrics: Option<crate::metrics::Metrics>,
     /// Where generations get cgroups of their own; process groups only when
     /// `None`.
     pub cgroups: Option<Cgroups>,
@@ -90,6 +92,9 @@ pub struct Supervisor {
     notify_tx: mpsc::Sender<(WorkerId, notify::Parsed)>,
     notify_rx: mpsc::Receiver<(WorkerId, notify::Parsed)>,
     manager: notify::Manager,
+    /// `hotsup events` clients; events are serialized only while one
+    /// listens.
+    feed: control::EventFeed,
     strangers: Arc<notify::Strangers>,
     /// Cgroups of reaped workers that still held processes; removed once
     /// empty.
@@ -102,6 +107,7 @@ impl Supervisor {
         cfg: Config,
         outbox: Outbox,
         control_rx: mpsc::UnboundedReceiver<control::Message>,
+        feed: control::EventFeed,
     ) -> Supervisor {
         let (chan_tx, chan_rx) = mpsc::channel(CHANNEL_QUEUE);
         let (notify_tx, notify_rx) = mpsc::channel(NOTIFY_QUEUE);
@@ -120,6 +126,7 @@ impl Supervisor {
             notify_tx,
             notify_rx,
             manager: notify::Manager::from_env(),
+            feed,
             strangers: Arc::default(),
             emptying: Vec::new(),
             exit: None,
@@ -201,6 +208,9 @@ impl Supervisor {
             if let Some(next) = self.apply(effect) {
                 queue.extend(self.core.handle(now, next));
             }
+        }
+        if self.cfg.metrics.is_some() {
+            self.publish_metrics(now);
         }
     }
 
@@ -322,6 +332,14 @@ impl Supervisor {
             }
             Effect::Emit(ev) => {
                 crate::events::log(&ev);
+                if let Some(m) = &self.cfg.metrics {
+                    m.observe(&ev);
+                }
+                if self.feed.receiver_count() > 0 {
+                    if let Some(line) = crate::events::feed_line(&ev) {
+                        let _ = self.feed.send(line);
+                    }
+                }
                 None
             }
             Effect::Exit(code) => {
@@ -552,6 +570,35 @@ impl Supervisor {
         self.feed(Input::Worker { worker, event });
     }
 
+    /// What `--metrics` scrapes see of the present.
+    fn publish_metrics(&self, now: std::time::Instant) {
+        let Some(m) = &self.cfg.metrics else { return };
+        let snap = self.core.snapshot(now);
+        let serving = snap
+            .generations
+            .iter()
+            .find(|g| matches!(g.phase, "serving" | "probation"));
+        m.publish(crate::metrics::Present {
+            generation: serving.map_or(0, |g| g.id),
+            draining: snap
+                .generations
+                .iter()
+                .filter(|g| g.phase == "draining")
+                .count() as u64,
+            workers: serving
+                .map(|g| {
+                    g.workers
+                        .iter()
+                        .filter_map(|w| w.pid.map(|p| (w.id.slot, p)))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            log_lines_dropped: crate::logging::dropped_lines(),
+            notify_dropped: self.strangers.total(),
+            counters: snap.counters,
+        });
+    }
+
     /// Replaces the workers whose resident memory is above
     /// `--max-worker-rss`.
     fn check_rss(&mut self) {
@@ -696,6 +743,12 @@ impl Supervisor {
                     });
                 }
             },
+            // Served by the control socket itself, from the event feed.
+            Request::Events { .. } => {
+                let _ = m
+                    .reply
+                    .send(Reply::error("events are streamed, not answered"));
+            }
             Request::Scale { workers } => {
                 let t = self.ticket(m.reply);
                 self.feed(Input::Scale {
@@ -796,7 +849,7 @@ impl Supervisor {
 }
 
 /// Resident memory of `pid`, from its `VmRSS` (one small read).
-fn rss_bytes(pid: i32) -> Option<u64> {
+pub fn rss_bytes(pid: i32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kib: u64 = status
         .lines()

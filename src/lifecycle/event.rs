@@ -266,6 +266,8 @@ pub enum Event {
         pid: i32,
         status: ExitInfo,
         clean: bool,
+        /// From the drain request to the exit.
+        drain_ms: u64,
     },
     Killed {
         generation: u64,

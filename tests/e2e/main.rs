@@ -10,6 +10,7 @@ mod hygiene;
 mod lifecycle;
 mod listeners;
 mod notify;
+mod observe;
 mod pools;
 mod privileges;
 mod probation;
