@@ -307,6 +307,14 @@ pub struct RunArgs {
     #[arg(long, value_name = "GROUP", help_heading = "Children")]
     pub group: Option<String>,
 
+    /// After a new worker's readiness signal (--ready), wait DURATION more
+    /// before it counts as ready: for apps, such as gunicorn under --fds
+    /// systemd, that say READY before their workers can serve. The
+    /// signal comes first, then the settle time; both must happen within
+    /// --ready-timeout.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Children")]
+    pub ready_settle: Option<Duration>,
+
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g.
     /// 127.0.0.1:9100): upgrades by outcome, rollbacks, crash and worker
     /// restarts, the serving generation, time to ready and drain

@@ -201,6 +201,12 @@ pub fn log(ev: &Event) {
             why,
         } => at!(generation, slot, pid, why = %why, "recycling"),
         Event::Scaled { from, to } => at!(from, to, "scaled"),
+        Event::ProbeFailed {
+            generation,
+            slot,
+            pid,
+            detail,
+        } => at!(generation, slot, pid, detail = %detail, "probe_failed"),
         Event::ShutdownBegan { source, forced } => {
             at!(source = %source.describe(), forced, "shutdown_began")
         }

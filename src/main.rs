@@ -229,6 +229,8 @@ fn run(args: RunArgs) -> u8 {
             max_draining: usize::from(args.max_draining),
             probation: args.probation,
             start_attempts: args.start_attempts,
+            ready_settle: args.ready_settle,
+            ready_probe: false,
             workers: args.workers,
             rollout_batch: args.rollout_batch,
             canary: args.canary,

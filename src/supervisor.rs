@@ -246,6 +246,7 @@ impl Supervisor {
                         event: WorkerEvent::ResumeFailed(e),
                     })
             }
+            Effect::Probe { worker, pid } => Some(self.probe(worker, pid)),
             Effect::Kill { worker, pid } => {
                 kill_group(pid, Signal::KILL);
                 if let Some(cg) = self.workers.get(&worker).and_then(|w| w.cgroup.as_ref()) {
@@ -568,6 +569,16 @@ impl Supervisor {
             }
         };
         self.feed(Input::Worker { worker, event });
+    }
+
+    /// Starts `--ready-probe` for a worker.
+    fn probe(&mut self, worker: WorkerId, pid: Pid) -> Input {
+        let _ = pid;
+        Input::ProbeDone {
+            worker,
+            ok: false,
+            detail: "no --ready-probe command".into(),
+        }
     }
 
     /// What `--metrics` scrapes see of the present.

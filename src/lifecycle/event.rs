@@ -183,6 +183,13 @@ pub enum Event {
         pid: i32,
         failure: FailureReason,
     },
+    /// A `--ready-probe` run failed; it is tried again.
+    ProbeFailed {
+        generation: u64,
+        slot: u32,
+        pid: i32,
+        detail: String,
+    },
     SlotRestartScheduled {
         generation: u64,
         slot: u32,
@@ -371,6 +378,7 @@ impl Event {
             Event::WorkerPaused { .. } => "worker_paused",
             Event::WorkerFailed { .. } => "worker_failed",
             Event::SlotRestartScheduled { .. } => "slot_restart_scheduled",
+            Event::ProbeFailed { .. } => "probe_failed",
             Event::Recycling { .. } => "recycling",
             Event::Scaled { .. } => "scaled",
             Event::ProbationStarted { .. } => "probation_started",
