@@ -4,6 +4,7 @@
 mod bad_input;
 mod containment;
 mod control;
+mod exec_env;
 mod faults;
 mod hygiene;
 mod lifecycle;
