@@ -11,6 +11,7 @@ mod lifecycle;
 mod listeners;
 mod notify;
 mod privileges;
+mod recipes;
 mod reliability_log;
 mod rollback;
 mod systemd;
