@@ -13,7 +13,7 @@ keeps its kept-alive connections open for a moment and answers a request
 that arrives on one with "Connection: close", rather than closing them
 under a client that is sending. Nothing else is needed for the drain: keep
 graceful_timeout below hotsup's --drain-timeout. Older gunicorn closes those
-connections under the client (42 failed requests in 10 upgrades with 26.0.0,
+connections under the client (40 failed requests in 10 upgrades with 26.0.0,
 see the README): there, keep-alive is turned off instead, so that every
 response says "Connection: close".
 """
