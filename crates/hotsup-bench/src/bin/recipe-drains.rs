@@ -340,9 +340,7 @@ impl Supervised {
         let matches = |l: &str| {
             let toks: Vec<&str> = l.split_whitespace().collect();
             toks.get(2).is_some_and(|e| events.contains(e))
-                && gen_field
-                    .as_deref()
-                    .is_none_or(|f| toks.contains(&f))
+                && gen_field.as_deref().is_none_or(|f| toks.contains(&f))
         };
         if let Some(l) = self.log.iter().find(|l| matches(l)) {
             return Ok(l.clone());
