@@ -322,6 +322,39 @@ pub struct RunArgs {
     /// Nothing listens without it.
     #[arg(long, value_name = "ADDR", help_heading = "Control")]
     pub metrics: Option<std::net::SocketAddr>,
+    /// Working directory of the children, entered as --user if given.
+    /// COMMAND is still found from hotsup's own directory and PATH.
+    #[arg(long, value_name = "DIR", help_heading = "Children")]
+    pub chdir: Option<std::path::PathBuf>,
+
+    /// Set KEY=VALUE in the children's environment. Repeatable; overrides
+    /// --env-file. hotsup's own variables (NOTIFY_SOCKET, LISTEN_*,
+    /// WATCHDOG_*, HOTSUP_*) are refused.
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = crate::exec_env::parse_assignment, help_heading = "Children")]
+    pub env: Vec<(String, String)>,
+
+    /// Read KEY=VALUE lines from FILE, in systemd's EnvironmentFile=
+    /// syntax, once at start-up. Repeatable: a later file overrides an
+    /// earlier one. -FILE ignores a missing file.
+    #[arg(
+        long = "env-file",
+        value_name = "FILE",
+        allow_hyphen_values = true,
+        help_heading = "Children"
+    )]
+    pub env_file: Vec<OsString>,
+
+    /// File mode creation mask of the children, in octal (e.g. 027).
+    #[arg(long, value_name = "MODE", value_parser = crate::exec_env::parse_umask, help_heading = "Children")]
+    pub umask: Option<u32>,
+
+    /// Resource limit of the children, repeatable: NAME=SOFT[:HARD], NAME
+    /// as prlimit or systemd spell it (nofile, LimitNOFILE, core, as, ...),
+    /// values a number or infinity; one value sets both. An explicit
+    /// nofile replaces hotsup's restoring of the soft limit it started
+    /// with.
+    #[arg(long = "rlimit", value_name = "NAME=SOFT[:HARD]", value_parser = crate::exec_env::parse_rlimit, help_heading = "Children")]
+    pub rlimit: Vec<crate::exec_env::Limit>,
 
     /// Serve the control socket at PATH (default: see --name).
     #[arg(long, value_name = "PATH", help_heading = "Control")]

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod client;
 pub mod control;
 pub mod events;
+pub mod exec_env;
 pub mod handoff;
 pub mod identity;
 pub mod lifecycle;

@@ -10,7 +10,8 @@ use clap::Parser;
 use hotsup::cli::{self, Cli, Command, RunArgs};
 use hotsup::listeners::{self, BindOptions};
 use hotsup::{
-    child, client, control, handoff, identity, lifecycle, logging, notify, signals, supervisor,
+    child, client, control, exec_env, handoff, identity, lifecycle, logging, notify, signals,
+    supervisor,
 };
 
 const EXIT_RUNTIME: u8 = 1;
@@ -150,6 +151,20 @@ fn run(args: RunArgs) -> u8 {
         Ok(id) => id,
         Err(e) => return usage(e),
     };
+    let exec = match exec_env::build(
+        &exec_env::Given {
+            chdir: args.chdir.as_deref(),
+            env: &args.env,
+            env_files: &args.env_file,
+            umask: args.umask,
+            rlimits: &args.rlimit,
+        },
+        identity.as_ref(),
+        adopted.len() + args.listen.len(),
+    ) {
+        Ok(e) => e,
+        Err(e) => return usage(e),
+    };
     if let cli::ReadyMode::Delay(d) = args.ready {
         if d >= args.ready_timeout {
             return usage(format!(
@@ -158,6 +173,22 @@ fn run(args: RunArgs) -> u8 {
                 humantime::format_duration(args.ready_timeout)
             ));
         }
+    }
+    // Logged once every check passed, so that a usage error stays one line.
+    if let Some(id) = &identity {
+        tracing::info!("children run as {} ({})", id.describe(), id.given);
+    }
+    if !exec.is_empty() {
+        // Names only: values may be secrets.
+        let names: Vec<&str> = exec.env.keys().map(String::as_str).collect();
+        let limits: Vec<String> = exec.rlimits.iter().map(ToString::to_string).collect();
+        tracing::info!(
+            chdir = exec.chdir.as_ref().map(|d| d.display().to_string()),
+            env = names.join(","),
+            umask = exec.umask.map(|m| format!("{m:03o}")),
+            rlimits = limits.join(" "),
+            "exec_env"
+        );
     }
     let original_nofile = raise_nofile_limit();
     let opts = BindOptions {
@@ -237,6 +268,7 @@ fn run(args: RunArgs) -> u8 {
             max_worker_age: args.max_worker_age,
         },
         identity,
+        exec,
     };
     let name = args.name.clone().unwrap_or_else(|| {
         std::path::Path::new(program)
@@ -344,7 +376,6 @@ fn resolve_identity(args: &RunArgs) -> Result<Option<identity::Identity>, String
             ));
         }
     }
-    tracing::info!("children run as {} ({})", id.describe(), id.given);
     Ok(Some(id))
 }
 

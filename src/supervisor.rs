@@ -59,6 +59,8 @@ pub struct Config {
     pub policy: Policy,
     /// `--user`/`--group`: the credentials children run with.
     pub identity: Option<crate::identity::Identity>,
+    /// `--chdir`, `--env`, `--env-file`, `--umask`, `--rlimit`.
+    pub exec: crate::exec_env::ExecEnv,
 }
 
 /// A live worker's resources.
@@ -432,6 +434,7 @@ impl Supervisor {
                 Fds::Systemd => Pass::Systemd(&self.outbox.listeners),
             },
             identity: self.cfg.identity.as_ref(),
+            exec: &self.cfg.exec,
         };
         let spawned = child::spawn(&spec);
         drop(enter);

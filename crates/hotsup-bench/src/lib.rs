@@ -6,6 +6,7 @@
 
 pub mod http;
 pub mod loadgen;
+pub mod recipes;
 
 pub use http::{Connection, Failure, FailureKind, Identity, Response, request_once};
 pub use loadgen::{
