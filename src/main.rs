@@ -56,7 +56,9 @@ fn generate(what: cli::Generate) -> u8 {
     let mut cmd = Cli::command();
     match what {
         cli::Generate::Man { dir } => {
-            cmd.build();
+            // One page per visible subcommand. clap_mangen leaves out the
+            // `help` subcommand only if the command is not built yet: built,
+            // it got pages for `help` and each `help SUBCOMMAND`.
             if let Err(e) = clap_mangen::generate_to(cmd, &dir) {
                 return runtime_failure(format!(
                     "cannot write man pages to {}: {e}",

@@ -9,6 +9,7 @@ mod hygiene;
 mod lifecycle;
 mod listeners;
 mod notify;
+mod packaging;
 mod privileges;
 mod reliability_log;
 mod rollback;

@@ -688,9 +688,15 @@ pub fn root_or_skip(test: &str, why: &str) -> bool {
     if rustix::process::geteuid().is_root() {
         return true;
     }
+    skip(test, why);
+    false
+}
+
+/// Says that `test` (or a part of it) is skipped, and why, on stderr past
+/// libtest's capture, so a skip is never a silent pass.
+pub fn skip(test: &str, why: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
-    false
 }
 
 /// A field of `/proc/PID/status`, such as `Uid` or `SigIgn`, trimmed.
