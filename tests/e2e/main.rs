@@ -13,6 +13,8 @@ mod packaging;
 mod privileges;
 mod reliability_log;
 mod rollback;
+mod sysd;
 mod systemd;
+mod systemd_real;
 mod upgrade;
 mod util;
