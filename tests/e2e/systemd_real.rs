@@ -272,22 +272,9 @@ fn the_watchdog_is_fed_and_a_frozen_hotsup_is_restarted() {
 }
 
 #[test]
-fn notify_reload_drop_in_reloads_by_signal() {
-    let test = "notify_reload_drop_in_reloads_by_signal";
-    match crate::packaging::systemd_version() {
-        Some(v) if v >= 253 => {}
-        v => {
-            crate::util::skip(
-                test,
-                &format!(
-                    "systemd {} has no Type=notify-reload (253 and later)",
-                    v.map_or("?".to_string(), |v| v.to_string())
-                ),
-            );
-            return;
-        }
-    }
-    let Some(g) = started(test, |stage| {
+fn notify_reload_drop_in_reloads_by_signal_and_cannot_fail_the_reload() {
+    let test = "notify_reload_drop_in_reloads_by_signal_and_cannot_fail_the_reload";
+    let Some(g) = sysd::boot(test, |stage| {
         let dropin = std::fs::read_to_string(
             std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("packaging/systemd/notify-reload.conf"),
@@ -301,14 +288,37 @@ fn notify_reload_drop_in_reloads_by_signal() {
     }) else {
         return;
     };
+    let version = g.version();
+    if version < 253 {
+        crate::util::skip(
+            test,
+            &format!(
+                "systemd {version} has no Type=notify-reload (253 and later; see \
+                 HOTSUP_E2E_SYSTEMD_ROOT in tests/e2e/sysd to run a newer one)"
+            ),
+        );
+        return;
+    }
+    g.ok(&["start", UNIT]);
     assert_eq!(g.show(UNIT, "Type"), "notify-reload");
+    assert_eq!(g.show(UNIT, "ExecReload"), "");
     let main = g.main_pid(UNIT);
+    // A slow readiness: the reload still ends only once generation 2 serves.
+    g.write("/etc/app/delay", "1500");
     g.ok(&["reload", UNIT]);
-    assert_eq!(serving(&g), 2);
+    let status = g.status();
+    assert_eq!(status["serving"]["generation"], json!(2), "{status}");
+    assert_eq!(status["starting"], json!(null), "{status}");
     // The caveat: a failed upgrade is a successful reload here.
     g.write("/etc/app/mode", "crash");
     g.ok(&["reload", UNIT]);
-    assert_eq!(serving(&g), 2);
-    assert_eq!(g.status()["last_upgrade"]["result"], json!("failed"));
+    let status = g.status();
+    assert_eq!(status["serving"]["generation"], json!(2), "{status}");
+    assert_eq!(
+        status["last_upgrade"]["result"],
+        json!("failed"),
+        "{status}"
+    );
     assert_eq!(g.main_pid(UNIT), main);
+    assert_eq!(g.show(UNIT, "ActiveState"), "active");
 }

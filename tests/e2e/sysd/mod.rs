@@ -34,6 +34,20 @@
 //! first, `unshare` gets SIGKILL (parent-death signal) and takes the guest
 //! with it (`--kill-child`).
 //!
+//! # Another systemd
+//!
+//! `HOTSUP_E2E_SYSTEMD_ROOT=DIR` copies DIR over the guest's `/` before it
+//! boots: a newer systemd unpacked there (with merged-/usr paths), from
+//! Debian's backports say, then runs in the guest instead of the host's.
+//! That is how the `Type=notify-reload` drop-in (systemd 253 and later) is
+//! tested on a host that has 252:
+//!
+//! ```text
+//! apt-get download systemd/bookworm-backports libsystemd-shared/bookworm-backports libsystemd0/bookworm-backports
+//! for d in *.deb; do dpkg-deb -x "$d" root; done   # then move bin, lib to usr/
+//! HOTSUP_E2E_SYSTEMD_ROOT=$PWD/root cargo test --test e2e systemd_real
+//! ```
+//!
 //! # When it cannot boot
 //!
 //! Not root, no `unshare`/`nsenter`/`pivot_root`, no systemd, no cgroup2 or
@@ -53,10 +67,11 @@ use std::time::{Duration, Instant};
 use crate::util::{Stream, WAIT, example, hotsup_bin, output_bounded, tempdir, text};
 
 /// PID 1's script before it becomes systemd. `$1`: the tmpfs mount point;
-/// `$2`: the staged files; `$3`: hotsup; `$4`: testchild.
+/// `$2`: the staged files; `$3`: hotsup; `$4`: testchild; `$5`: another
+/// systemd to copy in, or empty.
 const BOOT: &str = r#"
 set -eu
-base=$1 stage=$2 hotsup=$3 app=$4
+base=$1 stage=$2 hotsup=$3 app=$4 systemd_root=$5
 mount -t tmpfs -o mode=0755 tmpfs "$base"
 mkdir "$base/upper" "$base/work" "$base/root"
 mount -t overlay overlay -o "lowerdir=/,upperdir=$base/upper,workdir=$base/work" "$base/root"
@@ -77,6 +92,7 @@ mkdir "$R/dev/pts" "$R/dev/shm"
 mount -t devpts -o newinstance,ptmxmode=0666,mode=620 devpts "$R/dev/pts"
 ln -s pts/ptmx "$R/dev/ptmx"
 mount -t tmpfs -o mode=1777 tmpfs "$R/dev/shm"
+if [ -n "$systemd_root" ]; then cp -a "$systemd_root/." "$R/"; fi
 cp -a "$stage/." "$R/"
 install -m 755 "$hotsup" "$R/usr/bin/hotsup"
 install -m 755 "$app" "$R/usr/local/bin/testchild"
@@ -301,6 +317,7 @@ pub fn boot(test: &str, stage: impl FnOnce(&Stage)) -> Option<Guest> {
         .arg(&staged.dir)
         .arg(hotsup_bin())
         .arg(example("testchild"))
+        .arg(std::env::var_os("HOTSUP_E2E_SYSTEMD_ROOT").unwrap_or_default())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -386,6 +403,16 @@ impl Guest {
             .env("SYSTEMD_PAGER", "")
             .env("SYSTEMD_COLORS", "0");
         output_bounded(cmd)
+    }
+
+    /// The guest's systemd version (252 for `systemd 252 (252.38-1~deb12u1)`).
+    pub fn version(&self) -> u32 {
+        let out = self.systemctl(&["--version"]);
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("systemctl --version: {}", text(&out)))
     }
 
     pub fn systemctl(&self, args: &[&str]) -> Output {
