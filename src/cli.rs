@@ -52,16 +52,20 @@ pub const CLIENT_EXIT_CODES: &str = "\
 Exit codes:
   0  the new generation serves (probation passed, if any)
   1  it failed before it was ready; the previous generation serves on
-  2  usage error
+  2  usage error, or several hotsups run and neither --name nor --control
+     picks one
   3  it was rolled back after it was ready
   4  refused: hotsup began shutting down, or there is nothing to roll back
-  5  hotsup cannot be reached (no control socket, or a bad reply)
+  5  hotsup cannot be reached (none runs, no control socket, or a bad reply)
   6  --timeout ran out before the outcome (the upgrade goes on)";
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Bind the listeners and run COMMAND under supervision.
-    #[command(after_help = RUN_HELP)]
+    #[command(
+        after_help = RUN_HELP,
+        override_usage = "hotsup run [OPTIONS] [--] <COMMAND> [ARGS]..."
+    )]
     Run(Box<RunArgs>),
     /// Upgrade a running hotsup and wait for the outcome.
     ///
@@ -170,6 +174,8 @@ pub struct Target {
     pub control: Option<std::path::PathBuf>,
     /// The name given to `hotsup run --name` (by default, the file name of
     /// its COMMAND); the socket is found at the default path for it.
+    /// Without --name or --control: the only hotsup of this user that is
+    /// running (with a live socket in the default directory).
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
 }
@@ -212,13 +218,17 @@ const RUN_HELP: &str = "\
 Signals:
   SIGUSR2, SIGHUP   upgrade: start a new generation, drain the old one when
                     the new one is ready
-  SIGTERM, SIGINT   graceful shutdown; a second one kills at once
-  SIGQUIT, SIGUSR1  forwarded to the serving child
+  SIGTERM, SIGINT,  graceful shutdown; a second one kills at once. SIGQUIT
+  SIGQUIT           stops gracefully, as for nginx, instead of reaching the
+                    app (a Go app dies of it with a goroutine dump, and would
+                    be restarted as a crash); `hotsup signal QUIT` sends it
+  SIGUSR1           forwarded to the serving child
 
 Examples:
   hotsup run -l 127.0.0.1:8080 -- ./server
   hotsup run -l http=[::]:80 -l admin=unix:/run/app.sock --unix-mode 660 -- ./server --flag
-  kill -USR2 $(pidof hotsup)
+  hotsup upgrade                 # from another terminal: upgrade and wait
+  hotsup upgrade --name server   # the same, when several hotsups run
 
 Exit codes:
   0  clean exit, 1  runtime failure, 2  usage error, or the child's own code
@@ -251,8 +261,10 @@ pub struct RunArgs {
     /// Listen on ADDR, optionally naming it: HOST:PORT, [V6]:PORT,
     /// tcp://HOST:PORT, udp://HOST:PORT or unix:/path. Repeatable. Port 0
     /// picks a free port; the bound address is logged and passed to the
-    /// child. Unnamed listeners are named after kind and position: tcp0,
-    /// udp1, unix2, ...
+    /// child. A HOST with several addresses (localhost: 127.0.0.1, ::1)
+    /// binds the first one, with a warning naming the others; give one
+    /// --listen per address to serve them all. Unnamed listeners are named
+    /// after kind and position: tcp0, udp1, unix2, ...
     #[arg(
         short,
         long = "listen",
@@ -361,8 +373,9 @@ pub struct RunArgs {
     pub control: Option<std::path::PathBuf>,
 
     /// Name of this supervisor, for the default control socket
-    /// $XDG_RUNTIME_DIR/hotsup/NAME.sock (/run/hotsup/NAME.sock for root).
-    /// Default: the file name of COMMAND.
+    /// $XDG_RUNTIME_DIR/hotsup/NAME.sock (/run/hotsup/NAME.sock for root;
+    /// $HOTSUP_RUNTIME_DIR/NAME.sock when that is set). Default: the file
+    /// name of COMMAND.
     #[arg(long, value_name = "NAME", help_heading = "Control")]
     pub name: Option<String>,
 
@@ -446,9 +459,16 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 3, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), help_heading = "Lifecycle")]
     pub start_attempts: u32,
 
-    /// The server to run, and its arguments. It is looked up in PATH again
-    /// at every upgrade, so a binary replaced in place is picked up.
-    #[arg(trailing_var_arg = true, value_name = "COMMAND", num_args = 0..)]
+    /// The server to run, and its arguments. Everything from COMMAND on is
+    /// the server's: hotsup's own options go before it. It is looked up in
+    /// PATH again at every upgrade, so a binary replaced in place is picked
+    /// up.
+    #[arg(
+        trailing_var_arg = true,
+        value_name = "COMMAND",
+        num_args = 1..,
+        required = true
+    )]
     pub command: Vec<OsString>,
 }
 
@@ -483,8 +503,17 @@ const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Parses `500ms`, `2s`, `1m`, `1h 30m`; zero and more than a year are
 /// refused.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s.trim())
-        .map_err(|e| format!("{e} (write durations like 500ms, 2s or 1m)"))?;
+    let d = humantime::parse_duration(s.trim()).map_err(|e| match e {
+        // humantime's own message for a bare number already suggests units:
+        // say it once, in the spelling hotsup documents.
+        humantime::DurationError::UnknownUnit { unit, value, .. } if unit.is_empty() => {
+            format!("a unit is needed, for example {value}s or {value}ms")
+        }
+        humantime::DurationError::UnknownUnit { unit, .. } => {
+            format!("unknown unit {unit:?} (write durations like 500ms, 2s, 1m or 1h)")
+        }
+        e => format!("{e} (write durations like 500ms, 2s or 1m)"),
+    })?;
     if d.is_zero() {
         return Err("must be longer than zero".into());
     }
@@ -523,6 +552,14 @@ mod tests {
         assert!(parse_duration("5").is_err());
         assert!(parse_duration("9223372036854775807s").is_err());
         assert!(parse_duration("366d").is_err());
+    }
+
+    #[test]
+    fn a_missing_unit_is_reported_once() {
+        let e = parse_duration("30").unwrap_err();
+        assert_eq!(e, "a unit is needed, for example 30s or 30ms");
+        let e = parse_duration("3 parsecs").unwrap_err();
+        assert_eq!(e.matches("unit").count(), 1, "{e}");
     }
 
     #[test]

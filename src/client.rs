@@ -1,7 +1,8 @@
 //! The client subcommands: `hotsup upgrade|status|stop|signal`.
 //!
-//! Exit codes: 0 success; 1 the operation failed; 2 usage (no --control or
-//! --name); 5 hotsup cannot be reached. `upgrade` and `rollback` tell their
+//! Exit codes: 0 success; 1 the operation failed; 2 usage (several
+//! supervisors run and neither --control nor --name picks one); 5 hotsup
+//! cannot be reached (none runs). `upgrade` and `rollback` tell their
 //! outcomes apart: 1 failed before ready, 3 rolled back after ready,
 //! 4 refused or superseded, 6 gave up waiting (see
 //! [`crate::cli::CLIENT_EXIT_CODES`]). A reader of stdout that went away
@@ -36,10 +37,39 @@ fn path_of(target: &Target) -> Result<PathBuf, u8> {
     match (&target.control, &target.name) {
         (Some(p), _) => Ok(p.clone()),
         (None, Some(n)) => Ok(control::default_path(n)),
-        (None, None) => {
-            logging::report(
-                "give --control PATH or --name NAME (the name hotsup run was given, by default its COMMAND's file name)",
+        (None, None) => the_only_one(&control::default_dir()),
+    }
+}
+
+/// Without --name or --control: the control socket of the only supervisor
+/// of this user that is running, found by its live socket in the default
+/// directory. Several: they are listed, and the choice is the user's.
+fn the_only_one(dir: &std::path::Path) -> Result<PathBuf, u8> {
+    let live = control::live_sockets(dir);
+    match live.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => {
+            logging::report(format_args!(
+                "no hotsup is running here: no live control socket in {} (give --control PATH for one elsewhere)",
+                dir.display()
+            ));
+            Err(UNREACHABLE)
+        }
+        several => {
+            let mut msg = format!(
+                "{} hotsups are running; choose one with --name NAME:",
+                several.len()
             );
+            for p in several {
+                let name = p.file_stem().unwrap_or_default().to_string_lossy();
+                let _ = write!(
+                    msg,
+                    "\n  {:<16} {}",
+                    clean(&name),
+                    clean(&p.display().to_string())
+                );
+            }
+            logging::report(msg);
             Err(USAGE)
         }
     }
@@ -303,6 +333,11 @@ fn status_text(s: &control::Status) -> String {
                     .unwrap_or_default()
             );
         }
+        // No generation was ever good: the starts are failing (or the
+        // first one is under way), which is not an upgrade failing.
+        None if s.last_good.is_none() => {
+            out.push_str("serving:  nothing: no start has succeeded yet\n");
+        }
         None => out.push_str("serving:  nothing\n"),
     }
     if let Some(g) = &s.standby {
@@ -360,9 +395,10 @@ fn status_text(s: &control::Status) -> String {
         ),
         None => writeln!(out, "last upgrade: none"),
     };
+    // A failed start is restarted too: "crash" would not fit it.
     let _ = writeln!(
         out,
-        "upgrades: {} ready, {} failed, {} rolled back; crash restarts: {}",
+        "upgrades: {} ready, {} failed, {} rolled back; restarts: {}",
         s.upgrades.ready, s.upgrades.failed, s.upgrades.rolled_back, s.restarts
     );
     if let Some(p) = &s.last_good {

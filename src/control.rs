@@ -317,17 +317,67 @@ pub enum ControlError {
     Io { path: String, source: io::Error },
 }
 
-/// The default control socket for `name`: `/run/hotsup/NAME.sock` for root,
-/// `$XDG_RUNTIME_DIR/hotsup/NAME.sock` for other users, or
-/// `$TMPDIR/hotsup-UID/NAME.sock` when `XDG_RUNTIME_DIR` is unset.
+/// The default control socket for `name`: `NAME.sock` in [`default_dir`].
 pub fn default_path(name: &str) -> PathBuf {
+    default_dir().join(format!("{name}.sock"))
+}
+
+/// Where default control sockets live: `$HOTSUP_RUNTIME_DIR` when set (for
+/// containers and tests that want their own), else `/run/hotsup` for root,
+/// `$XDG_RUNTIME_DIR/hotsup` for other users, or `$TMPDIR/hotsup-UID` when
+/// `XDG_RUNTIME_DIR` is unset.
+pub fn default_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("HOTSUP_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
     let root = rustix::process::geteuid().is_root();
-    let base = match std::env::var_os("XDG_RUNTIME_DIR") {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
         Some(dir) if !root && !dir.is_empty() => PathBuf::from(dir).join("hotsup"),
         _ if root => PathBuf::from("/run/hotsup"),
         _ => std::env::temp_dir().join(format!("hotsup-{}", rustix::process::geteuid().as_raw())),
+    }
+}
+
+/// The control sockets in `dir` that a live process accepts on, sorted:
+/// the running supervisors, whatever stale files their dead predecessors
+/// left. Each is probed with a non-blocking connect, so a supervisor that
+/// does not accept (its backlog full) still counts and never blocks the
+/// caller.
+pub fn live_sockets(dir: &Path) -> Vec<PathBuf> {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
     };
-    base.join(format!("{name}.sock"))
+    let mut live: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_socket()))
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "sock") && accepts(p))
+        .collect();
+    live.sort();
+    live
+}
+
+/// Whether a process listens on the Unix socket at `path`.
+fn accepts(path: &Path) -> bool {
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    let Ok(addr) = SocketAddrUnix::new(path) else {
+        return false;
+    };
+    let Ok(fd) = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+        None,
+    ) else {
+        return false;
+    };
+    // EAGAIN: the backlog is full, so someone listens. ECONNREFUSED: a
+    // stale file.
+    matches!(
+        rustix::net::connect(&fd, &addr),
+        Ok(()) | Err(rustix::io::Errno::AGAIN)
+    )
 }
 
 /// A directory another user controls could swap the socket file under us

@@ -440,10 +440,19 @@ fn bind_one(spec: &ListenSpec, name: String, opts: &BindOptions) -> Result<Liste
     };
     let (socket, address, owned_path) = match &spec.address {
         Address::Tcp(hp) | Address::Udp(hp) => {
-            let addr = resolve(hp).map_err(|source| BindError::Resolve {
+            let (addr, others) = resolve(hp).map_err(|source| BindError::Resolve {
                 spec: spec.raw.clone(),
                 source,
             })?;
+            if !others.is_empty() {
+                let others: Vec<String> = others.iter().map(ToString::to_string).collect();
+                tracing::warn!(
+                    listen = %spec.raw,
+                    bound = %addr,
+                    not_bound = %others.join(" "),
+                    "several_addresses"
+                );
+            }
             let tcp = matches!(spec.address, Address::Tcp(_));
             let (ty, proto) = if tcp {
                 (Type::STREAM, Protocol::TCP)
@@ -520,14 +529,32 @@ fn bind_one(spec: &ListenSpec, name: String, opts: &BindOptions) -> Result<Liste
     })
 }
 
-fn resolve(host_port: &str) -> io::Result<SocketAddr> {
+/// The address a listener binds, and the others its host name resolves to.
+///
+/// One `--listen` is one socket, which the app takes by its name: a host
+/// name with several addresses (`localhost`: 127.0.0.1 and ::1) cannot
+/// become several sockets under one name. hotsup binds the first address
+/// the resolver returns (its preferred order) and the caller says which
+/// were left out; a `--listen` per address serves them all.
+fn resolve(host_port: &str) -> io::Result<(SocketAddr, Vec<SocketAddr>)> {
     if let Ok(a) = host_port.parse::<SocketAddr>() {
-        return Ok(a);
+        return Ok((a, Vec::new()));
     }
-    host_port
-        .to_socket_addrs()?
-        .next()
+    pick(host_port.to_socket_addrs()?)
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "host name has no address"))
+}
+
+/// The first address, and the other distinct ones in order.
+fn pick(addrs: impl Iterator<Item = SocketAddr>) -> Option<(SocketAddr, Vec<SocketAddr>)> {
+    let mut addrs = addrs;
+    let first = addrs.next()?;
+    let mut others: Vec<SocketAddr> = Vec::new();
+    for a in addrs {
+        if a != first && !others.contains(&a) {
+            others.push(a);
+        }
+    }
+    Some((first, others))
 }
 
 /// Removes a socket file left by a dead process. A file that some process
@@ -647,6 +674,15 @@ mod tests {
             p(&format!("unix:/{}", "a".repeat(200))),
             Err(SpecError::PathTooLong(_))
         ));
+    }
+
+    #[test]
+    fn a_host_name_binds_its_first_address_and_names_the_others() {
+        let v4: SocketAddr = "127.0.0.1:80".parse().unwrap();
+        let v6: SocketAddr = "[::1]:80".parse().unwrap();
+        assert_eq!(pick([v6, v4, v6, v4].into_iter()), Some((v6, vec![v4])));
+        assert_eq!(pick([v4].into_iter()), Some((v4, vec![])));
+        assert_eq!(pick(std::iter::empty()), None);
     }
 
     #[test]

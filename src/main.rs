@@ -25,14 +25,15 @@ fn main() -> ExitCode {
         child::exec_listen_pid(&argv[2..]);
     }
     close_inherited_fds_on_exec();
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_from(&argv) {
         Ok(cli) => cli,
-        Err(e) => return ExitCode::from(usage_error(e)),
+        Err(e) => return ExitCode::from(usage_error(e, &argv)),
     };
     match cli.command {
         Command::Run(args) => {
             let log = logging::init(cli.verbose, cli.quiet, cli.log_format);
-            let code = run(*args);
+            let separated = separated_by_dashes(&argv, &args.command);
+            let code = run(*args, separated);
             // Writes what is still queued, `exiting` included.
             drop(log);
             ExitCode::from(code)
@@ -62,7 +63,9 @@ fn generate(what: cli::Generate) -> u8 {
     let mut cmd = Cli::command();
     match what {
         cli::Generate::Man { dir } => {
-            cmd.build();
+            // One page per visible subcommand. clap_mangen leaves out the
+            // `help` subcommand only if the command is not built yet: built,
+            // it got pages for `help` and each `help SUBCOMMAND`.
             if let Err(e) = clap_mangen::generate_to(cmd, &dir) {
                 return runtime_failure(format!(
                     "cannot write man pages to {}: {e}",
@@ -83,8 +86,9 @@ fn generate(what: cli::Generate) -> u8 {
     0
 }
 
-/// Prints a clap error as one line (help and version print in full).
-fn usage_error(e: clap::Error) -> u8 {
+/// Prints a clap error as one line (help and version print in full),
+/// keeping clap's tips and pointing to the help of the subcommand at fault.
+fn usage_error(e: clap::Error, argv: &[std::ffi::OsString]) -> u8 {
     use clap::error::ErrorKind;
     if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion)
         || e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
@@ -96,22 +100,52 @@ fn usage_error(e: clap::Error) -> u8 {
             0
         };
     }
-    let rendered = e.render().to_string();
-    // clap puts the cause on the first line and usage hints after a blank
-    // line; missing-argument errors list the arguments on indented lines.
-    let mut line = String::new();
-    for l in rendered.lines() {
-        if l.trim().is_empty() {
-            break;
-        }
-        if !line.is_empty() {
-            line.push(' ');
-        }
-        line.push_str(l.trim());
-    }
-    let line = line.strip_prefix("error: ").unwrap_or(&line);
-    logging::report(format_args!("{line} (see hotsup run --help)"));
+    logging::report(one_line(&e.render().to_string(), &subcommand_of(argv)));
     EXIT_USAGE
+}
+
+/// The subcommand an argument list is for, as `hotsup upgrade` (or
+/// `hotsup` when none is recognized): the help a usage error points to.
+fn subcommand_of(argv: &[std::ffi::OsString]) -> String {
+    use clap::CommandFactory;
+    let root = Cli::command();
+    let mut cmd = &root;
+    let mut path = vec![root.get_name().to_string()];
+    for arg in argv.iter().skip(1).filter_map(|a| a.to_str()) {
+        if let Some(sub) = cmd.find_subcommand(arg) {
+            path.push(sub.get_name().to_string());
+            cmd = sub;
+        }
+    }
+    path.join(" ")
+}
+
+/// clap's rendered error in one line: the cause (its first paragraph; a
+/// missing-argument error lists the arguments on indented lines), then its
+/// tips, then which help to read.
+fn one_line(rendered: &str, subcommand: &str) -> String {
+    let mut cause = String::new();
+    let mut tips: Vec<&str> = Vec::new();
+    let mut in_cause = true;
+    for l in rendered.lines().map(str::trim) {
+        if l.is_empty() {
+            in_cause = false;
+        } else if in_cause {
+            if !cause.is_empty() {
+                cause.push(' ');
+            }
+            cause.push_str(l);
+        } else if l.starts_with("tip:") {
+            tips.push(l);
+        }
+    }
+    let mut line = cause.strip_prefix("error: ").unwrap_or(&cause).to_string();
+    for tip in tips {
+        line.push_str("; ");
+        line.push_str(tip);
+    }
+    line.push_str(&format!(" (see {subcommand} --help)"));
+    line
 }
 
 /// A usage error found after parsing: one line, exit 2.
@@ -125,10 +159,58 @@ fn runtime_failure(msg: impl std::fmt::Display) -> u8 {
     EXIT_RUNTIME
 }
 
-fn run(args: RunArgs) -> u8 {
-    let Some((program, rest)) = args.command.split_first() else {
-        return usage("no COMMAND given: usage: hotsup run [OPTIONS] -- COMMAND [ARGS]...");
+/// Whether COMMAND was set off from hotsup's options with `--`: COMMAND
+/// takes everything to the end, so it is the tail of `argv`.
+fn separated_by_dashes(argv: &[std::ffi::OsString], command: &[std::ffi::OsString]) -> bool {
+    argv.len() > command.len() && argv[argv.len() - command.len() - 1] == "--"
+}
+
+/// The arguments of COMMAND that are spelled like an option of `hotsup
+/// run` (`-l`, `--listen`, `--fds=systemd`, ...): options written after
+/// COMMAND belong to COMMAND, which may not be what was meant.
+fn hotsup_options_among(args: &[std::ffi::OsString]) -> Vec<String> {
+    use clap::CommandFactory;
+    let cli = Cli::command();
+    let Some(run) = cli.find_subcommand("run") else {
+        return Vec::new();
     };
+    // Only `run`'s own options: the global ones (-v, -q) are too common
+    // among apps' options to mean anything.
+    let mut names: Vec<String> = Vec::new();
+    for a in run.get_arguments().filter(|a| !a.is_positional()) {
+        names.extend(
+            a.get_long_and_visible_aliases()
+                .into_iter()
+                .flatten()
+                .map(|l| format!("--{l}")),
+        );
+        names.extend(
+            a.get_short_and_visible_aliases()
+                .into_iter()
+                .flatten()
+                .map(|c| format!("-{c}")),
+        );
+    }
+    args.iter()
+        .filter_map(|a| a.to_str())
+        .filter(|a| {
+            let flag = if a.starts_with("--") {
+                a.split('=').next().unwrap_or(a)
+            } else {
+                a
+            };
+            names.iter().any(|n| n == flag)
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+fn run(args: RunArgs, separated: bool) -> u8 {
+    let Some((program, rest)) = args.command.split_first() else {
+        // clap requires COMMAND.
+        return usage("no COMMAND given (see hotsup run --help)");
+    };
+    let misplaced = hotsup_options_among(rest);
     // From here on, a SIGTERM must run hotsup's shutdown, not kill it before
     // its handlers exist.
     signals::hold();
@@ -142,7 +224,16 @@ fn run(args: RunArgs) -> u8 {
         return usage(e);
     }
     if adopted.is_empty() && args.listen.is_empty() {
+        if !misplaced.is_empty() {
+            return usage(format!(
+                "no listeners: {} after COMMAND went to COMMAND; hotsup's options must come before it: hotsup run [OPTIONS] [--] COMMAND [ARGS]...",
+                misplaced.join(" ")
+            ));
+        }
         return usage("no listeners: give --listen ADDR, or start hotsup with socket activation");
+    }
+    if !misplaced.is_empty() && !separated {
+        tracing::warn!(options = %misplaced.join(" "), "options_after_command");
     }
     if let Err(e) = child::resolve(program) {
         return usage(e);

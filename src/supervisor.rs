@@ -191,7 +191,7 @@ impl Supervisor {
                     source: Source::Signal(libc::SIGINT),
                     reply: None,
                 }),
-                Some(()) = quit.recv() => self.feed(Input::Forward { signal: libc::SIGQUIT, slot: None, reply: None }),
+                Some(()) = quit.recv() => self.feed(Input::Stop { source: Source::Signal(libc::SIGQUIT), reply: None }),
                 Some(()) = usr1.recv() => self.feed(Input::Forward { signal: libc::SIGUSR1, slot: None, reply: None }),
                 () = sleep_until(deadline) => {
                     self.sweep_cgroups();

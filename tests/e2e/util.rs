@@ -1,7 +1,7 @@
 //! A small harness: run the real `hotsup` binary, follow its log, find the
 //! example servers, and check processes.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -39,6 +39,58 @@ pub fn tempdir() -> tempfile::TempDir {
         .prefix("hotsup-e2e-")
         .tempdir()
         .expect("tempdir")
+}
+
+/// A runtime directory of one hotsup's own, so that a test never meets the
+/// supervisors a user runs on the same machine, nor leaves anything in
+/// their directories: the default control socket goes there
+/// (`HOTSUP_RUNTIME_DIR`; as root hotsup would otherwise use /run/hotsup
+/// whatever `XDG_RUNTIME_DIR` says), and so do the children's notify
+/// directory (`XDG_RUNTIME_DIR`) and any temporary file (`TMPDIR`). Removed
+/// on drop.
+pub struct Runtime(tempfile::TempDir);
+
+/// The variables [`Runtime::apply`] sets.
+const RUNTIME_VARS: [&str; 3] = ["HOTSUP_RUNTIME_DIR", "XDG_RUNTIME_DIR", "TMPDIR"];
+
+impl Runtime {
+    pub fn new() -> Runtime {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::Builder::new()
+            .prefix("hotsup-rt-")
+            .tempdir()
+            .expect("tempdir");
+        // Searchable, not listable, by others: children run with --user
+        // reach their notify socket through it, as through /tmp.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))
+            .expect("chmod the runtime directory");
+        Runtime(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+
+    /// Points `cmd` at this directory, except for the variables the test
+    /// set itself.
+    pub fn apply(&self, cmd: &mut Command) {
+        let set: Vec<OsString> = cmd.get_envs().map(|(k, _)| k.to_owned()).collect();
+        for var in RUNTIME_VARS {
+            if !set.iter().any(|k| k == var) {
+                cmd.env(var, self.path());
+            }
+        }
+    }
+
+    /// What is left in the directory.
+    pub fn leftovers(&self) -> Vec<PathBuf> {
+        let mut left: Vec<PathBuf> = std::fs::read_dir(self.path())
+            .expect("read the runtime directory")
+            .map(|e| e.expect("read the runtime directory").path())
+            .collect();
+        left.sort();
+        left
+    }
 }
 
 #[derive(Default)]
@@ -181,23 +233,40 @@ pub fn hotsup_command<S: AsRef<OsStr>>(args: &[&str], command: &[S]) -> Command 
     cmd
 }
 
-/// A running `hotsup`, killed with every generation's group on drop.
+/// A running `hotsup`, stopped on drop: gracefully (SIGTERM), then by
+/// force (a second SIGTERM), and with SIGKILL and a kill of every
+/// generation's group only if it does not exit in time.
 pub struct Hotsup {
     child: Child,
     pub pid: i32,
     pub log: Stream,
     pub out: Stream,
     status: Option<ExitStatus>,
+    runtime: Option<Runtime>,
 }
+
+/// How long dropping a [`Hotsup`] waits after each SIGTERM.
+const STOP_GRACE: Duration = Duration::from_secs(3);
 
 impl Hotsup {
     /// `hotsup run ARGS -- COMMAND...`
     pub fn run<S: AsRef<OsStr>>(args: &[&str], command: &[S]) -> Hotsup {
-        Hotsup::from_child(hotsup_command(args, command).spawn().expect("spawn hotsup"))
+        Hotsup::spawn(hotsup_command(args, command))
+    }
+
+    /// Spawns `cmd` (a `hotsup run` whose stdout and stderr are piped)
+    /// with a private [`Runtime`] directory.
+    pub fn spawn(mut cmd: Command) -> Hotsup {
+        let runtime = Runtime::new();
+        runtime.apply(&mut cmd);
+        let mut h = Hotsup::from_child(cmd.spawn().expect("spawn hotsup"));
+        h.runtime = Some(runtime);
+        h
     }
 
     /// Follows an already spawned `hotsup` whose stdout and stderr are
-    /// piped.
+    /// piped. Prefer [`Hotsup::spawn`], which gives it a private runtime
+    /// directory.
     pub fn from_child(mut child: Child) -> Hotsup {
         let log = Stream::follow(child.stderr.take().expect("piped stderr"), "hotsup");
         let out = Stream::follow(child.stdout.take().expect("piped stdout"), "child");
@@ -208,7 +277,20 @@ impl Hotsup {
             log,
             out,
             status: None,
+            runtime: None,
         }
+    }
+
+    /// Asserts that hotsup, which must have exited, left nothing in its
+    /// runtime directory: no control socket, no notify directory.
+    pub fn assert_left_nothing(&mut self) {
+        assert!(!self.is_running(), "hotsup is still running");
+        let runtime = self
+            .runtime
+            .as_ref()
+            .expect("started without a private runtime directory");
+        let left = runtime.leftovers();
+        assert!(left.is_empty(), "hotsup left {left:?} behind");
     }
 
     /// Waits for event `name` with these field values.
@@ -282,10 +364,27 @@ impl Hotsup {
 
 impl Drop for Hotsup {
     fn drop(&mut self) {
-        // Children get SIGTERM from PR_SET_PDEATHSIG, but some test children
-        // ignore it on purpose: kill the groups of hotsup's live children.
-        // Only live ones: the pid of one already reaped may belong to
-        // another test's process by now.
+        if self.status.is_some() || !matches!(self.child.try_wait(), Ok(None)) {
+            return;
+        }
+        // As an operator would: a graceful stop lets hotsup remove its
+        // sockets and directories; a second SIGTERM kills every generation
+        // at once, the children that ignore SIGTERM on purpose included.
+        let pid = rustix::process::Pid::from_raw(self.pid).expect("pid");
+        for _ in 0..2 {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            let deadline = Instant::now() + STOP_GRACE;
+            while Instant::now() < deadline {
+                if !matches!(self.child.try_wait(), Ok(None)) {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(5));
+            }
+        }
+        // A hung hotsup. Its children get SIGTERM from PR_SET_PDEATHSIG,
+        // but some test children ignore it: kill the groups of its live
+        // children. Only live ones: the pid of one already reaped may
+        // belong to another test's process by now.
         let live = children_of(self.pid);
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -445,7 +544,10 @@ pub fn zombies_of(pid: i32) -> Vec<i32> {
 
 /// Runs `hotsup ARGS` to completion (for bad-input cases), bounded.
 pub fn run_to_end(args: &[&str]) -> (i32, String) {
-    let mut child = Command::new(hotsup_bin())
+    let runtime = Runtime::new();
+    let mut cmd = Command::new(hotsup_bin());
+    runtime.apply(&mut cmd);
+    let mut child = cmd
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -485,6 +587,8 @@ impl Hotsup {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr);
+        let runtime = Runtime::new();
+        runtime.apply(&mut cmd);
         let mut child = cmd.spawn().expect("spawn hotsup");
         let out = Stream::follow(child.stdout.take().unwrap(), "child");
         let pid = child.id() as i32;
@@ -494,6 +598,7 @@ impl Hotsup {
             log: Stream::follow(std::io::empty(), "hotsup"),
             out,
             status: None,
+            runtime: Some(runtime),
         }
     }
 
@@ -583,9 +688,15 @@ pub fn root_or_skip(test: &str, why: &str) -> bool {
     if rustix::process::geteuid().is_root() {
         return true;
     }
+    skip(test, why);
+    false
+}
+
+/// Says that `test` (or a part of it) is skipped, and why, on stderr past
+/// libtest's capture, so a skip is never a silent pass.
+pub fn skip(test: &str, why: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
-    false
 }
 
 /// A field of `/proc/PID/status`, such as `Uid` or `SigIgn`, trimmed.
