@@ -52,7 +52,7 @@ const WRITABLE_WAIT: Duration = Duration::from_secs(1);
 const FLUSH_WAIT: Duration = Duration::from_secs(2);
 /// Writes up to this size are atomic on a pipe, and fit once poll(2) says
 /// it is writable.
-const PIPE_BUF: usize = libc::PIPE_BUF;
+const PIPE_BUF: usize = rustix::pipe::PIPE_BUF;
 
 static QUEUE: OnceLock<NonBlocking> = OnceLock::new();
 /// `--log-format json`: the notice of dropped lines is a JSON line too.
@@ -346,18 +346,10 @@ fn writable(fd: BorrowedFd<'_>, deadline: Instant) -> bool {
 /// that the thread it starts inherits that mask and never takes a signal
 /// meant for the supervisor.
 fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
-    let mut all = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
-    let mut old = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
-    // SAFETY: sigfillset initialises `all`; pthread_sigmask gets that
-    // initialised set and a valid pointer to store the old mask in.
-    let blocked = unsafe {
-        libc::sigfillset(all.as_mut_ptr());
-        libc::pthread_sigmask(libc::SIG_BLOCK, all.as_ptr(), old.as_mut_ptr()) == 0
-    };
+    let old = crate::sys::block_all_signals();
     let out = f();
-    if blocked {
-        // SAFETY: `old` was filled in by the successful call above.
-        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, old.as_ptr(), std::ptr::null_mut()) };
+    if let Ok(old) = old {
+        crate::sys::restore_signals(&old);
     }
     out
 }
