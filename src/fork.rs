@@ -134,7 +134,9 @@ pub fn clear_of(fd: BorrowedFd<'_>, min: RawFd) -> io::Result<Option<OwnedFd>> {
     }
 }
 
-pub(crate) fn spawn_with(plan: &Plan<'_>, no_clone_into_cgroup: bool) -> io::Result<Pid> {
+/// [`spawn`], with the fallback forced when `no_clone_into_cgroup` (for tests
+/// and the `cgroup_cost` example).
+pub fn spawn_with(plan: &Plan<'_>, no_clone_into_cgroup: bool) -> io::Result<Pid> {
     let end = placed_end(plan.place.len())?;
     if plan.keep.iter().any(|fd| fd.as_raw_fd() < end) {
         return Err(io::Error::new(
