@@ -529,13 +529,6 @@ struct Hello {
 fn receive_hello(channel: &OwnedFd, lifecycle: &Shared) -> Result<Hello, StartupError> {
     loop {
         let msg = recv(channel)?;
-        // The version decides how to read everything else, so look at it
-        // before the other fields (a later version may drop or change them).
-        if let Some(version) = hello_version(&msg.bytes) {
-            if version != hotsup_protocol::BASE_VERSION {
-                return Err(StartupError::UnsupportedVersion { version });
-            }
-        }
         match decode_ignoring_unknown(&msg.bytes)? {
             None => {}
             Some(ToChild::Hello {
@@ -570,24 +563,14 @@ fn decode_ignoring_unknown(bytes: &[u8]) -> Result<Option<ToChild>, StartupError
     match ToChild::decode(bytes) {
         Ok(msg) => Ok(Some(msg)),
         Err(DecodeError::UnknownVerb(_)) => Ok(None),
+        // hotsup-protocol reads a HELLO's version before its other fields.
+        Err(DecodeError::UnsupportedVersion(version)) => {
+            Err(StartupError::UnsupportedVersion { version })
+        }
         Err(e) => Err(StartupError::Malformed {
             detail: e.to_string(),
         }),
     }
-}
-
-/// The `version` field of a `HELLO` message, if it is one and the field parses.
-fn hello_version(bytes: &[u8]) -> Option<u32> {
-    let text = std::str::from_utf8(bytes).ok()?;
-    let first = text.lines().next()?;
-    let mut words = first.split(' ').filter(|w| !w.is_empty());
-    if words.next()? != "HELLO" {
-        return None;
-    }
-    words
-        .filter_map(|w| w.split_once('='))
-        .find(|(k, _)| *k == "version")
-        .and_then(|(_, v)| v.parse().ok())
 }
 
 /// Starts the thread that reads the channel after the handshake and turns
@@ -655,15 +638,6 @@ fn complain(complained: &mut bool, what: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reads_the_version_first() {
-        assert_eq!(hello_version(b"HELLO version=1 generation=2"), Some(1));
-        assert_eq!(hello_version(b"HELLO  future=x version=7\nmore"), Some(7));
-        assert_eq!(hello_version(b"HELLO generation=2"), None);
-        assert_eq!(hello_version(b"DRAIN version=2"), None);
-        assert_eq!(hello_version(b"\xff"), None);
-    }
 
     #[test]
     fn standalone_has_nothing() {
