@@ -11,14 +11,14 @@ use std::sync::{Arc, Mutex};
 use hotsup_protocol::{DecodeError, FromChild, RecvError, ToChild};
 use rustix::io::FdFlags;
 
-use crate::activation;
 use crate::env::Snapshot;
 use crate::error::{Error, StartupError};
 use crate::inherited::{ListenerInfo, Sockets};
 use crate::lifecycle::{self, DrainReason, Lifecycle, Shared};
 use crate::notify::Notifier;
-use crate::sockets;
 use crate::take::{Select, Take, Tcp, Udp, Unix};
+use hotsup_os::activation;
+use hotsup_os::sockets;
 
 /// The version of the protocol this crate answers with, when the app
 /// honours `PAUSE` and `RESUME`.
@@ -126,13 +126,15 @@ impl Handoff {
         let env = crate::env::snapshot();
         let mut handoff = match &env.hotsup_fd {
             Some(value) => Handoff::from_channel(open_channel(value)?)?,
-            None => match activation::parse(activation_vars(env), std::process::id())? {
+            None => match activation::parse(activation_vars(env), std::process::id())
+                .map_err(StartupError::from)?
+            {
                 None => Handoff::standalone(),
                 Some(range) => {
                     // SAFETY: `LISTEN_FDS` (with a matching or absent
                     // `LISTEN_PID`) passes these fds to this process, and
                     // `ADOPTED` makes this the only adoption in it.
-                    let fds = unsafe { activation::claim(range)? };
+                    let fds = unsafe { activation::claim(range) }.map_err(StartupError::from)?;
                     Handoff::from_activation(fds, env.fd_names.as_deref())
                 }
             },
@@ -190,7 +192,7 @@ impl Handoff {
 
         let lifecycle = Shared::new();
         let hello = receive_hello(&channel, &lifecycle)?;
-        sockets::raise_nofile_limit();
+        hotsup_os::raise_nofile_limit();
 
         // `count` comes from the wire; don't let it size an allocation.
         let count = hello.listeners;

@@ -51,10 +51,8 @@ pub enum Signal {
 impl Signal {
     /// The conventional name: `SIGTERM` or `SIGINT`.
     pub fn name(self) -> &'static str {
-        match self {
-            Signal::Term => "SIGTERM",
-            Signal::Int => "SIGINT",
-        }
+        // hotsup-os names every standard signal; its tests cover these two.
+        hotsup_os::signals::name(self.number()).unwrap_or("SIGTERM")
     }
 
     /// The signal's number on this platform.
@@ -874,6 +872,7 @@ mod tests {
     #[test]
     fn signal_names() {
         assert_eq!(Signal::Term.to_string(), "SIGTERM");
+        assert_eq!(Signal::Int.to_string(), "SIGINT");
         assert_eq!(Signal::from_number(2), Some(Signal::Int));
         assert_eq!(
             DrainReason::Signal(Signal::Int).to_string(),
