@@ -37,7 +37,7 @@ fn path_of(target: &Target) -> Result<PathBuf, u8> {
     match (&target.control, &target.name) {
         (Some(p), _) => Ok(p.clone()),
         (None, Some(n)) => Ok(control::default_path(n)),
-        (None, None) => the_only_one(&control::default_dir()),
+        (None, None) => the_only_one(&crate::runtime_dir::dir()),
     }
 }
 

@@ -19,6 +19,7 @@ pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod pinned;
+pub mod runtime_dir;
 pub mod signals;
 pub mod supervisor;
 pub mod sys;
