@@ -327,6 +327,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Children")]
     pub ready_settle: Option<Duration>,
 
+    /// Give systemd a copy of each listener (FDSTORE=1), so that a crash of
+    /// hotsup queues connections instead of refusing them; at the next
+    /// start hotsup takes them back. `auto` when systemd says the unit has
+    /// FileDescriptorStoreMax= (systemd 254+); `on` for older systemd.
+    #[arg(long, value_enum, default_value_t = crate::fdstore::Mode::Auto, value_name = "MODE", help_heading = "Listeners")]
+    pub fd_store: crate::fdstore::Mode,
+
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g.
     /// 127.0.0.1:9100): upgrades by outcome, rollbacks, crash and worker
     /// restarts, the serving generation, time to ready and drain

@@ -10,6 +10,7 @@ pub mod client;
 pub mod control;
 pub mod events;
 pub mod exec_env;
+pub mod fdstore;
 pub mod handoff;
 pub mod identity;
 pub mod lifecycle;

@@ -219,6 +219,10 @@ fn run(args: RunArgs, separated: bool) -> u8 {
         Ok(a) => a,
         Err(e) => return runtime_failure(format!("socket activation: {e}")),
     };
+    // Ours from systemd's fd store (hotsup died, systemd kept the sockets)
+    // apart from those a .socket unit passes.
+    let (mut stored, adopted) = hotsup::fdstore::split(adopted);
+    let fd_store = hotsup::fdstore::FdStore::detect(args.fd_store);
     let taken: Vec<String> = adopted.iter().map(|l| l.info.name.clone()).collect();
     if let Err(e) = listeners::name_all(&args.listen, &taken) {
         return usage(e);
@@ -291,10 +295,32 @@ fn run(args: RunArgs, separated: bool) -> u8 {
     // Dropping `bound` (on every return path) closes the sockets and removes
     // the Unix socket files hotsup created.
     let mut bound = adopted;
-    match listeners::bind_all(&args.listen, &taken, &opts) {
-        Ok(b) => bound.extend(b),
+    let reusing =
+        |spec: &listeners::ListenSpec, name: &str| hotsup::fdstore::take(&mut stored, spec, name);
+    match listeners::bind_all_reusing(&args.listen, &taken, &opts, reusing) {
+        Ok(b) => {
+            for (mut l, reused) in b {
+                match (&fd_store, reused) {
+                    (_, true) => {
+                        l.claim_file();
+                        tracing::info!(name = %l.info.name, address = %l.info.address, "fd_restored")
+                    }
+                    (Some(store), false) => store.keep(&l),
+                    (None, false) => {}
+                }
+                bound.push(l);
+            }
+        }
         Err(e) => return runtime_failure(e),
     };
+    // Stored sockets no --listen describes any more: closed, and dropped
+    // from the store.
+    for l in stored.drain(..) {
+        if let Some(store) = &fd_store {
+            store.forget(&l.info.name);
+        }
+        tracing::info!(name = %l.info.name, address = %l.info.address, "fd_store_dropped");
+    }
     for l in &bound {
         tracing::info!(name = %l.info.name, kind = %l.info.kind, address = %l.info.address, "listening");
     }

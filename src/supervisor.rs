@@ -829,6 +829,7 @@ impl Supervisor {
                     name: l.info.name.clone(),
                     kind: l.info.kind.to_string(),
                     address: l.info.address.clone(),
+                    source: l.origin.as_str().to_string(),
                 })
                 .collect(),
             serving: find(&["serving", "probation"]),
