@@ -3,6 +3,7 @@
 //! interface is the `hotsup` command line; this crate's API is internal and
 //! may change in any release.
 
+pub mod aux;
 pub mod cgroup;
 pub mod child;
 pub mod cli;
@@ -18,3 +19,4 @@ pub mod notify;
 pub mod pinned;
 pub mod signals;
 pub mod supervisor;
+pub mod watch;

@@ -53,6 +53,8 @@ pub struct Config {
     pub policy: Policy,
     /// `--user`/`--group`: the credentials children run with.
     pub identity: Option<crate::identity::Identity>,
+    /// `--watch`: the development loop; `None` (nothing at all) otherwise.
+    pub watch: Option<crate::watch::Watch>,
 }
 
 /// A live worker's resources.
@@ -91,17 +93,21 @@ pub struct Supervisor {
     /// empty.
     emptying: Vec<GenCgroup>,
     exit: Option<u8>,
+    watch: Option<crate::watch::Watch>,
+    /// Processes besides the generations (a `--build`), reaped here too.
+    aux: crate::aux::AuxProcesses,
 }
 
 impl Supervisor {
     pub fn new(
-        cfg: Config,
+        mut cfg: Config,
         outbox: Outbox,
         control_rx: mpsc::UnboundedReceiver<control::Message>,
     ) -> Supervisor {
         let (chan_tx, chan_rx) = mpsc::channel(CHANNEL_QUEUE);
         let (notify_tx, notify_rx) = mpsc::channel(NOTIFY_QUEUE);
         let policy = cfg.policy.clone();
+        let watch = cfg.watch.take();
         Supervisor {
             core: Core::new(policy, Instant::now().into_std()),
             cfg,
@@ -119,6 +125,8 @@ impl Supervisor {
             strangers: Arc::default(),
             emptying: Vec::new(),
             exit: None,
+            watch,
+            aux: crate::aux::AuxProcesses::default(),
         }
     }
 
@@ -142,7 +150,14 @@ impl Supervisor {
             });
 
         crate::signals::release();
-        self.feed(Input::Start);
+        // With `--watch --build`, the first good build starts it.
+        if self
+            .watch
+            .as_mut()
+            .is_none_or(crate::watch::Watch::starts_at_once)
+        {
+            self.feed(Input::Start);
+        }
         loop {
             if let Some(code) = self.exit {
                 return Ok(code);
@@ -176,6 +191,7 @@ impl Supervisor {
                     self.sweep_cgroups();
                     self.feed(Input::Tick);
                 }
+                input = crate::watch::next(&mut self.watch, &mut self.aux) => self.feed(input),
             }
         }
     }
@@ -300,6 +316,9 @@ impl Supervisor {
             }
             Effect::Emit(ev) => {
                 crate::events::log(&ev);
+                if let Some(w) = &mut self.watch {
+                    w.on_event(&ev);
+                }
                 None
             }
             Effect::Exit(code) => {
@@ -587,6 +606,12 @@ impl Supervisor {
             match rustix::process::wait(WaitOptions::NOHANG) {
                 Ok(Some((pid, status))) => {
                     let status = exit_info(&status);
+                    if let Some(exit) = self.aux.reaped(pid, status) {
+                        if let Some(input) = crate::watch::aux_exited(&mut self.watch, &exit) {
+                            self.feed(input);
+                        }
+                        continue;
+                    }
                     if self.core.worker_of(pid).is_none() {
                         debug!(pid = pid.as_raw_pid(), status = %status, "reaped_orphan");
                         continue;

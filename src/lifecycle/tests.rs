@@ -718,7 +718,10 @@ fn restart_wait_leaves_the_next_start_to_an_upgrade() {
     // The next upgrade starts the fixed build.
     let (t, _) = h.upgrade();
     let fx = h.ready(3);
-    assert!(matches!(outcome_for(&fx, t), UpgradeOutcome::Ready { generation: 3, .. }));
+    assert!(matches!(
+        outcome_for(&fx, t),
+        UpgradeOutcome::Ready { generation: 3, .. }
+    ));
 }
 
 #[test]
