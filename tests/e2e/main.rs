@@ -15,3 +15,4 @@ mod rollback;
 mod systemd;
 mod upgrade;
 mod util;
+mod watch;
