@@ -101,6 +101,10 @@ struct Swap {
     start: bool,
 }
 
+/// The longest a swap's line and reload wait for the generations it
+/// replaced to exit.
+pub const SETTLE_MAX: Duration = Duration::from_secs(2);
+
 /// Something to log or send once the lifecycle step that caused it is
 /// complete.
 enum Deferred {
@@ -141,7 +145,12 @@ pub struct Watch {
     /// A save's upgrade coalesced behind the attempt in progress.
     queued: Option<Swap>,
     serving: Option<u64>,
-    deferred: Vec<Deferred>,
+    /// In order; the first ones may be held (see [`Watch::flush`]).
+    deferred: std::collections::VecDeque<Deferred>,
+    /// Held items wait until then at most.
+    hold_until: Option<Instant>,
+    /// Generations told to drain (or killed) and not reaped yet.
+    draining: std::collections::BTreeSet<u64>,
     stopping: bool,
     /// When the last build ran, and how many builds in a row were
     /// triggered by a change seen during the one before.
@@ -226,7 +235,9 @@ impl Watch {
             attempt: None,
             queued: None,
             serving: None,
-            deferred: Vec::new(),
+            deferred: std::collections::VecDeque::new(),
+            hold_until: None,
+            draining: std::collections::BTreeSet::new(),
             stopping: false,
             last_build: None,
             self_triggered: 0,
@@ -300,12 +311,15 @@ impl Watch {
                         Line::Serving(g)
                     }
                 };
-                self.deferred.push(Deferred::Line(line));
-                self.deferred.push(Deferred::Reload(g));
+                // Held until the generations it replaces are gone: see
+                // `flush`.
+                self.hold_until = Some(Instant::now() + SETTLE_MAX);
+                self.deferred.push_back(Deferred::Line(line));
+                self.deferred.push_back(Deferred::Reload(g));
             }
             Event::Resumed { generation, .. } => {
                 self.serving = Some(*generation);
-                self.deferred.push(Deferred::Reload(*generation));
+                self.deferred.push_back(Deferred::Reload(*generation));
             }
             Event::UpgradeFailed {
                 generation,
@@ -335,10 +349,16 @@ impl Watch {
                         h.stopped();
                     }
                 }
-                self.deferred.push(Deferred::Line(Line::Crashed(
+                self.deferred.push_back(Deferred::Line(Line::Crashed(
                     *generation,
                     status.to_string(),
                 )));
+            }
+            Event::Draining { generation, .. } | Event::Killed { generation, .. } => {
+                self.draining.insert(*generation);
+            }
+            Event::Drained { generation, .. } | Event::Reaped { generation, .. } => {
+                self.draining.remove(generation);
             }
             Event::ShutdownBegan { .. } => {
                 self.stopping = true;
@@ -361,7 +381,7 @@ impl Watch {
         if ours {
             if let Some(a) = self.attempt.take() {
                 self.deferred
-                    .push(Deferred::Line(Line::SwapFailed(a, reason, serving)));
+                    .push_back(Deferred::Line(Line::SwapFailed(a, reason, serving)));
             }
         }
     }
@@ -518,9 +538,22 @@ impl Watch {
     }
 
     /// Logs the outcome lines and sends the reloads that the last
-    /// lifecycle step led to.
+    /// lifecycle step led to, in order.
+    ///
+    /// A swap's line and reload are held until the generations it replaced
+    /// have exited, for at most [`SETTLE_MAX`]: until then an old
+    /// generation may still take a new connection (it stops accepting when
+    /// it reads its DRAIN, not when hotsup sends it) and answers requests
+    /// on its open keep-alive connections, as a browser's reload would
+    /// use, with the old code.
     fn flush(&mut self) {
-        for d in std::mem::take(&mut self.deferred) {
+        let now = Instant::now();
+        let held = self.hold_until.is_some_and(|t| now < t) && !self.draining.is_empty();
+        if held {
+            return;
+        }
+        self.hold_until = None;
+        while let Some(d) = self.deferred.pop_front() {
             match d {
                 Deferred::Line(l) => self.log_line(l),
                 Deferred::Reload(g) => {
@@ -530,6 +563,11 @@ impl Watch {
                 }
             }
         }
+    }
+
+    /// When [`next`] must look at held items again.
+    fn held_until(&self) -> Option<Instant> {
+        self.hold_until.filter(|_| !self.deferred.is_empty())
     }
 
     fn log_line(&self, line: Line) {
@@ -632,7 +670,11 @@ pub async fn next(watch: &mut Option<Watch>, aux: &mut AuxProcesses) -> Input {
                 w.start_build(t, aux);
             }
         }
-        let deadline = w.settling.as_ref().map(|(_, d)| *d);
+        let settle = w.settling.as_ref().map(|(_, d)| *d);
+        let wake = match (settle, w.held_until()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         tokio::select! {
             r = changed(&mut w.changes) => match r {
                 Some(c) => w.changed(&c),
@@ -641,9 +683,11 @@ pub async fn next(watch: &mut Option<Watch>, aux: &mut AuxProcesses) -> Input {
                     w.changes = None;
                 }
             },
-            () = sleep_until(deadline) => {
-                if let Some(input) = w.settled(aux) {
-                    return input;
+            () = sleep_until(wake) => {
+                if settle.is_some_and(|d| d <= Instant::now()) {
+                    if let Some(input) = w.settled(aux) {
+                        return input;
+                    }
                 }
             }
         }
