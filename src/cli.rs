@@ -58,6 +58,8 @@ Exit codes:
   5  hotsup cannot be reached (no control socket, or a bad reply)
   6  --timeout ran out before the outcome (the upgrade goes on)";
 
+// Parsed once at start-up: the size of the `run` variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Bind the listeners and run COMMAND under supervision.

@@ -23,9 +23,13 @@
 //! - After each swap, one `swapped` event (and, on a terminal, the line
 //!   `saved src/main.rs -> generation 7 serving in 1.84 s (build 1.80 s,
 //!   swap 14 ms)`); `--livereload` clients are told to reload then. Both
-//!   happen after the whole lifecycle step that made the generation ready,
-//!   so the old generation has already been told to drain (see
-//!   [`Watch::on_event`]).
+//!   wait until the generations the new one replaced have exited (at most
+//!   [`SETTLE_MAX`]), so that a request sent after them, or a browser's
+//!   reload on its open keep-alive connection, reaches the new code (see
+//!   [`Watch::flush`]).
+//! - On a terminal (`--log-format text`, stderr a tty), each outcome is
+//!   also printed as a human line, `hotsup: ...`, through the log writer:
+//!   never a blocking write on the event loop.
 //!
 //! Without `--watch` none of this exists: no thread, no channel, no
 //! allocation; the supervisor holds `None`.
