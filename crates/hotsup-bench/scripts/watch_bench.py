@@ -29,6 +29,7 @@ import argparse
 import http.client
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -77,7 +78,7 @@ class Load:
     """Clients that keep requesting until stopped; every response's pid and
     time are kept, every failure counted."""
 
-    def __init__(self, port, fresh=4, keepalive=2):
+    def __init__(self, port, fresh=2, keepalive=1):
         self.port = port
         self.stop_flag = threading.Event()
         self.lock = threading.Lock()
@@ -132,8 +133,8 @@ class Load:
                     conn.close()
                 conn = None
                 time.sleep(0.001)
-            if not keepalive:
-                time.sleep(0.001)
+            # A steady load, light enough to leave the build its CPU.
+            time.sleep(0.005 if not keepalive else 0.002)
 
     def stop(self):
         self.stop_flag.set()
@@ -171,7 +172,7 @@ def scenario(name, app, port, argv, saves):
         wait_for("the first response", lambda: probe.first_seen, timeout=300)
         probe.stop()
         load = Load(port)
-        wait_for("load", lambda: load.ok > 50)
+        wait_for("load", lambda: load.ok > 20)
         rows = []
         main_rs = os.path.join(app, "src", "main.rs")
         for i in range(saves):
@@ -180,11 +181,13 @@ def scenario(name, app, port, argv, saves):
             t0 = time.time()
             with open(main_rs, "a") as f:
                 f.write("// save %d %f\n" % (i, t0))
-            new = wait_for(
-                "a new process",
-                lambda: [p for p in load.first_seen if p not in before]
-                and len(builds(app)) > n_builds,
-            )
+            def fresh():
+                if len(builds(app)) <= n_builds:
+                    return None
+                with load.lock:
+                    return [p for p in load.first_seen if p not in before]
+
+            new = wait_for("a new process", fresh)
             first = min(load.first_seen[p] for p in new)
             start, end, rc = builds(app)[-1]
             build = (end - start) / 1e9
@@ -218,6 +221,8 @@ def scenario(name, app, port, argv, saves):
 
 
 def main():
+    # Cleanup (the `finally`s) runs on SIGTERM too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     ap = argparse.ArgumentParser()
     ap.add_argument("--saves", type=int, default=10)
     ap.add_argument("--hotsup", default=os.path.join(REPO, "target", "release", "hotsup"))
