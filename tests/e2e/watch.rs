@@ -189,57 +189,75 @@ fn a_broken_build_prints_its_errors_and_changes_nothing() {
     stop(h);
 }
 
-#[test]
-fn a_burst_of_fifty_writes_is_one_build() {
-    // The quiet period is longer than any stall a loaded 2-core machine is
-    // likely to put between two writes, and longer than the burst is not
-    // needed: what is tested is that a burst spread over 200 ms (longer
-    // than a tick of notify's debouncers, which emit each event once it
-    // is old enough rather than after quiet) starts one build.
-    const QUIET: Duration = Duration::from_millis(500);
-    let p = Project::new("fn main() {}\n");
-    let h = p.run(&["--debounce", "500ms"], &[], "info");
-    swapped(&h, 1);
+/// Writes 50 files on a schedule, one every 4 ms (so that a late write
+/// does not delay the others), as a formatter or a checkout does. Returns
+/// the widest gap between two writes and the whole burst's length.
+fn burst(p: &Project, round: u32) -> (Duration, Duration) {
     let start = Instant::now();
     let mut last = start;
     let mut widest = Duration::ZERO;
     for i in 0..50u32 {
-        // On a schedule (every 4 ms), so that a late write does not delay
-        // the others; several files, as a formatter or a checkout writes.
         let at = start + Duration::from_millis(4) * i;
         std::thread::sleep(at.saturating_duration_since(Instant::now()));
-        p.save(&format!("mod{}.rs", i % 5), &format!("// write {i}\n"));
+        p.save(
+            &format!("mod{}.rs", i % 5),
+            &format!("// round {round} write {i}\n"),
+        );
         widest = widest.max(last.elapsed());
         last = Instant::now();
     }
-    let burst = start.elapsed();
-    assert!(
-        widest < QUIET,
-        "the machine stalled the burst: {widest:?} between two writes"
-    );
-    swapped(&h, 2);
-    // A save after the burst's swap: any other build the burst caused
-    // would have started before this one.
-    p.save("sentinel.rs", "// after the burst\n");
-    let (i, _) = h.log.wait_event_from(
-        0,
-        "build_started",
-        &[("path", json!("src/sentinel.rs"))],
-        WAIT,
-    );
-    let before: Vec<Value> = h.log.all()[..i]
+    (widest, start.elapsed())
+}
+
+/// build_started events in lines `from..to` of the log.
+fn builds_between(h: &Hotsup, from: usize, to: usize) -> Vec<Value> {
+    h.log.all()[from..to]
         .iter()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|e| e["event"] == "build_started")
-        .collect();
-    assert_eq!(
-        before.len(),
-        2,
-        "the first build and one for the burst of 50 writes in {burst:?}: {before:#?}"
-    );
-    swapped(&h, 3);
-    assert_eq!(p.builds(), 3);
-    stop(h);
+        .collect()
+}
+
+#[test]
+fn a_burst_of_fifty_writes_is_one_build() {
+    // The quiet period is longer than a loaded 2-core machine usually stalls
+    // a thread. What is tested is that a burst spread over 200 ms (longer
+    // than a tick of notify's debouncers, which emit each event once it is
+    // old enough rather than after quiet) starts one build.
+    const QUIET: Duration = Duration::from_millis(500);
+    let p = Project::new("fn main() {}\n");
+    let h = p.run(&["--debounce", "500ms"], &[], "info");
+    let (mut from, _) = h.log.wait_event_from(0, "swapped", &[], WAIT);
+    for round in 1..=3 {
+        let (widest, length) = burst(&p, round);
+        // A save after the burst's swap: any other build the burst caused
+        // would have started before this one.
+        let (swap, _) = h.log.wait_event_from(from + 1, "swapped", &[], WAIT);
+        let sentinel = format!("src/sentinel{round}.rs");
+        p.save(&format!("sentinel{round}.rs"), "// after the burst\n");
+        let (i, _) =
+            h.log
+                .wait_event_from(swap, "build_started", &[("path", json!(sentinel))], WAIT);
+        let (done, _) = h
+            .log
+            .wait_event_from(i, "swapped", &[("path", json!(sentinel))], WAIT);
+        if widest >= QUIET {
+            // The machine stalled the writer longer than the quiet period:
+            // the burst may rightly have been two. Try again.
+            eprintln!("round {round}: the burst stalled ({widest:?} between two writes); again");
+            from = done;
+            continue;
+        }
+        let builds = builds_between(&h, from + 1, i);
+        assert_eq!(
+            builds.len(),
+            1,
+            "one build for the burst of 50 writes over {length:?}: {builds:#?}"
+        );
+        stop(h);
+        return;
+    }
+    panic!("three bursts in a row were stalled by the machine");
 }
 
 #[test]
