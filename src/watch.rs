@@ -131,7 +131,8 @@ pub struct Watch {
     human: bool,
     nofile: Option<u64>,
     cwd: PathBuf,
-    _watcher: watcher::FsWatcher,
+    /// `None` only in unit tests of the state machine.
+    _watcher: Option<watcher::FsWatcher>,
     /// `None` once notify's thread is gone (it never is, short of a bug).
     changes: Option<slot::Receiver<watcher::Change>>,
     livereload: Option<livereload::Hub>,
@@ -228,7 +229,7 @@ impl Watch {
             human: cfg.human,
             nofile: cfg.nofile,
             cwd,
-            _watcher: fs,
+            _watcher: Some(fs),
             changes: Some(changes),
             livereload,
             settling: None,
@@ -738,8 +739,203 @@ fn human(ms: u64) -> String {
 }
 
 #[cfg(test)]
+impl Watch {
+    /// The state machine alone: no watcher, no live-reload server.
+    fn bare(build: bool) -> Watch {
+        Watch {
+            build_cmd: build.then(|| "true".to_string()),
+            debounce: DEFAULT_DEBOUNCE,
+            human: false,
+            nofile: None,
+            cwd: PathBuf::from("/p"),
+            _watcher: None,
+            changes: None,
+            livereload: None,
+            settling: None,
+            build: None,
+            next_build: None,
+            started: false,
+            asked: None,
+            attempt: None,
+            queued: None,
+            serving: None,
+            deferred: std::collections::VecDeque::new(),
+            hold_until: None,
+            draining: std::collections::BTreeSet::new(),
+            stopping: false,
+            last_build: None,
+            self_triggered: 0,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
-    use super::human;
+    use super::*;
+    use crate::lifecycle::{ExitInfo, FailureReason, ReadyVia};
+
+    fn save(path: &str) -> Trigger {
+        Trigger {
+            path: Some(PathBuf::from(path)),
+            at: Instant::now(),
+        }
+    }
+
+    fn ready(generation: u64) -> Event {
+        Event::Ready {
+            generation,
+            pid: 1,
+            after_ms: 1,
+            via: ReadyVia::Channel,
+        }
+    }
+
+    fn spawned(generation: u64, origin: Origin) -> Event {
+        Event::Spawned {
+            generation,
+            pid: 1,
+            origin,
+            pinned: false,
+        }
+    }
+
+    /// The generations of the swap lines waiting to be logged.
+    fn swaps(w: &Watch) -> Vec<u64> {
+        w.deferred
+            .iter()
+            .filter_map(|d| match d {
+                Deferred::Line(Line::Swapped(_, g, _)) => Some(*g),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_good_build_starts_first_then_upgrades() {
+        let mut w = Watch::bare(true);
+        assert!(!w.starts_at_once());
+        assert_eq!(w.ask(save("/p/src/a.rs"), Some(5)), Input::Start);
+        w.on_event(&spawned(1, Origin::Start));
+        w.on_event(&ready(1));
+        assert_eq!(swaps(&w), [1]);
+        w.flush();
+        assert!(w.deferred.is_empty());
+        let up = w.ask(save("/p/src/a.rs"), Some(5));
+        assert!(matches!(
+            up,
+            Input::Upgrade {
+                source: Source::Watch,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_save_coalesced_behind_a_manual_upgrade_is_reported_on_the_follow_up() {
+        let mut w = Watch::bare(true);
+        w.started = true;
+        // `hotsup upgrade` starts generation 2.
+        w.on_event(&Event::UpgradeRequested {
+            source: Source::Control,
+        });
+        w.on_event(&spawned(2, Origin::Upgrade));
+        // A good build lands meanwhile: queued behind it.
+        w.ask(save("/p/src/b.rs"), Some(3));
+        w.on_event(&Event::UpgradeQueued {
+            source: Source::Watch,
+            behind: 2,
+        });
+        w.on_event(&ready(2));
+        assert_eq!(swaps(&w), Vec::<u64>::new(), "2 was not the save's");
+        w.on_event(&Event::UpgradeRequested {
+            source: Source::Supervisor,
+        });
+        w.on_event(&spawned(3, Origin::Upgrade));
+        w.on_event(&ready(3));
+        assert_eq!(swaps(&w), [3]);
+    }
+
+    #[test]
+    fn a_failed_swap_is_reported_once() {
+        let mut w = Watch::bare(true);
+        w.started = true;
+        w.ask(save("/p/src/c.rs"), Some(3));
+        w.on_event(&Event::UpgradeRequested {
+            source: Source::Watch,
+        });
+        w.on_event(&spawned(4, Origin::Upgrade));
+        let failure = FailureReason::ExitedBeforeReady {
+            status: ExitInfo {
+                code: Some(3),
+                signal: None,
+            },
+        };
+        w.on_event(&Event::UpgradeFailed {
+            generation: Some(4),
+            failure: failure.clone(),
+            serving: Some(3),
+        });
+        w.on_event(&Event::UpgradeFailed {
+            generation: Some(4),
+            failure,
+            serving: Some(3),
+        });
+        let failed = w
+            .deferred
+            .iter()
+            .filter(|d| matches!(d, Deferred::Line(Line::SwapFailed(..))))
+            .count();
+        assert_eq!(failed, 1);
+        assert!(w.attempt.is_none());
+    }
+
+    #[test]
+    fn the_line_and_reload_wait_for_the_old_generation_to_exit() {
+        let mut w = Watch::bare(true);
+        w.started = true;
+        w.ask(save("/p/src/d.rs"), Some(3));
+        w.on_event(&Event::UpgradeRequested {
+            source: Source::Watch,
+        });
+        w.on_event(&spawned(2, Origin::Upgrade));
+        w.on_event(&ready(2));
+        w.on_event(&Event::Draining {
+            generation: 1,
+            pid: 1,
+            via: "protocol".into(),
+            timeout_ms: 1000,
+        });
+        w.flush();
+        assert_eq!(swaps(&w), [2], "held while generation 1 drains");
+        assert!(w.held_until().is_some());
+        w.on_event(&Event::Drained {
+            generation: 1,
+            pid: 1,
+            status: ExitInfo {
+                code: Some(0),
+                signal: None,
+            },
+            clean: true,
+        });
+        w.flush();
+        assert!(w.deferred.is_empty());
+        assert!(w.held_until().is_none());
+    }
+
+    #[test]
+    fn the_hold_ends_at_settle_max() {
+        let mut w = Watch::bare(false);
+        w.on_event(&ready(2));
+        w.on_event(&Event::Draining {
+            generation: 1,
+            pid: 1,
+            via: "SIGTERM".into(),
+            timeout_ms: 30_000,
+        });
+        w.hold_until = Some(Instant::now());
+        w.flush();
+        assert!(w.deferred.is_empty(), "released at the deadline");
+    }
 
     #[test]
     fn durations_read_as_in_the_issue() {
