@@ -20,8 +20,8 @@ hotsup-child), in a temporary directory. Every scenario edits `src/main.rs`
 and, over the whole scenario, the requests that failed (connection error,
 reset, timeout or a status other than 200).
 
-Scenarios: hotsup with its default debounce (100 ms) and with
-`--debounce 10ms`; `systemfd --no-pid -s http::ADDR -- cargo watch` with its
+Scenarios: hotsup with its default debounce (100 ms), with `--debounce 10ms`,
+and with `--debounce 10ms --cgroup off` (no cgroup per generation); `systemfd --no-pid -s http::ADDR -- cargo watch` with its
 default delay (0.5 s) and with `-d 0.1`. Loopback only; every loop is bounded.
 """
 
@@ -87,13 +87,14 @@ class Load:
         self.failures = {}
         # pid -> time of the first response from it
         self.first_seen = {}
+        self.latencies = []
         self.threads = [
             threading.Thread(target=self.run, args=(False,), daemon=True) for _ in range(fresh)
         ] + [threading.Thread(target=self.run, args=(True,), daemon=True) for _ in range(keepalive)]
         for t in self.threads:
             t.start()
 
-    def record(self, body):
+    def record(self, body, sent):
         now = time.time()
         pid = None
         for part in body.split():
@@ -103,6 +104,7 @@ class Load:
             self.ok += 1
             if pid is not None and pid not in self.first_seen:
                 self.first_seen[pid] = now
+            self.latencies.append(now - sent)
         return pid
 
     def fail(self, why):
@@ -117,13 +119,14 @@ class Load:
             try:
                 if conn is None:
                     conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=20)
+                sent = time.time()
                 conn.request("GET", "/")
                 r = conn.getresponse()
                 body = r.read().decode()
                 if r.status != 200:
                     self.fail("status %d" % r.status)
                 else:
-                    self.record(body)
+                    self.record(body, sent)
                 if not keepalive or r.getheader("connection", "").lower() == "close":
                     conn.close()
                     conn = None
@@ -208,8 +211,15 @@ def scenario(name, app, port, argv, saves):
             "  median: total %.0f ms, build %.0f ms, total-build %.1f ms (max %.1f), after build %.1f ms (max %.1f)"
             % (med[0], med[1], med[2], mx[2], med[3], mx[3])
         )
-        print("  requests %d, failed %d %s" % (requests, load.failed, load.failures), flush=True)
-        return name, med, mx, requests, load.failed, load.failures
+        lat = sorted(load.latencies)
+        p99 = lat[int(len(lat) * 0.99)] * 1e3
+        worst = lat[-1] * 1e3
+        print(
+            "  requests %d, failed %d %s, latency p99 %.1f ms, max %.0f ms"
+            % (requests, load.failed, load.failures, p99, worst),
+            flush=True,
+        )
+        return name, med, mx, requests, load.failed, p99, worst
     finally:
         os.killpg(proc.pid, 15)
         try:
@@ -244,7 +254,11 @@ def main():
     subprocess.run(["cargo", "build", "-q"], cwd=app, check=True)
     results = []
     try:
-        for name, extra in [("hotsup", []), ("hotsup --debounce 10ms", ["--debounce", "10ms"])]:
+        for name, extra in [
+            ("hotsup", []),
+            ("hotsup --debounce 10ms", ["--debounce", "10ms"]),
+            ("hotsup --debounce 10ms --cgroup off", ["--debounce", "10ms", "--cgroup", "off"]),
+        ]:
             port = free_port()
             argv = [
                 args.hotsup, "run", "--log-format", "json", "--watch", "src", "--build", "./build.sh",
@@ -261,12 +275,16 @@ def main():
     finally:
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
-    print("\n| scenario | saves | total (median) | build (median) | total - build (median / max) | build end -> new process answers (median / max) | requests | failed |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name, med, mx, requests, failed, failures in results:
+    print(
+        "\n| scenario | saves | save -> new process answers (median) | build (median) "
+        "| minus the build (median / max) | build end -> new process answers (median / max) "
+        "| requests | failed | request latency p99 / max |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, med, mx, requests, failed, p99, worst in results:
         print(
-            "| %s | %d | %.0f ms | %.0f ms | %.1f / %.1f ms | %.1f / %.1f ms | %d | %d |"
-            % (name, args.saves, med[0], med[1], med[2], mx[2], med[3], mx[3], requests, failed)
+            "| %s | %d | %.0f ms | %.0f ms | %.1f / %.1f ms | %.1f / %.1f ms | %d | %d | %.1f / %.0f ms |"
+            % (name, args.saves, med[0], med[1], med[2], mx[2], med[3], mx[3], requests, failed, p99, worst)
         )
     return 0
 
