@@ -354,7 +354,8 @@ pub struct RunArgs {
     #[arg(
         long = "watch",
         value_name = "PATH",
-        help_heading = "Watch (development)"
+        help_heading = "Watch (development)",
+        hide = !crate::watch::AVAILABLE
     )]
     pub watch: Vec<std::path::PathBuf>,
 
@@ -367,14 +368,16 @@ pub struct RunArgs {
         long,
         value_name = "CMD",
         requires = "watch",
-        help_heading = "Watch (development)"
+        help_heading = "Watch (development)",
+        hide = !crate::watch::AVAILABLE
     )]
     pub build: Option<String>,
 
     /// How long the watched files must stay quiet before a build (or an
     /// upgrade) starts, so that a burst of writes is one build [default:
     /// 100ms].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "watch", help_heading = "Watch (development)")]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "watch", help_heading = "Watch (development)",
+        hide = !crate::watch::AVAILABLE)]
     pub debounce: Option<Duration>,
 
     /// Also skip changes to paths matching GLOB (a .gitignore pattern,
@@ -383,7 +386,8 @@ pub struct RunArgs {
         long,
         value_name = "GLOB",
         requires = "watch",
-        help_heading = "Watch (development)"
+        help_heading = "Watch (development)",
+        hide = !crate::watch::AVAILABLE
     )]
     pub watch_ignore: Vec<String>,
 
@@ -394,7 +398,8 @@ pub struct RunArgs {
         long,
         value_name = "ADDR",
         requires = "watch",
-        help_heading = "Watch (development)"
+        help_heading = "Watch (development)",
+        hide = !crate::watch::AVAILABLE
     )]
     pub livereload: Option<std::net::SocketAddr>,
 

@@ -19,4 +19,8 @@ pub mod notify;
 pub mod pinned;
 pub mod signals;
 pub mod supervisor;
+#[cfg(feature = "watch")]
+pub mod watch;
+#[cfg(not(feature = "watch"))]
+#[path = "watch_off.rs"]
 pub mod watch;

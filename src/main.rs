@@ -139,6 +139,11 @@ fn run(args: RunArgs, log_format: cli::LogFormat) -> u8 {
         return usage("no listeners: give --listen ADDR, or start hotsup with socket activation");
     }
     let watching = !args.watch.is_empty();
+    if watching && !watch::AVAILABLE {
+        return usage(
+            "--watch: this hotsup was built without watch mode; build it with the `watch` feature (cargo install --path . --features watch)",
+        );
+    }
     // With --watch --build, the first build may be what creates COMMAND.
     if let Err(e) = child::resolve(program) {
         if !(watching && args.build.is_some()) {

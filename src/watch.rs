@@ -32,7 +32,8 @@
 //!   never a blocking write on the event loop.
 //!
 //! Without `--watch` none of this exists: no thread, no channel, no
-//! allocation; the supervisor holds `None`.
+//! allocation; the supervisor holds `None`. Built without the `watch`
+//! feature, not even its code does (see `watch_off.rs`).
 
 mod filter;
 mod livereload;
@@ -48,6 +49,9 @@ use tracing::{info, warn};
 
 use crate::aux::{self, AuxExit, AuxKind, AuxProcesses};
 use crate::lifecycle::{Event, Input, Origin, Source};
+
+/// Whether this hotsup was built with watch mode (the `watch` feature).
+pub const AVAILABLE: bool = true;
 
 /// The default `--debounce`.
 pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(100);

@@ -15,4 +15,5 @@ mod rollback;
 mod systemd;
 mod upgrade;
 mod util;
+#[cfg(feature = "watch")]
 mod watch;
