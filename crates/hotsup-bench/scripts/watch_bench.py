@@ -2,7 +2,7 @@
 """Save-to-new-code latency of `hotsup run --watch`, next to cargo-watch with
 systemfd, on the same app, with a real `cargo build`, under load.
 
-    cargo build --release --bin hotsup
+    cargo build --release --bin hotsup --features watch
     cargo install --locked cargo-watch systemfd
     python3 crates/hotsup-bench/scripts/watch_bench.py [--saves 10]
 
