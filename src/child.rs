@@ -335,7 +335,7 @@ pub fn spawn(spec: &Spec<'_>) -> io::Result<Spawned> {
 
 /// A command for `program` with hotsup's own variables removed; the
 /// variables meant for the child are set afterwards.
-fn scrubbed(program: &Path) -> Command {
+pub fn scrubbed(program: &Path) -> Command {
     let mut cmd = Command::new(program);
     for var in SCRUBBED_ENV {
         cmd.env_remove(var);
@@ -395,24 +395,9 @@ fn prepare_child(setup: &Setup) -> io::Result<()> {
     // Before the mask is cleared, so that a signal pending for the child
     // meets the action it will have after exec.
     reset_signal_dispositions();
-    // A signal blocked in hotsup would stay blocked across exec.
-    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
-    // SAFETY: sigemptyset initialises the set it is given; sigprocmask gets
-    // that initialised set and a null old-set pointer, which it allows.
-    let rc = unsafe {
-        libc::sigemptyset(set.as_mut_ptr());
-        libc::sigprocmask(libc::SIG_SETMASK, set.as_ptr(), std::ptr::null_mut())
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    clear_signal_mask()?;
     if let Some(soft) = setup.nofile {
-        use rustix::process::{Resource, getrlimit, setrlimit};
-        let mut lim = getrlimit(Resource::Nofile);
-        if lim.current.is_none_or(|c| c > soft) {
-            lim.current = Some(soft);
-            setrlimit(Resource::Nofile, lim)?;
-        }
+        restore_nofile(soft)?;
     }
     for (resource, lim) in &setup.rlimits {
         rustix::process::setrlimit(*resource, *lim)?;
@@ -452,6 +437,50 @@ fn prepare_child(setup: &Setup) -> io::Result<()> {
         // hotsup died before the prctl took effect. A raw errno, because
         // building a custom io::Error would allocate.
         return Err(io::Error::from_raw_os_error(libc::ESRCH));
+    }
+    Ok(())
+}
+
+/// Between fork and exec of an auxiliary process (a `--build` command):
+/// the signal state of a fresh process, and SIGTERM when hotsup dies.
+/// Async-signal-safe syscalls only, like [`prepare_child`]; `hotsup_pid` is
+/// read before fork.
+pub fn prepare_aux(hotsup_pid: Pid, nofile: Option<u64>) -> io::Result<()> {
+    reset_signal_dispositions();
+    clear_signal_mask()?;
+    if let Some(soft) = nofile {
+        restore_nofile(soft)?;
+    }
+    // Spawned from the runtime's only thread, which lives as long as hotsup.
+    rustix::process::set_parent_process_death_signal(Some(Signal::TERM))?;
+    if rustix::process::getppid() != Some(hotsup_pid) {
+        return Err(io::Error::from_raw_os_error(libc::ESRCH));
+    }
+    Ok(())
+}
+
+/// Lowers the soft RLIMIT_NOFILE to what hotsup was started with.
+fn restore_nofile(soft: u64) -> io::Result<()> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current.is_none_or(|c| c > soft) {
+        lim.current = Some(soft);
+        setrlimit(Resource::Nofile, lim)?;
+    }
+    Ok(())
+}
+
+/// A signal blocked in hotsup would stay blocked across exec.
+fn clear_signal_mask() -> io::Result<()> {
+    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset initialises the set it is given; sigprocmask gets
+    // that initialised set and a null old-set pointer, which it allows.
+    let rc = unsafe {
+        libc::sigemptyset(set.as_mut_ptr());
+        libc::sigprocmask(libc::SIG_SETMASK, set.as_ptr(), std::ptr::null_mut())
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! interface is the `hotsup` command line; this crate's API is internal and
 //! may change in any release.
 
+pub mod aux;
 pub mod cgroup;
 pub mod child;
 pub mod cli;
@@ -21,3 +22,8 @@ pub mod notify;
 pub mod pinned;
 pub mod signals;
 pub mod supervisor;
+#[cfg(feature = "watch")]
+pub mod watch;
+#[cfg(not(feature = "watch"))]
+#[path = "watch_off.rs"]
+pub mod watch;
