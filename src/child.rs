@@ -352,6 +352,39 @@ fn cstring(s: &OsStr) -> io::Result<CString> {
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a path contains a NUL byte"))
 }
 
+/// A command for `program` with hotsup's own variables removed, for the
+/// auxiliary processes std's `Command` starts (`--build`).
+pub fn scrubbed(program: &Path) -> Command {
+    let mut cmd = Command::new(program);
+    for var in SCRUBBED_ENV {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// Between fork and exec of an auxiliary process (a `--build` command):
+/// the signal state of a fresh process, and SIGTERM when hotsup dies.
+/// Async-signal-safe syscalls only (those of `sys`, `setrlimit`, `prctl`,
+/// `getppid`); `hotsup_pid` is read before fork.
+pub fn prepare_aux(hotsup_pid: Pid, nofile: Option<u64>) -> io::Result<()> {
+    crate::sys::reset_signal_dispositions();
+    crate::sys::clear_signal_mask()?;
+    if let Some(soft) = nofile {
+        let mut lim = rustix::process::getrlimit(Resource::Nofile);
+        if lim.current.is_none_or(|c| c > soft) {
+            lim.current = Some(soft);
+            rustix::process::setrlimit(Resource::Nofile, lim)?;
+        }
+    }
+    // Spawned from the runtime's only thread, which lives as long as hotsup.
+    rustix::process::set_parent_process_death_signal(Some(Signal::TERM))?;
+    if rustix::process::getppid() != Some(hotsup_pid) {
+        // A raw errno: building a custom io::Error would allocate.
+        return Err(Errno::SRCH.into());
+    }
+    Ok(())
+}
+
 /// The hidden `__exec-listen-pid ARGV0 PROGRAM ARGS...` step: runs in the
 /// child, single-threaded, before anything else in `main`.
 pub fn exec_listen_pid(rest: &[OsString]) -> ! {

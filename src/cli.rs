@@ -59,6 +59,8 @@ Exit codes:
   5  hotsup cannot be reached (none runs, no control socket, or a bad reply)
   6  --timeout ran out before the outcome (the upgrade goes on)";
 
+// Parsed once at start-up: the size of the `run` variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Bind the listeners and run COMMAND under supervision.
@@ -229,6 +231,10 @@ Examples:
   hotsup run -l http=[::]:80 -l admin=unix:/run/app.sock --unix-mode 660 -- ./server --flag
   hotsup upgrade                 # from another terminal: upgrade and wait
   hotsup upgrade --name server   # the same, when several hotsups run
+  hotsup run --watch src --watch templates --build 'cargo build' \
+      -l 127.0.0.1:8080 -- ./target/debug/myapp
+  hotsup run --watch src --build 'cargo build' --livereload 127.0.0.1:35729 \
+      -l 127.0.0.1:8080 -- ./target/debug/myapp
 
 Exit codes:
   0  clean exit, 1  runtime failure, 2  usage error, or the child's own code
@@ -326,6 +332,13 @@ pub struct RunArgs {
     /// --ready-timeout.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Children")]
     pub ready_settle: Option<Duration>,
+
+    /// Give systemd a copy of each listener (FDSTORE=1), so that a crash of
+    /// hotsup queues connections instead of refusing them; at the next
+    /// start hotsup takes them back. `auto` when systemd says the unit has
+    /// FileDescriptorStoreMax= (systemd 254+); `on` for older systemd.
+    #[arg(long, value_enum, default_value_t = crate::fdstore::Mode::Auto, value_name = "MODE", help_heading = "Listeners")]
+    pub fd_store: crate::fdstore::Mode,
 
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g.
     /// 127.0.0.1:9100): upgrades by outcome, rollbacks, crash and worker
@@ -459,16 +472,69 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 3, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), help_heading = "Lifecycle")]
     pub start_attempts: u32,
 
+    /// Development: watch PATH (recursively) and upgrade to the new code on
+    /// every save. Repeatable. Skips target/, .git/, COMMAND itself, editor
+    /// scratch files, and what .gitignore and .ignore files ignore. A
+    /// crashed generation is not restarted (whatever --restart says) but
+    /// waits for the next save or `hotsup upgrade`; nothing is given up
+    /// (--start-attempts does not apply).
+    #[arg(
+        long = "watch",
+        value_name = "PATH",
+        help_heading = "Watch (development)",
+        hide = !crate::watch::AVAILABLE
+    )]
+    pub watch: Vec<std::path::PathBuf>,
+
+    /// Run CMD (with sh -c) after each save while the serving generation
+    /// serves on, and upgrade only when it succeeds. A failed build prints
+    /// its output and changes nothing. Saves during a build queue one
+    /// follow-up build. The first generation starts after the first good
+    /// build; connections wait in the backlog until then.
+    #[arg(
+        long,
+        value_name = "CMD",
+        requires = "watch",
+        help_heading = "Watch (development)",
+        hide = !crate::watch::AVAILABLE
+    )]
+    pub build: Option<String>,
+
+    /// How long the watched files must stay quiet before a build (or an
+    /// upgrade) starts, so that a burst of writes is one build [default:
+    /// 100ms].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "watch", help_heading = "Watch (development)",
+        hide = !crate::watch::AVAILABLE)]
+    pub debounce: Option<Duration>,
+
+    /// Also skip changes to paths matching GLOB (a .gitignore pattern,
+    /// relative to the working directory). Repeatable.
+    #[arg(
+        long,
+        value_name = "GLOB",
+        requires = "watch",
+        help_heading = "Watch (development)",
+        hide = !crate::watch::AVAILABLE
+    )]
+    pub watch_ignore: Vec<String>,
+
+    /// Serve live reload on ADDR: include
+    /// <script src="http://ADDR/livereload.js"></script> in your pages and
+    /// they reload once a new generation is ready, never before.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        requires = "watch",
+        help_heading = "Watch (development)",
+        hide = !crate::watch::AVAILABLE
+    )]
+    pub livereload: Option<std::net::SocketAddr>,
+
     /// The server to run, and its arguments. Everything from COMMAND on is
     /// the server's: hotsup's own options go before it. It is looked up in
     /// PATH again at every upgrade, so a binary replaced in place is picked
     /// up.
-    #[arg(
-        trailing_var_arg = true,
-        value_name = "COMMAND",
-        num_args = 1..,
-        required = true
-    )]
+    #[arg(trailing_var_arg = true, value_name = "COMMAND", num_args = 0..)]
     pub command: Vec<OsString>,
 }
 

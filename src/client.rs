@@ -313,10 +313,11 @@ fn status_text(s: &control::Status) -> String {
     for l in &s.listeners {
         let _ = writeln!(
             out,
-            "  {:<12} {:<4} {}",
+            "  {:<12} {:<4} {:<24} {}",
             clean(&l.name),
             clean(&l.kind),
-            clean(&l.address)
+            clean(&l.address),
+            clean(&l.source)
         );
     }
     match &s.serving {

@@ -230,6 +230,10 @@ pub struct ListenerStatus {
     pub name: String,
     pub kind: String,
     pub address: String,
+    /// `bound` (by this hotsup), `systemd` (socket activation) or
+    /// `fd-store` (kept by systemd across a restart of hotsup).
+    #[serde(default)]
+    pub source: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -3,6 +3,7 @@
 //! interface is the `hotsup` command line; this crate's API is internal and
 //! may change in any release.
 
+pub mod aux;
 pub mod cgroup;
 pub mod child;
 pub mod cli;
@@ -10,6 +11,7 @@ pub mod client;
 pub mod control;
 pub mod events;
 pub mod exec_env;
+pub mod fdstore;
 pub mod fork;
 pub mod handoff;
 pub mod identity;
@@ -23,3 +25,8 @@ pub mod runtime_dir;
 pub mod signals;
 pub mod supervisor;
 pub mod sys;
+#[cfg(feature = "watch")]
+pub mod watch;
+#[cfg(not(feature = "watch"))]
+#[path = "watch_off.rs"]
+pub mod watch;

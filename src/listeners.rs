@@ -4,7 +4,7 @@ use std::fmt;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
@@ -173,10 +173,32 @@ pub enum BindError {
     UnixNotSocket { spec: String, path: String },
 }
 
+/// Where a listener came from, as `hotsup status` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// hotsup bound it, for a `--listen`.
+    Bound,
+    /// systemd passed it (socket activation).
+    Activated,
+    /// An earlier hotsup bound it; systemd's fd store kept it.
+    Restored,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Bound => "bound",
+            Origin::Activated => "systemd",
+            Origin::Restored => "fd-store",
+        }
+    }
+}
+
 /// A bound socket held by the supervisor.
 #[derive(Debug)]
 pub struct Listener {
     pub info: ListenerInfo,
+    pub origin: Origin,
     socket: OwnedFd,
     /// The Unix socket file we created and must remove at exit, with its
     /// device and inode so we never remove a file that replaced ours.
@@ -186,6 +208,21 @@ pub struct Listener {
 impl Listener {
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.socket.as_fd()
+    }
+
+    /// Takes on removing the socket file of a Unix listener that an earlier
+    /// hotsup created and systemd's fd store kept: the file as it is now is
+    /// the one removed at exit, as if this hotsup had bound it.
+    pub fn claim_file(&mut self) {
+        if self.info.kind != Kind::Unix || self.info.address.starts_with('@') {
+            return;
+        }
+        let path = PathBuf::from(&self.info.address);
+        if let Ok(meta) = std::fs::symlink_metadata(&path) {
+            if meta.file_type().is_socket() {
+                self.owned_path = Some((path, meta.dev(), meta.ino()));
+            }
+        }
     }
 }
 
@@ -291,6 +328,7 @@ pub fn adopt_activated() -> Result<Vec<Listener>, ActivationError> {
                 address: a.address.unwrap_or_else(|| "(unnamed)".into()),
             },
             socket: a.fd,
+            origin: Origin::Activated,
             owned_path: None,
         });
     }
@@ -359,10 +397,28 @@ pub fn bind_all(
     taken: &[String],
     opts: &BindOptions,
 ) -> Result<Vec<Listener>, BindError> {
+    Ok(bind_all_reusing(specs, taken, opts, |_, _| None)?
+        .into_iter()
+        .map(|(l, _)| l)
+        .collect())
+}
+
+/// Like [`bind_all`], but a listener `reuse` gives for a spec and its name
+/// (one kept open elsewhere, such as systemd's fd store) is taken instead
+/// of bound. Each comes with whether it was reused.
+pub fn bind_all_reusing(
+    specs: &[ListenSpec],
+    taken: &[String],
+    opts: &BindOptions,
+    mut reuse: impl FnMut(&ListenSpec, &str) -> Option<Listener>,
+) -> Result<Vec<(Listener, bool)>, BindError> {
     let names = name_all(specs, taken)?;
     let mut out = Vec::with_capacity(specs.len());
     for (spec, name) in specs.iter().zip(names) {
-        out.push(bind_one(spec, name, opts)?);
+        match reuse(spec, &name) {
+            Some(l) => out.push((l, true)),
+            None => out.push((bind_one(spec, name, opts)?, false)),
+        }
     }
     Ok(out)
 }
@@ -464,6 +520,7 @@ fn bind_one(spec: &ListenSpec, name: String, opts: &BindOptions) -> Result<Liste
                     address: path.display().to_string(),
                 },
                 socket: s,
+                origin: Origin::Bound,
                 owned_path: owned,
             };
             rustix::net::listen(&listener.socket, opts.backlog)
@@ -478,6 +535,7 @@ fn bind_one(spec: &ListenSpec, name: String, opts: &BindOptions) -> Result<Liste
             address,
         },
         socket,
+        origin: Origin::Bound,
         owned_path,
     })
 }

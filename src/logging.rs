@@ -362,7 +362,7 @@ fn writable(fd: BorrowedFd<'_>, deadline: Instant) -> bool {
 /// Runs `f` (which starts the writer thread) with every signal blocked, so
 /// that the thread it starts inherits that mask and never takes a signal
 /// meant for the supervisor.
-fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
+pub(crate) fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
     let old = crate::sys::block_all_signals();
     let out = f();
     if let Ok(old) = old {

@@ -11,7 +11,7 @@ use hotsup::cli::{self, Cli, Command, RunArgs};
 use hotsup::listeners::{self, BindOptions};
 use hotsup::{
     child, client, control, exec_env, handoff, identity, lifecycle, logging, notify, signals,
-    supervisor,
+    supervisor, watch,
 };
 
 const EXIT_RUNTIME: u8 = 1;
@@ -33,7 +33,7 @@ fn main() -> ExitCode {
         Command::Run(args) => {
             let log = logging::init(cli.verbose, cli.quiet, cli.log_format);
             let separated = separated_by_dashes(&argv, &args.command);
-            let code = run(*args, separated);
+            let code = run(*args, separated, cli.log_format);
             // Writes what is still queued, `exiting` included.
             drop(log);
             ExitCode::from(code)
@@ -205,10 +205,11 @@ fn hotsup_options_among(args: &[std::ffi::OsString]) -> Vec<String> {
         .collect()
 }
 
-fn run(args: RunArgs, separated: bool) -> u8 {
+fn run(args: RunArgs, separated: bool, log_format: cli::LogFormat) -> u8 {
     let Some((program, rest)) = args.command.split_first() else {
-        // clap requires COMMAND.
-        return usage("no COMMAND given (see hotsup run --help)");
+        return usage(
+            "no COMMAND given: hotsup run [OPTIONS] [--] COMMAND [ARGS]... (see hotsup run --help)",
+        );
     };
     let misplaced = hotsup_options_among(rest);
     // From here on, a SIGTERM must run hotsup's shutdown, not kill it before
@@ -219,6 +220,10 @@ fn run(args: RunArgs, separated: bool) -> u8 {
         Ok(a) => a,
         Err(e) => return runtime_failure(format!("socket activation: {e}")),
     };
+    // Ours from systemd's fd store (hotsup died, systemd kept the sockets)
+    // apart from those a .socket unit passes.
+    let (mut stored, adopted) = hotsup::fdstore::split(adopted);
+    let fd_store = hotsup::fdstore::FdStore::detect(args.fd_store);
     let taken: Vec<String> = adopted.iter().map(|l| l.info.name.clone()).collect();
     if let Err(e) = listeners::name_all(&args.listen, &taken) {
         return usage(e);
@@ -235,8 +240,22 @@ fn run(args: RunArgs, separated: bool) -> u8 {
     if !misplaced.is_empty() && !separated {
         tracing::warn!(options = %misplaced.join(" "), "options_after_command");
     }
+    let watching = !args.watch.is_empty();
+    if watching && !watch::AVAILABLE {
+        return usage(
+            "--watch: this hotsup was built without watch mode; build it with the `watch` feature (cargo install --path . --features watch)",
+        );
+    }
+    // With --watch --build, the first build may be what creates COMMAND.
     if let Err(e) = child::resolve(program) {
-        return usage(e);
+        if !(watching && args.build.is_some()) {
+            return usage(e);
+        }
+    }
+    for p in &args.watch {
+        if let Err(e) = std::fs::metadata(p) {
+            return usage(format!("--watch {}: {e}", p.display()));
+        }
     }
     let identity = match resolve_identity(&args) {
         Ok(id) => id,
@@ -293,13 +312,55 @@ fn run(args: RunArgs, separated: bool) -> u8 {
     // Dropping `bound` (on every return path) closes the sockets and removes
     // the Unix socket files hotsup created.
     let mut bound = adopted;
-    match listeners::bind_all(&args.listen, &taken, &opts) {
-        Ok(b) => bound.extend(b),
+    let reusing =
+        |spec: &listeners::ListenSpec, name: &str| hotsup::fdstore::take(&mut stored, spec, name);
+    match listeners::bind_all_reusing(&args.listen, &taken, &opts, reusing) {
+        Ok(b) => {
+            for (mut l, reused) in b {
+                match (&fd_store, reused) {
+                    (_, true) => {
+                        l.claim_file();
+                        tracing::info!(name = %l.info.name, address = %l.info.address, "fd_restored")
+                    }
+                    (Some(store), false) => store.keep(&l),
+                    (None, false) => {}
+                }
+                bound.push(l);
+            }
+        }
         Err(e) => return runtime_failure(e),
     };
+    // Stored sockets no --listen describes any more: closed, and dropped
+    // from the store.
+    for l in stored.drain(..) {
+        if let Some(store) = &fd_store {
+            store.forget(&l.info.name);
+        }
+        tracing::info!(name = %l.info.name, address = %l.info.address, "fd_store_dropped");
+    }
     for l in &bound {
         tracing::info!(name = %l.info.name, kind = %l.info.kind, address = %l.info.address, "listening");
     }
+    let livereload = match args.livereload.map(std::net::TcpListener::bind) {
+        Some(Ok(l)) => Some(l),
+        Some(Err(e)) => {
+            return runtime_failure(format!(
+                "cannot bind --livereload {}: {e}",
+                args.livereload.map(|a| a.to_string()).unwrap_or_default()
+            ));
+        }
+        None => None,
+    };
+    let watch_cfg = watching.then(|| watch::Config {
+        paths: args.watch.clone(),
+        build: args.build.clone(),
+        debounce: args.debounce.unwrap_or(watch::DEFAULT_DEBOUNCE),
+        ignore: args.watch_ignore.clone(),
+        livereload,
+        human: log_format == cli::LogFormat::Text && rustix::termios::isatty(std::io::stderr()),
+        command: program.into(),
+        nofile: original_nofile,
+    });
     let outbox = match handoff::Outbox::new(bound) {
         Ok(o) => o,
         Err(e) => return runtime_failure(format!("cannot describe listeners: {e}")),
@@ -345,14 +406,22 @@ fn run(args: RunArgs, separated: bool) -> u8 {
             ready_timeout: args.ready_timeout,
             drain_timeout: args.drain_timeout,
             drain_signal: args.drain_signal.as_raw(),
+            // Watch mode: a crash waits for the next save, which brings the
+            // fix, instead of restarting the same broken code in a loop.
             restart: match args.restart {
+                _ if watching => lifecycle::RestartRule::Wait,
                 cli::Restart::Always => lifecycle::RestartRule::Always,
                 cli::Restart::OnFailure => lifecycle::RestartRule::OnFailure,
                 cli::Restart::Never => lifecycle::RestartRule::Never,
             },
             max_draining: usize::from(args.max_draining),
             probation: args.probation,
-            start_attempts: args.start_attempts,
+            // Watch mode never gives up: the next save may fix it.
+            start_attempts: if watching {
+                u32::MAX
+            } else {
+                args.start_attempts
+            },
             ready_settle: args.ready_settle,
             ready_probe: false,
             workers: args.workers,
@@ -362,6 +431,7 @@ fn run(args: RunArgs, separated: bool) -> u8 {
         },
         identity,
         exec,
+        watch: None,
     };
     let name = args.name.clone().unwrap_or_else(|| {
         std::path::Path::new(program)
@@ -377,9 +447,13 @@ fn run(args: RunArgs, separated: bool) -> u8 {
         .unwrap_or_else(|| control::default_path(&name));
     // One thread: spawning from the thread that lives as long as hotsup
     // keeps PR_SET_PDEATHSIG meaningful, and the supervisor does no
-    // per-request work that could use more.
+    // per-request work that could use more. The blocking pool only closes
+    // replaced executables and reads files: one thread, gone a second
+    // after its last job, so hotsup at rest runs its loop and log writer.
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .max_blocking_threads(1)
+        .thread_keep_alive(std::time::Duration::from_secs(1))
         .build()
     {
         Ok(rt) => rt,
@@ -393,8 +467,10 @@ fn run(args: RunArgs, separated: bool) -> u8 {
         let notify = notify::ChildNotify::create(owner)
             .map_err(|e| format!("cannot create the children's NOTIFY_SOCKET directory: {e}"))?;
         tracing::info!(path = %notify.dir().display(), "notify_dir");
+        let watch = watch_cfg.map(watch::Watch::new).transpose()?;
         let cfg = supervisor::Config {
             notify: Some(notify),
+            watch,
             ..cfg
         };
         let (control_tx, control_rx) = tokio::sync::mpsc::unbounded_channel();

@@ -61,6 +61,8 @@ pub struct Config {
     pub identity: Option<crate::identity::Identity>,
     /// `--chdir`, `--env`, `--env-file`, `--umask`, `--rlimit`.
     pub exec: crate::exec_env::ExecEnv,
+    /// `--watch`: the development loop; `None` (nothing at all) otherwise.
+    pub watch: Option<crate::watch::Watch>,
 }
 
 /// A live worker's resources.
@@ -102,11 +104,14 @@ pub struct Supervisor {
     /// empty.
     emptying: Vec<GenCgroup>,
     exit: Option<u8>,
+    watch: Option<crate::watch::Watch>,
+    /// Processes besides the generations (a `--build`), reaped here too.
+    aux: crate::aux::AuxProcesses,
 }
 
 impl Supervisor {
     pub fn new(
-        cfg: Config,
+        mut cfg: Config,
         outbox: Outbox,
         control_rx: mpsc::UnboundedReceiver<control::Message>,
         feed: control::EventFeed,
@@ -114,6 +119,7 @@ impl Supervisor {
         let (chan_tx, chan_rx) = mpsc::channel(CHANNEL_QUEUE);
         let (notify_tx, notify_rx) = mpsc::channel(NOTIFY_QUEUE);
         let policy = cfg.policy.clone();
+        let watch = cfg.watch.take();
         Supervisor {
             core: Core::new(policy, Instant::now().into_std()),
             cfg,
@@ -132,6 +138,8 @@ impl Supervisor {
             strangers: Arc::default(),
             emptying: Vec::new(),
             exit: None,
+            watch,
+            aux: crate::aux::AuxProcesses::default(),
         }
     }
 
@@ -162,7 +170,14 @@ impl Supervisor {
         });
 
         crate::signals::release();
-        self.feed(Input::Start);
+        // With `--watch --build`, the first good build starts it.
+        if self
+            .watch
+            .as_mut()
+            .is_none_or(crate::watch::Watch::starts_at_once)
+        {
+            self.feed(Input::Start);
+        }
         loop {
             if let Some(code) = self.exit {
                 return Ok(code);
@@ -197,6 +212,7 @@ impl Supervisor {
                     self.sweep_cgroups();
                     self.feed(Input::Tick);
                 }
+                input = crate::watch::next(&mut self.watch, &mut self.aux) => self.feed(input),
             }
         }
     }
@@ -225,7 +241,12 @@ impl Supervisor {
             }
             Effect::Spawn { .. } => None,
             Effect::Unpin(pin) => {
-                self.pins.remove(&pin);
+                // Closing the last fd of a replaced binary frees its blocks
+                // synchronously (tens of ms on ext4 for a large one): off
+                // the loop's thread.
+                if let Some(p) = self.pins.remove(&pin) {
+                    drop(tokio::task::spawn_blocking(move || drop(p)));
+                }
                 None
             }
             Effect::Drain { worker, pid, via } => {
@@ -342,6 +363,9 @@ impl Supervisor {
                     if let Some(line) = crate::events::feed_line(&ev) {
                         let _ = self.feed.send(line);
                     }
+                }
+                if let Some(w) = &mut self.watch {
+                    w.on_event(&ev);
                 }
                 None
             }
@@ -688,6 +712,12 @@ impl Supervisor {
             match rustix::process::wait(WaitOptions::NOHANG) {
                 Ok(Some((pid, status))) => {
                     let status = exit_info(&status);
+                    if let Some(exit) = self.aux.reaped(pid, status) {
+                        if let Some(input) = crate::watch::aux_exited(&mut self.watch, &exit) {
+                            self.feed(input);
+                        }
+                        continue;
+                    }
                     if self.core.worker_of(pid).is_none() {
                         debug!(pid = pid.as_raw_pid(), status = %status, "reaped_orphan");
                         continue;
@@ -829,6 +859,7 @@ impl Supervisor {
                     name: l.info.name.clone(),
                     kind: l.info.kind.to_string(),
                     address: l.info.address.clone(),
+                    source: l.origin.as_str().to_string(),
                 })
                 .collect(),
             serving: find(&["serving", "probation"]),

@@ -87,6 +87,8 @@ pub enum Source {
     Control,
     /// hotsup itself (a coalesced follow-up upgrade).
     Supervisor,
+    /// `run --watch`: a change was saved (and built, with `--build`).
+    Watch,
 }
 
 impl Source {
@@ -95,6 +97,7 @@ impl Source {
             Source::Signal(s) => crate::signals::name(s),
             Source::Control => "control socket".into(),
             Source::Supervisor => "hotsup".into(),
+            Source::Watch => "watch".into(),
         }
     }
 }

@@ -25,3 +25,5 @@ mod systemd;
 mod systemd_real;
 mod upgrade;
 mod util;
+#[cfg(feature = "watch")]
+mod watch;
