@@ -152,11 +152,13 @@ pub fn spawn_with(plan: &Plan<'_>, no_clone_into_cgroup: bool) -> io::Result<Pid
         Some(dir) if no_clone_into_cgroup => Some(open_procs(dir, end)?),
         _ => None,
     };
-    let child = Child {
+    let mut child = Child {
         plan,
         report: report_write.as_raw_fd(),
         enter: enter.as_ref().map(AsRawFd::as_raw_fd),
         end,
+        // Allocated here: the child may not allocate.
+        copies: vec![0; plan.place.len()],
     };
     // Every signal stays blocked until the child has reset its handlers: a
     // signal arriving between fork and that reset would run one of
@@ -267,12 +269,15 @@ struct Child<'p, 'a> {
     enter: Option<RawFd>,
     /// The first fd above the placed ones.
     end: RawFd,
+    /// Where the child copies each placed fd before putting it in place:
+    /// one slot per fd, written in the child's copy of this memory.
+    copies: Vec<RawFd>,
 }
 
 impl Child<'_, '_> {
     /// Runs in the forked child: sets it up and execs, or reports why not
     /// and exits. Never returns.
-    fn run(&self) -> ! {
+    fn run(&mut self) -> ! {
         let errno = match self.prepare() {
             Ok(()) => {
                 // SAFETY: argv and envp are null-terminated arrays of
@@ -302,7 +307,7 @@ impl Child<'_, '_> {
 
     /// Every step between fork and exec. Async-signal-safe system calls
     /// only; errors are raw errnos, which allocate nothing.
-    fn prepare(&self) -> Result<(), Errno> {
+    fn prepare(&mut self) -> Result<(), Errno> {
         let plan = self.plan;
         // First, so that nothing the child does happens outside its cgroup.
         if let Some(fd) = self.enter {
@@ -374,33 +379,19 @@ impl Child<'_, '_> {
     /// where an earlier dup2 would overwrite it: every source is first
     /// copied above the range (close-on-exec copies, gone at exec), then
     /// down into place; dup2 clears close-on-exec on the target.
-    fn place_fds(&self) -> Result<(), Errno> {
+    fn place_fds(&mut self) -> Result<(), Errno> {
         let place = self.plan.place;
-        if place.is_empty() {
-            return Ok(());
-        }
-        // The copies land at the lowest free numbers from `end` up, so the
-        // first one tells where all of them are: no array needed.
-        let mut first = None;
-        for (i, fd) in place.iter().enumerate() {
+        // The copies land wherever numbers from `end` up are free, not
+        // necessarily side by side (hotsup's own fds lie there too), so
+        // each one's number is recorded, in memory allocated before fork.
+        for (fd, slot) in place.iter().zip(self.copies.iter_mut()) {
             let copy = rustix::io::fcntl_dupfd_cloexec(fd, self.end)?;
-            let raw = copy.as_raw_fd();
             // Kept open until exec, which closes it (close-on-exec).
+            *slot = copy.as_raw_fd();
             std::mem::forget(copy);
-            match first {
-                None => first = Some(raw),
-                // Not consecutive: an fd between was free and got taken
-                // since; cannot happen in a single-threaded child, but the
-                // placement must never guess.
-                Some(f) if raw != f + i as RawFd => return Err(Errno::BUSY),
-                Some(_) => {}
-            }
         }
-        let Some(first) = first else {
-            return Ok(());
-        };
-        for i in 0..place.len() as RawFd {
-            sys::dup2(first + i, 3 + i)?;
+        for (target, &copy) in (3..).zip(self.copies.iter()) {
+            sys::dup2(copy, target)?;
         }
         Ok(())
     }
@@ -493,6 +484,48 @@ mod tests {
             "test \"$(stat -L -c %i /proc/self/fd/{fa})\" = {ib} && \
              test \"$(stat -L -c %i /proc/self/fd/{fb})\" = {ia} && \
              echo ok >&{}",
+            out.as_raw_fd()
+        );
+        let argv = CStrings::new(["sh", "-c", &script]).unwrap();
+        let envp = CStrings::new(["PATH=/usr/bin:/bin"]).unwrap();
+        let keep = [out];
+        let plan = plan_for(c"/bin/sh", &argv, &envp, &place, &keep);
+        let pid = spawn(&plan).expect("spawn");
+        drop(moved);
+        drop(write_end);
+        let mut buf = [0u8; 16];
+        let n = rustix::io::read(&read_end, &mut buf).unwrap();
+        assert_eq!(wait_code(pid), 0, "the child found other sockets");
+        assert_eq!(&buf[..n], b"ok\n");
+    }
+
+    /// The copies made before placing cannot sit side by side when an fd
+    /// above the placed range is open (the supervisor's own fds are there):
+    /// here the range ends at `hole - 2`, where the report pipe goes, and
+    /// fd `hole` is open, so the first copy lands below `hole` and the next
+    /// one above it.
+    #[test]
+    fn placement_copes_with_open_fds_above_the_range() {
+        let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let inode = |fd: BorrowedFd<'_>| rustix::fs::fstat(fd).unwrap().st_ino;
+        let (ia, ib) = (inode(a.as_fd()), inode(b.as_fd()));
+        // High enough that no other test's fds are near it.
+        let hole = rustix::io::fcntl_dupfd_cloexec(a.as_fd(), 300).unwrap();
+        let count = usize::try_from(hole.as_raw_fd() - 5).unwrap();
+        let mut place: Vec<BorrowedFd<'_>> = vec![a.as_fd(); count];
+        place[0] = b.as_fd();
+        let end = placed_end(place.len()).unwrap();
+        assert_eq!(end + 2, hole.as_raw_fd());
+        let (read_end, write_end) =
+            rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
+        let moved = clear_of(write_end.as_fd(), hole.as_raw_fd() + 1).unwrap();
+        let out = moved.as_ref().map_or(write_end.as_fd(), |m| m.as_fd());
+        let last = end - 1;
+        let script = format!(
+            "test \"$(stat -L -c %i /proc/self/fd/3)\" = {ib} && \
+             test \"$(stat -L -c %i /proc/self/fd/{last})\" = {ia} && \
+             echo ok >/proc/self/fd/{}",
             out.as_raw_fd()
         );
         let argv = CStrings::new(["sh", "-c", &script]).unwrap();
