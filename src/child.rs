@@ -364,17 +364,13 @@ pub fn scrubbed(program: &Path) -> Command {
 
 /// Between fork and exec of an auxiliary process (a `--build` command):
 /// the signal state of a fresh process, and SIGTERM when hotsup dies.
-/// Async-signal-safe syscalls only (those of `sys`, `setrlimit`, `prctl`,
-/// `getppid`); `hotsup_pid` is read before fork.
+/// Async-signal-safe syscalls only (those of `sys`, `fork::restore_nofile`,
+/// `prctl`, `getppid`); `hotsup_pid` is read before fork.
 pub fn prepare_aux(hotsup_pid: Pid, nofile: Option<u64>) -> io::Result<()> {
     crate::sys::reset_signal_dispositions();
     crate::sys::clear_signal_mask()?;
     if let Some(soft) = nofile {
-        let mut lim = rustix::process::getrlimit(Resource::Nofile);
-        if lim.current.is_none_or(|c| c > soft) {
-            lim.current = Some(soft);
-            rustix::process::setrlimit(Resource::Nofile, lim)?;
-        }
+        fork::restore_nofile(soft)?;
     }
     // Spawned from the runtime's only thread, which lives as long as hotsup.
     rustix::process::set_parent_process_death_signal(Some(Signal::TERM))?;

@@ -327,11 +327,7 @@ impl Child<'_, '_> {
         // A signal blocked in hotsup would stay blocked across exec.
         sys::clear_signal_mask()?;
         if let Some(soft) = plan.nofile {
-            let mut lim = rustix::process::getrlimit(Resource::Nofile);
-            if lim.current.is_none_or(|c| c > soft) {
-                lim.current = Some(soft);
-                rustix::process::setrlimit(Resource::Nofile, lim)?;
-            }
+            restore_nofile(soft)?;
         }
         for (resource, lim) in plan.rlimits {
             rustix::process::setrlimit(*resource, *lim)?;
@@ -395,6 +391,18 @@ impl Child<'_, '_> {
         }
         Ok(())
     }
+}
+
+/// Lowers the soft `RLIMIT_NOFILE` back to `soft`, what hotsup was started
+/// with (it raises its own, see `hotsup_os::raise_nofile_limit`): apps
+/// using `select()` break above 1024. Async-signal-safe: two system calls.
+pub fn restore_nofile(soft: u64) -> Result<(), Errno> {
+    let mut lim = rustix::process::getrlimit(Resource::Nofile);
+    if lim.current.is_none_or(|c| c > soft) {
+        lim.current = Some(soft);
+        rustix::process::setrlimit(Resource::Nofile, lim)?;
+    }
+    Ok(())
 }
 
 /// Moves the calling process into the cgroup whose `cgroup.procs` is open
