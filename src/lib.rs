@@ -21,6 +21,7 @@ pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod pinned;
+pub mod resident;
 pub mod runtime_dir;
 pub mod signals;
 pub mod supervisor;

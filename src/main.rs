@@ -499,6 +499,8 @@ fn run(args: RunArgs, separated: bool, log_format: cli::LogFormat) -> u8 {
                 None
             }
         };
+        // Start-up is over: what it alone used need not stay resident.
+        hotsup::resident::release_startup_pages();
         let code = supervisor::Supervisor::new(cfg, outbox, control_rx, feed)
             .run()
             .await

@@ -15,6 +15,8 @@
 //! - `getpwnam_r`, `getpwuid_r`, `getgrnam_r`, `getgrgid_r` and
 //!   `getgrouplist` in [`crate::identity`]: only glibc's NSS knows the users
 //!   of LDAP, sssd or systemd-userdb;
+//! - `malloc_trim`, to hand the heap start-up freed back to the kernel
+//!   ([`crate::resident`]);
 //! - signal numbers (`libc::SIGTERM`, ...) where a plain `c_int` is wanted.
 //!
 //! Everything marked async-signal-safe below is a single system call with
@@ -245,6 +247,18 @@ pub unsafe fn execve(path: &CStr, argv: *const *const c_char, envp: *const *cons
     // SAFETY: as the caller guarantees; `path` is NUL-terminated.
     unsafe { libc::execve(path.as_ptr(), argv, envp) };
     Errno::from_raw_os_error(errno())
+}
+
+/// Returns the free memory of every malloc arena to the kernel (glibc's
+/// `malloc_trim`, which `MADV_DONTNEED`s free pages inside the heap, not
+/// only at its top). Not for a forked child: it takes malloc's locks.
+pub fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks and locks malloc's own arenas; it is
+    // safe to call from any thread at any time outside a forked child.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Ends the process at once, without running exit handlers or flushing
