@@ -14,7 +14,8 @@ use serde_json::Value;
 use crate::bad_input::{USAGE, check};
 use crate::upgrade::{Traffic, assert_no_failures};
 use crate::util::{
-    Hotsup, WAIT, client, environ_var, example, hotsup_bin, http_get, json, tempdir, text,
+    Hotsup, WAIT, client, environ_var, eventually, example, hotsup_bin, http_get, json, tempdir,
+    text,
 };
 
 /// `hotsup upgrade` refused (the config file cannot be used).
@@ -368,8 +369,10 @@ fn a_broken_file_or_a_port_in_use_refuses_the_upgrade_and_changes_nothing() {
         for m in mentions {
             assert!(said.contains(m.as_str()), "{said:?} does not mention {m:?}");
         }
-        let rejected = h.log.count_events("config_rejected", &[]);
-        assert_eq!(rejected, refused, "one config_rejected per refusal");
+        // The reply can overtake the log line: wait for it.
+        eventually("one config_rejected per refusal", || {
+            h.log.count_events("config_rejected", &[]) == refused
+        });
         assert!(http_get(http).contains("generation="), "stopped serving");
     }
     // Nothing changed beyond the one upgrade the harmless edit made.
