@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::sync::mpsc;
-use std::time::Instant;
 
 use hotsup_bench::http::{Connection, request_once};
 
@@ -172,21 +171,21 @@ fn stop_lets_the_request_in_flight_finish() {
             // Answered: the app holds the connection.
             let first = conn.get("/", true).expect("first request");
             accepted_tx.send(first.identity().generation).unwrap();
-            let slow = conn.get("/?sleep_ms=2000", true);
-            (slow, Instant::now())
+            conn.get("/?sleep_ms=2000", true)
         })
     };
     assert_eq!(accepted.recv().unwrap(), Some(1));
     g.ok(&["stop", UNIT]);
-    let stopped = Instant::now();
-    let (slow, answered) = client.join().unwrap();
+    let slow = client.join().unwrap();
     let slow =
         slow.unwrap_or_else(|e| panic!("the request in flight failed: {e}\n{}", g.journal()));
     assert_eq!(slow.status, 200);
     assert_eq!(slow.identity().generation, Some(1));
-    // `systemctl stop` returned after the answer, not before: hotsup drained
-    // the app, and systemd waited for hotsup.
-    assert!(answered <= stopped);
+    // The answer came from generation 1, which was stopped while it held
+    // the request: hotsup drained it rather than letting systemd kill it.
+    // (When the client read the answer against when `systemctl stop`
+    // returned is no proof either way: on a loaded machine the client's
+    // thread may run only after systemctl came back.)
     assert_eq!(g.show(UNIT, "ActiveState"), "inactive");
     assert_eq!(g.show(UNIT, "Result"), "success");
     assert_eq!(g.show(UNIT, "ExecMainStatus"), "0");
