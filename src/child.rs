@@ -103,7 +103,7 @@ pub enum Pass<'a> {
     /// A `SOCK_SEQPACKET` channel at the fd named by `HOTSUP_FD`.
     Native,
     /// systemd socket activation: the listeners at fds 3, 4, ...
-    Systemd(&'a [Listener]),
+    Systemd(&'a [std::sync::Arc<Listener>]),
 }
 
 /// The hidden subcommand through which hotsup re-executes itself in the
@@ -174,7 +174,7 @@ pub fn spawn(spec: &Spec<'_>) -> io::Result<Spawned> {
     let mut set = |k: &str, v: &OsStr| {
         env.insert(k.into(), v.to_owned());
     };
-    let listeners: &[Listener] = match spec.pass {
+    let listeners: &[std::sync::Arc<Listener>] = match spec.pass {
         Pass::Native => &[],
         Pass::Systemd(l) => l,
     };
@@ -291,7 +291,7 @@ pub fn spawn(spec: &Spec<'_>) -> io::Result<Spawned> {
         .iter()
         .map(|l| (l.resource, l.rlimit()))
         .collect();
-    let place: Vec<BorrowedFd<'_>> = listeners.iter().map(Listener::fd).collect();
+    let place: Vec<BorrowedFd<'_>> = listeners.iter().map(|l| l.fd()).collect();
     let mut keep: Vec<BorrowedFd<'_>> = Vec::with_capacity(2);
     keep.extend(child_end.as_ref().map(AsFd::as_fd));
     if let Some(e) = exe_fd {
