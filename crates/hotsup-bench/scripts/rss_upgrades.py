@@ -61,6 +61,9 @@ def smaps(pid, binary):
                     name = os.path.basename(path)
             elif fields[0] == "Rss:" and name is not None:
                 groups[name] = groups.get(name, 0) + int(fields[1])
+            elif fields[0] in ("Pss:", "Private_Dirty:"):
+                key = "= " + fields[0].rstrip(":")
+                groups[key] = groups.get(key, 0) + int(fields[1])
     return groups
 
 
@@ -125,13 +128,22 @@ def main():
                 )
                 last[tag] = groups
     print("\nResident KiB by origin after %d upgrades (last run of each):" % upgrades)
-    names = sorted(set(last["old"]) | set(last["new"]), key=lambda n: -max(last["old"].get(n, 0), last["new"].get(n, 0)))
+    # Pss (shared pages divided among their users) and Private_Dirty (what
+    # this process alone costs) are totals, not origins.
+    totals = ("= Pss", "= Private_Dirty")
+    names = sorted(
+        (set(last["old"]) | set(last["new"])) - set(totals),
+        key=lambda n: -max(last["old"].get(n, 0), last["new"].get(n, 0)),
+    )
     print("| origin | old | new |\n|---|---|---|")
     for n in names:
         o, w = last["old"].get(n, 0), last["new"].get(n, 0)
         if o or w:
             print("| %s | %d | %d |" % (n, o, w))
-    print("| total | %d | %d |" % (sum(last["old"].values()), sum(last["new"].values())))
+    rss = lambda t: sum(v for k, v in last[t].items() if k not in totals)
+    print("| **Rss** | %d | %d |" % (rss("old"), rss("new")))
+    for k in totals:
+        print("| %s | %d | %d |" % (k[2:], last["old"].get(k, 0), last["new"].get(k, 0)))
 
 
 if __name__ == "__main__":
