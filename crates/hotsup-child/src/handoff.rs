@@ -174,9 +174,9 @@ impl Handoff {
     pub fn from_channel(channel: OwnedFd) -> Result<Handoff, StartupError> {
         let fd = channel.as_raw_fd();
         match sockets::is_seqpacket(channel.as_fd()) {
-            Ok(true) => {}
-            Ok(false) => return Err(StartupError::NotSeqpacket { fd }),
-            Err(()) => return Err(StartupError::NotASocket { fd }),
+            Some(true) => {}
+            Some(false) => return Err(StartupError::NotSeqpacket { fd }),
+            None => return Err(StartupError::NotASocket { fd }),
         }
         let io = |operation| {
             move |e: rustix::io::Errno| StartupError::Io {
@@ -496,9 +496,9 @@ fn open_channel(value: &OsString) -> Result<OwnedFd, StartupError> {
         return Err(StartupError::NotASocket { fd });
     }
     match sockets::is_seqpacket(borrowed) {
-        Ok(true) => {}
-        Ok(false) => return Err(StartupError::NotSeqpacket { fd }),
-        Err(()) => return Err(StartupError::NotASocket { fd }),
+        Some(true) => {}
+        Some(false) => return Err(StartupError::NotSeqpacket { fd }),
+        None => return Err(StartupError::NotASocket { fd }),
     }
     // SAFETY: the fd is open and is an AF_UNIX SOCK_SEQPACKET socket, and
     // HOTSUP_FD hands it to this process; `Handoff::from_env` adopts once

@@ -201,10 +201,10 @@ pub fn inspect(fds: Vec<OwnedFd>, names: Option<&OsStr>) -> Vec<Adopted> {
 /// by an earlier fd; otherwise `default`, made unique with a `-2`, `-3`, …
 /// suffix in the unlikely case that an earlier fd was given that name.
 fn unique_name(given: Option<&str>, default: &str, used: &mut HashSet<String>) -> String {
-    if let Some(name) = given.filter(|n| valid_name(n)) {
-        if used.insert(name.to_owned()) {
-            return name.to_owned();
-        }
+    if let Some(name) = given.filter(|n| valid_name(n))
+        && used.insert(name.to_owned())
+    {
+        return name.to_owned();
     }
     let mut name = default.to_owned();
     let mut k = 2;

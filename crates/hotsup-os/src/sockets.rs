@@ -127,16 +127,16 @@ pub fn local_address(fd: BorrowedFd<'_>) -> Option<String> {
     }
 }
 
-/// Whether `fd` is an `AF_UNIX` `SOCK_SEQPACKET` socket, the channel's type.
-/// `Err(())` means it is not a socket at all.
-pub fn is_seqpacket(fd: BorrowedFd<'_>) -> Result<bool, ()> {
+/// Whether `fd` is an `AF_UNIX` `SOCK_SEQPACKET` socket, the channel's type;
+/// `None` when it is not a socket at all.
+pub fn is_seqpacket(fd: BorrowedFd<'_>) -> Option<bool> {
     match sockopt::socket_type(fd) {
         Ok(SocketType::SEQPACKET) => {}
-        Ok(_) => return Ok(false),
-        Err(Errno::NOTSOCK | Errno::BADF) => return Err(()),
-        Err(_) => return Ok(false),
+        Ok(_) => return Some(false),
+        Err(Errno::NOTSOCK | Errno::BADF) => return None,
+        Err(_) => return Some(false),
     }
-    Ok(matches!(
+    Some(matches!(
         sockopt::socket_domain(fd),
         Ok(AddressFamily::UNIX)
     ))
@@ -169,8 +169,8 @@ mod tests {
 
         let file = std::fs::File::open("/dev/null").unwrap();
         assert_eq!(inspect(file.as_fd()), Inspected::NotASocket);
-        assert_eq!(is_seqpacket(file.as_fd()), Err(()));
-        assert_eq!(is_seqpacket(tcp.as_fd()), Ok(false));
+        assert_eq!(is_seqpacket(file.as_fd()), None);
+        assert_eq!(is_seqpacket(tcp.as_fd()), Some(false));
         assert_eq!(local_address(file.as_fd()), None);
     }
 
