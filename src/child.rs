@@ -194,10 +194,10 @@ pub fn spawn(spec: &Spec<'_>) -> io::Result<Spawned> {
         fd: exe_moved.as_ref().map_or(e.fd, AsRawFd::as_raw_fd),
         ..e
     });
-    if let (Some(old), Some(new)) = (spec.exe_fd, exe_fd.filter(|_| exe_moved.is_some())) {
-        if program == Path::new(&format!("/proc/self/fd/{}", old.fd)) {
-            program = PathBuf::from(format!("/proc/self/fd/{}", new.fd));
-        }
+    if let (Some(old), Some(new)) = (spec.exe_fd, exe_fd.filter(|_| exe_moved.is_some()))
+        && program == Path::new(&format!("/proc/self/fd/{}", old.fd))
+    {
+        program = PathBuf::from(format!("/proc/self/fd/{}", new.fd));
     }
     let mut channel = None;
     let mut child_end = None;

@@ -390,10 +390,10 @@ pub struct Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        if let Ok(meta) = std::fs::symlink_metadata(&self.path) {
-            if (meta.dev(), meta.ino()) == self.ident {
-                let _ = std::fs::remove_file(&self.path);
-            }
+        if let Ok(meta) = std::fs::symlink_metadata(&self.path)
+            && (meta.dev(), meta.ino()) == self.ident
+        {
+            let _ = std::fs::remove_file(&self.path);
         }
     }
 }

@@ -272,11 +272,10 @@ impl Stderr {
                 if line
                     .first()
                     .is_some_and(|b| b.is_ascii_digit() || *b == 0x1b)
+                    && let Some(stamp) = line.split(|b| *b == b' ').next()
                 {
-                    if let Some(stamp) = line.split(|b| *b == b' ').next() {
-                        notice.extend_from_slice(stamp);
-                        notice.extend_from_slice(b"  ");
-                    }
+                    notice.extend_from_slice(stamp);
+                    notice.extend_from_slice(b"  ");
                 }
                 let _ = writeln!(
                     notice,

@@ -261,10 +261,10 @@ fn run(
         );
     }
     // With --watch --build, the first build may be what creates COMMAND.
-    if let Err(e) = child::resolve(program) {
-        if !(watching && args.build.is_some()) {
-            return usage(e);
-        }
+    if let Err(e) = child::resolve(program)
+        && !(watching && args.build.is_some())
+    {
+        return usage(e);
     }
     for p in &args.watch {
         if let Err(e) = std::fs::metadata(p) {
@@ -380,10 +380,10 @@ fn run(
             None
         }
     };
-    if args.subreaper || rustix::process::getpid().is_init() {
-        if let Err(e) = rustix::process::set_child_subreaper(Some(rustix::process::getpid())) {
-            return runtime_failure(format!("cannot become a child subreaper: {e}"));
-        }
+    if (args.subreaper || rustix::process::getpid().is_init())
+        && let Err(e) = rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
+    {
+        return runtime_failure(format!("cannot become a child subreaper: {e}"));
     }
     let cfg = supervisor::Config {
         reload,

@@ -426,11 +426,11 @@ impl Handoff {
     /// so it sends `unhealthy: <reason>` as a [`status`](Self::status) for
     /// the log and returns `false`.
     pub fn unhealthy(&self, reason: &str) -> Result<bool, Error> {
-        if let Some(channel) = &self.channel {
-            if channel.spoken.load(Ordering::SeqCst) >= PAUSE_VERSION {
-                channel.send("UNHEALTHY", &FromChild::Unhealthy(reason.to_owned()))?;
-                return Ok(true);
-            }
+        if let Some(channel) = &self.channel
+            && channel.spoken.load(Ordering::SeqCst) >= PAUSE_VERSION
+        {
+            channel.send("UNHEALTHY", &FromChild::Unhealthy(reason.to_owned()))?;
+            return Ok(true);
         }
         if reason.contains(['\n', '\r']) {
             return Err(Error::invalid_text(reason));

@@ -185,11 +185,11 @@ impl Shared {
             }
             if let DrainReason::Supervisor { timeout } = reason {
                 // A timeout too large for `Instant` is the same as none.
-                if let Some(at) = Instant::now().checked_add(timeout) {
-                    if inner.deadline.is_none_or(|d| at < d) {
-                        inner.deadline = Some(at);
-                        changed = true;
-                    }
+                if let Some(at) = Instant::now().checked_add(timeout)
+                    && inner.deadline.is_none_or(|d| at < d)
+                {
+                    inner.deadline = Some(at);
+                    changed = true;
                 }
             }
             changed
