@@ -2,10 +2,12 @@
 //!
 //! [`loadgen`] drives HTTP/1.1 load at a server on loopback with plain
 //! threads and counts every failure; [`http`] is the minimal blocking client
-//! it is built on, also usable for one-off probes ([`request_once`]).
+//! it is built on, also usable for one-off probes ([`request_once`]);
+//! [`procfs`] is what the bench reads from /proc.
 
 pub mod http;
 pub mod loadgen;
+pub mod procfs;
 
 pub use http::{Connection, Failure, FailureKind, Identity, Response, request_once};
 pub use loadgen::{

@@ -1,10 +1,11 @@
-//! The hotsup process under test: starting it, reading its log, signalling
-//! it, and cleaning up after it on every path (including errors and
-//! panics), by pid only.
+//! The hotsup process under test: starting it, reading its log as events,
+//! signalling it, and cleaning up after it on every path (including errors
+//! and panics), by pid only.
 
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -12,18 +13,16 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use hotsup_bench::procfs;
 use rustix::process::{Pid, Signal};
 
-use super::logline::{self, Kind, LogLine};
-use super::procfs;
+use super::events::{Event, Line};
+use super::procs::die_with_bench;
 
 /// How often waits check whether hotsup is still alive.
 const POLL: Duration = Duration::from_millis(50);
-
-enum Msg {
-    Line(LogLine),
-    Eof,
-}
+/// `--drain-timeout` given to hotsup unless a scenario says otherwise.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a wait for a log line ended without it.
 #[derive(Debug)]
@@ -43,86 +42,146 @@ impl std::fmt::Display for WaitError {
     }
 }
 
+/// How to start `hotsup run`.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    pub hotsup: PathBuf,
+    /// One `-l` each.
+    pub listen: Vec<String>,
+    /// More options of `hotsup run`.
+    pub args: Vec<String>,
+    /// COMMAND and its arguments.
+    pub command: Vec<OsString>,
+    pub drain_timeout: Duration,
+    /// `--log-format json`; false for a hotsup from before it (its log is
+    /// then only counted, never read).
+    pub json: bool,
+}
+
+impl Launch {
+    /// `hotsup run -l 127.0.0.1:0 --drain-timeout 10s --log-format json --
+    /// PROGRAM`.
+    pub fn new(hotsup: &Path, program: &Path) -> Launch {
+        Launch {
+            hotsup: hotsup.to_path_buf(),
+            listen: vec!["127.0.0.1:0".into()],
+            args: Vec::new(),
+            command: vec![program.into()],
+            drain_timeout: DRAIN_TIMEOUT,
+            json: true,
+        }
+    }
+
+    pub fn listeners(mut self, k: usize) -> Launch {
+        self.listen = vec!["127.0.0.1:0".into(); k.max(1)];
+        self
+    }
+
+    pub fn args<S: Into<String>>(mut self, args: impl IntoIterator<Item = S>) -> Launch {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Every argument of hotsup.
+    pub fn argv(&self) -> Vec<OsString> {
+        let mut v: Vec<OsString> = vec!["run".into()];
+        for l in &self.listen {
+            v.extend(["-l".into(), l.into()]);
+        }
+        v.extend([
+            "--drain-timeout".into(),
+            format!("{}ms", self.drain_timeout.as_millis()).into(),
+        ]);
+        if self.json {
+            v.extend(["--log-format".into(), "json".into()]);
+        }
+        v.extend(self.args.iter().map(OsString::from));
+        v.push("--".into());
+        v.extend(self.command.iter().cloned());
+        v
+    }
+
+    pub fn start(&self) -> Result<Hotsup> {
+        Hotsup::start(self)
+    }
+}
+
+/// How [`Hotsup::stop`] went.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Stopped {
+    pub exit_code: Option<i32>,
+    pub exit_signal: Option<i32>,
+    /// From SIGTERM to exit.
+    #[serde(serialize_with = "super::report::secs")]
+    pub took: Duration,
+    /// hotsup did not exit in time and was killed.
+    pub forced: bool,
+    /// Children still running after hotsup exited (killed by the bench).
+    pub leftovers: Vec<i32>,
+}
+
+impl Stopped {
+    pub fn describe(&self) -> String {
+        let mut out = match (self.exit_code, self.exit_signal) {
+            (Some(c), _) => format!("exit code {c}"),
+            (None, Some(sig)) => format!("killed by signal {sig}"),
+            (None, None) => "did not exit".to_owned(),
+        };
+        if self.forced {
+            out.push_str(", had to be killed");
+        }
+        out
+    }
+
+    pub fn clean(&self) -> bool {
+        !self.forced && self.exit_code == Some(0) && self.leftovers.is_empty()
+    }
+}
+
+enum Msg {
+    Line(Line),
+    Eof,
+}
+
 /// A running `hotsup run ...` with its log.
 pub struct Hotsup {
     child: Child,
     pid: i32,
-    /// File name of the supervised program (`http`), to recognise its
-    /// processes when sweeping leftovers.
-    program_comm: String,
     rx: Receiver<Msg>,
     eof: bool,
     exit: Option<ExitStatus>,
+    stopped: bool,
     /// Every line read so far, in order.
-    pub lines: Vec<LogLine>,
+    pub lines: Vec<Line>,
 }
 
 impl Hotsup {
-    /// Starts `hotsup run -l 127.0.0.1:0 --drain-timeout DRAIN -- PROGRAM`
-    /// with stderr piped to a reader thread.
-    pub fn start(hotsup: &Path, program: &Path, drain_timeout: Duration) -> Result<Hotsup> {
-        Hotsup::start_with_listeners(hotsup, program, drain_timeout, 1)
-    }
-
-    /// Like [`Hotsup::start`] with `listeners` times `-l 127.0.0.1:0`.
-    pub fn start_with_listeners(
-        hotsup: &Path,
-        program: &Path,
-        drain_timeout: Duration,
-        listeners: usize,
-    ) -> Result<Hotsup> {
-        let mut cmd = Command::new(hotsup);
-        let bench_pid = rustix::process::getpid();
-        // SAFETY: the closure runs in the forked child before exec, where
-        // only async-signal-safe calls are allowed: it makes two raw
-        // syscalls (prctl, getppid) on a value captured by copy, and
-        // allocates nothing (a raw OS error needs no allocation).
-        unsafe {
-            cmd.pre_exec(move || {
-                // If the bench dies in any way (even SIGKILL), hotsup gets
-                // SIGTERM and shuts its generations down. The spawning
-                // thread is the main thread, which lives as long as the
-                // bench.
-                rustix::process::set_parent_process_death_signal(Some(Signal::TERM))?;
-                if rustix::process::getppid() != Some(bench_pid) {
-                    // The bench died before the prctl took effect.
-                    return Err(std::io::Error::from_raw_os_error(
-                        rustix::io::Errno::SRCH.raw_os_error(),
-                    ));
-                }
-                Ok(())
-            });
-        }
+    fn start(launch: &Launch) -> Result<Hotsup> {
+        let mut cmd = Command::new(&launch.hotsup);
+        // hotsup gets SIGTERM if the bench dies in any way (even SIGKILL),
+        // and shuts its generations down.
+        die_with_bench(&mut cmd, Signal::TERM);
         let mut child = cmd
-            .arg("run")
-            .args((0..listeners.max(1)).flat_map(|_| ["-l", "127.0.0.1:0"]))
-            .arg("--drain-timeout")
-            .arg(format!("{}ms", drain_timeout.as_millis()))
-            .arg("--")
-            .arg(program)
-            // The parser needs the INFO lines, whatever the caller's RUST_LOG.
+            .args(launch.argv())
+            // Every event is at INFO or above, whatever the caller's RUST_LOG.
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             // The children inherit it: keep their banners off the report.
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .with_context(|| format!("cannot start {}", hotsup.display()))?;
+            .with_context(|| format!("cannot start {}", launch.hotsup.display()))?;
         let pid = child.id() as i32;
         let stderr = child.stderr.take();
         let (tx, rx) = mpsc::channel();
-        let program_comm = program
-            .file_name()
-            .map(|n| n.to_string_lossy().chars().take(15).collect())
-            .unwrap_or_default();
         // From here on, an early return drops `hs`, which stops hotsup.
         let hs = Hotsup {
             child,
             pid,
-            program_comm,
             rx,
             eof: false,
             exit: None,
+            stopped: false,
             lines: Vec::new(),
         };
         let Some(stderr) = stderr else {
@@ -142,8 +201,8 @@ impl Hotsup {
                         Ok(_) => {
                             let at = Instant::now();
                             let text = String::from_utf8_lossy(&buf);
-                            let line = logline::parse(text.trim_end_matches(['\n', '\r']), at);
-                            if tx.send(Msg::Line(line)).is_err() {
+                            let raw = text.trim_end_matches(['\n', '\r']).to_owned();
+                            if tx.send(Msg::Line(Line::parse(raw, at))).is_err() {
                                 return;
                             }
                         }
@@ -159,11 +218,13 @@ impl Hotsup {
         self.pid
     }
 
-    /// Moves the lines the reader has delivered so far into `lines`.
-    pub fn pump(&mut self) {
+    /// Moves the lines the reader has delivered so far into `lines`;
+    /// returns how many there are.
+    pub fn pump(&mut self) -> usize {
         while let Ok(msg) = self.rx.try_recv() {
             self.accept(msg);
         }
+        self.lines.len()
     }
 
     fn accept(&mut self, msg: Msg) {
@@ -189,7 +250,7 @@ impl Hotsup {
         &mut self,
         from: usize,
         timeout: Duration,
-        pred: impl Fn(&LogLine) -> bool,
+        pred: impl Fn(&Line) -> bool,
     ) -> Result<usize, WaitError> {
         let deadline = Instant::now() + timeout;
         let mut i = from;
@@ -224,53 +285,58 @@ impl Hotsup {
         }
     }
 
-    /// Like [`Hotsup::wait_for`] with an error naming `what` (one line,
-    /// then the last log lines).
-    pub fn expect(
+    /// Waits for event `name` at or after line `from` that satisfies
+    /// `pred`; returns its line index and the event. The error names the
+    /// event and shows the last log lines.
+    pub fn expect_event(
         &mut self,
         from: usize,
         timeout: Duration,
-        what: &str,
-        pred: impl Fn(&LogLine) -> bool,
-    ) -> Result<usize> {
-        self.wait_for(from, timeout, pred).map_err(|e| {
-            anyhow::anyhow!(
-                "waiting {} for {what}: {e}\nlast hotsup log lines:\n{}",
-                fmt_secs(timeout),
+        name: &str,
+        pred: impl Fn(&Event) -> bool,
+    ) -> Result<(usize, Event)> {
+        match self.wait_for(from, timeout, |l| l.named(name).is_some_and(&pred)) {
+            Ok(i) => match self.lines[i].event.clone() {
+                Some(e) => Ok((i, e)),
+                None => bail!("line {i} is no event"),
+            },
+            Err(e) => bail!(
+                "waiting {:.1}s for event `{name}`: {e}\nlast hotsup log lines:\n{}",
+                timeout.as_secs_f64(),
                 self.tail(15)
-            )
-        })
+            ),
+        }
     }
 
-    /// Waits for the first `listening` line (described as `what` in the
-    /// error) and checks that its address is on loopback; returns the
-    /// line's index and the address.
-    pub fn expect_listening(
+    /// Waits for the `ready` event of generation `g`.
+    pub fn expect_ready(
         &mut self,
+        from: usize,
+        g: u64,
         timeout: Duration,
-        what: &str,
-    ) -> Result<(usize, SocketAddr)> {
-        let i = self.expect(0, timeout, what, |l| {
-            matches!(l.kind, Kind::Listening { .. })
-        })?;
-        let Kind::Listening { address } = &self.lines[i].kind else {
-            unreachable!("matched above")
-        };
+    ) -> Result<(usize, Event)> {
+        self.expect_event(from, timeout, "ready", |e| e.generation == Some(g))
+    }
+
+    /// The address of the first `listening` event, checked to be on
+    /// loopback.
+    pub fn expect_listening(&mut self, timeout: Duration) -> Result<SocketAddr> {
+        let (_, e) = self.expect_event(0, timeout, "listening", |_| true)?;
+        let address = e.str("address").unwrap_or_default();
         let addr: SocketAddr = address
             .parse()
             .with_context(|| format!("hotsup logged an unparsable address {address:?}"))?;
         if !addr.ip().is_loopback() {
             bail!("hotsup listens on {addr}, not on loopback");
         }
-        Ok((i, addr))
+        Ok(addr)
     }
 
-    /// Waits for `ready generation=1` at or after line `from`; returns its
-    /// index.
-    pub fn expect_first_ready(&mut self, from: usize, timeout: Duration) -> Result<usize> {
-        self.expect(from, timeout, "`ready generation=1`", |l| {
-            l.kind == Kind::Ready && l.generation == Some(1)
-        })
+    /// The events at or after line `from`.
+    pub fn events_from(&self, from: usize) -> impl Iterator<Item = &Event> {
+        self.lines[from.min(self.lines.len())..]
+            .iter()
+            .filter_map(|l| l.event.as_ref())
     }
 
     /// The last `n` log lines, indented, for error messages.
@@ -285,8 +351,8 @@ impl Hotsup {
     }
 
     /// Sends `sig` to hotsup itself (never to a group).
-    pub fn signal(&self, sig: Signal) -> Result<()> {
-        if self.exit.is_some() {
+    pub fn signal(&mut self, sig: Signal) -> Result<()> {
+        if self.exited().is_some() {
             bail!("hotsup already exited");
         }
         let pid = Pid::from_raw(self.pid).context("hotsup has pid 0")?;
@@ -308,103 +374,119 @@ impl Hotsup {
         }
     }
 
-    /// Pids of the generations hotsup reported spawning.
-    fn generation_pids(&mut self) -> Vec<i32> {
-        self.pump();
-        self.lines
-            .iter()
-            .filter(|l| l.kind == Kind::Spawned)
-            .filter_map(|l| l.pid)
-            .collect()
-    }
-
-    /// Kills (SIGKILL, by process group) every generation hotsup spawned
-    /// that is still running; returns their pids. A pid counts as ours only
-    /// while it still leads its own group and runs the supervised program,
-    /// so a recycled pid is left alone.
-    pub fn kill_leftover_generations(&mut self) -> Vec<i32> {
-        let mut killed = Vec::new();
-        for pid in self.generation_pids() {
+    /// Graceful shutdown: SIGTERM, then waits up to `timeout`; past it,
+    /// SIGTERM again (hotsup's "kill every generation now") and SIGKILL.
+    /// Then kills what is left of the children hotsup had when this began
+    /// (each by process group when it leads one), and reaps hotsup.
+    pub fn stop(&mut self, timeout: Duration) -> Stopped {
+        if self.stopped {
+            return Stopped::default();
+        }
+        self.stopped = true;
+        // Identified by pid and start time, so that a recycled pid is left
+        // alone.
+        let children = procfs::children(self.pid);
+        let mut out = Stopped::default();
+        let began = Instant::now();
+        if self.exited().is_none() {
+            let _ = self.signal(Signal::TERM);
+            if self.wait_exit(timeout).is_none() {
+                out.forced = true;
+                let _ = self.signal(Signal::TERM);
+                if self.wait_exit(Duration::from_secs(5)).is_none() {
+                    let _ = self.child.kill();
+                    let _ = self.wait_exit(Duration::from_secs(5));
+                }
+            }
+        }
+        out.took = began.elapsed();
+        if let Some(s) = self.exit {
+            out.exit_code = s.code();
+            out.exit_signal = s.signal();
+        }
+        for (pid, start) in children {
             let Ok(st) = procfs::stat(pid) else { continue };
-            if st.pgrp != pid || st.comm != self.program_comm || st.state == 'Z' {
+            if st.starttime != start || matches!(st.state, 'Z' | 'X') {
                 continue;
             }
             if let Some(p) = Pid::from_raw(pid) {
-                let _ = rustix::process::kill_process_group(p, Signal::KILL);
-                killed.push(pid);
+                let _ = if st.pgrp == pid {
+                    rustix::process::kill_process_group(p, Signal::KILL)
+                } else {
+                    rustix::process::kill_process(p, Signal::KILL)
+                };
+                out.leftovers.push(pid);
             }
         }
-        killed
-    }
-
-    /// Stops hotsup if it still runs: SIGTERM twice (graceful, then
-    /// hotsup's "kill every generation now"), SIGKILL if it lingers; then
-    /// kills any generation left behind, and returns their pids. Used on
-    /// error paths and by Drop.
-    pub fn cleanup(&mut self) -> Vec<i32> {
-        if self.pid == 0 {
-            return Vec::new();
-        }
-        if self.exited().is_none() {
-            let _ = self.signal(Signal::TERM);
-            thread::sleep(Duration::from_millis(50));
-            if self.exited().is_none() {
-                let _ = self.signal(Signal::TERM);
-            }
-            if self.wait_exit(Duration::from_secs(5)).is_none() {
-                let _ = self.child.kill();
-                let _ = self.wait_exit(Duration::from_secs(5));
-            }
-        }
-        self.pid = 0;
-        self.kill_leftover_generations()
+        out
     }
 }
 
 impl Drop for Hotsup {
     fn drop(&mut self) {
-        let killed = self.cleanup();
-        if !killed.is_empty() {
-            eprintln!("hotsup-bench: killed leftover generation process groups {killed:?}");
+        let s = self.stop(Duration::from_millis(50));
+        if !s.leftovers.is_empty() {
+            eprintln!("hotsup-bench: killed leftover children {:?}", s.leftovers);
         }
     }
 }
 
-pub fn fmt_secs(d: Duration) -> String {
-    format!("{:.1}s", d.as_secs_f64())
-}
-
 /// The binaries the bench drives, next to its own executable.
+#[derive(Debug, Clone)]
 pub struct Binaries {
     pub hotsup: PathBuf,
     pub http: PathBuf,
     /// `examples/listenfd_app`, if it was built.
     pub listenfd_app: Option<PathBuf>,
+    pub testchild: PathBuf,
+    pub cpu: PathBuf,
+    /// `--old-hotsup`: a hotsup built from an older commit, to measure
+    /// beside this one, with its own `examples/http`.
+    pub old: Option<OldBuild>,
+}
+
+#[derive(Debug, Clone)]
+pub struct OldBuild {
+    pub hotsup: PathBuf,
+    pub http: PathBuf,
 }
 
 impl Binaries {
-    /// Finds `hotsup` and `examples/http` in the directory of the running
-    /// executable (target/release/ under `cargo run --release`).
-    pub fn locate() -> Result<Binaries> {
+    /// Finds the binaries in the directory of the running executable
+    /// (target/release/ under `cargo run --release`).
+    pub fn locate(old: Option<&Path>) -> Result<Binaries> {
         let exe = std::env::current_exe().context("cannot find the bench's own executable")?;
         let dir = exe
             .parent()
             .context("the bench's executable has no parent directory")?;
+        let example = |name: &str| dir.join("examples").join(name);
         let bins = Binaries {
             hotsup: dir.join("hotsup"),
-            http: dir.join("examples").join("http"),
-            listenfd_app: Some(dir.join("examples").join("listenfd_app")).filter(|p| p.is_file()),
+            http: example("http"),
+            listenfd_app: Some(example("listenfd_app")).filter(|p| p.is_file()),
+            testchild: example("testchild"),
+            cpu: example("cpu"),
+            old: old.map(|h| OldBuild {
+                hotsup: h.to_path_buf(),
+                http: h
+                    .parent()
+                    .map(|d| d.join("examples").join("http"))
+                    .unwrap_or_default(),
+            }),
         };
-        let missing: Vec<String> = [&bins.hotsup, &bins.http]
+        let mut needed = vec![&bins.hotsup, &bins.http, &bins.testchild, &bins.cpu];
+        if let Some(o) = &bins.old {
+            needed.extend([&o.hotsup, &o.http]);
+        }
+        let missing: Vec<String> = needed
             .iter()
             .filter(|p| !p.is_file())
             .map(|p| p.display().to_string())
             .collect();
         if !missing.is_empty() {
             bail!(
-                "{} not found; build {} first: cargo build --release --bin hotsup --examples",
-                missing.join(" and "),
-                if missing.len() == 1 { "it" } else { "them" }
+                "{} not found; build with: cargo build --release --bin hotsup --examples",
+                missing.join(", ")
             );
         }
         Ok(bins)

@@ -1,11 +1,12 @@
-//! What /proc says about a process: memory, CPU time, fds, threads, context
-//! switches, and zombie children.
+//! Everything the bench (and, later, the end-to-end harness) reads from
+//! /proc, in one place: a process's memory, CPU time, fds, threads and
+//! context switches, its children and environment, and the machine.
 
 use std::fs;
 use std::io;
 
 /// A point-in-time sample of one process.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ProcSample {
     /// `VmRSS` in KiB.
     pub rss_kib: u64,
@@ -28,6 +29,20 @@ pub struct ProcSample {
 impl ProcSample {
     pub fn ctxt_switches(&self) -> u64 {
         self.voluntary_ctxt + self.nonvoluntary_ctxt
+    }
+
+    /// CPU milliseconds from `self` to `later` (schedstat ns where
+    /// available, clock ticks otherwise).
+    pub fn cpu_ms_until(&self, later: &ProcSample) -> f64 {
+        match (self.cpu_ns, later.cpu_ns) {
+            (Some(a), Some(b)) => b.saturating_sub(a) as f64 / 1e6,
+            _ => ticks_to_ms(later.cpu_ticks.saturating_sub(self.cpu_ticks)),
+        }
+    }
+
+    /// Context switches from `self` to `later`.
+    pub fn ctxt_until(&self, later: &ProcSample) -> u64 {
+        later.ctxt_switches().saturating_sub(self.ctxt_switches())
     }
 }
 
@@ -55,6 +70,9 @@ pub struct Stat {
     pub pgrp: i32,
     pub utime: u64,
     pub stime: u64,
+    /// Clock ticks after boot when the process started: with the pid, it
+    /// names one process even after the pid is reused.
+    pub starttime: u64,
 }
 
 /// Parses the text of /proc/PID/stat. `comm` may contain spaces and
@@ -72,6 +90,7 @@ pub fn parse_stat(text: &str) -> Option<Stat> {
         pgrp: fields.get(2)?.parse().ok()?,
         utime: fields.get(11)?.parse().ok()?,
         stime: fields.get(12)?.parse().ok()?,
+        starttime: fields.get(19)?.parse().ok()?,
     })
 }
 
@@ -80,12 +99,24 @@ pub fn stat(pid: i32) -> io::Result<Stat> {
     parse_stat(&text).ok_or_else(|| io::Error::other(format!("cannot parse /proc/{pid}/stat")))
 }
 
+/// Whether `pid` runs: it exists and is not a zombie.
+pub fn alive(pid: i32) -> bool {
+    stat(pid).is_ok_and(|s| !matches!(s.state, 'Z' | 'X'))
+}
+
 /// The number in a `Key:   value [kB]` line of a /proc status file.
 pub fn status_field(status: &str, key: &str) -> Option<u64> {
     status.lines().find_map(|l| {
         let v = l.strip_prefix(key)?.strip_prefix(':')?;
         v.split_ascii_whitespace().next()?.parse().ok()
     })
+}
+
+/// `VmRSS` of `pid`, in KiB.
+pub fn rss_kib(pid: i32) -> io::Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status_field(&status, "VmRSS")
+        .ok_or_else(|| io::Error::other(format!("no VmRSS in /proc/{pid}/status")))
 }
 
 /// Samples process `pid`.
@@ -118,24 +149,91 @@ pub fn sample(pid: i32) -> io::Result<ProcSample> {
     })
 }
 
-/// Pids of the zombie children of `parent` (state `Z` and ppid `parent`).
-pub fn zombie_children(parent: i32) -> Vec<i32> {
+/// Every process whose /proc/PID/stat satisfies `pred`, with its stat.
+fn processes(pred: impl Fn(&Stat) -> bool) -> Vec<(i32, Stat)> {
     let Ok(dir) = fs::read_dir("/proc") else {
         return Vec::new();
     };
-    let mut out = Vec::new();
-    for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
-            continue;
-        };
-        if let Ok(st) = stat(pid)
-            && st.ppid == parent
-            && st.state == 'Z'
-        {
-            out.push(pid);
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| Some((pid, stat(pid).ok()?)))
+        .filter(|(_, st)| pred(st))
+        .collect()
+}
+
+/// The live (not zombie) children of `parent`, with their start times.
+pub fn children(parent: i32) -> Vec<(i32, u64)> {
+    processes(|st| st.ppid == parent && !matches!(st.state, 'Z' | 'X'))
+        .into_iter()
+        .map(|(pid, st)| (pid, st.starttime))
+        .collect()
+}
+
+/// Pids of the zombie children of `parent`.
+pub fn zombie_children(parent: i32) -> Vec<i32> {
+    processes(|st| st.ppid == parent && st.state == 'Z')
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// A variable of `pid`'s environment as it was at exec.
+pub fn environ_var(pid: i32, name: &str) -> io::Result<Option<String>> {
+    let env = fs::read(format!("/proc/{pid}/environ"))?;
+    Ok(env.split(|b| *b == 0).find_map(|kv| {
+        let value = kv.strip_prefix(name.as_bytes())?.strip_prefix(b"=")?;
+        Some(String::from_utf8_lossy(value).into_owned())
+    }))
+}
+
+/// The machine a run happened on.
+#[derive(Debug, Clone)]
+pub struct Machine {
+    pub nproc: usize,
+    pub kernel: String,
+    pub cpu_model: String,
+    pub clk_tck: u64,
+    /// /proc/loadavg when detected (other work on the machine skews every
+    /// number).
+    pub loadavg: String,
+}
+
+impl Machine {
+    pub fn detect() -> Machine {
+        let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|_| "unknown".into());
+        let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu_model = ["model name", "Hardware", "cpu model", "uarch", "cpu"]
+            .iter()
+            .find_map(|key| {
+                cpuinfo.lines().find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    (k.trim() == *key && !v.trim().is_empty()).then(|| v.trim().to_owned())
+                })
+            })
+            .unwrap_or_else(|| "unknown".into());
+        Machine {
+            nproc: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            kernel,
+            cpu_model,
+            clk_tck: clock_ticks_per_second(),
+            loadavg: loadavg(),
         }
     }
-    out
+}
+
+/// The 1, 5 and 15 minute load averages from /proc/loadavg.
+pub fn loadavg() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|s| {
+            s.split_ascii_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_else(|| "unknown".into())
 }
 
 #[cfg(test)]
@@ -150,7 +248,7 @@ mod tests {
         assert_eq!(st.comm, "we(ird) name");
         assert_eq!(st.state, 'S');
         assert_eq!((st.ppid, st.pgrp), (1088, 1096));
-        assert_eq!((st.utime, st.stime), (7, 3));
+        assert_eq!((st.utime, st.stime, st.starttime), (7, 3, 123));
         assert_eq!(parse_stat("1 (x) S 0"), None);
     }
 
@@ -168,8 +266,28 @@ mod tests {
         let me = std::process::id() as i32;
         let s = sample(me).unwrap();
         assert!(s.rss_kib > 0 && s.threads >= 1 && s.fds >= 3, "{s:?}");
+        assert_eq!(rss_kib(me).map(|r| r > 0).ok(), Some(true));
         assert!(clock_ticks_per_second() > 0);
         assert!(s.cpu_ns.is_none_or(|ns| ns > 0), "{s:?}");
         assert!(zombie_children(me).is_empty());
+        assert!(alive(me));
+        assert!(environ_var(me, "PATH").unwrap().is_some());
+        assert_eq!(
+            environ_var(me, "HOTSUP_BENCH_NO_SUCH_VARIABLE").unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn finds_children() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let found = children(std::process::id() as i32);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(found.iter().any(|(p, _)| *p == pid), "{found:?}");
     }
 }
