@@ -286,6 +286,8 @@ pub struct HelperRow {
     pub failed: u32,
     /// `hotsup upgrade` exit codes and how often.
     pub exit_codes: BTreeMap<String, u32>,
+    /// Why the failed ones failed, as the client said (numbers as N).
+    pub reasons: BTreeMap<String, u32>,
     /// How long each `hotsup upgrade` took, ms.
     pub duration: Option<Dist>,
     pub error: Option<String>,
@@ -325,19 +327,19 @@ impl HelperOutcome {
              `hotsup upgrade --control`, --ready-timeout {}",
             self.ready_timeout
         );
-        for r in self.rows.iter().filter(|r| r.error.is_some()) {
-            let _ = writeln!(
-                out,
-                "  {}: ERROR {}",
-                r.build,
-                r.error.as_deref().unwrap_or_default()
-            );
+        for r in &self.rows {
+            for (why, n) in &r.reasons {
+                let _ = writeln!(out, "  {}: {n} x {why}", r.build);
+            }
+            if let Some(e) = &r.error {
+                let _ = writeln!(out, "  {}: ERROR {e}", r.build);
+            }
         }
     }
 }
 
 /// `--ready-timeout` of "notify-helper": a failure costs this much.
-const HELPER_READY_TIMEOUT: &str = "3s";
+const HELPER_READY_TIMEOUT: &str = "5s";
 
 pub fn run_helper(bins: &Binaries, upgrades: u32) -> HelperOutcome {
     let mut o = HelperOutcome {
@@ -357,32 +359,39 @@ pub fn run_helper(bins: &Binaries, upgrades: u32) -> HelperOutcome {
     o
 }
 
-/// The first `python3` on PATH.
+/// The Python interpreter itself: `python3` on PATH may be a wrapper
+/// (pyenv's shim costs 150 ms a start, which a loaded machine can stretch
+/// past the ready timeout).
 fn python3() -> Result<PathBuf> {
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|d| d.join("python3"))
-        .find(|p| p.is_file())
-        .context("python3 is not on PATH")
+    let out = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .context("cannot run python3")?;
+    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    if !out.status.success() || !path.is_file() {
+        bail!("python3 did not name its interpreter");
+    }
+    Ok(path)
 }
 
 /// Runs `hotsup ARGS --control SOCK` to completion, at most `timeout`;
-/// returns its exit code (`None`: killed by a signal or timed out) and
-/// its stdout (a line or two: the pipe never fills).
+/// returns its exit code (`None`: killed by a signal or timed out), its
+/// stdout and its stderr (a line or two each: the pipes never fill).
 fn client(
     hotsup: &Path,
     args: &[&str],
     sock: &Path,
     timeout: Duration,
-) -> Result<(Option<i32>, String)> {
+) -> Result<(Option<i32>, String, String)> {
     let mut child = Command::new(hotsup)
         .args(args)
         .arg("--control")
         .arg(sock)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("cannot run {}", hotsup.display()))?;
     let deadline = Instant::now() + timeout;
@@ -397,11 +406,14 @@ fn client(
         }
         thread::sleep(Duration::from_millis(5));
     };
-    let mut out = String::new();
+    let (mut out, mut err) = (String::new(), String::new());
     if let Some(mut s) = child.stdout.take() {
         let _ = s.read_to_string(&mut out);
     }
-    Ok((code, out))
+    if let Some(mut s) = child.stderr.take() {
+        let _ = s.read_to_string(&mut err);
+    }
+    Ok((code, out, err))
 }
 
 fn helper_one(b: &Build<'_>, upgrades: u32, row: &mut HelperRow) -> Result<()> {
@@ -409,7 +421,7 @@ fn helper_one(b: &Build<'_>, upgrades: u32, row: &mut HelperRow) -> Result<()> {
     let dir = tempfile::Builder::new().prefix("hotsup-bench-").tempdir()?;
     let app = dir.path().join("app");
     let body = format!(
-        "#!/bin/sh\n'{}' -c 'import os, socket\n\
+        "#!/bin/sh\n'{}' -S -c 'import os, socket\n\
          s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
          s.sendto(b\"READY=1\", os.environ[\"NOTIFY_SOCKET\"])\n\
          os._exit(0)'\nexec sleep 600\n",
@@ -431,7 +443,7 @@ fn helper_one(b: &Build<'_>, upgrades: u32, row: &mut HelperRow) -> Result<()> {
     // The first start may fail the same way; hotsup retries it.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let (_, out) = client(
+        let (_, out, _) = client(
             b.hotsup,
             &["status", "--json"],
             &sock,
@@ -449,13 +461,21 @@ fn helper_one(b: &Build<'_>, upgrades: u32, row: &mut HelperRow) -> Result<()> {
     let mut took = Vec::new();
     for _ in 0..upgrades {
         let t = Instant::now();
-        let (code, _) = client(b.hotsup, &["upgrade"], &sock, Duration::from_secs(60))?;
+        let (code, out, err) = client(b.hotsup, &["upgrade"], &sock, Duration::from_secs(60))?;
         took.push(ms(t.elapsed()));
         row.upgrades += 1;
         if code == Some(0) {
             row.ready += 1;
         } else {
             row.failed += 1;
+            // The client's reason, with generation numbers and pids as N.
+            let reason = format!("{out}{err}").trim().to_owned();
+            let reason: String = reason
+                .split(|c: char| c.is_ascii_digit())
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+                .join("N");
+            *row.reasons.entry(reason).or_default() += 1;
         }
         let key = code.map_or_else(|| "none".into(), |c| c.to_string());
         *row.exit_codes.entry(key).or_default() += 1;

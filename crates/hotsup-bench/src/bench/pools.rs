@@ -30,8 +30,8 @@ use super::upgrades::{DRAINED_TIMEOUT, READY_TIMEOUT, START_TIMEOUT};
 pub const POOL_SIZES: [u32; 3] = [1, 2, 4];
 /// CPU each request of "pool-throughput" burns.
 pub const WORK_MS: u64 = 5;
-/// Rounds of "pool-throughput" (1, 2, 4 workers, then 4, 2, 1).
-const ROUNDS: usize = 2;
+/// Rounds of "pool-throughput" (1, 2, 4 workers, then 4, 2, 1, ...).
+const ROUNDS: usize = 4;
 /// Upgrades before "footprint" samples RSS again.
 const FOOTPRINT_UPGRADES: u64 = 3;
 /// Let hotsup settle before sampling its RSS.
@@ -132,7 +132,7 @@ impl PoolThroughput {
         let _ = writeln!(
             out,
             "  examples/cpu, GET /work?ms={} (CPU time), {} new-connection workers, {:.0}s per run, \
-             order 1,2,4 then 4,2,1; {} CPUs",
+             {ROUNDS} rounds in alternate orders (1,2,4 then 4,2,1); {} CPUs",
             self.work_ms,
             self.concurrency,
             self.seconds_per_run,
