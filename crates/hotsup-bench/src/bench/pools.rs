@@ -21,7 +21,7 @@ use rustix::process::Signal;
 use serde::Serialize;
 
 use super::events::ts_ms;
-use super::report::{Dist, Probes, Table, TwoLoads, dist, f, ms, probe_until};
+use super::report::{Dist, Probes, Table, Traffic, TwoLoads, dist, f, ms, probe_until};
 use super::supervised::{Binaries, Hotsup, Launch};
 use super::throughput::{mean, timed_load, wait_answer};
 use super::upgrades::{DRAINED_TIMEOUT, READY_TIMEOUT, START_TIMEOUT};
@@ -73,9 +73,8 @@ fn old_gone(
 pub struct PoolRun {
     pub round: usize,
     pub workers: u32,
-    pub requests: u64,
-    pub failed: u64,
     pub ok_per_s: f64,
+    pub load: Traffic,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -125,7 +124,7 @@ impl PoolThroughput {
                     .map(|r| format!("{r:.2}"))
                     .collect::<Vec<_>>()
                     .join(" "),
-                runs.iter().map(|r| r.failed).sum::<u64>().to_string(),
+                runs.iter().map(|r| r.load.failed).sum::<u64>().to_string(),
             ]);
         }
         t.render(out);
@@ -138,6 +137,15 @@ impl PoolThroughput {
             self.seconds_per_run,
             std::thread::available_parallelism().map_or(1, |n| n.get())
         );
+        let mut failures = std::collections::BTreeMap::<&str, u64>::new();
+        for r in &self.runs {
+            for (k, n) in &r.load.failures {
+                *failures.entry(k).or_default() += n;
+            }
+        }
+        if !failures.is_empty() {
+            let _ = writeln!(out, "  failures: {failures:?}");
+        }
         if let Some(e) = &self.error {
             let _ = writeln!(out, "  ERROR {e}");
         }
@@ -171,14 +179,12 @@ pub fn run_throughput(bins: &Binaries, secs: Duration, concurrency: usize) -> Po
                 pools.iter().rev().collect()
             };
             for (n, addr, _) in order {
-                let (requests, failed, ok_per_s) =
-                    timed_load(*addr, &path, concurrency, false, secs);
+                let (load, ok_per_s) = timed_load(*addr, &path, concurrency, false, secs);
                 o.runs.push(PoolRun {
                     round,
                     workers: *n,
-                    requests,
-                    failed,
                     ok_per_s,
+                    load,
                 });
             }
         }
@@ -210,6 +216,8 @@ pub struct PoolUpgrades {
     pub to_first_response: Option<Dist>,
     pub requests: u64,
     pub failed: u64,
+    /// The failures by kind, load and probes together.
+    pub failures: std::collections::BTreeMap<String, u64>,
     pub hotsup_rss_kib_after: u64,
     pub error: Option<String>,
 }
@@ -258,6 +266,9 @@ impl PoolUpgradeOutcome {
             ]);
         }
         t.render(out);
+        for c in self.configs.iter().filter(|c| c.failed > 0) {
+            let _ = writeln!(out, "  {}: failures {:?}", c.config, c.failures);
+        }
         for c in self.configs.iter().filter(|c| c.error.is_some()) {
             let _ = writeln!(
                 out,
@@ -353,6 +364,14 @@ fn pool_upgrades(
     c.to_first_response = dist(first);
     c.requests = a.total_requests() + b.total_requests() + probes.requests;
     c.failed = a.total_failures() + b.total_failures() + probes.failed();
+    c.failures = probes.failures.clone();
+    for (k, n) in a
+        .failures_by_label()
+        .into_iter()
+        .chain(b.failures_by_label())
+    {
+        *c.failures.entry(k).or_default() += n;
+    }
     c.hotsup_rss_kib_after = procfs::rss_kib(hs.pid()).unwrap_or(0);
     hs.stop(DRAINED_TIMEOUT);
     result

@@ -15,7 +15,7 @@ use hotsup_bench::{Load, LoadConfig, request_once};
 use serde::Serialize;
 
 use super::procs::{self, Server};
-use super::report::{LOAD_TIMEOUT, PROBE_TIMEOUT, Table, f};
+use super::report::{LOAD_TIMEOUT, PROBE_TIMEOUT, Table, Traffic, f};
 use super::supervised::{Binaries, DRAIN_TIMEOUT, Launch};
 use super::upgrades::START_TIMEOUT;
 
@@ -28,10 +28,9 @@ pub struct Run {
     pub pair: usize,
     pub under_hotsup: bool,
     pub keep_alive: bool,
-    pub requests: u64,
-    pub failed: u64,
     /// Successful requests per second.
     pub ok_per_s: f64,
+    pub load: Traffic,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -94,7 +93,7 @@ impl ThroughputOutcome {
             ]);
         }
         t.render(out);
-        let failed: u64 = self.runs.iter().map(|r| r.failed).sum();
+        let failed: u64 = self.runs.iter().map(|r| r.load.failed).sum();
         let _ = writeln!(
             out,
             "  {} workers, {:.0}s per run, order direct, hotsup x{PAIRS}; failed requests {failed}",
@@ -128,15 +127,15 @@ pub fn wait_answer(addr: SocketAddr, mut gone: impl FnMut() -> Option<String>) -
     bail!("{addr} did not answer within {START_TIMEOUT:?} (last: {last})")
 }
 
-/// One closed-loop load of `secs` at `addr` with `path`: (requests,
-/// failed, successful requests per second).
+/// One closed-loop load of `secs` at `addr` with `path`: its figures and
+/// its successful requests per second.
 pub fn timed_load(
     addr: SocketAddr,
     path: &str,
     concurrency: usize,
     keep_alive: bool,
     secs: Duration,
-) -> (u64, u64, f64) {
+) -> (Traffic, f64) {
     let report = Load::start(LoadConfig {
         concurrency,
         keep_alive,
@@ -151,7 +150,7 @@ pub fn timed_load(
     } else {
         report.ok as f64 / report.elapsed.as_secs_f64()
     };
-    (report.total_requests(), report.total_failures(), ok_per_s)
+    (Traffic::of(&report), ok_per_s)
 }
 
 fn measure(
@@ -180,15 +179,13 @@ fn measure(
                 direct_addr
             };
             for keep_alive in [true, false] {
-                let (requests, failed, ok_per_s) =
-                    timed_load(addr, "/", concurrency, keep_alive, secs);
+                let (load, ok_per_s) = timed_load(addr, "/", concurrency, keep_alive, secs);
                 o.runs.push(Run {
                     pair,
                     under_hotsup,
                     keep_alive,
-                    requests,
-                    failed,
                     ok_per_s,
+                    load,
                 });
             }
         }
