@@ -1,4 +1,4 @@
-//! Everything the bench (and, later, the end-to-end harness) reads from
+//! Everything the bench and the end-to-end tests read from
 //! /proc, in one place: a process's memory, CPU time, fds, threads and
 //! context switches, its children and environment, and the machine.
 
@@ -186,6 +186,39 @@ pub fn environ_var(pid: i32, name: &str) -> io::Result<Option<String>> {
     }))
 }
 
+/// How many of `pid`'s fds are connections accepted on the unix stream
+/// socket bound at `path` (/proc/net/unix names an accepted socket by its
+/// listener's path; the listener itself has the `__SO_ACCEPTCON` flag).
+pub fn unix_connections(pid: i32, path: &std::path::Path) -> usize {
+    const ACCEPTCON: u32 = 1 << 16;
+    let Ok(table) = fs::read_to_string("/proc/net/unix") else {
+        return 0;
+    };
+    let path = path.to_string_lossy();
+    let accepted: std::collections::HashSet<&str> = table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            // Num RefCount Protocol Flags Type St Inode Path
+            let f: Vec<&str> = l.split_ascii_whitespace().collect();
+            let flags = u32::from_str_radix(f.get(3)?, 16).ok()?;
+            (f.get(7) == Some(&&*path) && flags & ACCEPTCON == 0).then_some(*f.get(6)?)
+        })
+        .collect();
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return 0;
+    };
+    fds.flatten()
+        .filter_map(|fd| fs::read_link(fd.path()).ok())
+        .filter(|target| {
+            target
+                .to_str()
+                .and_then(|t| t.strip_prefix("socket:[")?.strip_suffix(']'))
+                .is_some_and(|inode| accepted.contains(inode))
+        })
+        .count()
+}
+
 /// The machine a run happened on.
 #[derive(Debug, Clone)]
 pub struct Machine {
@@ -239,6 +272,27 @@ pub fn loadavg() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_accepted_unix_connections_only() {
+        use std::os::unix::net::{UnixListener, UnixStream};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        let me = rustix::process::getpid().as_raw_nonzero().get();
+        let listener = UnixListener::bind(&path).unwrap();
+        // The listener and the unbound client end are not counted.
+        let client = UnixStream::connect(&path).unwrap();
+        assert_eq!(unix_connections(me, &path), 0, "before accept");
+        let (accepted, _) = listener.accept().unwrap();
+        let other = UnixStream::connect(&path).unwrap();
+        let (accepted2, _) = listener.accept().unwrap();
+        assert_eq!(unix_connections(me, &path), 2);
+        assert_eq!(unix_connections(me, &dir.path().join("other.sock")), 0);
+        drop(accepted);
+        assert_eq!(unix_connections(me, &path), 1);
+        drop((accepted2, client, other));
+        assert_eq!(unix_connections(me, &path), 0);
+    }
 
     #[test]
     fn parses_stat() {

@@ -1,6 +1,5 @@
 //! The `hotsup-bench` binary's scenarios, measurements and report.
 
-pub mod events;
 pub mod idle;
 pub mod notify;
 pub mod pools;

@@ -219,7 +219,7 @@ fn flood_one(b: &Build<'_>, secs: Duration, row: &mut FloodRow) -> Result<()> {
         timeout: LOAD_TIMEOUT,
         ..LoadConfig::new(addr)
     });
-    let lines_before = hs.pump();
+    let lines_before = hs.log.len();
     let started = Instant::now();
     let exe = std::env::current_exe()?;
     let mut flooders = Vec::new();
@@ -267,7 +267,7 @@ fn flood_one(b: &Build<'_>, secs: Duration, row: &mut FloodRow) -> Result<()> {
         row.rss_kib_max = row.rss_kib_max.max(procfs::rss_kib(pid).unwrap_or(0));
         thread::sleep(Duration::from_millis(100));
     }
-    row.log_lines = (hs.pump() - lines_before) as u64;
+    row.log_lines = (hs.log.len() - lines_before) as u64;
     row.rss_kib_after = procfs::rss_kib(pid).unwrap_or(0);
     row.serving_after = hs.exited().is_none()
         && request_once(addr, "/", PROBE_TIMEOUT).is_ok_and(|r| r.status == 200);
@@ -454,7 +454,7 @@ fn helper_one(b: &Build<'_>, upgrades: u32, row: &mut HelperRow) -> Result<()> {
             break;
         }
         if hs.exited().is_some() || Instant::now() > deadline {
-            bail!("no generation ever served\n{}", hs.tail(10));
+            bail!("no generation ever served\n{}", hs.log.tail(10));
         }
         thread::sleep(Duration::from_millis(50));
     }

@@ -20,11 +20,11 @@ use hotsup_bench::procfs::{self, ProcSample};
 use rustix::process::Signal;
 use serde::Serialize;
 
-use super::events::ts_ms;
 use super::report::{Dist, Probes, Table, Traffic, TwoLoads, dist, f, ms, probe_until};
 use super::supervised::{Binaries, Hotsup, Launch};
 use super::throughput::{mean, timed_load, wait_answer};
 use super::upgrades::{DRAINED_TIMEOUT, READY_TIMEOUT, START_TIMEOUT};
+use hotsup_bench::kit::ts_ms;
 
 /// Worker counts of "pool-throughput".
 pub const POOL_SIZES: [u32; 3] = [1, 2, 4];
@@ -51,7 +51,7 @@ fn old_gone(
     let mut i = from;
     for seen in 0..workers {
         let left = deadline.saturating_duration_since(Instant::now());
-        let exit = |l: &super::events::Line| {
+        let exit = |l: &hotsup_bench::kit::Line| {
             l.event.as_ref().is_some_and(|e| {
                 e.generation == Some(old) && matches!(e.event.as_str(), "drained" | "reaped")
             })
@@ -60,7 +60,7 @@ fn old_gone(
             Ok(j) => i = j + 1,
             Err(e) => bail!(
                 "waiting for the {workers} workers of generation {old} to exit ({seen} did): {e}\n{}",
-                hs.tail(15)
+                hs.log.tail(15)
             ),
         }
     }
@@ -330,9 +330,9 @@ fn pool_upgrades(
     let mut probes = Probes::default();
     let result = (|| -> Result<()> {
         for old in 1..=u64::from(upgrades) {
-            let from = hs.pump();
+            let from = hs.log.len();
             let t = Instant::now();
-            hs.signal(Signal::USR2)?;
+            hs.try_signal(Signal::USR2)?;
             let (answered, _) = probe_until(
                 addr,
                 t + READY_TIMEOUT,
@@ -342,15 +342,15 @@ fn pool_upgrades(
             )?;
             first.push(ms(answered.duration_since(t)));
             let (i, all_ready) = hs.expect_ready(from, old + 1, READY_TIMEOUT)?;
-            ready.push(ms(hs.lines[i].at.duration_since(t)));
+            ready.push(ms(hs.log.line(i).at.duration_since(t)));
             let j = old_gone(&mut hs, from, old, c.workers, DRAINED_TIMEOUT)?;
-            gone.push(ms(hs.lines[j].at.duration_since(t)));
+            gone.push(ms(hs.log.line(j).at.duration_since(t)));
             let requested = hs
+                .log
                 .events_from(from)
-                .find(|e| e.event == "upgrade_requested")
-                .cloned();
+                .find(|e| e.event == "upgrade_requested");
             ready_ts.extend(ts_ms(requested.as_ref(), Some(&all_ready)));
-            gone_ts.extend(ts_ms(requested.as_ref(), hs.lines[j].event.as_ref()));
+            gone_ts.extend(ts_ms(requested.as_ref(), hs.log.line(j).event.as_ref()));
             thread::sleep(Duration::from_millis(200));
         }
         Ok(())
@@ -462,8 +462,8 @@ fn footprint(bins: &Binaries, r: &mut Footprint) -> Result<()> {
     thread::sleep(SETTLE);
     r.idle = procfs::sample(hs.pid()).context("hotsup's /proc entry")?;
     for old in 1..=FOOTPRINT_UPGRADES {
-        let from = hs.pump();
-        hs.signal(Signal::USR2)?;
+        let from = hs.log.len();
+        hs.try_signal(Signal::USR2)?;
         hs.expect_ready(from, old + 1, READY_TIMEOUT)?;
         old_gone(&mut hs, from, old, r.workers, DRAINED_TIMEOUT)?;
         r.upgrades = old;
@@ -499,7 +499,7 @@ fn footprint_old(old: &super::supervised::OldBuild, r: &mut Footprint) -> Result
 /// An upgrade of a hotsup whose log is not read: SIGUSR2, then generation
 /// `g` answers and hotsup is left with one child.
 pub fn old_upgrade(hs: &mut Hotsup, addr: SocketAddr, g: u64) -> Result<()> {
-    hs.signal(Signal::USR2)?;
+    hs.try_signal(Signal::USR2)?;
     let deadline = Instant::now() + READY_TIMEOUT;
     probe_until(
         addr,

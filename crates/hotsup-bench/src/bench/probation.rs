@@ -207,8 +207,8 @@ fn measure(bins: &Binaries, o: &mut ProbationOutcome, report: &mut Report) -> Re
         // gone.
         for next in (2..).take(o.requested as usize) {
             std::fs::write(&mode, "crash-after-ready")?;
-            let from = hs.pump();
-            hs.signal(Signal::USR2)?;
+            let from = hs.log.len();
+            hs.try_signal(Signal::USR2)?;
             let (_, ready) = hs.expect_ready(from, next, READY_TIMEOUT)?;
             std::fs::write(&mode, "serve")?;
             let pid = ready
@@ -244,7 +244,11 @@ fn measure(bins: &Binaries, o: &mut ProbationOutcome, report: &mut Report) -> Re
                 t_crash,
                 crash_to_first_response_ms: None,
                 last_to_first_response_ms: None,
-                crash_to_rolled_back_read_ms: ms(hs.lines[i].at.saturating_duration_since(t_crash)),
+                crash_to_rolled_back_read_ms: ms(hs
+                    .log
+                    .line(i)
+                    .at
+                    .saturating_duration_since(t_crash)),
             });
             thread::sleep(GAP);
         }

@@ -21,10 +21,7 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Failure messages kept from the probes.
 const MAX_PROBE_SAMPLES: usize = 10;
 
-/// Serializes a duration as seconds.
-pub fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64(d.as_secs_f64())
-}
+pub use hotsup_bench::kit::secs;
 
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0

@@ -509,7 +509,7 @@ impl Target for Crash {
     }
 
     fn restart(&mut self, rec: &mut RestartRecord) -> Result<i32> {
-        let from = self.hs.pump();
+        let from = self.hs.log.len();
         // Only a live child of this hotsup is ours to kill.
         let st =
             procfs::stat(self.pid).with_context(|| format!("serving pid {} is gone", self.pid))?;
@@ -529,12 +529,15 @@ impl Target for Crash {
         let (i, ready) = self
             .hs
             .expect_event(from, ANSWER_TIMEOUT, "ready", |e| e.generation > Some(g))?;
-        rec.ready_ms = Some(ms(self.hs.lines[i]
+        rec.ready_ms = Some(ms(self
+            .hs
+            .log
+            .line(i)
             .at
             .saturating_duration_since(rec.t_trigger)));
         let new_g = ready.generation.unwrap_or(g + 1);
         let new_pid = ready.pid.context("`ready` without pid")?;
-        let events: Vec<_> = self.hs.events_from(from).cloned().collect();
+        let events: Vec<_> = self.hs.log.events_from(from).collect();
         rec.backoff_ms = events
             .iter()
             .find(|e| e.event == "restart_scheduled")
@@ -595,9 +598,10 @@ pub fn run_crash(bins: &Binaries, opts: &RestartOptions) -> RestartOutcome {
                     ROUND_WARMUP
                 };
                 let r = d.drive(&mut t, addr, opts, (count, round, warmup), out);
-                t.hs.pump();
+                t.hs.log.len();
                 out.hotsup_problems.extend(
-                    t.hs.events_from(0)
+                    t.hs.log
+                        .events_from(0)
                         .filter(|e| e.is_problem())
                         .map(|e| format!("{} {:?}", e.event, e.fields)),
                 );

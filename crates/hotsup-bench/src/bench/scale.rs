@@ -124,10 +124,10 @@ fn measure(launch: &Launch, row: &mut ScaleRow) -> Result<()> {
     let mut hs = launch.start()?;
     let addr = hs.expect_listening(START_TIMEOUT)?;
     let (ready, _) = hs.expect_ready(0, 1, START_TIMEOUT)?;
-    row.start_to_ready_ms = Some(ms(hs.lines[ready].at.saturating_duration_since(t0)));
+    row.start_to_ready_ms = Some(ms(hs.log.line(ready).at.saturating_duration_since(t0)));
     // Not every `listening` event need be there: 10,000 of them at once
     // overflow hotsup's log queue, which drops lines rather than wait.
-    if let Some(e) = hs.events_from(0).find(|e| e.is("handed_off", 1)) {
+    if let Some(e) = hs.log.events_from(0).find(|e| e.is("handed_off", 1)) {
         row.gen1_handoff_us = e.u64("elapsed_us");
         row.reported_listeners = e.u64("listeners");
         if row.reported_listeners != Some(k as u64) {
@@ -137,7 +137,11 @@ fn measure(launch: &Launch, row: &mut ScaleRow) -> Result<()> {
             );
         }
     }
-    row.listening_logged = hs.events_from(0).filter(|e| e.event == "listening").count();
+    row.listening_logged = hs
+        .log
+        .events_from(0)
+        .filter(|e| e.event == "listening")
+        .count();
     let r = request_once(addr, "/", PROBE_TIMEOUT)
         .map_err(|f| anyhow::anyhow!("request to the first listener {addr}: {f}"))?;
     if r.status != 200 {
@@ -145,13 +149,14 @@ fn measure(launch: &Launch, row: &mut ScaleRow) -> Result<()> {
     }
     row.proc_ready = procfs::sample(hs.pid()).context("cannot read hotsup's /proc entry")?;
     for old in 1..=u64::from(UPGRADES) {
-        let from = hs.pump();
+        let from = hs.log.len();
         let t_signal = Instant::now();
-        hs.signal(Signal::USR2)?;
+        hs.try_signal(Signal::USR2)?;
         let (i, _) = hs.expect_ready(from, old + 1, READY_TIMEOUT)?;
         row.upgrade_ready_ms
-            .push(ms(hs.lines[i].at.saturating_duration_since(t_signal)));
+            .push(ms(hs.log.line(i).at.saturating_duration_since(t_signal)));
         if let Some(us) = hs
+            .log
             .events_from(from)
             .find(|e| e.is("handed_off", old + 1))
             .and_then(|e| e.u64("elapsed_us"))

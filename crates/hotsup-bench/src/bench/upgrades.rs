@@ -14,9 +14,9 @@ use hotsup_bench::procfs::{self, ProcSample};
 use rustix::process::Signal;
 use serde::Serialize;
 
-use super::events::ts_ms;
 use super::report::{Dist, Loads, Probes, Table, TwoLoads, dist, f, ms, probe_until, secs};
 use super::supervised::{Binaries, DRAIN_TIMEOUT, Hotsup, Launch, Stopped};
+use hotsup_bench::kit::ts_ms;
 
 /// How long hotsup may take to log `listening` and the first `ready`.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -341,14 +341,15 @@ pub fn run(bins: &Binaries, options: Options) -> Result<Outcome> {
     let zombies_end = procfs::zombie_children(hotsup_pid).len();
 
     let shutdown = hs.stop(DRAIN_TIMEOUT + Duration::from_secs(5));
-    hs.pump();
+    hs.log.len();
     let problems = hs
+        .log
         .events_from(0)
         .filter(|e| e.is_problem())
         .map(|e| format!("{} {:?}", e.event, e.fields))
         .collect();
     if let Some(path) = &options.log {
-        let text: String = hs.lines.iter().map(|l| format!("{}\n", l.raw)).collect();
+        let text: String = hs.log.all().iter().map(|l| format!("{l}\n")).collect();
         std::fs::write(path, text)
             .with_context(|| format!("cannot write the hotsup log to {}", path.display()))?;
     }
@@ -387,10 +388,10 @@ fn upgrade(
     old: u64,
     probes: &mut Probes,
 ) -> Result<UpgradeRecord> {
-    let from = hs.pump();
+    let from = hs.log.len();
     let g = old + 1;
     let t_signal = Instant::now();
-    hs.signal(Signal::USR2)?;
+    hs.try_signal(Signal::USR2)?;
     let deadline = t_signal + READY_TIMEOUT;
     let (t_first, n) = probe_until(
         addr,
@@ -402,7 +403,7 @@ fn upgrade(
     .with_context(|| {
         format!(
             "generation {g} never answered\nlast hotsup log lines:\n{}",
-            hs.tail(15)
+            hs.log.tail(15)
         )
     })?;
     let left = deadline.saturating_duration_since(Instant::now());
@@ -410,15 +411,15 @@ fn upgrade(
     let (drained_i, drained) = hs.expect_event(from, DRAINED_TIMEOUT, "drained", |e| {
         e.generation == Some(old)
     })?;
-    let find = |name: &str, n: u64| hs.events_from(from).find(|e| e.is(name, n)).cloned();
+    let find = |name: &str, n: u64| hs.log.events_from(from).find(|e| e.is(name, n));
     let handed = find("handed_off", g);
     let draining = find("draining", old);
-    let since = |i: usize| ms(hs.lines[i].at.saturating_duration_since(t_signal));
+    let since = |i: usize| ms(hs.log.line(i).at.saturating_duration_since(t_signal));
     Ok(UpgradeRecord {
         generation: g,
         pid: ready.pid,
         t_signal,
-        window_end: hs.lines[drained_i].at + WINDOW_TAIL,
+        window_end: hs.log.line(drained_i).at + WINDOW_TAIL,
         first_probe_ms: Some(ms(t_first.duration_since(t_signal))),
         first_load_ms: None,
         ready_ms: since(ready_i),

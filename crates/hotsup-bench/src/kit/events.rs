@@ -62,20 +62,39 @@ impl Event {
 /// One line read from hotsup's stderr.
 #[derive(Debug, Clone)]
 pub struct Line {
-    /// When the bench read it (the precise local clock).
+    /// When the reader thread read it (the precise local clock).
     pub at: Instant,
     pub raw: String,
-    /// `None` for a child's own output.
+    /// The event as JSON, for tests matching fields by value; `None` for a
+    /// child's own output.
+    pub json: Option<Value>,
+    /// The same event, typed.
     pub event: Option<Event>,
 }
 
 impl Line {
     pub fn parse(raw: String, at: Instant) -> Line {
-        let event = raw
+        let json = raw
             .starts_with('{')
-            .then(|| serde_json::from_str(&raw).ok())
-            .flatten();
-        Line { at, raw, event }
+            .then(|| serde_json::from_str::<Value>(&raw).ok())
+            .flatten()
+            .filter(|v| v.get("event").is_some_and(Value::is_string));
+        let event = json
+            .as_ref()
+            .and_then(|v| serde_json::from_value(v.clone()).ok());
+        Line {
+            at,
+            raw,
+            json,
+            event,
+        }
+    }
+
+    /// Whether this is event `name` with these field values.
+    pub fn matches(&self, name: &str, fields: &[(&str, Value)]) -> bool {
+        self.json
+            .as_ref()
+            .is_some_and(|e| e["event"] == name && fields.iter().all(|(k, v)| &e[*k] == v))
     }
 
     /// The event, if it is `name`.
