@@ -269,6 +269,14 @@ impl Log {
         }
     }
 
+    /// Waits for the end of the stream (every process holding it has
+    /// exited); panics past [`WAIT`].
+    pub fn wait_closed(&self) {
+        if let Err(None) | Ok(_) = self.find(self.len(), WAIT, |_| false) {
+            panic!("the stream did not end within {WAIT:?}");
+        }
+    }
+
     pub fn wait(&self, needles: &[&str]) -> String {
         self.wait_from(0, needles, WAIT).1
     }
