@@ -3,7 +3,8 @@
 //! Everything the child needs is prepared before `fork`; the `pre_exec` hook
 //! only makes raw syscalls.
 
-use std::ffi::{OsStr, OsString};
+use std::borrow::Cow;
+use std::ffi::{CString, OsStr, OsString};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
@@ -17,6 +18,7 @@ use rustix::process::{Pid, Signal};
 
 use hotsup_protocol::{ENV_FD, ENV_GENERATION};
 
+use crate::exec_env::ExecEnv;
 use crate::identity::Identity;
 use crate::listeners::Listener;
 
@@ -37,6 +39,13 @@ const SCRUBBED_ENV: &[&str] = &[
     "WATCHDOG_PID",
     ENV_EXE_FD,
 ];
+
+/// Whether `name` is one of hotsup's own variables, which `--env` and
+/// `--env-file` may not set: the protocols between hotsup and its children
+/// depend on them.
+pub fn is_reserved_env(name: &str) -> bool {
+    SCRUBBED_ENV.contains(&name) || name.starts_with("HOTSUP_")
+}
 
 /// Why COMMAND cannot be run.
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +130,8 @@ pub struct Spec<'a> {
     pub pass: Pass<'a>,
     /// `--user`/`--group`: the credentials the child switches to.
     pub identity: Option<&'a Identity>,
+    /// `--chdir`, `--env`, `--env-file`, `--umask`, `--rlimit`.
+    pub exec: &'a ExecEnv,
 }
 
 /// Everything the child does between fork and exec, prepared before fork.
@@ -130,7 +141,13 @@ struct Setup {
     keep: [Option<RawFd>; 2],
     hotsup_pid: Pid,
     nofile: Option<u64>,
+    /// `--rlimit`s, set before the credential switch: only hotsup's
+    /// privileges may raise a hard limit.
+    rlimits: Vec<(rustix::process::Resource, rustix::process::Rlimit)>,
+    umask: Option<rustix::fs::Mode>,
     creds: Option<Creds>,
+    /// `--chdir`, entered after the credential switch.
+    chdir: Option<CString>,
 }
 
 /// Credentials copied out of an [`Identity`] before fork, for the child to
@@ -163,6 +180,14 @@ const ENV_EXE_FD: &str = "HOTSUP_EXE_FD";
 /// as `spec.identity` if given, and receives SIGTERM if hotsup dies.
 pub fn spawn(spec: &Spec<'_>) -> io::Result<Spawned> {
     let hotsup_pid = rustix::process::getpid();
+    // exec runs after the child's chdir: a relative COMMAND must still
+    // name the file found from hotsup's own directory.
+    let program: Cow<'_, Path> = match &spec.exec.chdir {
+        Some(_) if spec.program.is_relative() => {
+            Cow::Owned(std::env::current_dir()?.join(spec.program))
+        }
+        _ => Cow::Borrowed(spec.program),
+    };
     let mut cmd;
     let mut channel = None;
     let mut child_fd = None;
@@ -176,7 +201,7 @@ pub fn spawn(spec: &Spec<'_>) -> io::Result<Spawned> {
             )?;
             // The child's end must block: apps read it with plain recvmsg.
             rustix::io::ioctl_fionbio(&child_end, false)?;
-            cmd = scrubbed(spec.program);
+            cmd = scrubbed(&program);
             cmd.arg0(spec.argv0)
                 .args(spec.args)
                 .env(ENV_FD, child_end.as_raw_fd().to_string());
@@ -193,7 +218,7 @@ pub fn spawn(spec: &Spec<'_>) -> io::Result<Spawned> {
             cmd.arg0("hotsup")
                 .arg(EXEC_LISTEN_PID)
                 .arg(spec.argv0)
-                .arg(spec.program)
+                .arg(&*program)
                 .args(spec.args)
                 .env("LISTEN_FDS", listeners.len().to_string())
                 .env(
@@ -229,18 +254,44 @@ pub fn spawn(spec: &Spec<'_>) -> io::Result<Spawned> {
             cmd.env("HOME", home);
         }
     }
+    // After USER and HOME, which `--env` may override as systemd's
+    // Environment= does; hotsup's own variables were refused at start-up
+    // and are skipped here too, so nothing can break the protocols.
+    for (k, v) in &spec.exec.env {
+        if !is_reserved_env(k) {
+            cmd.env(k, v);
+        }
+    }
     let raw_child_fd = child_fd.as_ref().map(|f| f.as_raw_fd());
-    let nofile = spec.nofile;
+    let chdir = match &spec.exec.chdir {
+        Some(dir) => Some(
+            CString::new(dir.as_os_str().as_encoded_bytes())
+                .map_err(|_| io::Error::other("--chdir contains a NUL byte"))?,
+        ),
+        None => None,
+    };
     let setup = Setup {
         cgroup: spec.cgroup,
         keep: [raw_child_fd, spec.exe_fd.map(|e| e.fd)],
         hotsup_pid,
-        nofile,
+        // An explicit --rlimit nofile= replaces restoring hotsup's
+        // original soft limit.
+        nofile: spec
+            .nofile
+            .filter(|_| !spec.exec.sets(rustix::process::Resource::Nofile)),
+        rlimits: spec
+            .exec
+            .rlimits
+            .iter()
+            .map(|l| (l.resource, l.rlimit()))
+            .collect(),
+        umask: spec.exec.umask.map(rustix::fs::Mode::from_raw_mode),
         creds: spec.identity.map(|i| Creds {
             uid: i.uid,
             gid: i.gid,
             groups: i.groups.clone(),
         }),
+        chdir,
     };
     // SAFETY: the closure runs between fork and exec in the child, where
     // only async-signal-safe calls are allowed; `prepare_child` makes only
@@ -249,14 +300,29 @@ pub fn spawn(spec: &Spec<'_>) -> io::Result<Spawned> {
     unsafe {
         cmd.pre_exec(move || prepare_child(&setup));
     }
-    let child = cmd.spawn().map_err(|e| match spec.identity {
+    let child = cmd.spawn().map_err(|e| {
+        let mut context = Vec::new();
         // The usual cause: the new user cannot reach COMMAND or the
         // working directory.
-        Some(id) if e.kind() == io::ErrorKind::PermissionDenied => io::Error::new(
-            e.kind(),
-            format!("{e} (running as {}: {})", id.given, id.describe()),
-        ),
-        _ => e,
+        if let Some(id) = spec
+            .identity
+            .filter(|_| e.kind() == io::ErrorKind::PermissionDenied)
+        {
+            context.push(format!("running as {}: {}", id.given, id.describe()));
+        }
+        if let Some(dir) = &spec.exec.chdir {
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ENOENT | libc::EACCES | libc::ENOTDIR)
+            ) {
+                context.push(format!("COMMAND, or --chdir {}", dir.display()));
+            }
+        }
+        if context.is_empty() {
+            e
+        } else {
+            io::Error::new(e.kind(), format!("{e} ({})", context.join("; ")))
+        }
     })?;
     drop(child_fd);
     let raw = i32::try_from(child.id()).map_err(io::Error::other)?;
@@ -269,7 +335,7 @@ pub fn spawn(spec: &Spec<'_>) -> io::Result<Spawned> {
 
 /// A command for `program` with hotsup's own variables removed; the
 /// variables meant for the child are set afterwards.
-fn scrubbed(program: &Path) -> Command {
+pub fn scrubbed(program: &Path) -> Command {
     let mut cmd = Command::new(program);
     for var in SCRUBBED_ENV {
         cmd.env_remove(var);
@@ -310,8 +376,9 @@ pub fn exec_listen_pid(rest: &[OsString]) -> ! {
 }
 
 /// Runs in the forked child before exec: async-signal-safe syscalls only
-/// (write, fcntl, rt_sigaction, sigprocmask, prlimit, setgroups,
-/// setresgid, setresuid, prctl, getppid); no allocation, locks or logging.
+/// (write, fcntl, rt_sigaction, sigprocmask, prlimit, umask, setgroups,
+/// setresgid, setresuid, chdir, prctl, getppid); no allocation, locks or
+/// logging.
 fn prepare_child(setup: &Setup) -> io::Result<()> {
     // First, so that nothing the child does can happen outside its cgroup.
     if let Some(fd) = setup.cgroup {
@@ -328,24 +395,15 @@ fn prepare_child(setup: &Setup) -> io::Result<()> {
     // Before the mask is cleared, so that a signal pending for the child
     // meets the action it will have after exec.
     reset_signal_dispositions();
-    // A signal blocked in hotsup would stay blocked across exec.
-    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
-    // SAFETY: sigemptyset initialises the set it is given; sigprocmask gets
-    // that initialised set and a null old-set pointer, which it allows.
-    let rc = unsafe {
-        libc::sigemptyset(set.as_mut_ptr());
-        libc::sigprocmask(libc::SIG_SETMASK, set.as_ptr(), std::ptr::null_mut())
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    clear_signal_mask()?;
     if let Some(soft) = setup.nofile {
-        use rustix::process::{Resource, getrlimit, setrlimit};
-        let mut lim = getrlimit(Resource::Nofile);
-        if lim.current.is_none_or(|c| c > soft) {
-            lim.current = Some(soft);
-            setrlimit(Resource::Nofile, lim)?;
-        }
+        restore_nofile(soft)?;
+    }
+    for (resource, lim) in &setup.rlimits {
+        rustix::process::setrlimit(*resource, *lim)?;
+    }
+    if let Some(mask) = setup.umask {
+        rustix::process::umask(mask);
     }
     if let Some(creds) = &setup.creds {
         // Groups first and the uid last: once the uid is dropped, changing
@@ -366,6 +424,11 @@ fn prepare_child(setup: &Setup) -> io::Result<()> {
             Err(e) => return Err(e.into()),
         }
     }
+    // As the new user, as systemd enters WorkingDirectory=: the children
+    // get no directory their user could not enter.
+    if let Some(dir) = &setup.chdir {
+        rustix::process::chdir(dir.as_c_str())?;
+    }
     // After the credential change, which clears the parent-death signal.
     // The spawning thread is the runtime's only thread, which lives as long
     // as hotsup, so this fires only when hotsup itself dies.
@@ -374,6 +437,50 @@ fn prepare_child(setup: &Setup) -> io::Result<()> {
         // hotsup died before the prctl took effect. A raw errno, because
         // building a custom io::Error would allocate.
         return Err(io::Error::from_raw_os_error(libc::ESRCH));
+    }
+    Ok(())
+}
+
+/// Between fork and exec of an auxiliary process (a `--build` command):
+/// the signal state of a fresh process, and SIGTERM when hotsup dies.
+/// Async-signal-safe syscalls only, like [`prepare_child`]; `hotsup_pid` is
+/// read before fork.
+pub fn prepare_aux(hotsup_pid: Pid, nofile: Option<u64>) -> io::Result<()> {
+    reset_signal_dispositions();
+    clear_signal_mask()?;
+    if let Some(soft) = nofile {
+        restore_nofile(soft)?;
+    }
+    // Spawned from the runtime's only thread, which lives as long as hotsup.
+    rustix::process::set_parent_process_death_signal(Some(Signal::TERM))?;
+    if rustix::process::getppid() != Some(hotsup_pid) {
+        return Err(io::Error::from_raw_os_error(libc::ESRCH));
+    }
+    Ok(())
+}
+
+/// Lowers the soft RLIMIT_NOFILE to what hotsup was started with.
+fn restore_nofile(soft: u64) -> io::Result<()> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current.is_none_or(|c| c > soft) {
+        lim.current = Some(soft);
+        setrlimit(Resource::Nofile, lim)?;
+    }
+    Ok(())
+}
+
+/// A signal blocked in hotsup would stay blocked across exec.
+fn clear_signal_mask() -> io::Result<()> {
+    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset initialises the set it is given; sigprocmask gets
+    // that initialised set and a null old-set pointer, which it allows.
+    let rc = unsafe {
+        libc::sigemptyset(set.as_mut_ptr());
+        libc::sigprocmask(libc::SIG_SETMASK, set.as_ptr(), std::ptr::null_mut())
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
     }
     Ok(())
 }

@@ -52,16 +52,22 @@ pub const CLIENT_EXIT_CODES: &str = "\
 Exit codes:
   0  the new generation serves (probation passed, if any)
   1  it failed before it was ready; the previous generation serves on
-  2  usage error
+  2  usage error, or several hotsups run and neither --name nor --control
+     picks one
   3  it was rolled back after it was ready
   4  refused: hotsup began shutting down, or there is nothing to roll back
-  5  hotsup cannot be reached (no control socket, or a bad reply)
+  5  hotsup cannot be reached (none runs, no control socket, or a bad reply)
   6  --timeout ran out before the outcome (the upgrade goes on)";
 
+// Parsed once at start-up: the size of the `run` variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Bind the listeners and run COMMAND under supervision.
-    #[command(after_help = RUN_HELP)]
+    #[command(
+        after_help = RUN_HELP,
+        override_usage = "hotsup run [OPTIONS] [--] <COMMAND> [ARGS]..."
+    )]
     Run(Box<RunArgs>),
     /// Upgrade a running hotsup and wait for the outcome.
     ///
@@ -121,6 +127,20 @@ pub enum Command {
         /// Name or number, e.g. USR1 or 10.
         signal: String,
     },
+    /// Print a running hotsup's lifecycle events as JSON lines, as they
+    /// happen, until it exits.
+    ///
+    /// Each line is one object with `event` (its name: spawned, ready,
+    /// draining, drained, upgrade_failed, rolled_back, ...), `ts` and typed
+    /// fields; the same objects `--log-format json` logs. For deploy tools
+    /// and dashboards.
+    Events {
+        #[command(flatten)]
+        target: Target,
+        /// Only these events (repeatable; default: all).
+        #[arg(long = "event", value_name = "NAME")]
+        names: Vec<String>,
+    },
     /// Change the number of worker processes of a running hotsup.
     ///
     /// New workers start from the serving generation's executable; with
@@ -156,6 +176,8 @@ pub struct Target {
     pub control: Option<std::path::PathBuf>,
     /// The name given to `hotsup run --name` (by default, the file name of
     /// its COMMAND); the socket is found at the default path for it.
+    /// Without --name or --control: the only hotsup of this user that is
+    /// running (with a live socket in the default directory).
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
 }
@@ -198,13 +220,21 @@ const RUN_HELP: &str = "\
 Signals:
   SIGUSR2, SIGHUP   upgrade: start a new generation, drain the old one when
                     the new one is ready
-  SIGTERM, SIGINT   graceful shutdown; a second one kills at once
-  SIGQUIT, SIGUSR1  forwarded to the serving child
+  SIGTERM, SIGINT,  graceful shutdown; a second one kills at once. SIGQUIT
+  SIGQUIT           stops gracefully, as for nginx, instead of reaching the
+                    app (a Go app dies of it with a goroutine dump, and would
+                    be restarted as a crash); `hotsup signal QUIT` sends it
+  SIGUSR1           forwarded to the serving child
 
 Examples:
   hotsup run -l 127.0.0.1:8080 -- ./server
   hotsup run -l http=[::]:80 -l admin=unix:/run/app.sock --unix-mode 660 -- ./server --flag
-  kill -USR2 $(pidof hotsup)
+  hotsup upgrade                 # from another terminal: upgrade and wait
+  hotsup upgrade --name server   # the same, when several hotsups run
+  hotsup run --watch src --watch templates --build 'cargo build' \
+      -l 127.0.0.1:8080 -- ./target/debug/myapp
+  hotsup run --watch src --build 'cargo build' --livereload 127.0.0.1:35729 \
+      -l 127.0.0.1:8080 -- ./target/debug/myapp
 
 Exit codes:
   0  clean exit, 1  runtime failure, 2  usage error, or the child's own code
@@ -237,8 +267,10 @@ pub struct RunArgs {
     /// Listen on ADDR, optionally naming it: HOST:PORT, [V6]:PORT,
     /// tcp://HOST:PORT, udp://HOST:PORT or unix:/path. Repeatable. Port 0
     /// picks a free port; the bound address is logged and passed to the
-    /// child. Unnamed listeners are named after kind and position: tcp0,
-    /// udp1, unix2, ...
+    /// child. A HOST with several addresses (localhost: 127.0.0.1, ::1)
+    /// binds the first one, with a warning naming the others; give one
+    /// --listen per address to serve them all. Unnamed listeners are named
+    /// after kind and position: tcp0, udp1, unix2, ...
     #[arg(
         short,
         long = "listen",
@@ -293,13 +325,70 @@ pub struct RunArgs {
     #[arg(long, value_name = "GROUP", help_heading = "Children")]
     pub group: Option<String>,
 
+    /// After a new worker's readiness signal (--ready), wait DURATION more
+    /// before it counts as ready: for apps, such as gunicorn under --fds
+    /// systemd, that say READY before their workers can serve. The
+    /// signal comes first, then the settle time; both must happen within
+    /// --ready-timeout.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Children")]
+    pub ready_settle: Option<Duration>,
+
+    /// Give systemd a copy of each listener (FDSTORE=1), so that a crash of
+    /// hotsup queues connections instead of refusing them; at the next
+    /// start hotsup takes them back. `auto` when systemd says the unit has
+    /// FileDescriptorStoreMax= (systemd 254+); `on` for older systemd.
+    #[arg(long, value_enum, default_value_t = crate::fdstore::Mode::Auto, value_name = "MODE", help_heading = "Listeners")]
+    pub fd_store: crate::fdstore::Mode,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g.
+    /// 127.0.0.1:9100): upgrades by outcome, rollbacks, crash and worker
+    /// restarts, the serving generation, time to ready and drain
+    /// durations, dropped log lines and notify datagrams, workers' memory.
+    /// Nothing listens without it.
+    #[arg(long, value_name = "ADDR", help_heading = "Control")]
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Working directory of the children, entered as --user if given.
+    /// COMMAND is still found from hotsup's own directory and PATH.
+    #[arg(long, value_name = "DIR", help_heading = "Children")]
+    pub chdir: Option<std::path::PathBuf>,
+
+    /// Set KEY=VALUE in the children's environment. Repeatable; overrides
+    /// --env-file. hotsup's own variables (NOTIFY_SOCKET, LISTEN_*,
+    /// WATCHDOG_*, HOTSUP_*) are refused.
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = crate::exec_env::parse_assignment, help_heading = "Children")]
+    pub env: Vec<(String, String)>,
+
+    /// Read KEY=VALUE lines from FILE, in systemd's EnvironmentFile=
+    /// syntax, once at start-up. Repeatable: a later file overrides an
+    /// earlier one. -FILE ignores a missing file.
+    #[arg(
+        long = "env-file",
+        value_name = "FILE",
+        allow_hyphen_values = true,
+        help_heading = "Children"
+    )]
+    pub env_file: Vec<OsString>,
+
+    /// File mode creation mask of the children, in octal (e.g. 027).
+    #[arg(long, value_name = "MODE", value_parser = crate::exec_env::parse_umask, help_heading = "Children")]
+    pub umask: Option<u32>,
+
+    /// Resource limit of the children, repeatable: NAME=SOFT[:HARD], NAME
+    /// as prlimit or systemd spell it (nofile, LimitNOFILE, core, as, ...),
+    /// values a number or infinity; one value sets both. An explicit
+    /// nofile replaces hotsup's restoring of the soft limit it started
+    /// with.
+    #[arg(long = "rlimit", value_name = "NAME=SOFT[:HARD]", value_parser = crate::exec_env::parse_rlimit, help_heading = "Children")]
+    pub rlimit: Vec<crate::exec_env::Limit>,
+
     /// Serve the control socket at PATH (default: see --name).
     #[arg(long, value_name = "PATH", help_heading = "Control")]
     pub control: Option<std::path::PathBuf>,
 
     /// Name of this supervisor, for the default control socket
-    /// $XDG_RUNTIME_DIR/hotsup/NAME.sock (/run/hotsup/NAME.sock for root).
-    /// Default: the file name of COMMAND.
+    /// $XDG_RUNTIME_DIR/hotsup/NAME.sock (/run/hotsup/NAME.sock for root;
+    /// $HOTSUP_RUNTIME_DIR/NAME.sock when that is set). Default: the file
+    /// name of COMMAND.
     #[arg(long, value_name = "NAME", help_heading = "Control")]
     pub name: Option<String>,
 
@@ -383,8 +472,68 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 3, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), help_heading = "Lifecycle")]
     pub start_attempts: u32,
 
-    /// The server to run, and its arguments. It is looked up in PATH again
-    /// at every upgrade, so a binary replaced in place is picked up.
+    /// Development: watch PATH (recursively) and upgrade to the new code on
+    /// every save. Repeatable. Skips target/, .git/, COMMAND itself, editor
+    /// scratch files, and what .gitignore and .ignore files ignore. A
+    /// crashed generation is not restarted (whatever --restart says) but
+    /// waits for the next save or `hotsup upgrade`; nothing is given up
+    /// (--start-attempts does not apply).
+    #[arg(
+        long = "watch",
+        value_name = "PATH",
+        help_heading = "Watch (development)",
+        hide = !crate::watch::AVAILABLE
+    )]
+    pub watch: Vec<std::path::PathBuf>,
+
+    /// Run CMD (with sh -c) after each save while the serving generation
+    /// serves on, and upgrade only when it succeeds. A failed build prints
+    /// its output and changes nothing. Saves during a build queue one
+    /// follow-up build. The first generation starts after the first good
+    /// build; connections wait in the backlog until then.
+    #[arg(
+        long,
+        value_name = "CMD",
+        requires = "watch",
+        help_heading = "Watch (development)",
+        hide = !crate::watch::AVAILABLE
+    )]
+    pub build: Option<String>,
+
+    /// How long the watched files must stay quiet before a build (or an
+    /// upgrade) starts, so that a burst of writes is one build [default:
+    /// 100ms].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "watch", help_heading = "Watch (development)",
+        hide = !crate::watch::AVAILABLE)]
+    pub debounce: Option<Duration>,
+
+    /// Also skip changes to paths matching GLOB (a .gitignore pattern,
+    /// relative to the working directory). Repeatable.
+    #[arg(
+        long,
+        value_name = "GLOB",
+        requires = "watch",
+        help_heading = "Watch (development)",
+        hide = !crate::watch::AVAILABLE
+    )]
+    pub watch_ignore: Vec<String>,
+
+    /// Serve live reload on ADDR: include
+    /// <script src="http://ADDR/livereload.js"></script> in your pages and
+    /// they reload once a new generation is ready, never before.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        requires = "watch",
+        help_heading = "Watch (development)",
+        hide = !crate::watch::AVAILABLE
+    )]
+    pub livereload: Option<std::net::SocketAddr>,
+
+    /// The server to run, and its arguments. Everything from COMMAND on is
+    /// the server's: hotsup's own options go before it. It is looked up in
+    /// PATH again at every upgrade, so a binary replaced in place is picked
+    /// up.
     #[arg(trailing_var_arg = true, value_name = "COMMAND", num_args = 0..)]
     pub command: Vec<OsString>,
 }
@@ -420,8 +569,17 @@ const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Parses `500ms`, `2s`, `1m`, `1h 30m`; zero and more than a year are
 /// refused.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s.trim())
-        .map_err(|e| format!("{e} (write durations like 500ms, 2s or 1m)"))?;
+    let d = humantime::parse_duration(s.trim()).map_err(|e| match e {
+        // humantime's own message for a bare number already suggests units:
+        // say it once, in the spelling hotsup documents.
+        humantime::DurationError::UnknownUnit { unit, value, .. } if unit.is_empty() => {
+            format!("a unit is needed, for example {value}s or {value}ms")
+        }
+        humantime::DurationError::UnknownUnit { unit, .. } => {
+            format!("unknown unit {unit:?} (write durations like 500ms, 2s, 1m or 1h)")
+        }
+        e => format!("{e} (write durations like 500ms, 2s or 1m)"),
+    })?;
     if d.is_zero() {
         return Err("must be longer than zero".into());
     }
@@ -460,6 +618,14 @@ mod tests {
         assert!(parse_duration("5").is_err());
         assert!(parse_duration("9223372036854775807s").is_err());
         assert!(parse_duration("366d").is_err());
+    }
+
+    #[test]
+    fn a_missing_unit_is_reported_once() {
+        let e = parse_duration("30").unwrap_err();
+        assert_eq!(e, "a unit is needed, for example 30s or 30ms");
+        let e = parse_duration("3 parsecs").unwrap_err();
+        assert_eq!(e.matches("unit").count(), 1, "{e}");
     }
 
     #[test]

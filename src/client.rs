@@ -1,7 +1,8 @@
 //! The client subcommands: `hotsup upgrade|status|stop|signal`.
 //!
-//! Exit codes: 0 success; 1 the operation failed; 2 usage (no --control or
-//! --name); 5 hotsup cannot be reached. `upgrade` and `rollback` tell their
+//! Exit codes: 0 success; 1 the operation failed; 2 usage (several
+//! supervisors run and neither --control nor --name picks one); 5 hotsup
+//! cannot be reached (none runs). `upgrade` and `rollback` tell their
 //! outcomes apart: 1 failed before ready, 3 rolled back after ready,
 //! 4 refused or superseded, 6 gave up waiting (see
 //! [`crate::cli::CLIENT_EXIT_CODES`]). A reader of stdout that went away
@@ -36,17 +37,50 @@ fn path_of(target: &Target) -> Result<PathBuf, u8> {
     match (&target.control, &target.name) {
         (Some(p), _) => Ok(p.clone()),
         (None, Some(n)) => Ok(control::default_path(n)),
-        (None, None) => {
-            logging::report(
-                "give --control PATH or --name NAME (the name hotsup run was given, by default its COMMAND's file name)",
+        (None, None) => the_only_one(&control::default_dir()),
+    }
+}
+
+/// Without --name or --control: the control socket of the only supervisor
+/// of this user that is running, found by its live socket in the default
+/// directory. Several: they are listed, and the choice is the user's.
+fn the_only_one(dir: &std::path::Path) -> Result<PathBuf, u8> {
+    let live = control::live_sockets(dir);
+    match live.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => {
+            logging::report(format_args!(
+                "no hotsup is running here: no live control socket in {} (give --control PATH for one elsewhere)",
+                dir.display()
+            ));
+            Err(UNREACHABLE)
+        }
+        several => {
+            let mut msg = format!(
+                "{} hotsups are running; choose one with --name NAME:",
+                several.len()
             );
+            for p in several {
+                let name = p.file_stem().unwrap_or_default().to_string_lossy();
+                let _ = write!(
+                    msg,
+                    "\n  {:<16} {}",
+                    clean(&name),
+                    clean(&p.display().to_string())
+                );
+            }
+            logging::report(msg);
             Err(USAGE)
         }
     }
 }
 
-/// Sends one request and reads the one-line reply.
-fn call(target: &Target, request: Request, timeout: Option<Duration>) -> Result<Reply, u8> {
+/// Connects to the control socket and sends `request`; the stream is left
+/// for reading the answer.
+fn connect(
+    target: &Target,
+    request: Request,
+) -> Result<(UnixStream, PathBuf, std::io::Result<()>), u8> {
     let path = path_of(target)?;
     let fail = |what: String| {
         logging::report(what);
@@ -77,7 +111,6 @@ fn call(target: &Target, request: Request, timeout: Option<Duration>) -> Result<
             )));
         }
     }
-    let _ = stream.set_read_timeout(timeout);
     let mut line = serde_json::to_vec(&control::Envelope {
         version: control::VERSION,
         request,
@@ -87,6 +120,17 @@ fn call(target: &Target, request: Request, timeout: Option<Duration>) -> Result<
     // A server that refuses the client answers before reading the request,
     // so a failed send may still have a reply waiting.
     let sent = stream.write_all(&line);
+    Ok((stream, path, sent))
+}
+
+/// Sends one request and reads the one-line reply.
+fn call(target: &Target, request: Request, timeout: Option<Duration>) -> Result<Reply, u8> {
+    let fail = |what: String| {
+        logging::report(what);
+        UNREACHABLE
+    };
+    let (stream, path, sent) = connect(target, request)?;
+    let _ = stream.set_read_timeout(timeout);
     let mut reply = String::new();
     let read = BufReader::new(stream).read_line(&mut reply);
     if reply.is_empty() {
@@ -269,10 +313,11 @@ fn status_text(s: &control::Status) -> String {
     for l in &s.listeners {
         let _ = writeln!(
             out,
-            "  {:<12} {:<4} {}",
+            "  {:<12} {:<4} {:<24} {}",
             clean(&l.name),
             clean(&l.kind),
-            clean(&l.address)
+            clean(&l.address),
+            clean(&l.source)
         );
     }
     match &s.serving {
@@ -288,6 +333,11 @@ fn status_text(s: &control::Status) -> String {
                     .map(|ms| format!(", on probation for {} more", secs(ms)))
                     .unwrap_or_default()
             );
+        }
+        // No generation was ever good: the starts are failing (or the
+        // first one is under way), which is not an upgrade failing.
+        None if s.last_good.is_none() => {
+            out.push_str("serving:  nothing: no start has succeeded yet\n");
         }
         None => out.push_str("serving:  nothing\n"),
     }
@@ -346,9 +396,10 @@ fn status_text(s: &control::Status) -> String {
         ),
         None => writeln!(out, "last upgrade: none"),
     };
+    // A failed start is restarted too: "crash" would not fit it.
     let _ = writeln!(
         out,
-        "upgrades: {} ready, {} failed, {} rolled back; crash restarts: {}",
+        "upgrades: {} ready, {} failed, {} rolled back; restarts: {}",
         s.upgrades.ready, s.upgrades.failed, s.upgrades.rolled_back, s.restarts
     );
     if let Some(p) = &s.last_good {
@@ -373,6 +424,33 @@ pub fn stop(target: &Target, no_wait: bool) -> u8 {
         ),
         None => say("stopping\n", OK),
     }
+}
+
+/// `hotsup events`: prints lifecycle events as JSON lines as they happen,
+/// until hotsup exits.
+pub fn events(target: &Target, names: Vec<String>) -> u8 {
+    let (stream, path, sent) = match connect(target, Request::Events { names }) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if let Err(e) = sent {
+        logging::report(format_args!("cannot send to {}: {e}", path.display()));
+        return UNREACHABLE;
+    }
+    for line in BufReader::new(stream).lines() {
+        let Ok(line) = line else { break };
+        // A refusal is one reply object, not an event.
+        if let Ok(reply) = serde_json::from_str::<Reply>(&line) {
+            if !reply.ok && reply.error.is_some() {
+                refused(&reply);
+                return REFUSED;
+            }
+        }
+        if say(&format!("{}\n", line), OK) != OK {
+            return FAILED;
+        }
+    }
+    OK
 }
 
 pub fn scale(target: &Target, workers: u32) -> u8 {

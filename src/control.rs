@@ -29,6 +29,12 @@
 //! `rollback` takes back the upgrade on probation at once, or else upgrades
 //! to the previous good executable; it answers like `upgrade`.
 //!
+//! `events` (with `"names": [...]` to choose) keeps the connection and
+//! writes each lifecycle event as one JSON line, the same objects as
+//! `--log-format json` logs (`{"event":"ready","generation":2,...}`), until
+//! hotsup exits. A client that falls too far behind gets
+//! `{"event":"events_lost","count":N}` and the events after.
+//!
 //! Unknown fields are ignored; a new incompatible protocol gets a new
 //! `version`.
 //!
@@ -95,6 +101,12 @@ pub enum Request {
     },
     /// Change the number of workers.
     Scale { workers: u32 },
+    /// Stream lifecycle events as JSON lines, those named in `names` (all
+    /// when empty), until hotsup exits.
+    Events {
+        #[serde(default)]
+        names: Vec<String>,
+    },
     /// Roll back the upgrade on probation, or go back to the previous good
     /// executable.
     Rollback,
@@ -218,6 +230,10 @@ pub struct ListenerStatus {
     pub name: String,
     pub kind: String,
     pub address: String,
+    /// `bound` (by this hotsup), `systemd` (socket activation) or
+    /// `fd-store` (kept by systemd across a restart of hotsup).
+    #[serde(default)]
+    pub source: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -305,17 +321,67 @@ pub enum ControlError {
     Io { path: String, source: io::Error },
 }
 
-/// The default control socket for `name`: `/run/hotsup/NAME.sock` for root,
-/// `$XDG_RUNTIME_DIR/hotsup/NAME.sock` for other users, or
-/// `$TMPDIR/hotsup-UID/NAME.sock` when `XDG_RUNTIME_DIR` is unset.
+/// The default control socket for `name`: `NAME.sock` in [`default_dir`].
 pub fn default_path(name: &str) -> PathBuf {
+    default_dir().join(format!("{name}.sock"))
+}
+
+/// Where default control sockets live: `$HOTSUP_RUNTIME_DIR` when set (for
+/// containers and tests that want their own), else `/run/hotsup` for root,
+/// `$XDG_RUNTIME_DIR/hotsup` for other users, or `$TMPDIR/hotsup-UID` when
+/// `XDG_RUNTIME_DIR` is unset.
+pub fn default_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("HOTSUP_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
     let root = rustix::process::geteuid().is_root();
-    let base = match std::env::var_os("XDG_RUNTIME_DIR") {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
         Some(dir) if !root && !dir.is_empty() => PathBuf::from(dir).join("hotsup"),
         _ if root => PathBuf::from("/run/hotsup"),
         _ => std::env::temp_dir().join(format!("hotsup-{}", rustix::process::geteuid().as_raw())),
+    }
+}
+
+/// The control sockets in `dir` that a live process accepts on, sorted:
+/// the running supervisors, whatever stale files their dead predecessors
+/// left. Each is probed with a non-blocking connect, so a supervisor that
+/// does not accept (its backlog full) still counts and never blocks the
+/// caller.
+pub fn live_sockets(dir: &Path) -> Vec<PathBuf> {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
     };
-    base.join(format!("{name}.sock"))
+    let mut live: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_socket()))
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "sock") && accepts(p))
+        .collect();
+    live.sort();
+    live
+}
+
+/// Whether a process listens on the Unix socket at `path`.
+fn accepts(path: &Path) -> bool {
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    let Ok(addr) = SocketAddrUnix::new(path) else {
+        return false;
+    };
+    let Ok(fd) = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+        None,
+    ) else {
+        return false;
+    };
+    // EAGAIN: the backlog is full, so someone listens. ECONNREFUSED: a
+    // stale file.
+    matches!(
+        rustix::net::connect(&fd, &addr),
+        Ok(()) | Err(rustix::io::Errno::AGAIN)
+    )
 }
 
 /// A directory another user controls could swap the socket file under us
@@ -430,7 +496,11 @@ impl Server {
     }
 
     /// Accepts connections and forwards their requests.
-    pub fn spawn(&mut self, tx: mpsc::UnboundedSender<Message>) -> tokio::task::JoinHandle<()> {
+    pub fn spawn(
+        &mut self,
+        tx: mpsc::UnboundedSender<Message>,
+        feed: EventFeed,
+    ) -> tokio::task::JoinHandle<()> {
         let listener = self.listener.take();
         let active = self.active.clone();
         tokio::spawn(async move {
@@ -450,11 +520,11 @@ impl Server {
                     debug!("control socket: refused a connection beyond {MAX_CONNECTIONS}");
                     continue;
                 }
-                let tx = tx.clone();
+                let (tx, feed) = (tx.clone(), feed.clone());
                 let active = active.clone();
                 active.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 tokio::spawn(async move {
-                    serve(stream, me, tx).await;
+                    serve(stream, me, tx, feed).await;
                     active.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                     active.1.notify_waiters();
                 });
@@ -463,7 +533,14 @@ impl Server {
     }
 }
 
-async fn serve(stream: UnixStream, me: u32, tx: mpsc::UnboundedSender<Message>) {
+/// Lifecycle events as JSON lines, for `events` clients. A client that
+/// falls behind by more than the channel holds is told how many it missed.
+pub type EventFeed = tokio::sync::broadcast::Sender<std::sync::Arc<str>>;
+
+/// Events waiting for the slowest `events` client.
+pub const EVENT_BACKLOG: usize = 1024;
+
+async fn serve(stream: UnixStream, me: u32, tx: mpsc::UnboundedSender<Message>, feed: EventFeed) {
     let (read, mut write) = stream.into_split();
     let peer = write.as_ref().peer_cred().ok();
     let uid = peer.as_ref().map(|c| c.uid());
@@ -489,6 +566,9 @@ async fn serve(stream: UnixStream, me: u32, tx: mpsc::UnboundedSender<Message>) 
         Ok(Ok(_)) if line.len() > MAX_REQUEST => Reply::error("request longer than 64 KiB"),
         Ok(Ok(_)) => match parse(&line) {
             Err(e) => Reply::error(e),
+            Ok(Request::Events { names }) => {
+                return stream_events(&mut write, feed.subscribe(), names).await;
+            }
             Ok(request) => {
                 debug!(?request, "control request");
                 let (reply_tx, reply_rx) = oneshot::channel();
@@ -509,6 +589,41 @@ async fn serve(stream: UnixStream, me: u32, tx: mpsc::UnboundedSender<Message>) 
         },
     };
     let _ = send(&mut write, &reply).await;
+}
+
+/// Writes events as they come, each within [`REPLY_TIMEOUT`], until hotsup
+/// exits or the client goes.
+async fn stream_events(
+    w: &mut tokio::net::unix::OwnedWriteHalf,
+    mut rx: tokio::sync::broadcast::Receiver<std::sync::Arc<str>>,
+    names: Vec<String>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let line: std::sync::Arc<str> = match rx.recv().await {
+            Ok(line) => line,
+            Err(RecvError::Lagged(n)) => {
+                format!("{{\"event\":\"events_lost\",\"count\":{n}}}\n").into()
+            }
+            Err(RecvError::Closed) => break,
+        };
+        if !names.is_empty() && !names.iter().any(|n| event_is(&line, n)) {
+            continue;
+        }
+        let write = w.write_all(line.as_bytes());
+        if !matches!(tokio::time::timeout(REPLY_TIMEOUT, write).await, Ok(Ok(()))) {
+            return;
+        }
+    }
+    let _ = tokio::time::timeout(REPLY_TIMEOUT, w.shutdown()).await;
+}
+
+/// Whether a JSON event line is the event `name` (it starts with its
+/// `event` key, as [`crate::events::feed_line`] writes it).
+fn event_is(line: &str, name: &str) -> bool {
+    line.strip_prefix("{\"event\":\"")
+        .and_then(|rest| rest.strip_prefix(name))
+        .is_some_and(|rest| rest.starts_with('"'))
 }
 
 /// Parses one request line.

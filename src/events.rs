@@ -118,7 +118,8 @@ pub fn log(ev: &Event) {
             pid,
             status,
             clean,
-        } => at!(generation, slot, pid, status = %status, clean, "drained"),
+            drain_ms,
+        } => at!(generation, slot, pid, status = %status, clean, drain_ms, "drained"),
         Event::Killed {
             generation,
             slot,
@@ -200,6 +201,12 @@ pub fn log(ev: &Event) {
             why,
         } => at!(generation, slot, pid, why = %why, "recycling"),
         Event::Scaled { from, to } => at!(from, to, "scaled"),
+        Event::ProbeFailed {
+            generation,
+            slot,
+            pid,
+            detail,
+        } => at!(generation, slot, pid, detail = %detail, "probe_failed"),
         Event::ShutdownBegan { source, forced } => {
             at!(source = %source.describe(), forced, "shutdown_began")
         }
@@ -243,6 +250,29 @@ pub fn log(ev: &Event) {
         } => at!(generation, slot, pid, detail = %detail, "channel_closed"),
         Event::Exiting { code } => at!(code, "exiting"),
     }
+}
+
+/// One event as a JSON line for `hotsup events`: the `event` key first (so
+/// that a name filter can look at the start of the line), then the typed
+/// fields and `ts`.
+pub fn feed_line(ev: &Event) -> Option<std::sync::Arc<str>> {
+    let Value::Object(fields) = serde_json::to_value(ev).ok()? else {
+        return None;
+    };
+    let mut line = format!("{{\"event\":{}", Value::from(ev.name()));
+    for (k, v) in fields.iter().filter(|(k, _)| *k != "event") {
+        line.push(',');
+        line.push_str(&Value::from(k.as_str()).to_string());
+        line.push(':');
+        line.push_str(&v.to_string());
+    }
+    line.push_str(",\"ts\":");
+    line.push_str(
+        &Value::from(humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string())
+            .to_string(),
+    );
+    line.push_str("}\n");
+    Some(line.into())
 }
 
 /// `--log-format json`: one object per line, the message as `event`, every

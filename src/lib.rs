@@ -3,18 +3,27 @@
 //! interface is the `hotsup` command line; this crate's API is internal and
 //! may change in any release.
 
+pub mod aux;
 pub mod cgroup;
 pub mod child;
 pub mod cli;
 pub mod client;
 pub mod control;
 pub mod events;
+pub mod exec_env;
+pub mod fdstore;
 pub mod handoff;
 pub mod identity;
 pub mod lifecycle;
 pub mod listeners;
 pub mod logging;
+pub mod metrics;
 pub mod notify;
 pub mod pinned;
 pub mod signals;
 pub mod supervisor;
+#[cfg(feature = "watch")]
+pub mod watch;
+#[cfg(not(feature = "watch"))]
+#[path = "watch_off.rs"]
+pub mod watch;

@@ -60,7 +60,7 @@ use rustix::process::Pid;
 
 pub use event::{Event, KillCause, Level, Origin, Source};
 pub use outcome::{ExitInfo, FailureReason, LastResult, ReadyVia, UpgradeOutcome};
-use state::{Canary, Generation, Role, WState, Worker};
+use state::{Canary, Gate, Generation, Role, WState, Worker};
 pub use state::{Fallback, GenerationSnapshot, LastUpgradeSnapshot, Snapshot, WorkerSnapshot};
 
 /// First crash-restart delay; it doubles per consecutive crash.
@@ -73,6 +73,8 @@ pub const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(10);
 /// it is killed: a crashing child closes its channel just before it becomes
 /// reapable, and its exit status is the better reason.
 pub const CLOSED_GRACE: Duration = Duration::from_millis(250);
+/// How long after a failed `--ready-probe` the next one starts.
+pub const PROBE_RETRY: Duration = Duration::from_millis(250);
 /// How long a SIGKILLed generation may take to be reaped before the kill is
 /// repeated (a process in uninterruptible sleep dies only when it wakes).
 pub const KILL_GRACE: Duration = Duration::from_secs(5);
@@ -147,6 +149,10 @@ pub struct Policy {
     /// Replace a worker after it served this long (`--max-worker-age`), with
     /// up to a tenth more so that a pool does not recycle all at once.
     pub max_worker_age: Option<Duration>,
+    /// After the readiness signal, wait this long more (`--ready-settle`).
+    pub ready_settle: Option<Duration>,
+    /// Then run the shell's `--ready-probe` until it succeeds.
+    pub ready_probe: bool,
 }
 
 /// What the core learns from the world.
@@ -189,6 +195,12 @@ pub enum Input {
     /// Replace a worker (`--max-worker-rss`): a new one in its slot first,
     /// then it drains.
     Recycle { worker: WorkerId, why: String },
+    /// A `--ready-probe` run for a worker ended.
+    ProbeDone {
+        worker: WorkerId,
+        ok: bool,
+        detail: String,
+    },
     /// Time passed; deadlines may have expired.
     Tick,
 }
@@ -308,6 +320,11 @@ pub enum Effect {
         signal: i32,
         reply: Option<Ticket>,
     },
+    /// Run `--ready-probe` for a worker; answer with [`Input::ProbeDone`].
+    Probe {
+        worker: WorkerId,
+        pid: Pid,
+    },
     Reply {
         ticket: Ticket,
         answer: Answer,
@@ -398,6 +415,8 @@ enum Due {
     Kill(WorkerId),
     SlotRestart(GenId, u32),
     Recycle(WorkerId),
+    Settled(WorkerId),
+    Probe(WorkerId),
 }
 
 impl Core {
@@ -456,6 +475,9 @@ impl Core {
             } => self.forward(signal, slot, reply, &mut fx),
             Input::Scale { workers, reply } => self.scale(now, workers, reply, &mut fx),
             Input::Recycle { worker, why } => self.recycle(now, worker, why, &mut fx),
+            Input::ProbeDone { worker, ok, detail } => {
+                self.probe_done(now, worker, ok, detail, &mut fx)
+            }
             Input::Tick => {}
         }
         self.expire(now, &mut fx);
@@ -488,10 +510,25 @@ impl Core {
                         deadline,
                         ready_at,
                         doomed,
-                    } => match (ready_at, doomed) {
-                        (Some(r), None) => at((*r).min(*deadline)),
-                        _ => at(*deadline),
-                    },
+                        gate,
+                    } => {
+                        at(*deadline);
+                        match (gate, doomed) {
+                            (Gate::Signal, None) => {
+                                if let Some(r) = ready_at {
+                                    at(*r);
+                                }
+                            }
+                            (Gate::Settling { until, .. }, None) => at(*until),
+                            (
+                                Gate::Probing {
+                                    next: Some(next), ..
+                                },
+                                None,
+                            ) => at(*next),
+                            _ => {}
+                        }
+                    }
                     WState::Draining { deadline, .. } | WState::Killing { deadline } => {
                         at(*deadline)
                     }
@@ -951,6 +988,7 @@ impl Core {
             deadline: now + self.policy.ready_timeout,
             ready_at,
             doomed: None,
+            gate: Gate::Signal,
         };
         let origin = match self.gens.get_mut(&id) {
             Some(g) => {
@@ -1042,7 +1080,152 @@ impl Core {
         self.forget_if_gone(worker.generation);
     }
 
+    /// The worker gave its readiness signal: it is ready, or settles, or is
+    /// probed first.
     fn worker_ready(
+        &mut self,
+        now: Instant,
+        worker: WorkerId,
+        via: ReadyVia,
+        fx: &mut Vec<Effect>,
+    ) {
+        let settle = self.policy.ready_settle;
+        let Some(w) = self
+            .gens
+            .get_mut(&worker.generation)
+            .and_then(|g| g.worker_mut(worker))
+        else {
+            return;
+        };
+        let WState::Starting {
+            doomed: None,
+            gate: gate @ Gate::Signal,
+            ..
+        } = &mut w.state
+        else {
+            return;
+        };
+        if let Some(d) = settle {
+            *gate = Gate::Settling {
+                until: now + d,
+                via,
+            };
+            return;
+        }
+        self.worker_settled_via(now, worker, via, fx);
+    }
+
+    fn worker_settled(&mut self, now: Instant, worker: WorkerId, fx: &mut Vec<Effect>) {
+        let via = self
+            .gens
+            .get(&worker.generation)
+            .and_then(|g| g.worker(worker))
+            .and_then(|w| match &w.state {
+                WState::Starting {
+                    gate: Gate::Settling { via, .. },
+                    ..
+                } => Some(*via),
+                _ => None,
+            });
+        if let Some(via) = via {
+            self.worker_settled_via(now, worker, via, fx);
+        }
+    }
+
+    /// Signalled and settled: probed, or ready.
+    fn worker_settled_via(
+        &mut self,
+        now: Instant,
+        worker: WorkerId,
+        via: ReadyVia,
+        fx: &mut Vec<Effect>,
+    ) {
+        if self.policy.ready_probe {
+            if let Some(WState::Starting { gate, .. }) = self
+                .gens
+                .get_mut(&worker.generation)
+                .and_then(|g| g.worker_mut(worker))
+                .map(|w| &mut w.state)
+            {
+                *gate = Gate::Probing {
+                    via,
+                    next: Some(now),
+                    last_failure: None,
+                };
+            }
+            self.start_probe(worker, fx);
+            return;
+        }
+        self.worker_serves(now, worker, via, fx);
+    }
+
+    fn start_probe(&mut self, worker: WorkerId, fx: &mut Vec<Effect>) {
+        let Some(w) = self
+            .gens
+            .get_mut(&worker.generation)
+            .and_then(|g| g.worker_mut(worker))
+        else {
+            return;
+        };
+        let Some(pid) = w.pid else { return };
+        if let WState::Starting {
+            gate: Gate::Probing { next, .. },
+            doomed: None,
+            ..
+        } = &mut w.state
+        {
+            if next.take().is_some() {
+                fx.push(Effect::Probe { worker, pid });
+            }
+        }
+    }
+
+    fn probe_done(
+        &mut self,
+        now: Instant,
+        worker: WorkerId,
+        ok: bool,
+        detail: String,
+        fx: &mut Vec<Effect>,
+    ) {
+        let Some(w) = self
+            .gens
+            .get_mut(&worker.generation)
+            .and_then(|g| g.worker_mut(worker))
+        else {
+            return;
+        };
+        let pid = w.pid.map_or(0, Pid::as_raw_pid);
+        let WState::Starting {
+            gate:
+                Gate::Probing {
+                    via,
+                    next: next @ None,
+                    last_failure,
+                },
+            doomed: None,
+            ..
+        } = &mut w.state
+        else {
+            return;
+        };
+        if ok {
+            let via = *via;
+            self.worker_serves(now, worker, via, fx);
+            return;
+        }
+        fx.push(Effect::Emit(Event::ProbeFailed {
+            generation: worker.generation,
+            slot: worker.slot,
+            pid,
+            detail: detail.clone(),
+        }));
+        *last_failure = Some(detail);
+        *next = Some(now + PROBE_RETRY);
+    }
+
+    /// The worker passed the whole readiness rule: it serves.
+    fn worker_serves(
         &mut self,
         now: Instant,
         worker: WorkerId,
@@ -1788,7 +1971,7 @@ impl Core {
                 pid: p,
                 status,
             })),
-            WState::Draining { .. } => {
+            WState::Draining { since, .. } => {
                 // Exiting by the drain signal, or with 128+signal as JVMs and
                 // Node do when they handle it, is a clean drain.
                 let sig = self.policy.drain_signal;
@@ -1801,6 +1984,7 @@ impl Core {
                     pid: p,
                     status,
                     clean,
+                    drain_ms: ms(now.saturating_duration_since(since)),
                 }));
                 if self.shutdown.is_some() && !clean && self.exit_code == Some(0) {
                     self.exit_code = Some(1);
@@ -1900,6 +2084,7 @@ impl Core {
                 pid,
                 status,
                 clean: status.success(),
+                drain_ms: 0,
             }));
             return;
         }
@@ -2070,15 +2255,14 @@ impl Core {
                 }));
                 if let WState::Starting {
                     deadline,
-                    ready_at,
-                    doomed: None,
+                    doomed: ref mut doomed @ None,
+                    ..
                 } = w.state
                 {
-                    w.state = WState::Starting {
-                        deadline: deadline.min(now + CLOSED_GRACE),
-                        ready_at,
-                        doomed: Some(FailureReason::ChannelClosed { detail }),
-                    };
+                    *doomed = Some(FailureReason::ChannelClosed { detail });
+                    if let WState::Starting { deadline: d, .. } = &mut w.state {
+                        *d = deadline.min(now + CLOSED_GRACE);
+                    }
                 }
                 None
             }
@@ -2159,17 +2343,28 @@ impl Core {
             match due {
                 Due::DelayReady(w) => {
                     self.worker_ready(now, w, ReadyVia::Delay, fx);
-                    // Still starting: it could not be ready (doomed).
+                    // Still waiting for its signal: it could not be ready
+                    // (doomed).
                     let stuck = self
                         .gens
                         .get(&w.generation)
                         .and_then(|g| g.worker(w))
-                        .is_some_and(|w| matches!(w.state, WState::Starting { .. }));
+                        .is_some_and(|w| {
+                            matches!(
+                                w.state,
+                                WState::Starting {
+                                    gate: Gate::Signal,
+                                    ..
+                                }
+                            )
+                        });
                     if stuck {
                         self.worker_not_ready(now, w, fx);
                     }
                 }
                 Due::NotReady(w) => self.worker_not_ready(now, w, fx),
+                Due::Settled(w) => self.worker_settled(now, w, fx),
+                Due::Probe(w) => self.start_probe(w, fx),
                 Due::Canary(id) => self.pass_canary(now, id, fx),
                 Due::Probation(id) => self.pass_probation(now, id, fx),
                 Due::Drain(w) => {
@@ -2231,14 +2426,25 @@ impl Core {
             }
             for w in g.workers.iter().filter(|w| w.present()) {
                 let due = match &w.state {
-                    WState::Starting {
-                        ready_at: Some(r),
-                        doomed: None,
-                        deadline,
-                    } if *r <= now && *r < *deadline && w.spawned => Some(Due::DelayReady(w.id)),
                     WState::Starting { deadline, .. } if *deadline <= now => {
                         Some(Due::NotReady(w.id))
                     }
+                    WState::Starting {
+                        ready_at: Some(r),
+                        doomed: None,
+                        gate: Gate::Signal,
+                        ..
+                    } if *r <= now && w.spawned => Some(Due::DelayReady(w.id)),
+                    WState::Starting {
+                        doomed: None,
+                        gate: Gate::Settling { until, .. },
+                        ..
+                    } if *until <= now => Some(Due::Settled(w.id)),
+                    WState::Starting {
+                        doomed: None,
+                        gate: Gate::Probing { next: Some(t), .. },
+                        ..
+                    } if *t <= now && w.spawned => Some(Due::Probe(w.id)),
                     WState::Draining { deadline, .. } if *deadline <= now => Some(Due::Drain(w.id)),
                     WState::Killing { deadline } if *deadline <= now => Some(Due::Kill(w.id)),
                     WState::Serving { .. } if w.recycle_at.is_some_and(|t| t <= now) => {
@@ -2265,9 +2471,20 @@ impl Core {
             return;
         };
         let failure = match &mut w.state {
-            WState::Starting { doomed, .. } => doomed
-                .take()
-                .unwrap_or(FailureReason::NotReady { timeout_ms }),
+            WState::Starting { doomed, gate, .. } => match (doomed.take(), gate) {
+                (Some(d), _) => d,
+                (
+                    None,
+                    Gate::Probing {
+                        last_failure: Some(last),
+                        ..
+                    },
+                ) => FailureReason::ProbeFailed {
+                    timeout_ms,
+                    last: last.clone(),
+                },
+                (None, _) => FailureReason::NotReady { timeout_ms },
+            },
             _ => return,
         };
         match role {

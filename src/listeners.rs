@@ -4,7 +4,7 @@ use std::fmt;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
@@ -172,10 +172,32 @@ pub enum BindError {
     UnixNotSocket { spec: String, path: String },
 }
 
+/// Where a listener came from, as `hotsup status` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// hotsup bound it, for a `--listen`.
+    Bound,
+    /// systemd passed it (socket activation).
+    Activated,
+    /// An earlier hotsup bound it; systemd's fd store kept it.
+    Restored,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Bound => "bound",
+            Origin::Activated => "systemd",
+            Origin::Restored => "fd-store",
+        }
+    }
+}
+
 /// A bound socket held by the supervisor.
 #[derive(Debug)]
 pub struct Listener {
     pub info: ListenerInfo,
+    pub origin: Origin,
     socket: OwnedFd,
     /// The Unix socket file we created and must remove at exit, with its
     /// device and inode so we never remove a file that replaced ours.
@@ -185,6 +207,21 @@ pub struct Listener {
 impl Listener {
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.socket.as_fd()
+    }
+
+    /// Takes on removing the socket file of a Unix listener that an earlier
+    /// hotsup created and systemd's fd store kept: the file as it is now is
+    /// the one removed at exit, as if this hotsup had bound it.
+    pub fn claim_file(&mut self) {
+        if self.info.kind != Kind::Unix || self.info.address.starts_with('@') {
+            return;
+        }
+        let path = PathBuf::from(&self.info.address);
+        if let Ok(meta) = std::fs::symlink_metadata(&path) {
+            if meta.file_type().is_socket() {
+                self.owned_path = Some((path, meta.dev(), meta.ino()));
+            }
+        }
     }
 }
 
@@ -301,6 +338,7 @@ pub fn adopt_activated() -> Result<Vec<Listener>, ActivationError> {
                 address,
             },
             socket: owned,
+            origin: Origin::Activated,
             owned_path: None,
         });
     }
@@ -413,10 +451,28 @@ pub fn bind_all(
     taken: &[String],
     opts: &BindOptions,
 ) -> Result<Vec<Listener>, BindError> {
+    Ok(bind_all_reusing(specs, taken, opts, |_, _| None)?
+        .into_iter()
+        .map(|(l, _)| l)
+        .collect())
+}
+
+/// Like [`bind_all`], but a listener `reuse` gives for a spec and its name
+/// (one kept open elsewhere, such as systemd's fd store) is taken instead
+/// of bound. Each comes with whether it was reused.
+pub fn bind_all_reusing(
+    specs: &[ListenSpec],
+    taken: &[String],
+    opts: &BindOptions,
+    mut reuse: impl FnMut(&ListenSpec, &str) -> Option<Listener>,
+) -> Result<Vec<(Listener, bool)>, BindError> {
     let names = name_all(specs, taken)?;
     let mut out = Vec::with_capacity(specs.len());
     for (spec, name) in specs.iter().zip(names) {
-        out.push(bind_one(spec, name, opts)?);
+        match reuse(spec, &name) {
+            Some(l) => out.push((l, true)),
+            None => out.push((bind_one(spec, name, opts)?, false)),
+        }
     }
     Ok(out)
 }
@@ -440,10 +496,19 @@ fn bind_one(spec: &ListenSpec, name: String, opts: &BindOptions) -> Result<Liste
     };
     let (socket, address, owned_path) = match &spec.address {
         Address::Tcp(hp) | Address::Udp(hp) => {
-            let addr = resolve(hp).map_err(|source| BindError::Resolve {
+            let (addr, others) = resolve(hp).map_err(|source| BindError::Resolve {
                 spec: spec.raw.clone(),
                 source,
             })?;
+            if !others.is_empty() {
+                let others: Vec<String> = others.iter().map(ToString::to_string).collect();
+                tracing::warn!(
+                    listen = %spec.raw,
+                    bound = %addr,
+                    not_bound = %others.join(" "),
+                    "several_addresses"
+                );
+            }
             let tcp = matches!(spec.address, Address::Tcp(_));
             let (ty, proto) = if tcp {
                 (Type::STREAM, Protocol::TCP)
@@ -502,6 +567,7 @@ fn bind_one(spec: &ListenSpec, name: String, opts: &BindOptions) -> Result<Liste
                     address: path.display().to_string(),
                 },
                 socket: s.into(),
+                origin: Origin::Bound,
                 owned_path: owned,
             };
             rustix::net::listen(&listener.socket, opts.backlog)
@@ -516,18 +582,37 @@ fn bind_one(spec: &ListenSpec, name: String, opts: &BindOptions) -> Result<Liste
             address,
         },
         socket: socket.into(),
+        origin: Origin::Bound,
         owned_path,
     })
 }
 
-fn resolve(host_port: &str) -> io::Result<SocketAddr> {
+/// The address a listener binds, and the others its host name resolves to.
+///
+/// One `--listen` is one socket, which the app takes by its name: a host
+/// name with several addresses (`localhost`: 127.0.0.1 and ::1) cannot
+/// become several sockets under one name. hotsup binds the first address
+/// the resolver returns (its preferred order) and the caller says which
+/// were left out; a `--listen` per address serves them all.
+fn resolve(host_port: &str) -> io::Result<(SocketAddr, Vec<SocketAddr>)> {
     if let Ok(a) = host_port.parse::<SocketAddr>() {
-        return Ok(a);
+        return Ok((a, Vec::new()));
     }
-    host_port
-        .to_socket_addrs()?
-        .next()
+    pick(host_port.to_socket_addrs()?)
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "host name has no address"))
+}
+
+/// The first address, and the other distinct ones in order.
+fn pick(addrs: impl Iterator<Item = SocketAddr>) -> Option<(SocketAddr, Vec<SocketAddr>)> {
+    let mut addrs = addrs;
+    let first = addrs.next()?;
+    let mut others: Vec<SocketAddr> = Vec::new();
+    for a in addrs {
+        if a != first && !others.contains(&a) {
+            others.push(a);
+        }
+    }
+    Some((first, others))
 }
 
 /// Removes a socket file left by a dead process. A file that some process
@@ -647,6 +732,15 @@ mod tests {
             p(&format!("unix:/{}", "a".repeat(200))),
             Err(SpecError::PathTooLong(_))
         ));
+    }
+
+    #[test]
+    fn a_host_name_binds_its_first_address_and_names_the_others() {
+        let v4: SocketAddr = "127.0.0.1:80".parse().unwrap();
+        let v6: SocketAddr = "[::1]:80".parse().unwrap();
+        assert_eq!(pick([v6, v4, v6, v4].into_iter()), Some((v6, vec![v4])));
+        assert_eq!(pick([v4].into_iter()), Some((v4, vec![])));
+        assert_eq!(pick(std::iter::empty()), None);
     }
 
     #[test]

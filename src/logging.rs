@@ -345,7 +345,7 @@ fn writable(fd: BorrowedFd<'_>, deadline: Instant) -> bool {
 /// Runs `f` (which starts the writer thread) with every signal blocked, so
 /// that the thread it starts inherits that mask and never takes a signal
 /// meant for the supervisor.
-fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
+pub(crate) fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
     let mut all = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
     let mut old = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
     // SAFETY: sigfillset initialises `all`; pthread_sigmask gets that

@@ -10,7 +10,8 @@ use clap::Parser;
 use hotsup::cli::{self, Cli, Command, RunArgs};
 use hotsup::listeners::{self, BindOptions};
 use hotsup::{
-    child, client, control, handoff, identity, lifecycle, logging, notify, signals, supervisor,
+    child, client, control, exec_env, handoff, identity, lifecycle, logging, notify, signals,
+    supervisor, watch,
 };
 
 const EXIT_RUNTIME: u8 = 1;
@@ -24,14 +25,15 @@ fn main() -> ExitCode {
         child::exec_listen_pid(&argv[2..]);
     }
     close_inherited_fds_on_exec();
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_from(&argv) {
         Ok(cli) => cli,
-        Err(e) => return ExitCode::from(usage_error(e)),
+        Err(e) => return ExitCode::from(usage_error(e, &argv)),
     };
     match cli.command {
         Command::Run(args) => {
             let log = logging::init(cli.verbose, cli.quiet, cli.log_format);
-            let code = run(*args);
+            let separated = separated_by_dashes(&argv, &args.command);
+            let code = run(*args, separated, cli.log_format);
             // Writes what is still queued, `exiting` included.
             drop(log);
             ExitCode::from(code)
@@ -51,6 +53,7 @@ fn main() -> ExitCode {
             signal,
         } => ExitCode::from(client::signal(&target, &signal, worker)),
         Command::Scale { target, workers } => ExitCode::from(client::scale(&target, workers)),
+        Command::Events { target, names } => ExitCode::from(client::events(&target, names)),
     }
 }
 
@@ -60,7 +63,9 @@ fn generate(what: cli::Generate) -> u8 {
     let mut cmd = Cli::command();
     match what {
         cli::Generate::Man { dir } => {
-            cmd.build();
+            // One page per visible subcommand. clap_mangen leaves out the
+            // `help` subcommand only if the command is not built yet: built,
+            // it got pages for `help` and each `help SUBCOMMAND`.
             if let Err(e) = clap_mangen::generate_to(cmd, &dir) {
                 return runtime_failure(format!(
                     "cannot write man pages to {}: {e}",
@@ -81,8 +86,9 @@ fn generate(what: cli::Generate) -> u8 {
     0
 }
 
-/// Prints a clap error as one line (help and version print in full).
-fn usage_error(e: clap::Error) -> u8 {
+/// Prints a clap error as one line (help and version print in full),
+/// keeping clap's tips and pointing to the help of the subcommand at fault.
+fn usage_error(e: clap::Error, argv: &[std::ffi::OsString]) -> u8 {
     use clap::error::ErrorKind;
     if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion)
         || e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
@@ -94,22 +100,52 @@ fn usage_error(e: clap::Error) -> u8 {
             0
         };
     }
-    let rendered = e.render().to_string();
-    // clap puts the cause on the first line and usage hints after a blank
-    // line; missing-argument errors list the arguments on indented lines.
-    let mut line = String::new();
-    for l in rendered.lines() {
-        if l.trim().is_empty() {
-            break;
-        }
-        if !line.is_empty() {
-            line.push(' ');
-        }
-        line.push_str(l.trim());
-    }
-    let line = line.strip_prefix("error: ").unwrap_or(&line);
-    logging::report(format_args!("{line} (see hotsup run --help)"));
+    logging::report(one_line(&e.render().to_string(), &subcommand_of(argv)));
     EXIT_USAGE
+}
+
+/// The subcommand an argument list is for, as `hotsup upgrade` (or
+/// `hotsup` when none is recognized): the help a usage error points to.
+fn subcommand_of(argv: &[std::ffi::OsString]) -> String {
+    use clap::CommandFactory;
+    let root = Cli::command();
+    let mut cmd = &root;
+    let mut path = vec![root.get_name().to_string()];
+    for arg in argv.iter().skip(1).filter_map(|a| a.to_str()) {
+        if let Some(sub) = cmd.find_subcommand(arg) {
+            path.push(sub.get_name().to_string());
+            cmd = sub;
+        }
+    }
+    path.join(" ")
+}
+
+/// clap's rendered error in one line: the cause (its first paragraph; a
+/// missing-argument error lists the arguments on indented lines), then its
+/// tips, then which help to read.
+fn one_line(rendered: &str, subcommand: &str) -> String {
+    let mut cause = String::new();
+    let mut tips: Vec<&str> = Vec::new();
+    let mut in_cause = true;
+    for l in rendered.lines().map(str::trim) {
+        if l.is_empty() {
+            in_cause = false;
+        } else if in_cause {
+            if !cause.is_empty() {
+                cause.push(' ');
+            }
+            cause.push_str(l);
+        } else if l.starts_with("tip:") {
+            tips.push(l);
+        }
+    }
+    let mut line = cause.strip_prefix("error: ").unwrap_or(&cause).to_string();
+    for tip in tips {
+        line.push_str("; ");
+        line.push_str(tip);
+    }
+    line.push_str(&format!(" (see {subcommand} --help)"));
+    line
 }
 
 /// A usage error found after parsing: one line, exit 2.
@@ -123,10 +159,59 @@ fn runtime_failure(msg: impl std::fmt::Display) -> u8 {
     EXIT_RUNTIME
 }
 
-fn run(args: RunArgs) -> u8 {
-    let Some((program, rest)) = args.command.split_first() else {
-        return usage("no COMMAND given: usage: hotsup run [OPTIONS] -- COMMAND [ARGS]...");
+/// Whether COMMAND was set off from hotsup's options with `--`: COMMAND
+/// takes everything to the end, so it is the tail of `argv`.
+fn separated_by_dashes(argv: &[std::ffi::OsString], command: &[std::ffi::OsString]) -> bool {
+    argv.len() > command.len() && argv[argv.len() - command.len() - 1] == "--"
+}
+
+/// The arguments of COMMAND that are spelled like an option of `hotsup
+/// run` (`-l`, `--listen`, `--fds=systemd`, ...): options written after
+/// COMMAND belong to COMMAND, which may not be what was meant.
+fn hotsup_options_among(args: &[std::ffi::OsString]) -> Vec<String> {
+    use clap::CommandFactory;
+    let cli = Cli::command();
+    let Some(run) = cli.find_subcommand("run") else {
+        return Vec::new();
     };
+    // Only `run`'s own options: the global ones (-v, -q) are too common
+    // among apps' options to mean anything.
+    let mut names: Vec<String> = Vec::new();
+    for a in run.get_arguments().filter(|a| !a.is_positional()) {
+        names.extend(
+            a.get_long_and_visible_aliases()
+                .into_iter()
+                .flatten()
+                .map(|l| format!("--{l}")),
+        );
+        names.extend(
+            a.get_short_and_visible_aliases()
+                .into_iter()
+                .flatten()
+                .map(|c| format!("-{c}")),
+        );
+    }
+    args.iter()
+        .filter_map(|a| a.to_str())
+        .filter(|a| {
+            let flag = if a.starts_with("--") {
+                a.split('=').next().unwrap_or(a)
+            } else {
+                a
+            };
+            names.iter().any(|n| n == flag)
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+fn run(args: RunArgs, separated: bool, log_format: cli::LogFormat) -> u8 {
+    let Some((program, rest)) = args.command.split_first() else {
+        return usage(
+            "no COMMAND given: hotsup run [OPTIONS] [--] COMMAND [ARGS]... (see hotsup run --help)",
+        );
+    };
+    let misplaced = hotsup_options_among(rest);
     // From here on, a SIGTERM must run hotsup's shutdown, not kill it before
     // its handlers exist.
     signals::hold();
@@ -135,18 +220,59 @@ fn run(args: RunArgs) -> u8 {
         Ok(a) => a,
         Err(e) => return runtime_failure(format!("socket activation: {e}")),
     };
+    // Ours from systemd's fd store (hotsup died, systemd kept the sockets)
+    // apart from those a .socket unit passes.
+    let (mut stored, adopted) = hotsup::fdstore::split(adopted);
+    let fd_store = hotsup::fdstore::FdStore::detect(args.fd_store);
     let taken: Vec<String> = adopted.iter().map(|l| l.info.name.clone()).collect();
     if let Err(e) = listeners::name_all(&args.listen, &taken) {
         return usage(e);
     }
     if adopted.is_empty() && args.listen.is_empty() {
+        if !misplaced.is_empty() {
+            return usage(format!(
+                "no listeners: {} after COMMAND went to COMMAND; hotsup's options must come before it: hotsup run [OPTIONS] [--] COMMAND [ARGS]...",
+                misplaced.join(" ")
+            ));
+        }
         return usage("no listeners: give --listen ADDR, or start hotsup with socket activation");
     }
+    if !misplaced.is_empty() && !separated {
+        tracing::warn!(options = %misplaced.join(" "), "options_after_command");
+    }
+    let watching = !args.watch.is_empty();
+    if watching && !watch::AVAILABLE {
+        return usage(
+            "--watch: this hotsup was built without watch mode; build it with the `watch` feature (cargo install --path . --features watch)",
+        );
+    }
+    // With --watch --build, the first build may be what creates COMMAND.
     if let Err(e) = child::resolve(program) {
-        return usage(e);
+        if !(watching && args.build.is_some()) {
+            return usage(e);
+        }
+    }
+    for p in &args.watch {
+        if let Err(e) = std::fs::metadata(p) {
+            return usage(format!("--watch {}: {e}", p.display()));
+        }
     }
     let identity = match resolve_identity(&args) {
         Ok(id) => id,
+        Err(e) => return usage(e),
+    };
+    let exec = match exec_env::build(
+        &exec_env::Given {
+            chdir: args.chdir.as_deref(),
+            env: &args.env,
+            env_files: &args.env_file,
+            umask: args.umask,
+            rlimits: &args.rlimit,
+        },
+        identity.as_ref(),
+        adopted.len() + args.listen.len(),
+    ) {
+        Ok(e) => e,
         Err(e) => return usage(e),
     };
     if let cli::ReadyMode::Delay(d) = args.ready {
@@ -158,6 +284,22 @@ fn run(args: RunArgs) -> u8 {
             ));
         }
     }
+    // Logged once every check passed, so that a usage error stays one line.
+    if let Some(id) = &identity {
+        tracing::info!("children run as {} ({})", id.describe(), id.given);
+    }
+    if !exec.is_empty() {
+        // Names only: values may be secrets.
+        let names: Vec<&str> = exec.env.keys().map(String::as_str).collect();
+        let limits: Vec<String> = exec.rlimits.iter().map(ToString::to_string).collect();
+        tracing::info!(
+            chdir = exec.chdir.as_ref().map(|d| d.display().to_string()),
+            env = names.join(","),
+            umask = exec.umask.map(|m| format!("{m:03o}")),
+            rlimits = limits.join(" "),
+            "exec_env"
+        );
+    }
     let original_nofile = raise_nofile_limit();
     let opts = BindOptions {
         backlog: args.backlog,
@@ -168,13 +310,55 @@ fn run(args: RunArgs) -> u8 {
     // Dropping `bound` (on every return path) closes the sockets and removes
     // the Unix socket files hotsup created.
     let mut bound = adopted;
-    match listeners::bind_all(&args.listen, &taken, &opts) {
-        Ok(b) => bound.extend(b),
+    let reusing =
+        |spec: &listeners::ListenSpec, name: &str| hotsup::fdstore::take(&mut stored, spec, name);
+    match listeners::bind_all_reusing(&args.listen, &taken, &opts, reusing) {
+        Ok(b) => {
+            for (mut l, reused) in b {
+                match (&fd_store, reused) {
+                    (_, true) => {
+                        l.claim_file();
+                        tracing::info!(name = %l.info.name, address = %l.info.address, "fd_restored")
+                    }
+                    (Some(store), false) => store.keep(&l),
+                    (None, false) => {}
+                }
+                bound.push(l);
+            }
+        }
         Err(e) => return runtime_failure(e),
     };
+    // Stored sockets no --listen describes any more: closed, and dropped
+    // from the store.
+    for l in stored.drain(..) {
+        if let Some(store) = &fd_store {
+            store.forget(&l.info.name);
+        }
+        tracing::info!(name = %l.info.name, address = %l.info.address, "fd_store_dropped");
+    }
     for l in &bound {
         tracing::info!(name = %l.info.name, kind = %l.info.kind, address = %l.info.address, "listening");
     }
+    let livereload = match args.livereload.map(std::net::TcpListener::bind) {
+        Some(Ok(l)) => Some(l),
+        Some(Err(e)) => {
+            return runtime_failure(format!(
+                "cannot bind --livereload {}: {e}",
+                args.livereload.map(|a| a.to_string()).unwrap_or_default()
+            ));
+        }
+        None => None,
+    };
+    let watch_cfg = watching.then(|| watch::Config {
+        paths: args.watch.clone(),
+        build: args.build.clone(),
+        debounce: args.debounce.unwrap_or(watch::DEFAULT_DEBOUNCE),
+        ignore: args.watch_ignore.clone(),
+        livereload,
+        human: log_format == cli::LogFormat::Text && rustix::termios::isatty(std::io::stderr()),
+        command: program.into(),
+        nofile: original_nofile,
+    });
     let outbox = match handoff::Outbox::new(bound) {
         Ok(o) => o,
         Err(e) => return runtime_failure(format!("cannot describe listeners: {e}")),
@@ -209,6 +393,7 @@ fn run(args: RunArgs) -> u8 {
         notify: None,
         child_nofile: original_nofile,
         max_worker_rss: args.max_worker_rss,
+        metrics: None,
         cgroups,
         policy: lifecycle::Policy {
             ready: match args.ready {
@@ -219,20 +404,32 @@ fn run(args: RunArgs) -> u8 {
             ready_timeout: args.ready_timeout,
             drain_timeout: args.drain_timeout,
             drain_signal: args.drain_signal.as_raw(),
+            // Watch mode: a crash waits for the next save, which brings the
+            // fix, instead of restarting the same broken code in a loop.
             restart: match args.restart {
+                _ if watching => lifecycle::RestartRule::Wait,
                 cli::Restart::Always => lifecycle::RestartRule::Always,
                 cli::Restart::OnFailure => lifecycle::RestartRule::OnFailure,
                 cli::Restart::Never => lifecycle::RestartRule::Never,
             },
             max_draining: usize::from(args.max_draining),
             probation: args.probation,
-            start_attempts: args.start_attempts,
+            // Watch mode never gives up: the next save may fix it.
+            start_attempts: if watching {
+                u32::MAX
+            } else {
+                args.start_attempts
+            },
+            ready_settle: args.ready_settle,
+            ready_probe: false,
             workers: args.workers,
             rollout_batch: args.rollout_batch,
             canary: args.canary,
             max_worker_age: args.max_worker_age,
         },
         identity,
+        exec,
+        watch: None,
     };
     let name = args.name.clone().unwrap_or_else(|| {
         std::path::Path::new(program)
@@ -240,6 +437,7 @@ fn run(args: RunArgs) -> u8 {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "hotsup".into())
     });
+    let metrics_addr = args.metrics;
     let explicit_control = args.control.is_some();
     let control_path = args
         .control
@@ -247,9 +445,13 @@ fn run(args: RunArgs) -> u8 {
         .unwrap_or_else(|| control::default_path(&name));
     // One thread: spawning from the thread that lives as long as hotsup
     // keeps PR_SET_PDEATHSIG meaningful, and the supervisor does no
-    // per-request work that could use more.
+    // per-request work that could use more. The blocking pool only closes
+    // replaced executables and reads files: one thread, gone a second
+    // after its last job, so hotsup at rest runs its loop and log writer.
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .max_blocking_threads(1)
+        .thread_keep_alive(std::time::Duration::from_secs(1))
         .build()
     {
         Ok(rt) => rt,
@@ -263,17 +465,30 @@ fn run(args: RunArgs) -> u8 {
         let notify = notify::ChildNotify::create(owner)
             .map_err(|e| format!("cannot create the children's NOTIFY_SOCKET directory: {e}"))?;
         tracing::info!(path = %notify.dir().display(), "notify_dir");
+        let watch = watch_cfg.map(watch::Watch::new).transpose()?;
         let cfg = supervisor::Config {
             notify: Some(notify),
+            watch,
             ..cfg
         };
         let (control_tx, control_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (feed, _) = tokio::sync::broadcast::channel(control::EVENT_BACKLOG);
+        let metrics = match metrics_addr {
+            None => None,
+            Some(addr) => {
+                let (m, bound) = hotsup::metrics::Metrics::serve(addr)
+                    .map_err(|e| format!("cannot serve --metrics {addr}: {e}"))?;
+                tracing::info!(address = %bound, "metrics");
+                Some(m)
+            }
+        };
+        let cfg = supervisor::Config { metrics, ..cfg };
         // An explicit --control must work; the default one is a convenience
         // that must not stop a supervisor from starting.
         let control = match control::Server::bind(&control_path) {
             Ok(mut server) => {
                 tracing::info!(path = %server.path.display(), "control_socket");
-                server.spawn(control_tx);
+                server.spawn(control_tx, feed.clone());
                 Some(server)
             }
             Err(e) if explicit_control => return Err(e.to_string()),
@@ -282,7 +497,7 @@ fn run(args: RunArgs) -> u8 {
                 None
             }
         };
-        let code = supervisor::Supervisor::new(cfg, outbox, control_rx)
+        let code = supervisor::Supervisor::new(cfg, outbox, control_rx, feed)
             .run()
             .await
             .map_err(|e| format!("cannot install signal handlers: {e}"))?;
@@ -328,7 +543,6 @@ fn resolve_identity(args: &RunArgs) -> Result<Option<identity::Identity>, String
             ));
         }
     }
-    tracing::info!("children run as {} ({})", id.describe(), id.given);
     Ok(Some(id))
 }
 

@@ -51,12 +51,18 @@ pub struct Config {
     pub child_nofile: Option<u64>,
     /// `--max-worker-rss`, in bytes.
     pub max_worker_rss: Option<u64>,
+    /// `--metrics`: where scrapes find the metrics.
+    pub metrics: Option<crate::metrics::Metrics>,
     /// Where generations get cgroups of their own; process groups only when
     /// `None`.
     pub cgroups: Option<Cgroups>,
     pub policy: Policy,
     /// `--user`/`--group`: the credentials children run with.
     pub identity: Option<crate::identity::Identity>,
+    /// `--chdir`, `--env`, `--env-file`, `--umask`, `--rlimit`.
+    pub exec: crate::exec_env::ExecEnv,
+    /// `--watch`: the development loop; `None` (nothing at all) otherwise.
+    pub watch: Option<crate::watch::Watch>,
 }
 
 /// A live worker's resources.
@@ -90,22 +96,30 @@ pub struct Supervisor {
     notify_tx: mpsc::Sender<(WorkerId, notify::Parsed)>,
     notify_rx: mpsc::Receiver<(WorkerId, notify::Parsed)>,
     manager: notify::Manager,
+    /// `hotsup events` clients; events are serialized only while one
+    /// listens.
+    feed: control::EventFeed,
     strangers: Arc<notify::Strangers>,
     /// Cgroups of reaped workers that still held processes; removed once
     /// empty.
     emptying: Vec<GenCgroup>,
     exit: Option<u8>,
+    watch: Option<crate::watch::Watch>,
+    /// Processes besides the generations (a `--build`), reaped here too.
+    aux: crate::aux::AuxProcesses,
 }
 
 impl Supervisor {
     pub fn new(
-        cfg: Config,
+        mut cfg: Config,
         outbox: Outbox,
         control_rx: mpsc::UnboundedReceiver<control::Message>,
+        feed: control::EventFeed,
     ) -> Supervisor {
         let (chan_tx, chan_rx) = mpsc::channel(CHANNEL_QUEUE);
         let (notify_tx, notify_rx) = mpsc::channel(NOTIFY_QUEUE);
         let policy = cfg.policy.clone();
+        let watch = cfg.watch.take();
         Supervisor {
             core: Core::new(policy, Instant::now().into_std()),
             cfg,
@@ -120,9 +134,12 @@ impl Supervisor {
             notify_tx,
             notify_rx,
             manager: notify::Manager::from_env(),
+            feed,
             strangers: Arc::default(),
             emptying: Vec::new(),
             exit: None,
+            watch,
+            aux: crate::aux::AuxProcesses::default(),
         }
     }
 
@@ -153,7 +170,14 @@ impl Supervisor {
         });
 
         crate::signals::release();
-        self.feed(Input::Start);
+        // With `--watch --build`, the first good build starts it.
+        if self
+            .watch
+            .as_mut()
+            .is_none_or(crate::watch::Watch::starts_at_once)
+        {
+            self.feed(Input::Start);
+        }
         loop {
             if let Some(code) = self.exit {
                 return Ok(code);
@@ -182,12 +206,13 @@ impl Supervisor {
                     source: Source::Signal(libc::SIGINT),
                     reply: None,
                 }),
-                Some(()) = quit.recv() => self.feed(Input::Forward { signal: libc::SIGQUIT, slot: None, reply: None }),
+                Some(()) = quit.recv() => self.feed(Input::Stop { source: Source::Signal(libc::SIGQUIT), reply: None }),
                 Some(()) = usr1.recv() => self.feed(Input::Forward { signal: libc::SIGUSR1, slot: None, reply: None }),
                 () = sleep_until(deadline) => {
                     self.sweep_cgroups();
                     self.feed(Input::Tick);
                 }
+                input = crate::watch::next(&mut self.watch, &mut self.aux) => self.feed(input),
             }
         }
     }
@@ -202,6 +227,9 @@ impl Supervisor {
                 queue.extend(self.core.handle(now, next));
             }
         }
+        if self.cfg.metrics.is_some() {
+            self.publish_metrics(now);
+        }
     }
 
     /// Carries out one effect; a spawn returns its result for the core.
@@ -213,7 +241,12 @@ impl Supervisor {
             }
             Effect::Spawn { .. } => None,
             Effect::Unpin(pin) => {
-                self.pins.remove(&pin);
+                // Closing the last fd of a replaced binary frees its blocks
+                // synchronously (tens of ms on ext4 for a large one): off
+                // the loop's thread.
+                if let Some(p) = self.pins.remove(&pin) {
+                    drop(tokio::task::spawn_blocking(move || drop(p)));
+                }
                 None
             }
             Effect::Drain { worker, pid, via } => {
@@ -236,6 +269,7 @@ impl Supervisor {
                         event: WorkerEvent::ResumeFailed(e),
                     })
             }
+            Effect::Probe { worker, pid } => Some(self.probe(worker, pid)),
             Effect::Kill { worker, pid } => {
                 kill_group(pid, Signal::KILL);
                 if let Some(cg) = self.workers.get(&worker).and_then(|w| w.cgroup.as_ref()) {
@@ -322,6 +356,17 @@ impl Supervisor {
             }
             Effect::Emit(ev) => {
                 crate::events::log(&ev);
+                if let Some(m) = &self.cfg.metrics {
+                    m.observe(&ev);
+                }
+                if self.feed.receiver_count() > 0 {
+                    if let Some(line) = crate::events::feed_line(&ev) {
+                        let _ = self.feed.send(line);
+                    }
+                }
+                if let Some(w) = &mut self.watch {
+                    w.on_event(&ev);
+                }
                 None
             }
             Effect::Exit(code) => {
@@ -413,6 +458,7 @@ impl Supervisor {
                 Fds::Systemd => Pass::Systemd(&self.outbox.listeners),
             },
             identity: self.cfg.identity.as_ref(),
+            exec: &self.cfg.exec,
         };
         let spawned = child::spawn(&spec);
         drop(enter);
@@ -552,6 +598,45 @@ impl Supervisor {
         self.feed(Input::Worker { worker, event });
     }
 
+    /// Starts `--ready-probe` for a worker.
+    fn probe(&mut self, worker: WorkerId, pid: Pid) -> Input {
+        let _ = pid;
+        Input::ProbeDone {
+            worker,
+            ok: false,
+            detail: "no --ready-probe command".into(),
+        }
+    }
+
+    /// What `--metrics` scrapes see of the present.
+    fn publish_metrics(&self, now: std::time::Instant) {
+        let Some(m) = &self.cfg.metrics else { return };
+        let snap = self.core.snapshot(now);
+        let serving = snap
+            .generations
+            .iter()
+            .find(|g| matches!(g.phase, "serving" | "probation"));
+        m.publish(crate::metrics::Present {
+            generation: serving.map_or(0, |g| g.id),
+            draining: snap
+                .generations
+                .iter()
+                .filter(|g| g.phase == "draining")
+                .count() as u64,
+            workers: serving
+                .map(|g| {
+                    g.workers
+                        .iter()
+                        .filter_map(|w| w.pid.map(|p| (w.id.slot, p)))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            log_lines_dropped: crate::logging::dropped_lines(),
+            notify_dropped: self.strangers.total(),
+            counters: snap.counters,
+        });
+    }
+
     /// Replaces the workers whose resident memory is above
     /// `--max-worker-rss`.
     fn check_rss(&mut self) {
@@ -627,6 +712,12 @@ impl Supervisor {
             match rustix::process::wait(WaitOptions::NOHANG) {
                 Ok(Some((pid, status))) => {
                     let status = exit_info(&status);
+                    if let Some(exit) = self.aux.reaped(pid, status) {
+                        if let Some(input) = crate::watch::aux_exited(&mut self.watch, &exit) {
+                            self.feed(input);
+                        }
+                        continue;
+                    }
                     if self.core.worker_of(pid).is_none() {
                         debug!(pid = pid.as_raw_pid(), status = %status, "reaped_orphan");
                         continue;
@@ -696,6 +787,12 @@ impl Supervisor {
                     });
                 }
             },
+            // Served by the control socket itself, from the event feed.
+            Request::Events { .. } => {
+                let _ = m
+                    .reply
+                    .send(Reply::error("events are streamed, not answered"));
+            }
             Request::Scale { workers } => {
                 let t = self.ticket(m.reply);
                 self.feed(Input::Scale {
@@ -762,6 +859,7 @@ impl Supervisor {
                     name: l.info.name.clone(),
                     kind: l.info.kind.to_string(),
                     address: l.info.address.clone(),
+                    source: l.origin.as_str().to_string(),
                 })
                 .collect(),
             serving: find(&["serving", "probation"]),
@@ -796,7 +894,7 @@ impl Supervisor {
 }
 
 /// Resident memory of `pid`, from its `VmRSS` (one small read).
-fn rss_bytes(pid: i32) -> Option<u64> {
+pub fn rss_bytes(pid: i32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kib: u64 = status
         .lines()

@@ -87,6 +87,8 @@ pub enum Source {
     Control,
     /// hotsup itself (a coalesced follow-up upgrade).
     Supervisor,
+    /// `run --watch`: a change was saved (and built, with `--build`).
+    Watch,
 }
 
 impl Source {
@@ -95,6 +97,7 @@ impl Source {
             Source::Signal(s) => crate::signals::name(s),
             Source::Control => "control socket".into(),
             Source::Supervisor => "hotsup".into(),
+            Source::Watch => "watch".into(),
         }
     }
 }
@@ -183,6 +186,13 @@ pub enum Event {
         pid: i32,
         failure: FailureReason,
     },
+    /// A `--ready-probe` run failed; it is tried again.
+    ProbeFailed {
+        generation: u64,
+        slot: u32,
+        pid: i32,
+        detail: String,
+    },
     SlotRestartScheduled {
         generation: u64,
         slot: u32,
@@ -266,6 +276,8 @@ pub enum Event {
         pid: i32,
         status: ExitInfo,
         clean: bool,
+        /// From the drain request to the exit.
+        drain_ms: u64,
     },
     Killed {
         generation: u64,
@@ -369,6 +381,7 @@ impl Event {
             Event::WorkerPaused { .. } => "worker_paused",
             Event::WorkerFailed { .. } => "worker_failed",
             Event::SlotRestartScheduled { .. } => "slot_restart_scheduled",
+            Event::ProbeFailed { .. } => "probe_failed",
             Event::Recycling { .. } => "recycling",
             Event::Scaled { .. } => "scaled",
             Event::ProbationStarted { .. } => "probation_started",

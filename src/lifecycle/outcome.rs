@@ -97,6 +97,9 @@ pub enum FailureReason {
     MalformedMessage { detail: String },
     /// It did not report ready within `--ready-timeout`.
     NotReady { timeout_ms: u64 },
+    /// It said it was ready, but `--ready-probe` did not succeed within
+    /// `--ready-timeout`.
+    ProbeFailed { timeout_ms: u64, last: String },
     /// It exited while on probation.
     ExitedOnProbation { status: ExitInfo },
     /// It reported itself unhealthy (`UNHEALTHY`, or `ERRNO=` on
@@ -125,6 +128,11 @@ impl fmt::Display for FailureReason {
                 f,
                 "not ready within {} (it never reported ready; for an app that cannot, \
                  use --ready delay:DURATION, e.g. --ready delay:2s)",
+                humantime::format_duration(std::time::Duration::from_millis(*timeout_ms))
+            ),
+            FailureReason::ProbeFailed { timeout_ms, last } => write!(
+                f,
+                "--ready-probe did not succeed within {}: {last}",
                 humantime::format_duration(std::time::Duration::from_millis(*timeout_ms))
             ),
             FailureReason::ExitedOnProbation { status } => {

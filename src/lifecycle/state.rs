@@ -69,6 +69,23 @@ pub enum Fallback {
     Pin(PinId),
 }
 
+/// The readiness rule, in order: the signal (`--ready`), then
+/// `--ready-settle`, then `--ready-probe` until it succeeds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Gate {
+    /// Waiting for the signal.
+    Signal,
+    /// Signalled; settling until `until`.
+    Settling { until: Instant, via: ReadyVia },
+    /// Signalled and settled; a probe runs (`next: None`), or the next one
+    /// starts at `next`.
+    Probing {
+        via: ReadyVia,
+        next: Option<Instant>,
+        last_failure: Option<String>,
+    },
+}
+
 /// One worker's state; each variant owns its deadlines.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum WState {
@@ -79,6 +96,8 @@ pub(super) enum WState {
         /// Why it can no longer become ready, reported if it has not
         /// exited by its (shortened) deadline.
         doomed: Option<FailureReason>,
+        /// How far it got through the readiness rule.
+        gate: Gate,
     },
     Serving {
         since: Instant,

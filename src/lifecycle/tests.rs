@@ -21,6 +21,8 @@ fn policy() -> Policy {
         rollout_batch: None,
         canary: None,
         max_worker_age: None,
+        ready_settle: None,
+        ready_probe: false,
     }
 }
 
@@ -52,11 +54,24 @@ impl Harness {
         }
     }
 
-    /// Started, with generation 1 ready and serving.
+    /// Started, with generation 1 ready and serving: through its settle
+    /// time and a successful probe, when the policy has them.
     fn serving(policy: Policy) -> Harness {
+        let (settle, probe) = (policy.ready_settle, policy.ready_probe);
         let mut h = Harness::new(policy);
         h.feed(Input::Start);
         h.ready(1);
+        if let Some(d) = settle {
+            h.advance(d);
+        }
+        if probe {
+            let worker = h.w(1);
+            h.feed(Input::ProbeDone {
+                worker,
+                ok: true,
+                detail: String::new(),
+            });
+        }
         assert_eq!(h.phase(1), Some("serving"));
         h
     }
@@ -1660,4 +1675,109 @@ fn a_batch_whose_first_spawn_failed_is_cancelled() {
     let _ = fx;
     assert!(h.core.live_workers().is_empty());
     assert!(events(&h.log).contains(&"start_failed"));
+}
+
+// ----- the readiness rule -----
+
+#[test]
+fn ready_settle_waits_after_the_signal() {
+    let mut h = Harness::serving(Policy {
+        ready_settle: Some(Duration::from_millis(300)),
+        ..policy()
+    });
+    let (t, _) = h.upgrade();
+    let fx = h.ready(2);
+    assert!(!events(&fx).contains(&"ready"));
+    assert!(drains(&fx).is_empty());
+    let fx = h.advance(Duration::from_millis(299));
+    assert!(events(&fx).is_empty());
+    let fx = h.advance(Duration::from_millis(1));
+    assert!(events(&fx).contains(&"ready"));
+    assert!(matches!(
+        outcome_for(&fx, t),
+        UpgradeOutcome::Ready { generation: 2, .. }
+    ));
+    // A repeated READY during the settle time changes nothing.
+    let mut h = Harness::serving(Policy {
+        ready_settle: Some(Duration::from_millis(300)),
+        ..policy()
+    });
+    h.upgrade();
+    h.ready(2);
+    h.advance(Duration::from_millis(200));
+    h.ready(2);
+    let fx = h.advance(Duration::from_millis(100));
+    assert!(events(&fx).contains(&"ready"));
+}
+
+#[test]
+fn ready_probe_runs_after_the_signal_until_it_succeeds() {
+    let mut h = Harness::serving(Policy {
+        ready_settle: Some(Duration::from_millis(100)),
+        ready_probe: true,
+        ..policy()
+    });
+    let (t, _) = h.upgrade();
+    let fx = h.ready(2);
+    assert!(!fx.iter().any(|e| matches!(e, Effect::Probe { .. })));
+    // Signal, then settle, then the probe.
+    let fx = h.advance(Duration::from_millis(100));
+    let w = h.w(2);
+    assert!(
+        fx.iter()
+            .any(|e| matches!(e, Effect::Probe { worker, .. } if *worker == w))
+    );
+    let fx = h.feed(Input::ProbeDone {
+        worker: w,
+        ok: false,
+        detail: "exit 7".into(),
+    });
+    assert!(events(&fx).contains(&"probe_failed"));
+    assert_eq!(h.phase(2), Some("starting"));
+    // Retried.
+    let fx = h.advance(PROBE_RETRY);
+    assert!(fx.iter().any(|e| matches!(e, Effect::Probe { .. })));
+    let fx = h.feed(Input::ProbeDone {
+        worker: w,
+        ok: true,
+        detail: String::new(),
+    });
+    assert!(matches!(
+        outcome_for(&fx, t),
+        UpgradeOutcome::Ready { generation: 2, .. }
+    ));
+}
+
+#[test]
+fn a_probe_that_never_succeeds_fails_the_upgrade_with_its_last_answer() {
+    let mut h = Harness::serving(Policy {
+        ready_probe: true,
+        ready_timeout: Duration::from_secs(1),
+        ..policy()
+    });
+    let (t, fx) = h.upgrade();
+    let _ = fx;
+    let fx = h.ready(2);
+    let w = h.w(2);
+    assert!(fx.iter().any(|e| matches!(e, Effect::Probe { .. })));
+    h.feed(Input::ProbeDone {
+        worker: w,
+        ok: false,
+        detail: "HTTP 503".into(),
+    });
+    let fx = h.advance(Duration::from_secs(1));
+    assert!(matches!(
+        outcome_for(&fx, t),
+        UpgradeOutcome::Failed {
+            failure: FailureReason::ProbeFailed { .. },
+            ..
+        }
+    ));
+    // A probe answer after that counts for nothing.
+    let fx = h.feed(Input::ProbeDone {
+        worker: w,
+        ok: true,
+        detail: String::new(),
+    });
+    assert!(!events(&fx).contains(&"ready"));
 }

@@ -146,8 +146,130 @@ fn missing_or_non_executable_command() {
 
 #[test]
 fn no_command() {
-    check(&["run", "-l", "127.0.0.1:0"], USAGE, &["no COMMAND"]);
-    check(&["run", "-l", "127.0.0.1:0", "--"], USAGE, &["no COMMAND"]);
+    for args in [
+        &["run", "-l", "127.0.0.1:0"][..],
+        &["run", "-l", "127.0.0.1:0", "--"],
+    ] {
+        check(
+            args,
+            USAGE,
+            &["no COMMAND given", "(see hotsup run --help)"],
+        );
+    }
+}
+
+#[test]
+fn run_help_shows_command_as_required_after_the_options() {
+    let out = crate::util::output_bounded({
+        let mut cmd = std::process::Command::new(hotsup_bin());
+        cmd.args(["run", "--help"]);
+        cmd
+    });
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("Usage: hotsup run [OPTIONS] [--] <COMMAND> [ARGS]..."),
+        "{help}"
+    );
+    assert!(!help.contains("pidof"), "{help}");
+    assert!(help.contains("hotsup upgrade"), "{help}");
+}
+
+#[test]
+fn usage_errors_point_to_the_help_of_their_subcommand() {
+    for (args, mentions) in [
+        (
+            &["frobnicate"][..],
+            &["'frobnicate'", "(see hotsup --help)"][..],
+        ),
+        // clap's tips are kept.
+        (
+            &["statsu"],
+            &[
+                "tip: a similar subcommand exists: 'status'",
+                "(see hotsup --help)",
+            ],
+        ),
+        (
+            &["upgrade", "--timeout", "5"],
+            &["'5'", "(see hotsup upgrade --help)"],
+        ),
+        (
+            &["-v", "status", "--frob"],
+            &["--frob", "(see hotsup status --help)"],
+        ),
+        (
+            &["rollback", "--timeout", "x"],
+            &["(see hotsup rollback --help)"],
+        ),
+        (
+            &["run", "--frob", "--", "/bin/true"],
+            &["(see hotsup run --help)"],
+        ),
+    ] {
+        check(args, USAGE, mentions);
+        let (_, err) = run_to_end(args);
+        assert_eq!(err.matches("(see ").count(), 1, "{err}");
+    }
+}
+
+#[test]
+fn options_after_command_are_named_when_no_listener_is_left() {
+    // Everything after COMMAND is COMMAND's: the -l went to /bin/true.
+    for (args, named) in [
+        (
+            &["run", "/bin/true", "-l", "127.0.0.1:0"][..],
+            "-l after COMMAND",
+        ),
+        (
+            &[
+                "run",
+                "--",
+                "/bin/true",
+                "--listen=127.0.0.1:0",
+                "--fds",
+                "systemd",
+            ],
+            "--listen=127.0.0.1:0 --fds after COMMAND",
+        ),
+    ] {
+        check(args, USAGE, &["no listeners", "must come before", named]);
+    }
+    // Without any hotsup option after COMMAND, the plain message.
+    let (_, err) = run_to_end(&["run", "/bin/true", "-x"]);
+    assert!(!err.contains("must come before"), "{err}");
+}
+
+#[test]
+fn options_after_command_are_warned_about() {
+    let h = crate::util::Hotsup::spawn({
+        let mut cmd = std::process::Command::new(hotsup_bin());
+        cmd.args([
+            "--log-format",
+            "json",
+            "run",
+            "-l",
+            "127.0.0.1:0",
+            "--ready",
+            "exec",
+        ])
+        .args(["sleep", "60", "--drain-timeout", "5s"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+        cmd
+    });
+    h.event(
+        "options_after_command",
+        &[("options", crate::util::json!("--drain-timeout"))],
+    );
+    h.ready(1);
+    // With `--`, COMMAND's options are its own on purpose.
+    let explicit = crate::util::Hotsup::run(
+        &["--ready", "exec", "-l", "127.0.0.1:0"],
+        &["sleep", "60", "-l"],
+    );
+    explicit.ready(1);
+    assert_eq!(explicit.log.count_events("options_after_command", &[]), 0);
 }
 
 #[test]
@@ -155,7 +277,11 @@ fn nonsense_durations_and_signals() {
     for (flag, value, cause) in [
         ("--ready-timeout", "soon", "--ready-timeout"),
         ("--drain-timeout", "0s", "longer than zero"),
-        ("--drain-timeout", "5", "500ms, 2s or 1m"),
+        (
+            "--drain-timeout",
+            "5",
+            "a unit is needed, for example 5s or 5ms",
+        ),
         ("--drain-signal", "NOPE", "not a signal"),
     ] {
         check(
@@ -164,6 +290,9 @@ fn nonsense_durations_and_signals() {
             &[value, cause],
         );
     }
+    // Said once, not by humantime and again by hotsup.
+    let (_, err) = run_to_end(&["run", "--drain-timeout", "30", "--", "/bin/true"]);
+    assert_eq!(err.matches("unit").count(), 1, "{err}");
 }
 
 #[test]

@@ -100,6 +100,7 @@ fn upgrade_reports_success_and_each_kind_of_failure() {
     assert_eq!(stop.status.code(), Some(0), "{}", text(&stop));
     assert_eq!(h.wait_exit(WAIT).code(), Some(0));
     assert!(!sock.exists(), "control socket left behind");
+    h.assert_left_nothing();
 }
 
 #[test]
@@ -311,10 +312,83 @@ fn unreachable_control_socket_is_one_clear_line() {
     let mut cmd = Command::new(hotsup_bin());
     cmd.args(["upgrade", "--control", "/nonexistent/hotsup.sock"]);
     assert_eq!(crate::util::output_bounded(cmd).status.code(), Some(5));
+}
+
+/// `hotsup ARGS` as a client of the supervisors in `runtime`.
+fn client_in(runtime: &Path, args: &[&str]) -> Output {
     let mut cmd = Command::new(hotsup_bin());
-    cmd.arg("status");
-    let out = crate::util::output_bounded(cmd);
-    assert_eq!(out.status.code(), Some(2));
+    cmd.args(args).env("HOTSUP_RUNTIME_DIR", runtime);
+    crate::util::output_bounded(cmd)
+}
+
+/// A supervisor named `name` whose default control socket is in `runtime`.
+fn named_in(runtime: &Path, name: &str) -> Hotsup {
+    let mut cmd = crate::util::hotsup_command(
+        &["-l", "127.0.0.1:0", "--name", name],
+        &[example("testchild")],
+    );
+    cmd.env("HOTSUP_RUNTIME_DIR", runtime);
+    let h = Hotsup::spawn(cmd);
+    h.ready(1);
+    h.event("control_socket", &[]);
+    h
+}
+
+#[test]
+fn clients_without_a_name_find_the_only_running_hotsup() {
+    let runtime = crate::util::Runtime::new();
+    let rt = runtime.path();
+    let none = client_in(rt, &["status"]);
+    assert_eq!(none.status.code(), Some(5), "{}", text(&none));
+    let err = String::from_utf8_lossy(&none.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains(rt.to_str().unwrap()), "{err}");
+
+    // A dead supervisor's socket file does not count.
+    drop(std::os::unix::net::UnixListener::bind(rt.join("dead.sock")).unwrap());
+    let mut one = named_in(rt, "one");
+    let up = client_in(rt, &["upgrade"]);
+    assert_eq!(up.status.code(), Some(0), "{}", text(&up));
+    one.ready(2);
+    let status = client_in(rt, &["status", "--json"]);
+    assert_eq!(status.status.code(), Some(0), "{}", text(&status));
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(v["pid"], json!(one.pid));
+
+    // With two, the client cannot choose: it lists them and exits 2.
+    let mut two = named_in(rt, "two");
+    for args in [&["status"][..], &["upgrade"], &["stop"]] {
+        let out = client_in(rt, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        for name in ["one", "two"] {
+            let path = rt.join(format!("{name}.sock"));
+            assert!(
+                err.lines()
+                    .any(|l| l.contains(name) && l.contains(path.to_str().unwrap())),
+                "{name} not listed: {err}"
+            );
+        }
+        assert!(!err.contains("dead"), "{err}");
+    }
+    // Neither was touched.
+    assert_eq!(
+        one.log.count_events("ready", &[("generation", json!(3))]),
+        0
+    );
+    assert_eq!(
+        two.log.count_events("ready", &[("generation", json!(2))]),
+        0
+    );
+    let stop = client_in(rt, &["stop", "--name", "two"]);
+    assert_eq!(stop.status.code(), Some(0), "{}", text(&stop));
+    assert_eq!(two.wait_exit(WAIT).code(), Some(0));
+    let stop = client_in(rt, &["stop"]);
+    assert_eq!(stop.status.code(), Some(0), "{}", text(&stop));
+    assert_eq!(one.wait_exit(WAIT).code(), Some(0));
+    one.assert_left_nothing();
+    two.assert_left_nothing();
+    assert_eq!(runtime.leftovers(), [rt.join("dead.sock")]);
 }
 
 #[test]

@@ -55,7 +55,7 @@ fn signals_ignored_by_hotsups_parent_are_not_ignored_by_children() {
                 Ok(())
             });
         }
-        let mut h = Hotsup::from_child(cmd.spawn().expect("spawn hotsup"));
+        let mut h = Hotsup::spawn(cmd);
         let pid = h.ready(1);
         // The set-up works: hotsup inherited them ignored (those it
         // handles itself it catches instead).
@@ -99,7 +99,7 @@ fn an_inherited_listen_fds_first_fd_does_not_reach_children() {
         all.extend(args);
         let mut cmd = hotsup_command(&all, &command);
         cmd.env("LISTEN_FDS_FIRST_FD", "10");
-        let mut h = Hotsup::from_child(cmd.spawn().expect("spawn hotsup"));
+        let mut h = Hotsup::spawn(cmd);
         let addr = h.addr("web");
         let pid = h.ready(1);
         assert_eq!(environ_var(pid, "LISTEN_FDS_FIRST_FD"), None);
@@ -125,7 +125,7 @@ fn notify_socket_of(umask: libc::mode_t, args: &[&str]) -> (std::fs::Metadata, s
             Ok(())
         });
     }
-    let mut h = Hotsup::from_child(cmd.spawn().expect("spawn hotsup"));
+    let mut h = Hotsup::spawn(cmd);
     let pid = h.ready(1);
     let socket = environ_var(pid, "NOTIFY_SOCKET").expect("a NOTIFY_SOCKET");
     let socket = Path::new(&socket);

@@ -321,7 +321,7 @@ fn restart_policy_decides_what_an_exit_means() {
 }
 
 #[test]
-fn quit_and_usr1_are_forwarded_to_the_serving_child() {
+fn usr1_is_forwarded_to_the_serving_child() {
     let mut h = Hotsup::run(
         &["-l", "127.0.0.1:0", "--restart", "never"],
         &[example("http")],
@@ -341,29 +341,32 @@ fn quit_and_usr1_are_forwarded_to_the_serving_child() {
             ("status", json!("killed by SIGUSR1")),
         ],
     );
+    // 128 + the signal, as a shell (and tini) report a death by signal.
     assert_eq!(h.wait_exit(WAIT).code(), Some(128 + 10));
+}
 
-    // SIGQUIT likewise reaches the child (and not hotsup, which would
-    // otherwise dump core).
-    let mut h = Hotsup::run(
-        &["-l", "127.0.0.1:0", "--restart", "never"],
-        &[example("http")],
-    );
+#[test]
+fn quit_is_a_graceful_shutdown() {
+    // As for nginx, QUIT stops gracefully. Forwarded, it would kill the
+    // http example (and dump a Go app's goroutines), and the crash would be
+    // restarted.
+    let mut h = Hotsup::run(&["-l", "127.0.0.1:0"], &[example("http")]);
     let pid = h.ready(1);
     h.signal(Signal::QUIT);
     h.event(
-        "forwarded",
-        &[("pid", json!(pid)), ("signal", json!("SIGQUIT"))],
+        "shutdown_began",
+        &[("source", json!("SIGQUIT")), ("forced", json!(false))],
     );
     h.event(
-        "crashed",
+        "drained",
         &[
             ("generation", json!(1)),
-            ("status", json!("killed by SIGQUIT")),
+            ("status", json!("exited with code 0")),
         ],
     );
-    // 128 + the signal, as a shell (and tini) report a death by signal.
-    assert_eq!(h.wait_exit(WAIT).code(), Some(128 + 3));
+    assert_eq!(h.wait_exit(WAIT).code(), Some(0));
+    assert!(!crate::util::alive(pid));
+    assert_eq!(h.log.count_events("forwarded", &[]), 0);
 }
 
 #[test]

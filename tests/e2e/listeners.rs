@@ -151,5 +151,57 @@ fn stale_unix_socket_is_replaced_and_live_one_refused() {
     h.signal(Signal::TERM);
     assert_eq!(h.wait_exit(WAIT).code(), Some(0));
     assert!(!path.exists(), "hotsup left its socket file");
+    h.assert_left_nothing();
     let _ = UnixStream::connect(&path).map(|mut s| s.write_all(b"x"));
+}
+
+/// hotsup with `-l localhost:0`, where localhost resolves as `hosts` says:
+/// in a mount namespace of its own, with `hosts` bound over /etc/hosts.
+fn with_hosts(dir: &std::path::Path, hosts: &str) -> Hotsup {
+    let file = dir.join("hosts");
+    std::fs::write(&file, hosts).unwrap();
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+        .arg(r#"mount --bind "$0" /etc/hosts && exec "$@""#)
+        .arg(&file)
+        .arg(crate::util::hotsup_bin())
+        .args(["--log-format", "json", "run", "--ready", "exec"])
+        .args(["-l", "web=localhost:0", "--", "sleep", "60"])
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    // unshare and sh exec: the pid is hotsup's.
+    Hotsup::spawn(cmd)
+}
+
+#[test]
+fn a_host_name_with_several_addresses_says_which_it_bound() {
+    if !crate::util::root_or_skip(
+        "a_host_name_with_several_addresses_says_which_it_bound",
+        "needs root to give hotsup its own /etc/hosts",
+    ) {
+        return;
+    }
+    let dir = tempdir();
+    let mut h = with_hosts(dir.path(), "127.0.0.1 localhost\n::1 localhost\n");
+    let warned = h.event("several_addresses", &[("listen", json!("web=localhost:0"))]);
+    let bound: std::net::SocketAddr = warned["bound"].as_str().unwrap().parse().unwrap();
+    let other: std::net::SocketAddr = warned["not_bound"].as_str().unwrap().parse().unwrap();
+    let mut ips = [bound.ip().to_string(), other.ip().to_string()];
+    ips.sort();
+    assert_eq!(ips, ["127.0.0.1", "::1"], "{warned}");
+    // The warning names the address that was really bound.
+    assert_eq!(h.addr("web").ip(), bound.ip());
+    h.ready(1);
+    h.signal(Signal::TERM);
+    assert_eq!(h.wait_exit(WAIT).code(), Some(0));
+
+    // A name with one address binds it without a word.
+    let mut h = with_hosts(dir.path(), "127.0.0.1 localhost\n");
+    assert_eq!(h.addr("web").ip().to_string(), "127.0.0.1");
+    h.ready(1);
+    assert_eq!(h.log.count_events("several_addresses", &[]), 0);
+    h.signal(Signal::TERM);
+    assert_eq!(h.wait_exit(WAIT).code(), Some(0));
 }

@@ -168,7 +168,7 @@ fn hotsup_reports_to_its_service_manager() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     // Killed with its children on drop, should an assertion fail.
-    let mut h = Hotsup::from_child(cmd.spawn().unwrap());
+    let mut h = Hotsup::spawn(cmd);
     let hotsup = h.pid;
     let expect = |want: &[&str]| {
         let (text, pid) = sd.next();
@@ -213,6 +213,58 @@ fn hotsup_reports_to_its_service_manager() {
     expect(&["STOPPING=1"]);
     let status = h.wait_exit(WAIT);
     assert_eq!(status.code(), Some(0));
+    h.assert_left_nothing();
+}
+
+#[test]
+fn failed_starts_read_as_start_failures_not_upgrades() {
+    let sd = FakeSystemd::new();
+    let dir = tempdir();
+    let mode = dir.path().join("mode");
+    std::fs::write(&mode, "crash").unwrap();
+    let sock = dir.path().join("control.sock");
+    let mut cmd = Command::new(hotsup_bin());
+    cmd.args(["--log-format", "json", "run", "--start-attempts", "100"])
+        .arg("--control")
+        .arg(&sock)
+        .args(["-l", "127.0.0.1:0", "--"])
+        .arg(example("testchild"))
+        .arg("--mode-file")
+        .arg(&mode)
+        .env("NOTIFY_SOCKET", &sd.path)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut h = Hotsup::spawn(cmd);
+    h.event("start_failed", &[("generation", json!(1))]);
+    h.event("control_socket", &[]);
+    let status = crate::util::client(&sock, &["status"]);
+    let shown = crate::util::text(&status);
+    assert!(
+        shown.contains("serving:  nothing: no start has succeeded yet"),
+        "{shown}"
+    );
+    assert!(shown.contains("last upgrade: none"), "{shown}");
+    assert!(shown.contains("0 failed"), "{shown}");
+    let stop = crate::util::client(&sock, &["stop"]);
+    assert_eq!(stop.status.code(), Some(0), "{}", crate::util::text(&stop));
+    assert_eq!(h.wait_exit(WAIT).code(), Some(0));
+    // Every STATUS= the service manager got, up to STOPPING=1.
+    let mut statuses = Vec::new();
+    loop {
+        let (text, _) = sd.next();
+        if text.starts_with("STOPPING=1") {
+            break;
+        }
+        statuses.push(text);
+    }
+    assert!(!statuses.is_empty());
+    for t in &statuses {
+        assert!(!t.contains("upgrade"), "{t:?}");
+        assert!(!t.contains("READY=1"), "{t:?}");
+    }
+    h.assert_left_nothing();
 }
 
 #[test]
@@ -240,7 +292,7 @@ fn watchdog_pings_only_when_asked_for() {
         if watchdog {
             cmd.env("WATCHDOG_USEC", "100000");
         }
-        let h = Hotsup::from_child(cmd.spawn().unwrap());
+        let h = Hotsup::spawn(cmd);
         let (first, _) = sd.next();
         assert!(first.starts_with("READY=1"), "{first:?}");
         h
@@ -311,7 +363,7 @@ fn socket_activated_hotsup_adopts_its_sockets() {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut h = Hotsup::from_child(cmd.spawn().unwrap());
+    let mut h = Hotsup::spawn(cmd);
     assert_eq!(h.addr("web"), tcp_addr);
     h.event(
         "listening",
@@ -349,7 +401,7 @@ fn repeated_socket_unit_names_are_made_unique() {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut h = Hotsup::from_child(cmd.spawn().unwrap());
+    let mut h = Hotsup::spawn(cmd);
     h.event("listening", &[("name", json!("app.socket"))]);
     assert_eq!(h.addr("tcp1"), b_addr);
     h.event("duplicate_fdname", &[]);

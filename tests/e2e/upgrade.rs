@@ -107,6 +107,7 @@ fn twenty_upgrades_under_load_fail_no_request() {
     h.signal(Signal::TERM);
     assert_eq!(h.wait_exit(WAIT).code(), Some(0));
     assert!(wait_dead(*pids.last().unwrap(), WAIT));
+    h.assert_left_nothing();
 }
 
 #[test]

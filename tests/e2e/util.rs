@@ -1,6 +1,6 @@
 //! The end-to-end tests' helpers. The harness itself (a running `hotsup`,
-//! its log as events, cleanup) is the test kit the bench uses too,
-//! `hotsup_bench::kit`, re-exported here.
+//! its log as events, cleanup, a private runtime directory) is the test
+//! kit the bench uses too, `hotsup_bench::kit`, re-exported here.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -8,7 +8,9 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-pub use hotsup_bench::kit::{Hotsup, Log as Stream, WAIT, hotsup_command, json, pid_of};
+pub use hotsup_bench::kit::{
+    Hotsup, Log as Stream, Runtime, Value, WAIT, hotsup_command, json, pid_of,
+};
 use hotsup_bench::procfs;
 
 pub fn hotsup_bin() -> &'static str {
@@ -119,6 +121,11 @@ pub fn wait_dead(pid: i32, timeout: Duration) -> bool {
     !alive(pid)
 }
 
+/// The live processes whose parent is `pid`.
+pub fn children_of(pid: i32) -> Vec<i32> {
+    procfs::children(pid).into_iter().map(|(p, _)| p).collect()
+}
+
 /// Zombie children of `pid`.
 pub fn zombies_of(pid: i32) -> Vec<i32> {
     procfs::zombie_children(pid)
@@ -126,7 +133,10 @@ pub fn zombies_of(pid: i32) -> Vec<i32> {
 
 /// Runs `hotsup ARGS` to completion (for bad-input cases), bounded.
 pub fn run_to_end(args: &[&str]) -> (i32, String) {
-    let mut child = Command::new(hotsup_bin())
+    let runtime = Runtime::new();
+    let mut cmd = Command::new(hotsup_bin());
+    runtime.apply(&mut cmd);
+    let mut child = cmd
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -217,9 +227,15 @@ pub fn root_or_skip(test: &str, why: &str) -> bool {
     if rustix::process::geteuid().is_root() {
         return true;
     }
+    skip(test, why);
+    false
+}
+
+/// Says that `test` (or a part of it) is skipped, and why, on stderr past
+/// libtest's capture, so a skip is never a silent pass.
+pub fn skip(test: &str, why: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
-    false
 }
 
 /// A field of `/proc/PID/status`, such as `Uid` or `SigIgn`, trimmed.

@@ -10,6 +10,7 @@ pub mod http;
 pub mod kit;
 pub mod loadgen;
 pub mod procfs;
+pub mod recipes;
 
 pub use http::{Connection, Failure, FailureKind, Identity, Response, request_once};
 pub use loadgen::{

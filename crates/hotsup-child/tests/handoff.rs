@@ -766,8 +766,10 @@ fn async_accept_follows_the_state_without_a_runtime_of_its_own() {
     rt.block_on(async {
         let listener = handoff.tcp("web").tokio().unwrap();
         let addr = listener.local_addr().unwrap();
+        // Made before the message is sent: it then cannot miss the change.
+        let changed = lifecycle.changed();
         send_msg(&sup, &ToChild::Pause, &[]);
-        lifecycle.changed().await;
+        changed.await;
         assert_eq!(lifecycle.state(), State::Paused);
         let accepting = lifecycle.accept_async(|| listener.accept());
         let resume = async {

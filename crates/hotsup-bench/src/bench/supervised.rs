@@ -7,8 +7,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use hotsup_bench::kit::built;
 pub use hotsup_bench::kit::{Hotsup, Stopped};
+use hotsup_bench::kit::{Runtime, built};
 use rustix::process::Signal;
 
 use super::procs::die_with_bench;
@@ -75,12 +75,15 @@ impl Launch {
         v
     }
 
-    /// Starts hotsup with its stdout on /dev/null (the children inherit
-    /// it: their banners stay off the report) and its log followed
-    /// quietly. hotsup gets SIGTERM if the bench dies in any way (even
-    /// SIGKILL), and shuts its generations down.
+    /// Starts hotsup with a private runtime directory, its stdout on
+    /// /dev/null (the children inherit it: their banners stay off the
+    /// report) and its log followed quietly. hotsup gets SIGTERM if the
+    /// bench dies in any way (even SIGKILL), and shuts its generations
+    /// down.
     pub fn start(&self) -> Result<Hotsup> {
+        let runtime = Runtime::try_new().context("cannot create a runtime directory")?;
         let mut cmd = Command::new(&self.hotsup);
+        runtime.apply(&mut cmd);
         die_with_bench(&mut cmd, Signal::TERM);
         let child = cmd
             .args(self.argv())
@@ -91,7 +94,7 @@ impl Launch {
             .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("cannot start {}", self.hotsup.display()))?;
-        Ok(Hotsup::follow(child, false))
+        Ok(Hotsup::follow(child, false).with_runtime(runtime))
     }
 }
 

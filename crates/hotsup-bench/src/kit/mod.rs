@@ -11,7 +11,7 @@
 
 pub mod events;
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
@@ -69,6 +69,64 @@ pub fn hotsup_command<S: AsRef<OsStr>>(args: &[&str], command: &[S]) -> Command 
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     cmd
+}
+
+/// A runtime directory of one hotsup's own, so that a test or a bench run
+/// never meets the supervisors a user runs on the same machine, nor leaves
+/// anything in their directories: the default control socket goes there
+/// (`HOTSUP_RUNTIME_DIR`; as root hotsup would otherwise use /run/hotsup
+/// whatever `XDG_RUNTIME_DIR` says), and so do the children's notify
+/// directory (`XDG_RUNTIME_DIR`) and any temporary file (`TMPDIR`). Removed
+/// on drop.
+pub struct Runtime(tempfile::TempDir);
+
+/// The variables [`Runtime::apply`] sets.
+const RUNTIME_VARS: [&str; 3] = ["HOTSUP_RUNTIME_DIR", "XDG_RUNTIME_DIR", "TMPDIR"];
+
+impl Runtime {
+    pub fn new() -> Runtime {
+        Runtime::try_new().expect("a private runtime directory")
+    }
+
+    pub fn try_new() -> std::io::Result<Runtime> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::Builder::new().prefix("hotsup-rt-").tempdir()?;
+        // Searchable, not listable, by others: children run with --user
+        // reach their notify socket through it, as through /tmp.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))?;
+        Ok(Runtime(dir))
+    }
+
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+
+    /// Points `cmd` at this directory, except for the variables the caller
+    /// set itself.
+    pub fn apply(&self, cmd: &mut Command) {
+        let set: Vec<OsString> = cmd.get_envs().map(|(k, _)| k.to_owned()).collect();
+        for var in RUNTIME_VARS {
+            if !set.iter().any(|k| k == var) {
+                cmd.env(var, self.path());
+            }
+        }
+    }
+
+    /// What is left in the directory.
+    pub fn leftovers(&self) -> Vec<PathBuf> {
+        let mut left: Vec<PathBuf> = std::fs::read_dir(self.path())
+            .expect("read the runtime directory")
+            .map(|e| e.expect("read the runtime directory").path())
+            .collect();
+        left.sort();
+        left
+    }
+}
+
+impl Default for Runtime {
+    fn default() -> Runtime {
+        Runtime::new()
+    }
 }
 
 #[derive(Default)]
@@ -342,8 +400,10 @@ impl Stopped {
     }
 }
 
-/// A running `hotsup`. Dropped without [`Hotsup::stop`], it is killed,
-/// and so is every process group its live children lead.
+/// A running `hotsup`. Dropped without [`Hotsup::stop`], it is stopped as
+/// an operator would: gracefully (SIGTERM), then by force (a second
+/// SIGTERM), and with SIGKILL and a kill of every generation's group only
+/// if it does not exit in time.
 pub struct Hotsup {
     child: Child,
     pub pid: i32,
@@ -353,13 +413,44 @@ pub struct Hotsup {
     pub out: Log,
     status: Option<ExitStatus>,
     stopped: bool,
+    runtime: Option<Runtime>,
 }
+
+/// How long dropping a [`Hotsup`] waits after each SIGTERM.
+const STOP_GRACE: Duration = Duration::from_secs(3);
 
 impl Hotsup {
     /// `hotsup run --log-format json ARGS -- COMMAND...`, see
     /// [`hotsup_command`].
     pub fn run<S: AsRef<OsStr>>(args: &[&str], command: &[S]) -> Hotsup {
-        Hotsup::from_child(hotsup_command(args, command).spawn().expect("spawn hotsup"))
+        Hotsup::spawn(hotsup_command(args, command))
+    }
+
+    /// Spawns `cmd` (a `hotsup run` whose stdout and stderr are piped)
+    /// with a private [`Runtime`] directory.
+    pub fn spawn(mut cmd: Command) -> Hotsup {
+        let runtime = Runtime::new();
+        runtime.apply(&mut cmd);
+        Hotsup::from_child(cmd.spawn().expect("spawn hotsup")).with_runtime(runtime)
+    }
+
+    /// Keeps `runtime`, the directory hotsup was started with, as long as
+    /// hotsup.
+    pub fn with_runtime(mut self, runtime: Runtime) -> Hotsup {
+        self.runtime = Some(runtime);
+        self
+    }
+
+    /// Asserts that hotsup, which must have exited, left nothing in its
+    /// runtime directory: no control socket, no notify directory.
+    pub fn assert_left_nothing(&mut self) {
+        assert!(!self.is_running(), "hotsup is still running");
+        let runtime = self
+            .runtime
+            .as_ref()
+            .expect("started without a private runtime directory");
+        let left = runtime.leftovers();
+        assert!(left.is_empty(), "hotsup left {left:?} behind");
     }
 
     /// `hotsup run ARGS -- COMMAND...` (text log) with `stderr` as
@@ -379,12 +470,13 @@ impl Hotsup {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr);
-        Hotsup::from_child(cmd.spawn().expect("spawn hotsup"))
+        Hotsup::spawn(cmd)
     }
 
     /// Follows an already spawned `hotsup`, echoing what it writes to the
     /// test's stderr: its stderr (if piped) as `log`, its stdout (if
-    /// piped) as `out`.
+    /// piped) as `out`. Prefer [`Hotsup::spawn`], which gives it a private
+    /// runtime directory.
     pub fn from_child(child: Child) -> Hotsup {
         Hotsup::follow(child, true)
     }
@@ -412,6 +504,7 @@ impl Hotsup {
             child,
             status: None,
             stopped: false,
+            runtime: None,
         }
     }
 
@@ -682,11 +775,21 @@ fn kill_leftovers(children: &[(i32, u64)]) -> Vec<i32> {
 
 impl Drop for Hotsup {
     fn drop(&mut self) {
-        if self.stopped {
+        if self.stopped || self.exited().is_some() {
             return;
         }
-        // Children get SIGTERM from PR_SET_PDEATHSIG, but some test children
-        // ignore it on purpose: kill the live ones, and their groups.
+        // As an operator would: a graceful stop lets hotsup remove its
+        // sockets and directories; a second SIGTERM kills every generation
+        // at once, the children that ignore SIGTERM on purpose included.
+        for _ in 0..2 {
+            let _ = self.try_signal(Signal::TERM);
+            if self.wait_exit_within(STOP_GRACE).is_some() {
+                return;
+            }
+        }
+        // A hung hotsup. Its children get SIGTERM from PR_SET_PDEATHSIG,
+        // but some test children ignore it: kill its live children, and
+        // the groups they lead.
         let live = procfs::children(self.pid);
         let _ = self.child.kill();
         let _ = self.child.wait();

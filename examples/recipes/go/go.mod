@@ -1,0 +1,3 @@
+module hotsup.example/recipes/go
+
+go 1.19
