@@ -3,7 +3,7 @@
 //! their handle is dropped, on every path (errors and panics included).
 
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -172,16 +172,6 @@ pub fn describe_status(s: &ExitStatus) -> String {
 pub fn free_loopback_addr() -> Result<SocketAddr> {
     let l = TcpListener::bind("127.0.0.1:0").context("cannot bind 127.0.0.1:0")?;
     l.local_addr().context("getsockname")
-}
-
-/// A listening socket held by the bench itself (the "systemfd" role).
-pub fn held_listener() -> Result<TcpListener> {
-    TcpListener::bind("127.0.0.1:0").context("cannot bind 127.0.0.1:0")
-}
-
-/// Borrows the socket of a held listener.
-pub fn fd_of(l: &TcpListener) -> BorrowedFd<'_> {
-    l.as_fd()
 }
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns (soft, hard)
