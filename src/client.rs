@@ -351,6 +351,12 @@ fn status_text(s: &control::Status) -> String {
     if let Some(text) = s.serving.as_ref().and_then(|g| g.status.as_deref()) {
         let _ = writeln!(out, "          status: {}", clean(text));
     }
+    if let Some(g) = s.checking {
+        let _ = writeln!(
+            out,
+            "checking: the upgrade to generation {g} (--check runs)"
+        );
+    }
     if let Some(g) = &s.starting {
         let _ = writeln!(
             out,

@@ -13,6 +13,7 @@ pub mod events;
 pub mod exec_env;
 pub mod fdstore;
 pub mod handoff;
+pub mod hooks;
 pub mod identity;
 pub mod lifecycle;
 pub mod listeners;

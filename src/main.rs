@@ -10,8 +10,8 @@ use clap::Parser;
 use hotsup::cli::{self, Cli, Command, RunArgs};
 use hotsup::listeners::{self, BindOptions};
 use hotsup::{
-    child, client, control, exec_env, handoff, identity, lifecycle, logging, notify, signals,
-    supervisor, watch,
+    child, client, control, exec_env, handoff, hooks, identity, lifecycle, logging, notify,
+    signals, supervisor, watch,
 };
 
 const EXIT_RUNTIME: u8 = 1;
@@ -421,7 +421,9 @@ fn run(args: RunArgs, separated: bool, log_format: cli::LogFormat) -> u8 {
                 args.start_attempts
             },
             ready_settle: args.ready_settle,
-            ready_probe: false,
+            ready_probe: args.ready_probe.is_some(),
+            check: args.check.is_some(),
+            after_upgrade: args.after_upgrade.is_some(),
             workers: args.workers,
             rollout_batch: args.rollout_batch,
             canary: args.canary,
@@ -430,6 +432,20 @@ fn run(args: RunArgs, separated: bool, log_format: cli::LogFormat) -> u8 {
         identity,
         exec,
         watch: None,
+        hooks: hooks::HookCommands {
+            ready_probe: args.ready_probe.clone().map(|command| hooks::Hook {
+                command,
+                timeout: args.ready_probe_timeout,
+            }),
+            check: args.check.clone().map(|command| hooks::Hook {
+                command,
+                timeout: args.check_timeout,
+            }),
+            after_upgrade: args.after_upgrade.clone().map(|command| hooks::Hook {
+                command,
+                timeout: args.after_upgrade_timeout,
+            }),
+        },
     };
     let name = args.name.clone().unwrap_or_else(|| {
         std::path::Path::new(program)

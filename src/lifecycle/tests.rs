@@ -23,6 +23,8 @@ fn policy() -> Policy {
         max_worker_age: None,
         ready_settle: None,
         ready_probe: false,
+        check: false,
+        after_upgrade: false,
     }
 }
 
