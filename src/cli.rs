@@ -51,7 +51,8 @@ Exit codes:
 pub const CLIENT_EXIT_CODES: &str = "\
 Exit codes:
   0  the new generation serves (probation passed, if any)
-  1  it failed before it was ready; the previous generation serves on
+  1  it failed before it was ready, or its --check refused it; the
+     previous generation serves on
   2  usage error, or several hotsups run and neither --name nor --control
      picks one
   3  it was rolled back after it was ready
@@ -72,7 +73,8 @@ pub enum Command {
     /// Upgrade a running hotsup and wait for the outcome.
     ///
     /// Waits through --probation. Exits 0 when the new generation serves,
-    /// 1 when it failed before it was ready, 3 when it was rolled back after
+    /// 1 when it failed before it was ready (or --check refused it), 3 when
+    /// it was rolled back after
     /// it was ready, 4 when hotsup began shutting down first, 5 when hotsup
     /// cannot be reached, 6 when --timeout ran out; the reason is printed.
     #[command(after_help = CLIENT_EXIT_CODES)]
@@ -226,16 +228,23 @@ Signals:
                     be restarted as a crash); `hotsup signal QUIT` sends it
   SIGUSR1           forwarded to the serving child
 
-Readiness, in order (all within --ready-timeout, counted from the spawn):
+Readiness, in order, each worker (all within --ready-timeout, counted
+from its spawn; past it, the worker fails to start):
   1. the signal, by --ready: READY on the channel or READY=1 on
      NOTIFY_SOCKET (notify); the delay, or READY/READY=1 if it comes
-     sooner (delay:DURATION); at once (exec)
-  2. then --ready-settle, if given (a second READY changes nothing)
-  3. then --ready-probe, if given, until a run exits 0
+     sooner (delay:DURATION); at once (exec). The first signal wins: a
+     later READY, or the end of the delay after a READY, changes nothing
+  2. then --ready-settle, if given, counted from that signal
+  3. then --ready-probe, if given, run until one run exits 0 (250ms
+     between a failed run and the next; each run within
+     --ready-probe-timeout)
 
-Upgrade hooks:
-  --check CMD runs before an upgrade spawns: failing, it refuses the
-  upgrade. --after-upgrade CMD runs once it is done: failing, it is logged.
+Upgrade hooks (sh -c CMD, as hotsup's user, in hotsup's directory):
+  --check CMD runs before an upgrade spawns anything (not at the first
+  start, nor before crash restarts or `hotsup rollback`): failing, it
+  refuses the upgrade. --after-upgrade CMD runs once an upgrade is done:
+  failing, it is logged. A hook over its timeout is killed with its
+  process group and counts as failed.
 
 Examples:
   hotsup run -l 127.0.0.1:8080 -- ./server
