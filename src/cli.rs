@@ -284,6 +284,15 @@ impl Restart {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
+    /// Read these options from FILE (TOML: each key a long option without
+    /// its dashes, `command = ["./app", "arg"]` for COMMAND; see the
+    /// README). Options on the command line win. hotsup reads it again at
+    /// every upgrade: listeners are added and removed, and the command,
+    /// environment and timeouts apply from the new generation on; a file
+    /// that does not parse refuses the upgrade.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+
     /// Listen on ADDR, optionally naming it: HOST:PORT, [V6]:PORT,
     /// tcp://HOST:PORT, udp://HOST:PORT or unix:/path. Repeatable. Port 0
     /// picks a free port; the bound address is logged and passed to the

@@ -190,6 +190,12 @@ impl Hooks {
         }
     }
 
+    /// The commands a config file read at an upgrade gives: for the runs
+    /// that start from now on (those running finish as they began).
+    pub fn set_commands(&mut self, cfg: HookCommands) {
+        self.cfg = cfg;
+    }
+
     fn hook(&self, purpose: Purpose) -> Option<&Hook> {
         match purpose {
             Purpose::Probe(_) => self.cfg.ready_probe.as_ref(),

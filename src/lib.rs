@@ -8,6 +8,7 @@ pub mod cgroup;
 pub mod child;
 pub mod cli;
 pub mod client;
+pub mod config;
 pub mod control;
 pub mod events;
 pub mod exec_env;
@@ -21,6 +22,8 @@ pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod pinned;
+pub mod reload;
+pub mod settings;
 pub mod signals;
 pub mod supervisor;
 #[cfg(feature = "watch")]

@@ -507,6 +507,23 @@ impl Core {
         }
     }
 
+    /// Whether generation `g` still exists: it has workers, alive or to be
+    /// restarted.
+    pub fn has_generation(&self, g: GenId) -> bool {
+        self.gens.contains_key(&g)
+    }
+
+    /// Changes the rules from now on (a config file read for an upgrade):
+    /// deadlines already set keep their time, later ones use the new
+    /// values. A changed `workers` sizes the next generation, as `hotsup
+    /// scale` does; an unchanged one leaves a `hotsup scale` in place.
+    pub fn set_policy(&mut self, policy: Policy) {
+        if policy.workers != self.policy.workers {
+            self.workers_target = policy.workers.max(1);
+        }
+        self.policy = policy;
+    }
+
     /// Applies one input at time `now` and returns what the shell must do,
     /// in order.
     pub fn handle(&mut self, now: Instant, input: Input) -> Vec<Effect> {

@@ -10,8 +10,8 @@ use clap::Parser;
 use hotsup::cli::{self, Cli, Command, RunArgs};
 use hotsup::listeners::{self, BindOptions};
 use hotsup::{
-    child, client, control, exec_env, handoff, hooks, identity, lifecycle, logging, notify,
-    signals, supervisor, watch,
+    child, client, config, control, handoff, identity, logging, notify, reload, settings, signals,
+    supervisor, watch,
 };
 
 const EXIT_RUNTIME: u8 = 1;
@@ -33,7 +33,14 @@ fn main() -> ExitCode {
         Command::Run(args) => {
             let log = logging::init(cli.verbose, cli.quiet, cli.log_format);
             let separated = separated_by_dashes(&argv, &args.command);
-            let code = run(*args, separated, cli.log_format);
+            let code = match with_config(*args, &argv) {
+                Ok((args, reload)) => {
+                    // COMMAND from the file is its own: nothing misplaced.
+                    let separated = separated || reload.is_some();
+                    run(args, reload, separated, cli.log_format)
+                }
+                Err(e) => usage(e),
+            };
             // Writes what is still queued, `exiting` included.
             drop(log);
             ExitCode::from(code)
@@ -120,27 +127,15 @@ fn subcommand_of(argv: &[std::ffi::OsString]) -> String {
     path.join(" ")
 }
 
-/// clap's rendered error in one line: the cause (its first paragraph; a
-/// missing-argument error lists the arguments on indented lines), then its
-/// tips, then which help to read.
+/// clap's rendered error in one line: the cause, then its tips, then which
+/// help to read.
 fn one_line(rendered: &str, subcommand: &str) -> String {
-    let mut cause = String::new();
-    let mut tips: Vec<&str> = Vec::new();
-    let mut in_cause = true;
-    for l in rendered.lines().map(str::trim) {
-        if l.is_empty() {
-            in_cause = false;
-        } else if in_cause {
-            if !cause.is_empty() {
-                cause.push(' ');
-            }
-            cause.push_str(l);
-        } else if l.starts_with("tip:") {
-            tips.push(l);
-        }
-    }
-    let mut line = cause.strip_prefix("error: ").unwrap_or(&cause).to_string();
-    for tip in tips {
+    let mut line = hotsup::config::clap_cause(rendered);
+    for tip in rendered
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("tip:"))
+    {
         line.push_str("; ");
         line.push_str(tip);
     }
@@ -205,7 +200,26 @@ fn hotsup_options_among(args: &[std::ffi::OsString]) -> Vec<String> {
         .collect()
 }
 
-fn run(args: RunArgs, separated: bool, log_format: cli::LogFormat) -> u8 {
+/// `run`'s options, with those of `--config FILE` if given.
+fn with_config(
+    args: RunArgs,
+    argv: &[std::ffi::OsString],
+) -> Result<(RunArgs, Option<reload::Reload>), config::Error> {
+    let Some(path) = args.config.clone() else {
+        return Ok((args, None));
+    };
+    let file = config::ConfigFile::new(argv, &path);
+    let loaded = file.load()?;
+    let args = file.run_args(&loaded)?;
+    Ok((args, Some(reload::Reload { file, loaded })))
+}
+
+fn run(
+    args: RunArgs,
+    reload: Option<reload::Reload>,
+    separated: bool,
+    log_format: cli::LogFormat,
+) -> u8 {
     let Some((program, rest)) = args.command.split_first() else {
         return usage(
             "no COMMAND given: hotsup run [OPTIONS] [--] COMMAND [ARGS]... (see hotsup run --help)",
@@ -261,32 +275,15 @@ fn run(args: RunArgs, separated: bool, log_format: cli::LogFormat) -> u8 {
         Ok(id) => id,
         Err(e) => return usage(e),
     };
-    let exec = match exec_env::build(
-        &exec_env::Given {
-            chdir: args.chdir.as_deref(),
-            env: &args.env,
-            env_files: &args.env_file,
-            umask: args.umask,
-            rlimits: &args.rlimit,
-        },
-        identity.as_ref(),
-        adopted.len() + args.listen.len(),
-    ) {
-        Ok(e) => e,
-        Err(e) => return usage(e),
-    };
-    if let cli::ReadyMode::Delay(d) = args.ready {
-        if d >= args.ready_timeout {
-            return usage(format!(
-                "--ready delay:{} can never be reached: --ready-timeout is {}",
-                humantime::format_duration(d),
-                humantime::format_duration(args.ready_timeout)
-            ));
-        }
-    }
+    let derived =
+        match settings::derive(&args, identity.as_ref(), adopted.len() + args.listen.len()) {
+            Ok(d) => d,
+            Err(e) => return usage(e),
+        };
+    let exec = &derived.launch.exec;
     // Logged once every check passed, so that a usage error stays one line.
     if let Some(id) = &identity {
-        tracing::info!("children run as {} ({})", id.describe(), id.given);
+        tracing::info!(user = %id.describe(), given = %id.given, "identity");
     }
     if !exec.is_empty() {
         // Names only: values may be secrets.
@@ -359,7 +356,7 @@ fn run(args: RunArgs, separated: bool, log_format: cli::LogFormat) -> u8 {
         command: program.into(),
         nofile: original_nofile,
     });
-    let outbox = match handoff::Outbox::new(bound) {
+    let outbox = match handoff::Outbox::new(bound.into_iter().map(std::sync::Arc::new).collect()) {
         Ok(o) => o,
         Err(e) => return runtime_failure(format!("cannot describe listeners: {e}")),
     };
@@ -387,65 +384,14 @@ fn run(args: RunArgs, separated: bool, log_format: cli::LogFormat) -> u8 {
         }
     }
     let cfg = supervisor::Config {
-        program: program.clone(),
-        args: rest.to_vec(),
-        fds: args.fds,
+        reload,
+        fd_store,
         notify: None,
         child_nofile: original_nofile,
-        max_worker_rss: args.max_worker_rss,
         metrics: None,
         cgroups,
-        policy: lifecycle::Policy {
-            ready: match args.ready {
-                cli::ReadyMode::Notify => lifecycle::ReadyRule::Notify,
-                cli::ReadyMode::Delay(d) => lifecycle::ReadyRule::Delay(d),
-                cli::ReadyMode::Exec => lifecycle::ReadyRule::Exec,
-            },
-            ready_timeout: args.ready_timeout,
-            drain_timeout: args.drain_timeout,
-            drain_signal: args.drain_signal.as_raw(),
-            // Watch mode: a crash waits for the next save, which brings the
-            // fix, instead of restarting the same broken code in a loop.
-            restart: match args.restart {
-                _ if watching => lifecycle::RestartRule::Wait,
-                cli::Restart::Always => lifecycle::RestartRule::Always,
-                cli::Restart::OnFailure => lifecycle::RestartRule::OnFailure,
-                cli::Restart::Never => lifecycle::RestartRule::Never,
-            },
-            max_draining: usize::from(args.max_draining),
-            probation: args.probation,
-            // Watch mode never gives up: the next save may fix it.
-            start_attempts: if watching {
-                u32::MAX
-            } else {
-                args.start_attempts
-            },
-            ready_settle: args.ready_settle,
-            ready_probe: args.ready_probe.is_some(),
-            check: args.check.is_some(),
-            after_upgrade: args.after_upgrade.is_some(),
-            workers: args.workers,
-            rollout_batch: args.rollout_batch,
-            canary: args.canary,
-            max_worker_age: args.max_worker_age,
-        },
         identity,
-        exec,
         watch: None,
-        hooks: hooks::HookCommands {
-            ready_probe: args.ready_probe.clone().map(|command| hooks::Hook {
-                command,
-                timeout: args.ready_probe_timeout,
-            }),
-            check: args.check.clone().map(|command| hooks::Hook {
-                command,
-                timeout: args.check_timeout,
-            }),
-            after_upgrade: args.after_upgrade.clone().map(|command| hooks::Hook {
-                command,
-                timeout: args.after_upgrade_timeout,
-            }),
-        },
     };
     let name = args.name.clone().unwrap_or_else(|| {
         std::path::Path::new(program)
@@ -461,9 +407,13 @@ fn run(args: RunArgs, separated: bool, log_format: cli::LogFormat) -> u8 {
         .unwrap_or_else(|| control::default_path(&name));
     // One thread: spawning from the thread that lives as long as hotsup
     // keeps PR_SET_PDEATHSIG meaningful, and the supervisor does no
-    // per-request work that could use more.
+    // per-request work that could use more. The blocking pool only closes
+    // replaced executables and reads files: one thread, gone a second
+    // after its last job, so hotsup at rest runs its loop and log writer.
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .max_blocking_threads(1)
+        .thread_keep_alive(std::time::Duration::from_secs(1))
         .build()
     {
         Ok(rt) => rt,
@@ -509,7 +459,7 @@ fn run(args: RunArgs, separated: bool, log_format: cli::LogFormat) -> u8 {
                 None
             }
         };
-        let code = supervisor::Supervisor::new(cfg, outbox, control_rx, feed)
+        let code = supervisor::Supervisor::new(cfg, derived, outbox, control_rx, feed)
             .run()
             .await
             .map_err(|e| format!("cannot install signal handlers: {e}"))?;

@@ -1784,6 +1784,63 @@ fn a_probe_that_never_succeeds_fails_the_upgrade_with_its_last_answer() {
     assert!(!events(&fx).contains(&"ready"));
 }
 
+/// A config file read at an upgrade: the new rules hold from the upgrade
+/// on, for the old generation's drain as for the new generation's size.
+#[test]
+fn a_new_policy_applies_from_the_upgrade_on() {
+    let mut h = Harness::serving(policy());
+    h.worker(1, WorkerEvent::Protocol(1));
+    h.core.set_policy(Policy {
+        drain_timeout: Duration::from_secs(5),
+        workers: 2,
+        ..policy()
+    });
+    // Nothing happens to the serving generation until the upgrade.
+    assert_eq!(h.phase(1), Some("serving"));
+    let (_, fx) = h.upgrade();
+    assert_eq!(spawned_slots(&fx), vec![(2, 0), (2, 1)]);
+    h.ready_slot(2, 0);
+    let fx = h.ready_slot(2, 1);
+    assert_eq!(
+        drains(&fx),
+        vec![(
+            1,
+            DrainVia::Channel {
+                timeout: Duration::from_secs(5),
+                fallback: SIGTERM
+            }
+        )]
+    );
+}
+
+/// `hotsup scale` is the operator's word: a policy whose `workers` did not
+/// change leaves it in place; one whose `workers` changed replaces it.
+#[test]
+fn a_new_policy_keeps_a_scale_unless_its_workers_changed() {
+    let mut h = Harness::serving(policy());
+    h.feed(Input::Scale {
+        workers: 3,
+        reply: None,
+    });
+    h.ready_slot(1, 1);
+    h.ready_slot(1, 2);
+    h.core.set_policy(Policy {
+        drain_timeout: Duration::from_secs(5),
+        ..policy()
+    });
+    let (_, fx) = h.upgrade();
+    assert_eq!(spawned_slots(&fx), vec![(2, 0), (2, 1), (2, 2)]);
+    for slot in 0..3 {
+        h.ready_slot(2, slot);
+    }
+    h.core.set_policy(Policy {
+        workers: 2,
+        ..policy()
+    });
+    let (_, fx) = h.upgrade();
+    assert_eq!(spawned_slots(&fx), vec![(3, 0), (3, 1)]);
+}
+
 // ----- --check and --after-upgrade -----
 
 fn checked() -> Policy {
