@@ -1959,6 +1959,22 @@ impl Core {
         let on_spawn = std::mem::take(&mut g.on_spawn);
         let origin = g.origin;
         let spawned = g.workers.iter().any(|w| w.spawned);
+        // A worker that said it was ready, and then failed its settle time
+        // or its --ready-probe, may already accept from the shared
+        // listeners: it is drained, not killed under its clients.
+        let (timeout, sig) = (self.policy.drain_timeout, self.policy.drain_signal);
+        for w in g.workers.iter_mut().filter(|w| w.present()) {
+            if matches!(
+                w.state,
+                WState::Starting {
+                    doomed: None,
+                    gate: Gate::Settling { .. } | Gate::Probing { .. },
+                    ..
+                }
+            ) {
+                drain_worker(w, now, timeout, sig, fx);
+            }
+        }
         self.kill_generation(now, id, KillCause::FailedStart, fx);
         // The old pool gives back the slots it lent to this rollout.
         if let Some(old) = self.serving() {
@@ -2095,7 +2111,9 @@ impl Core {
         g.role = Role::Retiring;
         g.slot_restarts.clear();
         for w in g.workers.iter_mut().filter(|w| w.present()) {
-            if !matches!(w.state, WState::Killing { .. }) || w.pid.is_none() {
+            // A failed start leaves the workers it drains to their drain.
+            let draining = cause == KillCause::FailedStart && state::draining(&w.state);
+            if (!matches!(w.state, WState::Killing { .. }) || w.pid.is_none()) && !draining {
                 kill_worker(w, now, cause, fx);
             }
         }

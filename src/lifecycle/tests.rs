@@ -2150,3 +2150,40 @@ fn after_upgrade_is_not_run_after_a_crash_restart_and_gets_every_pid_of_a_pool()
     let pids = vec![h.pid_of(h.ws(3, 0)), h.pid_of(h.ws(3, 1))];
     assert_eq!(after_upgrades(&fx), vec![(3, pids)]);
 }
+
+#[test]
+fn a_worker_that_signalled_but_failed_its_probe_is_drained_not_killed() {
+    let mut h = Harness::serving(Policy {
+        ready_probe: true,
+        ready_timeout: Duration::from_secs(1),
+        drain_timeout: Duration::from_secs(7),
+        ..policy()
+    });
+    let (t, _) = h.upgrade();
+    h.ready(2);
+    let w = h.w(2);
+    h.feed(Input::ProbeDone {
+        worker: w,
+        ok: false,
+        detail: "HTTP 503".into(),
+    });
+    let fx = h.advance(Duration::from_secs(1));
+    assert!(matches!(
+        outcome_for(&fx, t),
+        UpgradeOutcome::Failed {
+            failure: FailureReason::ProbeFailed { .. },
+            serving: Some(1),
+            ..
+        }
+    ));
+    // It said READY: it may hold connections it accepted. Drained with the
+    // drain timeout, as a generation that served.
+    assert!(kills(&fx).is_empty(), "{fx:#?}");
+    assert_eq!(drains(&fx).iter().map(|d| d.0).collect::<Vec<_>>(), vec![2]);
+    assert_eq!(h.phase(1), Some("serving"));
+    // Killed only at the drain deadline.
+    let fx = h.advance(Duration::from_secs(7));
+    assert_eq!(kills(&fx), vec![2]);
+    h.exit(2, CLEAN);
+    assert_eq!(h.core.live_workers().len(), 1);
+}
