@@ -177,6 +177,9 @@ fn main() -> ExitCode {
 struct Figures {
     requests: u64,
     failed: u64,
+    /// Before the first reload: every worker took its share of the
+    /// connections.
+    before_p99_ms: f64,
     steady_p99_ms: f64,
     reload_p99_ms: f64,
     /// Requests per second, steady and during reloads.
@@ -208,10 +211,11 @@ fn run(o: &Options) -> Result<()> {
             let f = measure(*mode, &hotsup, o)
                 .with_context(|| format!("round {round}, {}", mode.name()))?;
             eprintln!(
-                "round {round} {:<15} requests {} failed {} p99 steady {:.2} ms, reloads {:.2} ms (x{:.2}); req/s steady {:.0}, reloads {:.0} (x{:.2}), whole run {:.0}; old stopping to gone p50 {:.0} ms, trigger to old gone p50 {:.0} ms",
+                "round {round} {:<15} requests {} failed {} p99 before reloads {:.2} ms, steady {:.2} ms, reloads {:.2} ms (x{:.2}); req/s steady {:.0}, reloads {:.0} (x{:.2}), whole run {:.0}; old stopping to gone p50 {:.0} ms, trigger to old gone p50 {:.0} ms",
                 mode.name(),
                 f.requests,
                 f.failed,
+                f.before_p99_ms,
                 f.steady_p99_ms,
                 f.reload_p99_ms,
                 f.reload_p99_ms / f.steady_p99_ms,
@@ -230,16 +234,17 @@ fn run(o: &Options) -> Result<()> {
         .find(|(m, _)| *m == Mode::Hup)
         .map(|(_, f)| median(f, |x| x.rps));
     println!(
-        "| mode | requests | failed | p99 steady | p99 during reloads | ratio | req/s during reloads / steady | req/s, whole run | vs `kill -HUP` | old stopping → gone | trigger → old gone |"
+        "| mode | requests | failed | p99 before the first reload | p99 steady (outside reloads) | p99 during reloads | ratio | req/s during reloads / steady | req/s, whole run | vs `kill -HUP` | old stopping → gone | trigger → old gone |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (mode, f) in &all {
         let rps = median(f, |x| x.rps);
         println!(
-            "| {} | {:.0} | {} | {:.2} ms | {:.2} ms | {:.2} | {:.2} | {:.0} | {} | {:.0} ms | {:.0} ms |",
+            "| {} | {:.0} | {} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} | {:.2} | {:.0} | {} | {:.0} ms | {:.0} ms |",
             mode.describe(),
             median(f, |x| x.requests as f64),
             f.iter().map(|x| x.failed).sum::<u64>(),
+            median(f, |x| x.before_p99_ms),
             median(f, |x| x.steady_p99_ms),
             median(f, |x| x.reload_p99_ms),
             median(f, |x| x.reload_p99_ms / x.steady_p99_ms),
@@ -277,7 +282,9 @@ fn measure(mode: Mode, hotsup: &Path, o: &Options) -> Result<Figures> {
     if !load.wait_for_ok(200, START) {
         bail!("the load made no progress");
     }
+    let load_started = load.started();
     thread::sleep(STEADY);
+    let first_trigger = Instant::now();
     let mut windows = Vec::new();
     let mut whole = Vec::new();
     for n in 1..=o.reloads {
@@ -293,6 +300,12 @@ fn measure(mode: Mode, hotsup: &Path, o: &Options) -> Result<Figures> {
     let _ = std::fs::remove_dir_all(&ready_dir);
     whole.sort_unstable();
     let mut f = figures(&report, &windows)?;
+    f.before_p99_ms = report
+        .latency_percentiles(Window::Inside(&[(load_started, first_trigger)]))
+        .context("no request before the first reload")?
+        .p99
+        .as_secs_f64()
+        * 1e3;
     f.reload_ms = whole
         .get(whole.len().saturating_sub(1) / 2)
         .map_or(f64::NAN, |d| d.as_secs_f64() * 1e3);
@@ -313,6 +326,7 @@ fn figures(r: &Report, windows: &[(Instant, Instant)]) -> Result<Figures> {
     Ok(Figures {
         requests: r.total_requests(),
         failed: r.total_failures(),
+        before_p99_ms: f64::NAN,
         steady_p99_ms: steady.p99.as_secs_f64() * 1e3,
         reload_p99_ms: during.p99.as_secs_f64() * 1e3,
         steady_rps: steady.count as f64 / steady_time.as_secs_f64(),
