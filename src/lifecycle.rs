@@ -1959,27 +1959,12 @@ impl Core {
         let on_spawn = std::mem::take(&mut g.on_spawn);
         let origin = g.origin;
         let spawned = g.workers.iter().any(|w| w.spawned);
-        // A worker that said it was ready, and then failed its settle time
-        // or its --ready-probe, may already accept from the shared
-        // listeners: it is drained, not killed under its clients.
-        let (timeout, sig) = (self.policy.drain_timeout, self.policy.drain_signal);
-        for w in g.workers.iter_mut().filter(|w| w.present()) {
-            if matches!(
-                w.state,
-                WState::Starting {
-                    doomed: None,
-                    gate: Gate::Settling { .. } | Gate::Probing { .. },
-                    ..
-                }
-            ) {
-                drain_worker(w, now, timeout, sig, fx);
-            }
-        }
-        self.kill_generation(now, id, KillCause::FailedStart, fx);
-        // The old pool gives back the slots it lent to this rollout.
+        // The old pool takes back the slots it lent to this rollout first,
+        // so that its paused workers accept again before any new one stops.
         if let Some(old) = self.serving() {
             self.restore_pool(now, old, fx);
         }
+        self.retire_failed_rollout(now, id, fx);
         let generation = spawned.then_some(id);
         let serving = self.serving();
         for t in waiters.into_iter().chain(on_spawn) {
@@ -2103,6 +2088,39 @@ impl Core {
         self.forget_if_gone(id);
     }
 
+    /// The new workers of a rollout that failed. Those already serving
+    /// drain: they are healthy (a sibling failed), and a kill would lose
+    /// the requests they accepted; so do those that said they were ready
+    /// but failed a later gate. Those still starting are killed.
+    fn retire_failed_rollout(&mut self, now: Instant, id: GenId, fx: &mut Vec<Effect>) {
+        let timeout = self.policy.drain_timeout;
+        let sig = self.policy.drain_signal;
+        let Some(g) = self.gens.get_mut(&id) else {
+            return;
+        };
+        g.role = Role::Retiring;
+        g.slot_restarts.clear();
+        for w in g.workers.iter_mut().filter(|w| w.present()) {
+            match w.state {
+                WState::Serving { .. } | WState::Paused { .. } => {
+                    drain_worker(w, now, timeout, sig, fx)
+                }
+                // It said it was ready, then failed its settle time or its
+                // --ready-probe: it may already accept from the shared
+                // listeners.
+                WState::Starting {
+                    doomed: None,
+                    gate: Gate::Settling { .. } | Gate::Probing { .. },
+                    ..
+                } => drain_worker(w, now, timeout, sig, fx),
+                WState::Starting { .. } => kill_worker(w, now, KillCause::FailedStart, fx),
+                WState::Draining { .. } | WState::Killing { .. } => {}
+            }
+        }
+        self.forget_if_gone(id);
+        self.enforce_max_draining(now, fx);
+    }
+
     /// SIGKILLs every worker of a generation and waits to reap them.
     fn kill_generation(&mut self, now: Instant, id: GenId, cause: KillCause, fx: &mut Vec<Effect>) {
         let Some(g) = self.gens.get_mut(&id) else {
@@ -2111,9 +2129,7 @@ impl Core {
         g.role = Role::Retiring;
         g.slot_restarts.clear();
         for w in g.workers.iter_mut().filter(|w| w.present()) {
-            // A failed start leaves the workers it drains to their drain.
-            let draining = cause == KillCause::FailedStart && state::draining(&w.state);
-            if (!matches!(w.state, WState::Killing { .. }) || w.pid.is_none()) && !draining {
+            if !matches!(w.state, WState::Killing { .. }) || w.pid.is_none() {
                 kill_worker(w, now, cause, fx);
             }
         }

@@ -560,19 +560,7 @@ pub fn bind_one(
     };
     let (socket, address, owned_path) = match &spec.address {
         Address::Tcp(hp) | Address::Udp(hp) => {
-            let (addr, others) = resolve(hp).map_err(|source| BindError::Resolve {
-                spec: spec.raw.clone(),
-                source,
-            })?;
-            if !others.is_empty() {
-                let others: Vec<String> = others.iter().map(ToString::to_string).collect();
-                tracing::warn!(
-                    listen = %spec.raw,
-                    bound = %addr,
-                    not_bound = %others.join(" "),
-                    "several_addresses"
-                );
-            }
+            let addr = resolve_one(&spec.raw, hp)?;
             let tcp = matches!(spec.address, Address::Tcp(_));
             let (ty, proto) = if tcp {
                 (Type::STREAM, Protocol::TCP)
@@ -666,19 +654,7 @@ impl ListenSpec {
         if hp.parse::<SocketAddr>().is_ok() {
             return Ok(self.clone());
         }
-        let (addr, others) = resolve(hp).map_err(|source| BindError::Resolve {
-            spec: self.raw.clone(),
-            source,
-        })?;
-        if !others.is_empty() {
-            let others: Vec<String> = others.iter().map(ToString::to_string).collect();
-            tracing::warn!(
-                listen = %self.raw,
-                bound = %addr,
-                not_bound = %others.join(" "),
-                "several_addresses"
-            );
-        }
+        let addr = resolve_one(&self.raw, hp)?;
         let address = match self.address {
             Address::Tcp(_) => Address::Tcp(addr.to_string()),
             _ => Address::Udp(addr.to_string()),
@@ -688,6 +664,25 @@ impl ListenSpec {
             ..self.clone()
         })
     }
+}
+
+/// The address `--listen` RAW's HOST:PORT binds: the first the resolver
+/// gives, with a warning naming the others, which one socket cannot serve.
+fn resolve_one(raw: &str, hp: &str) -> Result<SocketAddr, BindError> {
+    let (addr, others) = resolve(hp).map_err(|source| BindError::Resolve {
+        spec: raw.to_string(),
+        source,
+    })?;
+    if !others.is_empty() {
+        let others: Vec<String> = others.iter().map(ToString::to_string).collect();
+        tracing::warn!(
+            listen = %raw,
+            bound = %addr,
+            not_bound = %others.join(" "),
+            "several_addresses"
+        );
+    }
+    Ok(addr)
 }
 
 /// The address a listener binds, and the others its host name resolves to.

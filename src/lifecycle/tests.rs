@@ -1395,10 +1395,17 @@ fn a_worker_failing_mid_rollout_rolls_the_whole_rollout_back() {
     h.ready_slot(2, 0);
     // The second batch's worker crashes before it is ready.
     let fx = h.exit_slot(2, 1, CRASH);
-    assert_eq!(kills(&fx), vec![2]);
-    assert!(fx.iter().any(
-        |e| matches!(e, Effect::Resume { worker, .. } if worker.generation == 1 && worker.slot == 0)
-    ));
+    // The first batch's worker served already: it drains, after the old
+    // worker it replaced resumed, and loses nothing it accepted.
+    assert!(kills(&fx).is_empty(), "{fx:#?}");
+    let resumed = fx.iter().position(
+        |e| matches!(e, Effect::Resume { worker, .. } if worker.generation == 1 && worker.slot == 0),
+    );
+    let drained = fx.iter().position(
+        |e| matches!(e, Effect::Drain { worker, .. } if worker.generation == 2 && worker.slot == 0),
+    );
+    assert!(resumed.is_some() && drained.is_some(), "{fx:#?}");
+    assert!(resumed < drained, "{fx:#?}");
     assert!(matches!(
         outcome_for(&fx, t),
         UpgradeOutcome::Failed {
@@ -1414,6 +1421,30 @@ fn a_worker_failing_mid_rollout_rolls_the_whole_rollout_back() {
     );
     let now: Vec<Pid> = (0..3).map(|s| h.pid_of(h.ws(1, s))).collect();
     assert_eq!(now, old, "the old pool is the same processes");
+    assert_eq!(h.phase(2), Some("draining"));
+}
+
+#[test]
+fn a_failed_rollout_kills_the_new_workers_still_starting() {
+    let mut h = Harness::new(Policy {
+        rollout_batch: Some(2),
+        ..pool(2)
+    });
+    h.feed(Input::Start);
+    h.ready_all(1);
+    h.v2_all(1);
+    h.upgrade();
+    let fx = h.exit_slot(2, 1, CRASH);
+    // Slot 0 never became ready: nothing to finish, killed.
+    assert_eq!(kills(&fx), vec![2]);
+    assert!(fx.iter().any(|e| matches!(
+        e,
+        Effect::Emit(Event::Killed {
+            cause: KillCause::FailedStart,
+            ..
+        })
+    )));
+    assert!(drains(&fx).iter().all(|d| d.0 != 2), "{fx:#?}");
 }
 
 #[test]
