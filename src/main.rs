@@ -261,10 +261,10 @@ fn run(
         );
     }
     // With --watch --build, the first build may be what creates COMMAND.
-    if let Err(e) = child::resolve(program) {
-        if !(watching && args.build.is_some()) {
-            return usage(e);
-        }
+    if let Err(e) = child::resolve(program)
+        && !(watching && args.build.is_some())
+    {
+        return usage(e);
     }
     for p in &args.watch {
         if let Err(e) = std::fs::metadata(p) {
@@ -297,7 +297,9 @@ fn run(
             "exec_env"
         );
     }
-    let original_nofile = raise_nofile_limit();
+    // Many listeners need many fds; the hard limit is ours to take. The
+    // children get back the soft limit hotsup started with.
+    let original_nofile = hotsup_os::raise_nofile_limit().before;
     let opts = BindOptions {
         backlog: args.backlog,
         reuseport: args.reuseport,
@@ -378,10 +380,10 @@ fn run(
             None
         }
     };
-    if args.subreaper || rustix::process::getpid().is_init() {
-        if let Err(e) = rustix::process::set_child_subreaper(Some(rustix::process::getpid())) {
-            return runtime_failure(format!("cannot become a child subreaper: {e}"));
-        }
+    if (args.subreaper || rustix::process::getpid().is_init())
+        && let Err(e) = rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
+    {
+        return runtime_failure(format!("cannot become a child subreaper: {e}"));
     }
     let cfg = supervisor::Config {
         reload,
@@ -459,6 +461,8 @@ fn run(
                 None
             }
         };
+        // Start-up is over: what it alone used need not stay resident.
+        hotsup::resident::release_startup_pages();
         let code = supervisor::Supervisor::new(cfg, derived, outbox, control_rx, feed)
             .run()
             .await
@@ -520,22 +524,10 @@ fn close_inherited_fds_on_exec() {
         .filter(|fd| *fd > 2)
         .collect();
     for fd in fds {
-        // SAFETY: fcntl(F_SETFD) on a plain integer only changes that fd's
-        // flags; one that is no longer open (the directory's own) gives
-        // EBADF. No Rust object owns or borrows it here.
-        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        // SAFETY: only used for F_SETFD, which changes that fd's flags; one
+        // that is no longer open (the directory's own) gives EBADF. No Rust
+        // object owns or borrows it here.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        let _ = rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::CLOEXEC);
     }
-}
-
-/// Many listeners need many fds; the hard limit is ours to take. Returns
-/// the soft limit hotsup started with, for its children.
-fn raise_nofile_limit() -> Option<u64> {
-    use rustix::process::{Resource, getrlimit, setrlimit};
-    let mut lim = getrlimit(Resource::Nofile);
-    let original = lim.current;
-    if lim.current < lim.maximum {
-        lim.current = lim.maximum;
-        let _ = setrlimit(Resource::Nofile, lim);
-    }
-    original
 }

@@ -187,12 +187,6 @@ pub fn fd_of(l: &TcpListener) -> BorrowedFd<'_> {
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns (soft, hard)
 /// after the change.
 pub fn raise_nofile() -> (Option<u64>, Option<u64>) {
-    use rustix::process::{Resource, getrlimit, setrlimit};
-    let mut lim = getrlimit(Resource::Nofile);
-    if lim.current != lim.maximum {
-        lim.current = lim.maximum;
-        let _ = setrlimit(Resource::Nofile, lim);
-    }
-    let now = getrlimit(Resource::Nofile);
-    (now.current, now.maximum)
+    let limit = hotsup_os::raise_nofile_limit();
+    (limit.now, limit.hard)
 }
