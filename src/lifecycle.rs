@@ -2024,14 +2024,14 @@ impl Core {
         }
         // While a check runs (a crash restart failed meanwhile), the
         // follow-up waits for it.
-        if self.checking.is_none() {
-            if let Some(waiters) = self.pending.take() {
-                fx.push(Effect::Emit(Event::UpgradeRequested {
-                    source: Source::Supervisor,
-                }));
-                self.begin_upgrade(now, waiters, fx);
-                return;
-            }
+        if self.checking.is_none()
+            && let Some(waiters) = self.pending.take()
+        {
+            fx.push(Effect::Emit(Event::UpgradeRequested {
+                source: Source::Supervisor,
+            }));
+            self.begin_upgrade(now, waiters, fx);
+            return;
         }
         if !self.anything_serving() {
             self.schedule_restart(now, fx);
