@@ -47,7 +47,8 @@
 //! (default `127.0.0.1:0`) and prints the address on stderr.
 //!
 //! HTTP responses are `200 OK` with the body `pid=<pid> generation=<g>\n`; a
-//! query `?sleep_ms=N` (at most 10000) delays the response. On drain the
+//! query `?sleep_ms=N` (at most 10000) delays the response, and
+//! `?grow_kib=N` makes the process keep N KiB more resident. On drain the
 //! server stops accepting, finishes requests in flight, answers further
 //! requests on open connections with `Connection: close`, closes idle
 //! connections after a grace period of min(1 s, time left / 4), and exits 0
@@ -69,6 +70,13 @@ use hotsup_child::{Accept, InFlight, Kind, Lifecycle, State};
 const POLL: Duration = Duration::from_millis(10);
 /// How long a drain without a deadline (a signal) may take.
 const DEFAULT_DRAIN: Duration = Duration::from_secs(10);
+/// Keeps `kib` KiB more resident for the rest of the process's life (each
+/// page written), for the tests of `--max-worker-rss`. At most 1 GiB.
+fn grow(kib: u64) {
+    let bytes = usize::try_from(kib.min(1 << 20) * 1024).unwrap_or(0);
+    std::mem::forget(vec![1u8; bytes]);
+}
+
 /// Longest `?sleep_ms=`.
 const MAX_SLEEP_MS: u64 = 10_000;
 /// Largest request head accepted.
@@ -626,6 +634,9 @@ fn serve_http(mut conn: TcpStream, server: &Server) -> io::Result<()> {
         };
         let request = parse_head(&head);
         discard_body(&mut conn, &mut buf, request.content_length)?;
+        if let Some(kib) = request.grow_kib {
+            grow(kib);
+        }
         if let Some(ms) = request.sleep_ms {
             thread::sleep(Duration::from_millis(ms.min(MAX_SLEEP_MS)));
         }
@@ -714,6 +725,7 @@ struct Request {
     head_only: bool,
     content_length: usize,
     sleep_ms: Option<u64>,
+    grow_kib: Option<u64>,
 }
 
 fn parse_head(head: &[u8]) -> Request {
@@ -731,6 +743,7 @@ fn parse_head(head: &[u8]) -> Request {
         head_only: method == "HEAD",
         content_length: 0,
         sleep_ms: None,
+        grow_kib: None,
     };
     for line in lines {
         let Some((name, value)) = line.split_once(':') else {
@@ -750,11 +763,15 @@ fn parse_head(head: &[u8]) -> Request {
         }
     }
     if let Some((_, query)) = target.split_once('?') {
-        request.sleep_ms = query
-            .split('&')
-            .filter_map(|kv| kv.split_once('='))
-            .find(|(k, _)| *k == "sleep_ms")
-            .and_then(|(_, v)| v.parse().ok());
+        let param = |name: &str| -> Option<u64> {
+            query
+                .split('&')
+                .filter_map(|kv| kv.split_once('='))
+                .find(|(k, _)| *k == name)
+                .and_then(|(_, v)| v.parse().ok())
+        };
+        request.sleep_ms = param("sleep_ms");
+        request.grow_kib = param("grow_kib");
     }
     request
 }

@@ -313,3 +313,93 @@ fn an_unmodified_pool_under_systemd_fds_upgrades_with_nothing_lost() {
     h.signal(Signal::TERM);
     assert_eq!(h.wait_exit(WAIT).code(), Some(0));
 }
+
+/// The pool's workers, slot and pid, sorted by slot.
+fn slots(v: &serde_json::Value) -> Vec<(u64, i64)> {
+    let mut p: Vec<(u64, i64)> = v["serving"]["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| (w["worker"].as_u64().unwrap(), w["pid"].as_i64().unwrap()))
+        .collect();
+    p.sort();
+    p
+}
+
+#[test]
+fn a_worker_over_max_worker_rss_is_replaced_alone_with_nothing_lost() {
+    let dir = tempdir();
+    let (mut h, sock) = pool(dir.path(), &["--workers", "2", "--max-worker-rss", "64M"]);
+    let addr = h.addr("http");
+    h.ready(1);
+    let before = slots(&status(&sock));
+    let traffic = Traffic::start(addr);
+    traffic.wait_ok(10);
+    // One worker (whichever takes the request) grows by 128 MiB.
+    let grown = hotsup_bench::http::request_once(addr, "/?grow_kib=131072", WAIT)
+        .expect("grow request")
+        .identity()
+        .pid
+        .expect("pid in the body") as i64;
+    let (slot, _) = *before
+        .iter()
+        .find(|(_, p)| *p == grown)
+        .expect("a worker grew");
+    let (from, recycling) = h
+        .log
+        .wait_event_from(0, "recycling", &[("pid", json!(grown))], WAIT);
+    assert_eq!(recycling["slot"], slot, "{recycling}");
+    // A new worker serves in its slot before the grown one drains.
+    let (ready_at, replacement) = h.log.wait_event_from(
+        from,
+        "worker_ready",
+        &[("generation", json!(1)), ("slot", json!(slot))],
+        WAIT,
+    );
+    let (drained_at, _) = h
+        .log
+        .wait_event_from(from, "drained", &[("pid", json!(grown))], WAIT);
+    assert!(
+        ready_at < drained_at,
+        "drained before its replacement was ready"
+    );
+    traffic.wait_ok(20);
+    assert_no_failures(&traffic.stop());
+    let after = slots(&status(&sock));
+    for (s, p) in &before {
+        if *s == slot {
+            assert_eq!(after[*s as usize].1, pid_of(&replacement) as i64);
+        } else {
+            assert_eq!(after[*s as usize].1, *p, "an untouched worker was replaced");
+        }
+    }
+    assert_eq!(status(&sock)["serving"]["generation"], 1);
+    h.signal(Signal::TERM);
+    assert_eq!(h.wait_exit(WAIT).code(), Some(0));
+}
+
+#[test]
+fn workers_past_max_worker_age_are_replaced_with_nothing_lost() {
+    let dir = tempdir();
+    let (mut h, sock) = pool(dir.path(), &["--workers", "2", "--max-worker-age", "1s"]);
+    let addr = h.addr("http");
+    h.ready(1);
+    let before = slots(&status(&sock));
+    let traffic = Traffic::start(addr);
+    traffic.wait_ok(10);
+    // Both first workers are replaced, each by a new one in its slot.
+    for (_, pid) in &before {
+        h.event("recycling", &[("pid", json!(pid))]);
+        h.event("drained", &[("pid", json!(pid))]);
+    }
+    traffic.wait_ok(20);
+    assert_no_failures(&traffic.stop());
+    let after = slots(&status(&sock));
+    assert_eq!(after.len(), 2);
+    for ((_, old), (_, new)) in before.iter().zip(&after) {
+        assert_ne!(old, new);
+    }
+    assert_eq!(status(&sock)["serving"]["generation"], 1);
+    h.signal(Signal::TERM);
+    assert_eq!(h.wait_exit(WAIT).code(), Some(0));
+}
