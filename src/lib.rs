@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod notify;
 pub mod pinned;
 pub mod signals;
+pub mod state;
 pub mod supervisor;
 #[cfg(feature = "watch")]
 pub mod watch;

@@ -150,7 +150,11 @@ fn no_command() {
         &["run", "-l", "127.0.0.1:0"][..],
         &["run", "-l", "127.0.0.1:0", "--"],
     ] {
-        check(args, USAGE, &["no COMMAND given", "(see hotsup run --help)"]);
+        check(
+            args,
+            USAGE,
+            &["no COMMAND given", "(see hotsup run --help)"],
+        );
     }
 }
 
