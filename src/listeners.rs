@@ -225,6 +225,93 @@ impl Listener {
     }
 }
 
+impl Listener {
+    /// This listener as `hotsup upgrade --self` hands it over, at place
+    /// `id` of the table.
+    pub fn to_state(&self, id: u32) -> crate::state::ListenerState {
+        use crate::state::{ListenerKind, ListenerOrigin, Os, OwnedFile};
+        use std::os::fd::AsRawFd;
+        crate::state::ListenerState {
+            id,
+            name: self.info.name.clone(),
+            kind: match self.info.kind {
+                Kind::Tcp => ListenerKind::Tcp,
+                Kind::Udp => ListenerKind::Udp,
+                Kind::Unix => ListenerKind::Unix,
+            },
+            address: self.info.address.clone(),
+            origin: match self.origin {
+                Origin::Bound => ListenerOrigin::Bound,
+                Origin::Activated => ListenerOrigin::Activated,
+                Origin::Restored => ListenerOrigin::Restored,
+            },
+            fd: self.socket.as_raw_fd(),
+            owned_file: self.owned_path.as_ref().map(|(path, dev, ino)| OwnedFile {
+                path: Os::new(path.as_os_str()),
+                dev: *dev,
+                inode: *ino,
+            }),
+        }
+    }
+
+    /// Takes over a listener handed over by the hotsup that exec'd this
+    /// one. The fd must be the socket the state describes: its type is
+    /// checked, so that a mix-up of numbers is an error, not a listener
+    /// that hands out the wrong socket.
+    pub fn adopt(st: &crate::state::ListenerState) -> Result<Listener, String> {
+        use crate::state::{ListenerKind, ListenerOrigin};
+        // SAFETY: fcntl(F_GETFD) on a plain integer only asks whether it is
+        // open; no Rust object owns or borrows it yet.
+        if unsafe { libc::fcntl(st.fd, libc::F_GETFD) } == -1 {
+            return Err(format!("listener {} (fd {}) is not open", st.name, st.fd));
+        }
+        // SAFETY: the exec'ing hotsup handed this fd over for this listener
+        // alone; it is open (checked above) and adopted once, here.
+        let socket = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(st.fd) };
+        let kind = match st.kind {
+            ListenerKind::Tcp => Kind::Tcp,
+            ListenerKind::Udp => Kind::Udp,
+            ListenerKind::Unix => Kind::Unix,
+        };
+        match inspect(&socket) {
+            Ok((k, _)) if k == kind => {}
+            Ok((k, _)) => {
+                // Not ours to close: leave the fd to whatever it is.
+                std::mem::forget(socket);
+                return Err(format!(
+                    "listener {} (fd {}) is a {k} socket, not {kind}",
+                    st.name, st.fd
+                ));
+            }
+            Err(_) => {
+                std::mem::forget(socket);
+                return Err(format!(
+                    "listener {} (fd {}) is not a listening {kind} socket",
+                    st.name, st.fd
+                ));
+            }
+        }
+        let _ = rustix::io::fcntl_setfd(&socket, rustix::io::FdFlags::CLOEXEC);
+        Ok(Listener {
+            info: ListenerInfo {
+                name: st.name.clone(),
+                kind,
+                address: st.address.clone(),
+            },
+            origin: match st.origin {
+                ListenerOrigin::Bound => Origin::Bound,
+                ListenerOrigin::Activated => Origin::Activated,
+                ListenerOrigin::Restored => Origin::Restored,
+            },
+            socket,
+            owned_path: st
+                .owned_file
+                .as_ref()
+                .map(|f| (f.path.to_path(), f.dev, f.inode)),
+        })
+    }
+}
+
 impl Drop for Listener {
     fn drop(&mut self) {
         if let Some((path, dev, ino)) = &self.owned_path {
