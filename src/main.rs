@@ -11,7 +11,7 @@ use hotsup::cli::{self, Cli, Command, RunArgs};
 use hotsup::listeners::{self, BindOptions};
 use hotsup::{
     child, client, control, exec_env, handoff, identity, lifecycle, logging, notify, signals,
-    supervisor, watch,
+    state, supervisor, watch,
 };
 
 const EXIT_RUNTIME: u8 = 1;
@@ -24,6 +24,11 @@ fn main() -> ExitCode {
     if argv.get(1).is_some_and(|a| a == child::EXEC_LISTEN_PID) {
         child::exec_listen_pid(&argv[2..]);
     }
+    // SAFETY: first thing in main, with no other thread yet.
+    let inherited = unsafe { state::take_env_fd() };
+    if argv.get(1).is_some_and(|a| a == state::CHECK_COMMAND) {
+        return ExitCode::from(self_check());
+    }
     close_inherited_fds_on_exec();
     let cli = match Cli::try_parse_from(&argv) {
         Ok(cli) => cli,
@@ -33,7 +38,18 @@ fn main() -> ExitCode {
         Command::Run(args) => {
             let log = logging::init(cli.verbose, cli.quiet, cli.log_format);
             let separated = separated_by_dashes(&argv, &args.command);
-            let code = run(*args, separated, cli.log_format);
+            let inherited = match inherited.map(|r| r.and_then(state::read)) {
+                None => None,
+                Some(Ok(st)) => Some(st),
+                // Past the exec: nothing to go back to.
+                Some(Err(e)) => {
+                    drop(log);
+                    return ExitCode::from(runtime_failure(format!(
+                        "cannot take over from the hotsup that exec'd this one: {e}"
+                    )));
+                }
+            };
+            let code = run(*args, separated, cli.log_format, inherited);
             // Writes what is still queued, `exiting` included.
             drop(log);
             ExitCode::from(code)
@@ -41,8 +57,16 @@ fn main() -> ExitCode {
         Command::Generate { what } => ExitCode::from(generate(what)),
         Command::Upgrade {
             target,
+            self_: true,
+            binary,
+            timeout,
+            ..
+        } => ExitCode::from(client::self_upgrade(&target, binary, timeout)),
+        Command::Upgrade {
+            target,
             no_wait,
             timeout,
+            ..
         } => ExitCode::from(client::upgrade(&target, no_wait, timeout)),
         Command::Rollback { target, timeout } => ExitCode::from(client::rollback(&target, timeout)),
         Command::Status { target, json } => ExitCode::from(client::status(&target, json)),
@@ -205,7 +229,12 @@ fn hotsup_options_among(args: &[std::ffi::OsString]) -> Vec<String> {
         .collect()
 }
 
-fn run(args: RunArgs, separated: bool, log_format: cli::LogFormat) -> u8 {
+fn run(
+    args: RunArgs,
+    separated: bool,
+    log_format: cli::LogFormat,
+    inherited: Option<state::State>,
+) -> u8 {
     let Some((program, rest)) = args.command.split_first() else {
         return usage(
             "no COMMAND given: hotsup run [OPTIONS] [--] COMMAND [ARGS]... (see hotsup run --help)",
@@ -215,18 +244,37 @@ fn run(args: RunArgs, separated: bool, log_format: cli::LogFormat) -> u8 {
     // From here on, a SIGTERM must run hotsup's shutdown, not kill it before
     // its handlers exist.
     signals::hold();
-    // Sockets handed to hotsup itself by socket activation come first.
-    let adopted = match listeners::adopt_activated() {
-        Ok(a) => a,
-        Err(e) => return runtime_failure(format!("socket activation: {e}")),
+    // Sockets handed to hotsup itself by socket activation come first;
+    // after a self-upgrade, the old process's are all there is.
+    let adopted = match &inherited {
+        Some(st) => match st
+            .listeners
+            .iter()
+            .map(listeners::Listener::adopt)
+            .collect::<Result<Vec<_>, String>>()
+        {
+            Ok(l) => l,
+            Err(e) => return runtime_failure(format!("self-upgrade: {e}")),
+        },
+        None => match listeners::adopt_activated() {
+            Ok(a) => a,
+            Err(e) => return runtime_failure(format!("socket activation: {e}")),
+        },
     };
+    let taking_over = inherited.is_some();
     // Ours from systemd's fd store (hotsup died, systemd kept the sockets)
     // apart from those a .socket unit passes.
-    let (mut stored, adopted) = hotsup::fdstore::split(adopted);
+    let (mut stored, adopted) = if taking_over {
+        (Vec::new(), adopted)
+    } else {
+        hotsup::fdstore::split(adopted)
+    };
     let fd_store = hotsup::fdstore::FdStore::detect(args.fd_store);
     let taken: Vec<String> = adopted.iter().map(|l| l.info.name.clone()).collect();
-    if let Err(e) = listeners::name_all(&args.listen, &taken) {
-        return usage(e);
+    if !taking_over {
+        if let Err(e) = listeners::name_all(&args.listen, &taken) {
+            return usage(e);
+        }
     }
     if adopted.is_empty() && args.listen.is_empty() {
         if !misplaced.is_empty() {
@@ -246,9 +294,10 @@ fn run(args: RunArgs, separated: bool, log_format: cli::LogFormat) -> u8 {
             "--watch: this hotsup was built without watch mode; build it with the `watch` feature (cargo install --path . --features watch)",
         );
     }
-    // With --watch --build, the first build may be what creates COMMAND.
+    // With --watch --build, the first build may be what creates COMMAND;
+    // after a self-upgrade, the pinned executables are what runs.
     if let Err(e) = child::resolve(program) {
-        if !(watching && args.build.is_some()) {
+        if !(taking_over || watching && args.build.is_some()) {
             return usage(e);
         }
     }
@@ -257,33 +306,15 @@ fn run(args: RunArgs, separated: bool, log_format: cli::LogFormat) -> u8 {
             return usage(format!("--watch {}: {e}", p.display()));
         }
     }
-    let identity = match resolve_identity(&args) {
-        Ok(id) => id,
+    let listener_count = if taking_over {
+        adopted.len()
+    } else {
+        adopted.len() + args.listen.len()
+    };
+    let (identity, exec) = match prepare(&args, listener_count) {
+        Ok(p) => p,
         Err(e) => return usage(e),
     };
-    let exec = match exec_env::build(
-        &exec_env::Given {
-            chdir: args.chdir.as_deref(),
-            env: &args.env,
-            env_files: &args.env_file,
-            umask: args.umask,
-            rlimits: &args.rlimit,
-        },
-        identity.as_ref(),
-        adopted.len() + args.listen.len(),
-    ) {
-        Ok(e) => e,
-        Err(e) => return usage(e),
-    };
-    if let cli::ReadyMode::Delay(d) = args.ready {
-        if d >= args.ready_timeout {
-            return usage(format!(
-                "--ready delay:{} can never be reached: --ready-timeout is {}",
-                humantime::format_duration(d),
-                humantime::format_duration(args.ready_timeout)
-            ));
-        }
-    }
     // Logged once every check passed, so that a usage error stays one line.
     if let Some(id) = &identity {
         tracing::info!("children run as {} ({})", id.describe(), id.given);
@@ -300,7 +331,10 @@ fn run(args: RunArgs, separated: bool, log_format: cli::LogFormat) -> u8 {
             "exec_env"
         );
     }
-    let original_nofile = raise_nofile_limit();
+    let original_nofile = match &inherited {
+        Some(st) => st.child_nofile,
+        None => raise_nofile_limit(),
+    };
     let opts = BindOptions {
         backlog: args.backlog,
         reuseport: args.reuseport,
@@ -312,7 +346,8 @@ fn run(args: RunArgs, separated: bool, log_format: cli::LogFormat) -> u8 {
     let mut bound = adopted;
     let reusing =
         |spec: &listeners::ListenSpec, name: &str| hotsup::fdstore::take(&mut stored, spec, name);
-    match listeners::bind_all_reusing(&args.listen, &taken, &opts, reusing) {
+    let to_bind: &[listeners::ListenSpec] = if taking_over { &[] } else { &args.listen };
+    match listeners::bind_all_reusing(to_bind, &taken, &opts, reusing) {
         Ok(b) => {
             for (mut l, reused) in b {
                 match (&fd_store, reused) {
@@ -363,7 +398,18 @@ fn run(args: RunArgs, separated: bool, log_format: cli::LogFormat) -> u8 {
         Ok(o) => o,
         Err(e) => return runtime_failure(format!("cannot describe listeners: {e}")),
     };
-    let cgroups = match hotsup::cgroup::Cgroups::detect(args.cgroup) {
+    let cgroups = match inherited.as_ref().map(|st| st.cgroups.as_ref()) {
+        Some(None) => Ok(None),
+        Some(Some(c)) => match hotsup::cgroup::Cgroups::adopt(c) {
+            Ok(c) => Ok(Some(c)),
+            Err(e) => {
+                tracing::warn!(reason = %e, "self_upgrade_lost_cgroups");
+                Ok(None)
+            }
+        },
+        None => hotsup::cgroup::Cgroups::detect(args.cgroup),
+    };
+    let cgroups = match cgroups {
         Ok(Some(c)) => {
             tracing::info!(
                 base = %c.base().display(),
@@ -386,6 +432,12 @@ fn run(args: RunArgs, separated: bool, log_format: cli::LogFormat) -> u8 {
             return runtime_failure(format!("cannot become a child subreaper: {e}"));
         }
     }
+    // Resolved once: a package upgrade replaces the file at this path, and
+    // /proc/self/exe then names the deleted old one.
+    let install_path = match &inherited {
+        Some(st) => st.install_path.to_path(),
+        None => std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into()),
+    };
     let cfg = supervisor::Config {
         program: program.clone(),
         args: rest.to_vec(),
@@ -395,41 +447,22 @@ fn run(args: RunArgs, separated: bool, log_format: cli::LogFormat) -> u8 {
         max_worker_rss: args.max_worker_rss,
         metrics: None,
         cgroups,
-        policy: lifecycle::Policy {
-            ready: match args.ready {
-                cli::ReadyMode::Notify => lifecycle::ReadyRule::Notify,
-                cli::ReadyMode::Delay(d) => lifecycle::ReadyRule::Delay(d),
-                cli::ReadyMode::Exec => lifecycle::ReadyRule::Exec,
-            },
-            ready_timeout: args.ready_timeout,
-            drain_timeout: args.drain_timeout,
-            drain_signal: args.drain_signal.as_raw(),
-            // Watch mode: a crash waits for the next save, which brings the
-            // fix, instead of restarting the same broken code in a loop.
-            restart: match args.restart {
-                _ if watching => lifecycle::RestartRule::Wait,
-                cli::Restart::Always => lifecycle::RestartRule::Always,
-                cli::Restart::OnFailure => lifecycle::RestartRule::OnFailure,
-                cli::Restart::Never => lifecycle::RestartRule::Never,
-            },
-            max_draining: usize::from(args.max_draining),
-            probation: args.probation,
-            // Watch mode never gives up: the next save may fix it.
-            start_attempts: if watching {
-                u32::MAX
-            } else {
-                args.start_attempts
-            },
-            ready_settle: args.ready_settle,
-            ready_probe: false,
-            workers: args.workers,
-            rollout_batch: args.rollout_batch,
-            canary: args.canary,
-            max_worker_age: args.max_worker_age,
-        },
+        policy: policy_of(&args),
         identity,
         exec,
         watch: None,
+        selfup: Some(supervisor::Setup {
+            argv: inherited
+                .as_ref()
+                .map(|st| st.argv.iter().map(state::Os::to_os).collect())
+                .unwrap_or_else(|| std::env::args_os().collect()),
+            install_path: install_path.clone(),
+            binary: state::Binary::current(&install_path),
+            count: inherited.as_ref().map_or(0, |st| st.self_upgrades + 1),
+            control: None,
+            unsupported: watching
+                .then(|| "watch mode (--watch) does not self-upgrade: restart it".to_string()),
+        }),
     };
     let name = args.name.clone().unwrap_or_else(|| {
         std::path::Path::new(program)
@@ -458,9 +491,14 @@ fn run(args: RunArgs, separated: bool, log_format: cli::LogFormat) -> u8 {
             .identity
             .as_ref()
             .map(|i| (i.uid.unwrap_or_else(rustix::process::geteuid), i.gid));
-        let notify = notify::ChildNotify::create(owner)
-            .map_err(|e| format!("cannot create the children's NOTIFY_SOCKET directory: {e}"))?;
-        tracing::info!(path = %notify.dir().display(), "notify_dir");
+        let notify = match inherited.as_ref().and_then(|st| st.notify_dir.as_ref()) {
+            Some(dir) => notify::ChildNotify::adopt(dir.to_path(), owner),
+            None => notify::ChildNotify::create(owner),
+        }
+        .map_err(|e| format!("cannot create the children's NOTIFY_SOCKET directory: {e}"))?;
+        if !taking_over {
+            tracing::info!(path = %notify.dir().display(), "notify_dir");
+        }
         let watch = watch_cfg.map(watch::Watch::new).transpose()?;
         let cfg = supervisor::Config {
             notify: Some(notify),
@@ -469,8 +507,22 @@ fn run(args: RunArgs, separated: bool, log_format: cli::LogFormat) -> u8 {
         };
         let (control_tx, control_rx) = tokio::sync::mpsc::unbounded_channel();
         let (feed, _) = tokio::sync::broadcast::channel(control::EVENT_BACKLOG);
+        let inherited_metrics = inherited.as_ref().and_then(|st| st.metrics);
         let metrics = match metrics_addr {
             None => None,
+            Some(addr) if inherited_metrics.is_some() => {
+                let fd = inherited_metrics.unwrap_or(-1);
+                let listener = state::adopt_fd(fd, "--metrics")
+                    .map(std::net::TcpListener::from)
+                    .and_then(|l| hotsup::metrics::Metrics::serve_on(l).map_err(|e| e.to_string()));
+                match listener {
+                    Ok((m, _)) => Some(m),
+                    Err(e) => {
+                        tracing::warn!(address = %addr, error = %e, "self_upgrade_lost_metrics");
+                        None
+                    }
+                }
+            }
             Some(addr) => {
                 let (m, bound) = hotsup::metrics::Metrics::serve(addr)
                     .map_err(|e| format!("cannot serve --metrics {addr}: {e}"))?;
@@ -481,9 +533,18 @@ fn run(args: RunArgs, separated: bool, log_format: cli::LogFormat) -> u8 {
         let cfg = supervisor::Config { metrics, ..cfg };
         // An explicit --control must work; the default one is a convenience
         // that must not stop a supervisor from starting.
-        let control = match control::Server::bind(&control_path) {
+        let server = match inherited.as_ref().and_then(|st| st.control.as_ref()) {
+            Some(c) => control::Server::adopt(c).map_err(|e| control::ControlError::Io {
+                path: c.file.path.to_path().display().to_string(),
+                source: std::io::Error::other(e),
+            }),
+            None => control::Server::bind(&control_path),
+        };
+        let control = match server {
             Ok(mut server) => {
-                tracing::info!(path = %server.path.display(), "control_socket");
+                if !taking_over {
+                    tracing::info!(path = %server.path.display(), "control_socket");
+                }
                 server.spawn(control_tx, feed.clone());
                 Some(server)
             }
@@ -493,7 +554,19 @@ fn run(args: RunArgs, separated: bool, log_format: cli::LogFormat) -> u8 {
                 None
             }
         };
-        let code = supervisor::Supervisor::new(cfg, outbox, control_rx, feed)
+        let mut cfg = cfg;
+        if let Some(setup) = cfg.selfup.as_mut() {
+            setup.control = control.as_ref().map(control::Server::to_state);
+        }
+        let sup = match inherited {
+            Some(st) => {
+                supervisor::Supervisor::adopt(cfg, outbox, control_rx, feed, st).map_err(|e| {
+                    format!("cannot take over from the hotsup that exec'd this one: {e}")
+                })?
+            }
+            None => supervisor::Supervisor::new(cfg, outbox, control_rx, feed),
+        };
+        let code = sup
             .run()
             .await
             .map_err(|e| format!("cannot install signal handlers: {e}"))?;
@@ -507,6 +580,121 @@ fn run(args: RunArgs, separated: bool, log_format: cli::LogFormat) -> u8 {
         Ok(code) => code,
         Err(e) => runtime_failure(e),
     }
+}
+
+/// The lifecycle policy `hotsup run`'s options give.
+fn policy_of(args: &RunArgs) -> lifecycle::Policy {
+    let watching = !args.watch.is_empty();
+    lifecycle::Policy {
+        ready: match args.ready {
+            cli::ReadyMode::Notify => lifecycle::ReadyRule::Notify,
+            cli::ReadyMode::Delay(d) => lifecycle::ReadyRule::Delay(d),
+            cli::ReadyMode::Exec => lifecycle::ReadyRule::Exec,
+        },
+        ready_timeout: args.ready_timeout,
+        drain_timeout: args.drain_timeout,
+        drain_signal: args.drain_signal.as_raw(),
+        // Watch mode: a crash waits for the next save, which brings the
+        // fix, instead of restarting the same broken code in a loop.
+        restart: match args.restart {
+            _ if watching => lifecycle::RestartRule::Wait,
+            cli::Restart::Always => lifecycle::RestartRule::Always,
+            cli::Restart::OnFailure => lifecycle::RestartRule::OnFailure,
+            cli::Restart::Never => lifecycle::RestartRule::Never,
+        },
+        max_draining: usize::from(args.max_draining),
+        probation: args.probation,
+        // Watch mode never gives up: the next save may fix it.
+        start_attempts: if watching {
+            u32::MAX
+        } else {
+            args.start_attempts
+        },
+        ready_settle: args.ready_settle,
+        ready_probe: false,
+        workers: args.workers,
+        rollout_batch: args.rollout_batch,
+        canary: args.canary,
+        max_worker_age: args.max_worker_age,
+    }
+}
+
+/// The settings of `hotsup run` that can still be refused as usage errors
+/// once the options parsed: the children's credentials and environment.
+/// Also what `hotsup __self-check` verifies before a self-upgrade, so that
+/// the new binary never finds them wrong after the exec.
+fn prepare(
+    args: &RunArgs,
+    listeners: usize,
+) -> Result<(Option<identity::Identity>, exec_env::ExecEnv), String> {
+    let identity = resolve_identity(args)?;
+    let exec = exec_env::build(
+        &exec_env::Given {
+            chdir: args.chdir.as_deref(),
+            env: &args.env,
+            env_files: &args.env_file,
+            umask: args.umask,
+            rlimits: &args.rlimit,
+        },
+        identity.as_ref(),
+        listeners,
+    )
+    .map_err(|e| e.to_string())?;
+    if let cli::ReadyMode::Delay(d) = args.ready {
+        if d >= args.ready_timeout {
+            return Err(format!(
+                "--ready delay:{} can never be reached: --ready-timeout is {}",
+                humantime::format_duration(d),
+                humantime::format_duration(args.ready_timeout)
+            ));
+        }
+    }
+    Ok((identity, exec))
+}
+
+/// `hotsup __self-check`, run by a hotsup about to exec this binary: reads
+/// its state from stdin and says whether this binary can take it over,
+/// without touching anything. Prints `hotsup VERSION` and exits 0, or the
+/// reason and exits 1.
+fn self_check() -> u8 {
+    let answer = |line: String, code: u8| {
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), "{line}");
+        code
+    };
+    let st = match std::os::fd::AsFd::as_fd(&std::io::stdin())
+        .try_clone_to_owned()
+        .map_err(state::StateError::from)
+        .and_then(state::read)
+    {
+        Ok(st) => st,
+        Err(e) => return answer(e.to_string(), 1),
+    };
+    let argv: Vec<std::ffi::OsString> = st.argv.iter().map(state::Os::to_os).collect();
+    let args = match Cli::try_parse_from(&argv).map(|c| c.command) {
+        Ok(Command::Run(args)) => args,
+        Ok(_) => return answer("the state's command line is not `hotsup run`".into(), 1),
+        Err(e) => {
+            return answer(
+                format!(
+                    "this hotsup does not accept the running one's options: {}",
+                    one_line(&e.render().to_string(), "hotsup run")
+                ),
+                1,
+            );
+        }
+    };
+    if !args.watch.is_empty() {
+        return answer("watch mode does not self-upgrade".into(), 1);
+    }
+    if let Err(e) = prepare(&args, st.listeners.len()) {
+        return answer(e, 1);
+    }
+    let now = std::time::Instant::now();
+    if let Err(e) = lifecycle::Core::import(policy_of(&args), &st.core, now) {
+        return answer(e.to_string(), 1);
+    }
+    answer(format!("hotsup {}", env!("CARGO_PKG_VERSION")), 0)
 }
 
 /// `--user`/`--group`, resolved and checked before anything is bound: an

@@ -42,6 +42,10 @@ use crate::lifecycle::{CoreImage, WorkerIdImage};
 /// The format this hotsup writes and reads.
 pub const FORMAT: u32 = 1;
 
+/// The hidden subcommand that checks a state (on stdin) before a
+/// self-upgrade.
+pub const CHECK_COMMAND: &str = "__self-check";
+
 /// The variable that names the state's fd in the exec'd process.
 pub const ENV_FD: &str = "HOTSUP_STATE_FD";
 
@@ -124,7 +128,7 @@ impl Os {
 }
 
 /// Which file a running binary is, as `hotsup status` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Binary {
     pub version: String,
@@ -135,6 +139,29 @@ pub struct Binary {
     pub size: u64,
     /// Modification time, seconds since the epoch.
     pub mtime: i64,
+}
+
+impl Default for Os {
+    fn default() -> Os {
+        Os::Text(String::new())
+    }
+}
+
+impl Binary {
+    /// The binary this process runs, as started from `path`: the file's
+    /// identity now (`/proc/self/exe` still reaches it once replaced).
+    pub fn current(path: &std::path::Path) -> Binary {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata("/proc/self/exe").ok();
+        Binary {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            path: Os::new(path.as_os_str()),
+            dev: meta.as_ref().map_or(0, MetadataExt::dev),
+            inode: meta.as_ref().map_or(0, MetadataExt::ino),
+            size: meta.as_ref().map_or(0, MetadataExt::size),
+            mtime: meta.as_ref().map_or(0, MetadataExt::mtime),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -348,6 +375,26 @@ impl State {
         .map_err(std::io::Error::from)?;
         Ok(file.into())
     }
+}
+
+/// Takes ownership of fd `fd`, handed over by the hotsup that exec'd this
+/// one, close-on-exec again (it was cleared for the exec only). `what`
+/// names it in the error.
+pub fn adopt_fd(fd: RawFd, what: &str) -> Result<OwnedFd, String> {
+    if fd < 3 {
+        return Err(format!("{what}: fd {fd} is stdio"));
+    }
+    // SAFETY: fcntl(F_GETFD) on a plain integer only asks whether it is
+    // open; no Rust object owns or borrows it yet.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+        return Err(format!("{what}: fd {fd} is not open"));
+    }
+    // SAFETY: the exec'ing hotsup handed this fd over for this purpose
+    // alone; it is open (checked above), and `State::check` refused a
+    // document that names an fd twice, so it is adopted once.
+    let owned = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let _ = rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC);
+    Ok(owned)
 }
 
 /// A read-only open file of its own on the memfd `fd`, for a reader that

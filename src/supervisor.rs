@@ -32,6 +32,9 @@ use crate::lifecycle::{
 use crate::notify;
 use crate::pinned::Pinned;
 
+mod selfup;
+pub use selfup::{CHECK_TIMEOUT, Setup};
+
 /// Channel events waiting for the loop; a child that floods its channel is
 /// slowed down by this bound instead of growing the supervisor.
 const CHANNEL_QUEUE: usize = 64;
@@ -63,6 +66,8 @@ pub struct Config {
     pub exec: crate::exec_env::ExecEnv,
     /// `--watch`: the development loop; `None` (nothing at all) otherwise.
     pub watch: Option<crate::watch::Watch>,
+    /// `hotsup upgrade --self`.
+    pub selfup: Option<Setup>,
 }
 
 /// A live worker's resources.
@@ -71,6 +76,8 @@ struct WorkerHandle {
     task: Option<JoinHandle<()>>,
     /// Reads its `NOTIFY_SOCKET`; aborting it closes and removes the socket.
     notify_task: Option<JoinHandle<()>>,
+    /// Its notify socket's fd (the task owns it) and path.
+    notify: Option<(std::os::fd::RawFd, std::path::PathBuf)>,
     cgroup: Option<GenCgroup>,
 }
 
@@ -107,6 +114,7 @@ pub struct Supervisor {
     watch: Option<crate::watch::Watch>,
     /// Processes besides the generations (a `--build`), reaped here too.
     aux: crate::aux::AuxProcesses,
+    selfup: selfup::SelfUp,
 }
 
 impl Supervisor {
@@ -120,6 +128,7 @@ impl Supervisor {
         let (notify_tx, notify_rx) = mpsc::channel(NOTIFY_QUEUE);
         let policy = cfg.policy.clone();
         let watch = cfg.watch.take();
+        let selfup = selfup::SelfUp::new(cfg.selfup.take());
         Supervisor {
             core: Core::new(policy, Instant::now().into_std()),
             cfg,
@@ -140,6 +149,7 @@ impl Supervisor {
             exit: None,
             watch,
             aux: crate::aux::AuxProcesses::default(),
+            selfup,
         }
     }
 
@@ -170,8 +180,10 @@ impl Supervisor {
         });
 
         crate::signals::release();
-        // With `--watch --build`, the first good build starts it.
-        if self
+        if self.selfup.adopted {
+            // Children that exited during the exec wait as zombies.
+            self.reap();
+        } else if self
             .watch
             .as_mut()
             .is_none_or(crate::watch::Watch::starts_at_once)
@@ -213,6 +225,10 @@ impl Supervisor {
                     self.feed(Input::Tick);
                 }
                 input = crate::watch::next(&mut self.watch, &mut self.aux) => self.feed(input),
+                next = self.selfup.next() => match next {
+                    selfup::Next::CheckTimedOut => self.self_check_timed_out(),
+                    selfup::Next::Exec => self.exec_self(),
+                },
             }
         }
     }
@@ -494,6 +510,7 @@ impl Supervisor {
             notify = socket.as_ref().map(|s| s.path.display().to_string()),
             "exec"
         );
+        let notify_fd = socket.as_ref().map(|s| (s.raw_fd(), s.path.clone()));
         let notify_task = socket.map(|sock| {
             let owner = notify::Owner {
                 pid,
@@ -510,6 +527,7 @@ impl Supervisor {
         let mut handle = WorkerHandle {
             channel: None,
             task: None,
+            notify: notify_fd,
             notify_task,
             cgroup,
         };
@@ -713,6 +731,10 @@ impl Supervisor {
                 Ok(Some((pid, status))) => {
                     let status = exit_info(&status);
                     if let Some(exit) = self.aux.reaped(pid, status) {
+                        if exit.kind == crate::aux::AuxKind::SelfCheck {
+                            self.self_check_exited(&exit);
+                            continue;
+                        }
                         if let Some(input) = crate::watch::aux_exited(&mut self.watch, &exit) {
                             self.feed(input);
                         }
@@ -793,6 +815,7 @@ impl Supervisor {
                     .reply
                     .send(Reply::error("events are streamed, not answered"));
             }
+            Request::SelfUpgrade { binary } => self.self_upgrade(binary, m.reply, m.written),
             Request::Scale { workers } => {
                 let t = self.ticket(m.reply);
                 self.feed(Input::Scale {
@@ -889,6 +912,7 @@ impl Supervisor {
             notify_dropped: self.strangers.total(),
             workers: snap.workers_target,
             log_lines_dropped: crate::logging::dropped_lines(),
+            binary: self.selfup.status(),
         }
     }
 }
