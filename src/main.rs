@@ -478,9 +478,13 @@ fn run(
         .unwrap_or_else(|| control::default_path(&name));
     // One thread: spawning from the thread that lives as long as hotsup
     // keeps PR_SET_PDEATHSIG meaningful, and the supervisor does no
-    // per-request work that could use more.
+    // per-request work that could use more. The blocking pool only closes
+    // replaced executables and reads files: one thread, gone a second
+    // after its last job, so hotsup at rest runs its loop and log writer.
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .max_blocking_threads(1)
+        .thread_keep_alive(std::time::Duration::from_secs(1))
         .build()
     {
         Ok(rt) => rt,

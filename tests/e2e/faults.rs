@@ -173,11 +173,13 @@ fn soak_a_thousand_upgrades_under_light_load() {
     for &(g, fds, rss, t) in &samples {
         assert_eq!(fds, fds0, "fds at generation {g}: {samples:?}");
         assert!(rss <= rss0 + 1024, "RSS at generation {g}: {samples:?}");
-        assert_eq!(
-            t, 2,
-            "hotsup runs two threads: its event loop and its log writer"
-        );
+        // The loop, the log writer, and at most one blocking-pool thread
+        // that closes replaced executables off the loop.
+        assert!(t <= 3, "threads at generation {g}: {samples:?}");
     }
+    crate::util::eventually("hotsup back to its loop and log writer", || {
+        threads(h.pid) == 2
+    });
     assert!(zombies_of(h.pid).is_empty());
     h.signal(Signal::TERM);
     assert_eq!(h.wait_exit(WAIT).code(), Some(0));
