@@ -485,6 +485,7 @@ fn run(
         .enable_all()
         .max_blocking_threads(1)
         .thread_keep_alive(std::time::Duration::from_secs(1))
+        .on_thread_start(signals::hold_in_this_thread)
         .build()
     {
         Ok(rt) => rt,

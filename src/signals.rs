@@ -43,6 +43,15 @@ pub fn release() {
     mask(libc::SIG_UNBLOCK);
 }
 
+/// Blocks every handled signal in the calling thread for its whole life:
+/// for the runtime's blocking-pool thread, so that hotsup's signals reach
+/// the loop's thread only. Otherwise one sent while the loop's thread holds
+/// them (across the `execve` of `hotsup upgrade --self`) would go to that
+/// thread, whose handler would take it, and the exec would lose it.
+pub fn hold_in_this_thread() {
+    mask(libc::SIG_BLOCK);
+}
+
 /// Signals by name, for `--drain-signal`, `hotsup signal` and logs.
 const NAMES: [(i32, &str); 20] = [
     (libc::SIGHUP, "SIGHUP"),
