@@ -502,6 +502,19 @@ fn status_text(s: &control::Status) -> String {
         let _ = writeln!(out, "last good: {}", clean(p));
     }
     let _ = writeln!(out, "log lines dropped: {}", s.log_lines_dropped);
+    if !s.binary.path.is_empty() {
+        let _ = writeln!(
+            out,
+            "binary: {} (build {}); self-upgrades: {}, refused or failed: {}",
+            clean(&s.binary.path),
+            clean(&s.binary.build),
+            s.binary.self_upgrades,
+            s.binary.self_upgrades_failed
+        );
+        if let Some(e) = &s.binary.last_self_upgrade_error {
+            let _ = writeln!(out, "last self-upgrade error: {}", clean(e));
+        }
+    }
     out
 }
 

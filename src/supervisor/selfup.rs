@@ -544,7 +544,7 @@ impl Supervisor {
             to_version = env!("CARGO_PKG_VERSION"),
             workers = st.workers.len(),
             listeners = st.listeners.len(),
-            exec_ms = u64::try_from(ago.as_millis()).unwrap_or(u64::MAX),
+            exec_us = u64::try_from(ago.as_micros()).unwrap_or(u64::MAX),
             self_upgrades = s.selfup.setup.count,
             "self_upgraded"
         );
