@@ -5,7 +5,7 @@
 //! ```text
 //! testchild [--mode-file PATH] [--ready-delay-ms N] [--crash-after-ms N]
 //!           [--unhealthy-after-ms N] [--protocol 1|2] [--dump-listeners]
-//!           [--listen ADDR]
+//!           [--http-on NAME] [--listen ADDR]
 //! ```
 //!
 //! `--protocol 2` (the default) answers a version 2 supervisor's `HELLO`
@@ -35,7 +35,8 @@
 //! `--dump-listeners` prints `listener <index> <name> <kind> <address>` per
 //! inherited listener and answers on every one of them instead of serving
 //! HTTP: TCP and Unix connections get `<name>\n`, UDP datagrams are echoed
-//! prefixed with `<name> `.
+//! prefixed with `<name> `. With `--http-on NAME` as well, the TCP
+//! listener NAME serves HTTP as in `serve` instead.
 //!
 //! Stdout lines, each flushed at once: `testchild ready pid=<pid>
 //! generation=<g>` after `ready()`, `testchild paused pid=<pid>` and
@@ -106,6 +107,8 @@ struct Args {
     unhealthy_after: Option<Duration>,
     protocol: u32,
     dump_listeners: bool,
+    /// With `dump_listeners`: the TCP listener that serves HTTP.
+    http_on: Option<String>,
     grandchild: bool,
     listen: String,
 }
@@ -127,6 +130,7 @@ fn parse_args() -> Args {
         unhealthy_after: None,
         protocol: 2,
         dump_listeners: false,
+        http_on: None,
         grandchild: false,
         listen: "127.0.0.1:0".into(),
     };
@@ -152,6 +156,10 @@ fn parse_args() -> Args {
                 _ => usage("--protocol needs 1 or 2"),
             },
             "--dump-listeners" => args.dump_listeners = true,
+            "--http-on" => match it.next() {
+                Some(name) => args.http_on = Some(name),
+                None => usage("--http-on needs a listener name"),
+            },
             "--grandchild" => args.grandchild = true,
             "--listen" => match it.next() {
                 Some(addr) => args.listen = addr,
@@ -231,7 +239,7 @@ fn main() {
     // generation (not even one that never serves) can leave an older one
     // stuck in a blocking accept.
     let sockets = if args.dump_listeners {
-        take_all_listeners()
+        take_all_listeners(args.http_on.as_deref())
     } else {
         let taken = hotsup_child::first_tcp()
             .or_bind(args.listen.as_str())
@@ -328,7 +336,7 @@ fn main() {
     };
     lifecycle.wait_drain();
     say(&format!("testchild draining pid={pid}"));
-    if args.dump_listeners {
+    if args.dump_listeners && args.http_on.is_none() {
         // The dump answers are one-shot; nothing is in flight to finish.
         std::process::exit(0);
     }
@@ -449,7 +457,7 @@ enum Socket {
 }
 
 /// Takes every inherited listener and prints one line per listener.
-fn take_all_listeners() -> Vec<Socket> {
+fn take_all_listeners(http_on: Option<&str>) -> Vec<Socket> {
     let mut sockets = Vec::new();
     for (index, l) in hotsup_child::listeners().iter().enumerate() {
         say(&format!(
@@ -460,6 +468,9 @@ fn take_all_listeners() -> Vec<Socket> {
         ));
         let name = l.name().to_owned();
         let taken = match l.kind() {
+            Kind::Tcp if http_on == Some(name.as_str()) => {
+                hotsup_child::tcp(&name).nonblocking().map(Socket::Http)
+            }
             Kind::Tcp => hotsup_child::tcp(&name)
                 .nonblocking()
                 .map(|s| Socket::TcpName(s, name)),

@@ -101,7 +101,7 @@ pub enum Pass<'a> {
     /// A `SOCK_SEQPACKET` channel at the fd named by `HOTSUP_FD`.
     Native,
     /// systemd socket activation: the listeners at fds 3, 4, ...
-    Systemd(&'a [Listener]),
+    Systemd(&'a [std::sync::Arc<Listener>]),
 }
 
 /// The hidden subcommand through which hotsup re-executes itself in the

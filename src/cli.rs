@@ -227,7 +227,12 @@ pub fn parse_ready(s: &str) -> Result<ReadyMode, String> {
     }
 }
 
-const RUN_HELP: &str = "\
+/// `run --help`'s epilogue; the watch examples only in a build that has
+/// watch mode.
+macro_rules! run_help {
+    ($watch:literal) => {
+        concat!(
+            "\
 Signals:
   SIGUSR2, SIGHUP   upgrade: start a new generation, drain the old one when
                     the new one is ready
@@ -242,14 +247,25 @@ Examples:
   hotsup run -l http=[::]:80 -l admin=unix:/run/app.sock --unix-mode 660 -- ./server --flag
   hotsup upgrade                 # from another terminal: upgrade and wait
   hotsup upgrade --name server   # the same, when several hotsups run
-  hotsup run --watch src --watch templates --build 'cargo build' \
-      -l 127.0.0.1:8080 -- ./target/debug/myapp
-  hotsup run --watch src --build 'cargo build' --livereload 127.0.0.1:35729 \
-      -l 127.0.0.1:8080 -- ./target/debug/myapp
-
+",
+            $watch,
+            "
 Exit codes:
   0  clean exit, 1  runtime failure, 2  usage error, or the child's own code
-  (128+signal) when it stopped and was not restarted";
+  (128+signal) when it stopped and was not restarted",
+        )
+    };
+}
+#[cfg(feature = "watch")]
+const RUN_HELP: &str = run_help!(
+    "  hotsup run --watch src --watch templates --build 'cargo build' \\
+      -l 127.0.0.1:8080 -- ./target/debug/myapp
+  hotsup run --watch src --build 'cargo build' --livereload 127.0.0.1:35729 \\
+      -l 127.0.0.1:8080 -- ./target/debug/myapp
+"
+);
+#[cfg(not(feature = "watch"))]
+const RUN_HELP: &str = run_help!("");
 
 /// When to restart a child that exits while serving.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -275,6 +291,15 @@ impl Restart {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
+    /// Read these options from FILE (TOML: each key a long option without
+    /// its dashes, `command = ["./app", "arg"]` for COMMAND; see the
+    /// README). Options on the command line win. hotsup reads it again at
+    /// every upgrade: listeners are added and removed, and the command,
+    /// environment and timeouts apply from the new generation on; a file
+    /// that does not parse refuses the upgrade.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+
     /// Listen on ADDR, optionally naming it: HOST:PORT, [V6]:PORT,
     /// tcp://HOST:PORT, udp://HOST:PORT or unix:/path. Repeatable. Port 0
     /// picks a free port; the bound address is logged and passed to the

@@ -272,6 +272,13 @@ pub struct ListenerStatus {
     /// `fd-store` (kept by systemd across a restart of hotsup).
     #[serde(default)]
     pub source: String,
+    /// The generations that were given it.
+    #[serde(default)]
+    pub generations: Vec<u64>,
+    /// Removed from the config file: new generations do not get it; it
+    /// closes once no generation uses it.
+    #[serde(default)]
+    pub removed: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -249,6 +249,26 @@ pub fn log(ev: &Event) {
             detail,
         } => at!(generation, slot, pid, detail = %detail, "channel_closed"),
         Event::Exiting { code } => at!(code, "exiting"),
+        Event::ConfigReloaded {
+            path,
+            changed,
+            added,
+            removed,
+            ignored,
+        } => at!(
+            path = %path,
+            changed = %changed.join(","),
+            added = %added.join(","),
+            removed = %removed.join(","),
+            ignored = %ignored.join(","),
+            "config_reloaded"
+        ),
+        Event::ConfigRejected { path, reason } => {
+            at!(path = %path, reason = %reason, "config_rejected")
+        }
+        Event::ListenerClosed { name, address } => {
+            at!(name = %name, address = %address, "listener_closed")
+        }
     }
 }
 

@@ -14,7 +14,6 @@
 
 use std::io::IoSlice;
 use std::mem::MaybeUninit;
-use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd};
 
 use clap::ValueEnum;
@@ -23,7 +22,7 @@ use rustix::net::{
     SocketFlags, SocketType,
 };
 
-use crate::listeners::{Address, ListenSpec, Listener};
+use crate::listeners::{ListenSpec, Listener};
 
 /// Prefix of the names hotsup gives its sockets in the store.
 const PREFIX: &str = "hs.";
@@ -41,6 +40,7 @@ pub enum Mode {
 }
 
 /// The store, when there is one to use.
+#[derive(Debug, Clone, Copy)]
 pub struct FdStore;
 
 impl FdStore {
@@ -123,77 +123,10 @@ pub fn split(adopted: Vec<Listener>) -> (Vec<Listener>, Vec<Listener>) {
 }
 
 /// Takes the stored socket that `spec`, named `name`, describes, if one
-/// does: same name, same kind, and the same address. A host that is a name
-/// rather than an IP is not resolved again: its port alone must match.
+/// does: same name, and [`Listener::is_bound_to`] its address.
 pub fn take(stored: &mut Vec<Listener>, spec: &ListenSpec, name: &str) -> Option<Listener> {
-    let pos = stored.iter().position(|l| {
-        l.info.name == name && matches(&spec.address, l.info.kind, &l.info.address)
-    })?;
+    let pos = stored
+        .iter()
+        .position(|l| l.info.name == name && l.is_bound_to(&spec.address))?;
     Some(stored.remove(pos))
-}
-
-fn matches(want: &Address, kind: hotsup_protocol::Kind, have: &str) -> bool {
-    use hotsup_protocol::Kind;
-    match (want, kind) {
-        (Address::Tcp(hp), Kind::Tcp) | (Address::Udp(hp), Kind::Udp) => {
-            let Ok(have) = have.parse::<SocketAddr>() else {
-                return false;
-            };
-            match hp.parse::<SocketAddr>() {
-                // Port 0 asked for any port: the one the kernel chose
-                // last time will do.
-                Ok(w) => w.ip() == have.ip() && (w.port() == 0 || w.port() == have.port()),
-                Err(_) => hp
-                    .rsplit_once(':')
-                    .and_then(|(_, p)| p.parse::<u16>().ok())
-                    .is_some_and(|p| p == 0 || p == have.port()),
-            }
-        }
-        (Address::Unix(path), Kind::Unix) => path.as_os_str() == have,
-        _ => false,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use hotsup_protocol::Kind;
-
-    fn tcp(s: &str) -> Address {
-        Address::Tcp(s.to_string())
-    }
-
-    #[test]
-    fn a_stored_socket_matches_only_the_same_address() {
-        assert!(matches(&tcp("127.0.0.1:8080"), Kind::Tcp, "127.0.0.1:8080"));
-        assert!(matches(&tcp("[::1]:8080"), Kind::Tcp, "[::1]:8080"));
-        assert!(matches(&tcp("127.0.0.1:0"), Kind::Tcp, "127.0.0.1:41234"));
-        assert!(!matches(
-            &tcp("127.0.0.1:8081"),
-            Kind::Tcp,
-            "127.0.0.1:8080"
-        ));
-        assert!(!matches(&tcp("0.0.0.0:8080"), Kind::Tcp, "127.0.0.1:8080"));
-        assert!(!matches(
-            &tcp("127.0.0.1:8080"),
-            Kind::Udp,
-            "127.0.0.1:8080"
-        ));
-        assert!(matches(
-            &Address::Udp("127.0.0.1:53".into()),
-            Kind::Udp,
-            "127.0.0.1:53"
-        ));
-        // A name is not resolved again; its port decides.
-        assert!(matches(&tcp("localhost:8080"), Kind::Tcp, "127.0.0.1:8080"));
-        assert!(!matches(
-            &tcp("localhost:8081"),
-            Kind::Tcp,
-            "127.0.0.1:8080"
-        ));
-        let unix = Address::Unix("/run/app.sock".into());
-        assert!(matches(&unix, Kind::Unix, "/run/app.sock"));
-        assert!(!matches(&unix, Kind::Unix, "/run/other.sock"));
-        assert!(!matches(&unix, Kind::Tcp, "/run/app.sock"));
-    }
 }

@@ -18,14 +18,16 @@ use crate::listeners::Listener;
 /// child spewing garbage cannot flood the log or busy the supervisor.
 const MAX_BAD_MESSAGES: u32 = 10;
 
-/// The listeners every generation receives, encoded once.
+/// The listeners a generation receives, encoded once. Generations started
+/// before a config file changed the listeners keep the set they started
+/// with; a listener stays open while any of them holds it.
 pub struct Outbox {
-    pub listeners: Vec<Listener>,
+    pub listeners: Vec<Arc<Listener>>,
     chunks: Vec<(Vec<u8>, std::ops::Range<usize>)>,
 }
 
 impl Outbox {
-    pub fn new(listeners: Vec<Listener>) -> Result<Outbox, hotsup_protocol::EncodeError> {
+    pub fn new(listeners: Vec<Arc<Listener>>) -> Result<Outbox, hotsup_protocol::EncodeError> {
         let infos: Vec<ListenerInfo> = listeners.iter().map(|l| l.info.clone()).collect();
         let chunks = hotsup_protocol::chunk_listeners(&infos)
             .into_iter()
@@ -121,6 +123,10 @@ pub async fn run(
             return;
         }
     }
+    // The child has its copies: the set may close a listener the config
+    // file removed once no generation holds it, and this task must not
+    // keep it open.
+    drop(outbox);
     emit(ChannelEvent::HandedOff {
         elapsed: start.elapsed(),
     })

@@ -448,6 +448,23 @@ impl Core {
         }
     }
 
+    /// Whether generation `g` still exists: it has workers, alive or to be
+    /// restarted.
+    pub fn has_generation(&self, g: GenId) -> bool {
+        self.gens.contains_key(&g)
+    }
+
+    /// Changes the rules from now on (a config file read for an upgrade):
+    /// deadlines already set keep their time, later ones use the new
+    /// values. A changed `workers` sizes the next generation, as `hotsup
+    /// scale` does; an unchanged one leaves a `hotsup scale` in place.
+    pub fn set_policy(&mut self, policy: Policy) {
+        if policy.workers != self.policy.workers {
+            self.workers_target = policy.workers.max(1);
+        }
+        self.policy = policy;
+    }
+
     /// Applies one input at time `now` and returns what the shell must do,
     /// in order.
     pub fn handle(&mut self, now: Instant, input: Input) -> Vec<Effect> {
@@ -1737,11 +1754,12 @@ impl Core {
         let on_spawn = std::mem::take(&mut g.on_spawn);
         let origin = g.origin;
         let spawned = g.workers.iter().any(|w| w.spawned);
-        self.kill_generation(now, id, KillCause::FailedStart, fx);
-        // The old pool gives back the slots it lent to this rollout.
+        // The old pool takes back the slots it lent to this rollout first,
+        // so that its paused workers accept again before any new one stops.
         if let Some(old) = self.serving() {
             self.restore_pool(now, old, fx);
         }
+        self.retire_failed_rollout(now, id, fx);
         let generation = spawned.then_some(id);
         let serving = self.serving();
         for t in waiters.into_iter().chain(on_spawn) {
@@ -1861,6 +1879,30 @@ impl Core {
             }
         }
         self.forget_if_gone(id);
+    }
+
+    /// The new workers of a rollout that failed. Those already serving
+    /// drain: they are healthy (a sibling failed), and a kill would lose
+    /// the requests they accepted. Those still starting are killed.
+    fn retire_failed_rollout(&mut self, now: Instant, id: GenId, fx: &mut Vec<Effect>) {
+        let timeout = self.policy.drain_timeout;
+        let sig = self.policy.drain_signal;
+        let Some(g) = self.gens.get_mut(&id) else {
+            return;
+        };
+        g.role = Role::Retiring;
+        g.slot_restarts.clear();
+        for w in g.workers.iter_mut().filter(|w| w.present()) {
+            match w.state {
+                WState::Serving { .. } | WState::Paused { .. } => {
+                    drain_worker(w, now, timeout, sig, fx)
+                }
+                WState::Starting { .. } => kill_worker(w, now, KillCause::FailedStart, fx),
+                WState::Draining { .. } | WState::Killing { .. } => {}
+            }
+        }
+        self.forget_if_gone(id);
+        self.enforce_max_draining(now, fx);
     }
 
     /// SIGKILLs every worker of a generation and waits to reap them.

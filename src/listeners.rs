@@ -7,6 +7,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use hotsup_protocol::{Kind, ListenerInfo, valid_name};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
@@ -199,14 +200,59 @@ pub struct Listener {
     pub info: ListenerInfo,
     pub origin: Origin,
     socket: OwnedFd,
-    /// The Unix socket file we created and must remove at exit, with its
-    /// device and inode so we never remove a file that replaced ours.
-    owned_path: Option<(PathBuf, u64, u64)>,
+    /// The Unix socket file we created and must remove once no listener
+    /// serves it (a renamed listener shares it with its original).
+    owned_path: Option<Arc<SocketFile>>,
+}
+
+/// A Unix socket file hotsup created, removed when dropped, with its device
+/// and inode so that a file that replaced ours is never removed.
+#[derive(Debug)]
+struct SocketFile {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl SocketFile {
+    fn at(path: &Path) -> io::Result<SocketFile> {
+        let meta = std::fs::symlink_metadata(path)?;
+        Ok(SocketFile {
+            path: path.to_path_buf(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        if let Ok(meta) = std::fs::symlink_metadata(&self.path) {
+            if meta.dev() == self.dev && meta.ino() == self.ino {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
+    }
 }
 
 impl Listener {
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.socket.as_fd()
+    }
+
+    /// The same socket under another name (a listener renamed in the
+    /// config file keeps its socket: it is never bound again).
+    pub fn renamed(&self, name: &str) -> io::Result<Listener> {
+        let socket = rustix::io::fcntl_dupfd_cloexec(&self.socket, 3)?;
+        Ok(Listener {
+            info: ListenerInfo {
+                name: name.to_string(),
+                ..self.info.clone()
+            },
+            origin: self.origin,
+            socket,
+            owned_path: self.owned_path.clone(),
+        })
     }
 
     /// Takes on removing the socket file of a Unix listener that an earlier
@@ -216,12 +262,15 @@ impl Listener {
         if self.info.kind != Kind::Unix || self.info.address.starts_with('@') {
             return;
         }
-        let path = PathBuf::from(&self.info.address);
-        if let Ok(meta) = std::fs::symlink_metadata(&path) {
-            if meta.file_type().is_socket() {
-                self.owned_path = Some((path, meta.dev(), meta.ino()));
-            }
+        let path = Path::new(&self.info.address);
+        if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+            self.owned_path = SocketFile::at(path).ok().map(Arc::new);
         }
+    }
+
+    /// Whether this is the socket `address` asks for (see [`describes`]).
+    pub fn is_bound_to(&self, address: &Address) -> bool {
+        describes(address, self.info.kind, &self.info.address)
     }
 }
 
@@ -246,10 +295,10 @@ impl Listener {
                 Origin::Restored => ListenerOrigin::Restored,
             },
             fd: self.socket.as_raw_fd(),
-            owned_file: self.owned_path.as_ref().map(|(path, dev, ino)| OwnedFile {
-                path: Os::new(path.as_os_str()),
-                dev: *dev,
-                inode: *ino,
+            owned_file: self.owned_path.as_ref().map(|f| OwnedFile {
+                path: Os::new(f.path.as_os_str()),
+                dev: f.dev,
+                inode: f.ino,
             }),
         }
     }
@@ -258,7 +307,10 @@ impl Listener {
     /// one. The fd must be the socket the state describes: its type is
     /// checked, so that a mix-up of numbers is an error, not a listener
     /// that hands out the wrong socket.
-    pub fn adopt(st: &crate::state::ListenerState) -> Result<Listener, String> {
+    fn adopt(
+        st: &crate::state::ListenerState,
+        files: &mut Vec<Arc<SocketFile>>,
+    ) -> Result<Listener, String> {
         use crate::state::{ListenerKind, ListenerOrigin};
         // SAFETY: fcntl(F_GETFD) on a plain integer only asks whether it is
         // open; no Rust object owns or borrows it yet.
@@ -304,23 +356,60 @@ impl Listener {
                 ListenerOrigin::Restored => Origin::Restored,
             },
             socket,
-            owned_path: st
-                .owned_file
-                .as_ref()
-                .map(|f| (f.path.to_path(), f.dev, f.inode)),
+            owned_path: st.owned_file.as_ref().map(|f| {
+                // A renamed listener shares its original's file: one
+                // SocketFile, removed once neither serves.
+                let path = f.path.to_path();
+                match files
+                    .iter()
+                    .find(|s| (s.dev, s.ino) == (f.dev, f.inode) && s.path == path)
+                {
+                    Some(s) => s.clone(),
+                    None => {
+                        let s = Arc::new(SocketFile {
+                            path,
+                            dev: f.dev,
+                            ino: f.inode,
+                        });
+                        files.push(s.clone());
+                        s
+                    }
+                }
+            }),
         })
+    }
+
+    /// Takes over every listener of the hotsup that exec'd this one, in
+    /// the order of its table.
+    pub fn adopt_all(table: &[crate::state::ListenerState]) -> Result<Vec<Listener>, String> {
+        let mut files = Vec::new();
+        table
+            .iter()
+            .map(|st| Listener::adopt(st, &mut files))
+            .collect()
     }
 }
 
-impl Drop for Listener {
-    fn drop(&mut self) {
-        if let Some((path, dev, ino)) = &self.owned_path {
-            if let Ok(meta) = std::fs::symlink_metadata(path) {
-                if meta.dev() == *dev && meta.ino() == *ino {
-                    let _ = std::fs::remove_file(path);
-                }
+/// Whether `address` asks for the socket of `kind` bound to `have`: same
+/// kind and the same address. A host that is a name rather than an IP is
+/// not resolved again: its port alone must match. Port 0 (any port) matches
+/// the port the kernel chose.
+fn describes(address: &Address, kind: Kind, have: &str) -> bool {
+    match (address, kind) {
+        (Address::Tcp(hp), Kind::Tcp) | (Address::Udp(hp), Kind::Udp) => {
+            let Ok(have) = have.parse::<SocketAddr>() else {
+                return false;
+            };
+            match hp.parse::<SocketAddr>() {
+                Ok(w) => w.ip() == have.ip() && (w.port() == 0 || w.port() == have.port()),
+                Err(_) => hp
+                    .rsplit_once(':')
+                    .and_then(|(_, p)| p.parse::<u16>().ok())
+                    .is_some_and(|p| p == 0 || p == have.port()),
             }
         }
+        (Address::Unix(path), Kind::Unix) => path.as_os_str() == have,
+        _ => false,
     }
 }
 
@@ -576,26 +665,18 @@ fn describe(e: &io::Error, what: &str) -> String {
     }
 }
 
-fn bind_one(spec: &ListenSpec, name: String, opts: &BindOptions) -> Result<Listener, BindError> {
+pub fn bind_one(
+    spec: &ListenSpec,
+    name: String,
+    opts: &BindOptions,
+) -> Result<Listener, BindError> {
     let bind_err = |e: io::Error, what: &str| BindError::Bind {
         spec: spec.raw.clone(),
         cause: describe(&e, what),
     };
     let (socket, address, owned_path) = match &spec.address {
         Address::Tcp(hp) | Address::Udp(hp) => {
-            let (addr, others) = resolve(hp).map_err(|source| BindError::Resolve {
-                spec: spec.raw.clone(),
-                source,
-            })?;
-            if !others.is_empty() {
-                let others: Vec<String> = others.iter().map(ToString::to_string).collect();
-                tracing::warn!(
-                    listen = %spec.raw,
-                    bound = %addr,
-                    not_bound = %others.join(" "),
-                    "several_addresses"
-                );
-            }
+            let addr = resolve_one(&spec.raw, hp)?;
             let tcp = matches!(spec.address, Address::Tcp(_));
             let (ty, proto) = if tcp {
                 (Type::STREAM, Protocol::TCP)
@@ -646,7 +727,11 @@ fn bind_one(spec: &ListenSpec, name: String, opts: &BindOptions) -> Result<Liste
             let meta = std::fs::symlink_metadata(path).map_err(|e| bind_err(e, "path"))?;
             // Record ownership before anything else can fail, so the file is
             // removed on every error path below.
-            let owned = Some((path.clone(), meta.dev(), meta.ino()));
+            let owned = Some(Arc::new(SocketFile {
+                path: path.clone(),
+                dev: meta.dev(),
+                ino: meta.ino(),
+            }));
             let listener = Listener {
                 info: ListenerInfo {
                     name: name.clone(),
@@ -672,6 +757,48 @@ fn bind_one(spec: &ListenSpec, name: String, opts: &BindOptions) -> Result<Liste
         origin: Origin::Bound,
         owned_path,
     })
+}
+
+impl ListenSpec {
+    /// This spec with its host name looked up (blocking: off the event
+    /// loop), so that binding it later needs no lookup. An IP, or a Unix
+    /// path, is unchanged.
+    pub fn resolved(&self) -> Result<ListenSpec, BindError> {
+        let (Address::Tcp(hp) | Address::Udp(hp)) = &self.address else {
+            return Ok(self.clone());
+        };
+        if hp.parse::<SocketAddr>().is_ok() {
+            return Ok(self.clone());
+        }
+        let addr = resolve_one(&self.raw, hp)?;
+        let address = match self.address {
+            Address::Tcp(_) => Address::Tcp(addr.to_string()),
+            _ => Address::Udp(addr.to_string()),
+        };
+        Ok(ListenSpec {
+            address,
+            ..self.clone()
+        })
+    }
+}
+
+/// The address `--listen` RAW's HOST:PORT binds: the first the resolver
+/// gives, with a warning naming the others, which one socket cannot serve.
+fn resolve_one(raw: &str, hp: &str) -> Result<SocketAddr, BindError> {
+    let (addr, others) = resolve(hp).map_err(|source| BindError::Resolve {
+        spec: raw.to_string(),
+        source,
+    })?;
+    if !others.is_empty() {
+        let others: Vec<String> = others.iter().map(ToString::to_string).collect();
+        tracing::warn!(
+            listen = %raw,
+            bound = %addr,
+            not_bound = %others.join(" "),
+            "several_addresses"
+        );
+    }
+    Ok(addr)
 }
 
 /// The address a listener binds, and the others its host name resolves to.
@@ -746,6 +873,50 @@ mod tests {
 
     fn p(s: &str) -> Result<ListenSpec, SpecError> {
         s.parse()
+    }
+
+    #[test]
+    fn an_address_describes_only_the_same_socket() {
+        let tcp = |s: &str| Address::Tcp(s.to_string());
+        assert!(describes(
+            &tcp("127.0.0.1:8080"),
+            Kind::Tcp,
+            "127.0.0.1:8080"
+        ));
+        assert!(describes(&tcp("[::1]:8080"), Kind::Tcp, "[::1]:8080"));
+        assert!(describes(&tcp("127.0.0.1:0"), Kind::Tcp, "127.0.0.1:41234"));
+        assert!(!describes(
+            &tcp("127.0.0.1:8081"),
+            Kind::Tcp,
+            "127.0.0.1:8080"
+        ));
+        assert!(!describes(
+            &tcp("0.0.0.0:8080"),
+            Kind::Tcp,
+            "127.0.0.1:8080"
+        ));
+        assert!(!describes(
+            &tcp("127.0.0.1:8080"),
+            Kind::Udp,
+            "127.0.0.1:8080"
+        ));
+        let udp = Address::Udp("127.0.0.1:53".into());
+        assert!(describes(&udp, Kind::Udp, "127.0.0.1:53"));
+        // A name is not resolved again; its port decides.
+        assert!(describes(
+            &tcp("localhost:8080"),
+            Kind::Tcp,
+            "127.0.0.1:8080"
+        ));
+        assert!(!describes(
+            &tcp("localhost:8081"),
+            Kind::Tcp,
+            "127.0.0.1:8080"
+        ));
+        let unix = Address::Unix("/run/app.sock".into());
+        assert!(describes(&unix, Kind::Unix, "/run/app.sock"));
+        assert!(!describes(&unix, Kind::Unix, "/run/other.sock"));
+        assert!(!describes(&unix, Kind::Tcp, "/run/app.sock"));
     }
 
     #[test]

@@ -10,8 +10,8 @@ use clap::Parser;
 use hotsup::cli::{self, Cli, Command, RunArgs};
 use hotsup::listeners::{self, BindOptions};
 use hotsup::{
-    child, client, control, exec_env, handoff, identity, lifecycle, logging, notify, signals,
-    state, supervisor, watch,
+    child, client, config, control, handoff, identity, lifecycle, logging, notify, reload,
+    settings, signals, state, supervisor, watch,
 };
 
 const EXIT_RUNTIME: u8 = 1;
@@ -49,7 +49,14 @@ fn main() -> ExitCode {
                     )));
                 }
             };
-            let code = run(*args, separated, cli.log_format, inherited);
+            let code = match with_config(*args, &argv) {
+                Ok((args, reload)) => {
+                    // COMMAND from the file is its own: nothing misplaced.
+                    let separated = separated || reload.is_some();
+                    run(args, reload, separated, cli.log_format, inherited)
+                }
+                Err(e) => usage(e),
+            };
             // Writes what is still queued, `exiting` included.
             drop(log);
             ExitCode::from(code)
@@ -144,27 +151,15 @@ fn subcommand_of(argv: &[std::ffi::OsString]) -> String {
     path.join(" ")
 }
 
-/// clap's rendered error in one line: the cause (its first paragraph; a
-/// missing-argument error lists the arguments on indented lines), then its
-/// tips, then which help to read.
+/// clap's rendered error in one line: the cause, then its tips, then which
+/// help to read.
 fn one_line(rendered: &str, subcommand: &str) -> String {
-    let mut cause = String::new();
-    let mut tips: Vec<&str> = Vec::new();
-    let mut in_cause = true;
-    for l in rendered.lines().map(str::trim) {
-        if l.is_empty() {
-            in_cause = false;
-        } else if in_cause {
-            if !cause.is_empty() {
-                cause.push(' ');
-            }
-            cause.push_str(l);
-        } else if l.starts_with("tip:") {
-            tips.push(l);
-        }
-    }
-    let mut line = cause.strip_prefix("error: ").unwrap_or(&cause).to_string();
-    for tip in tips {
+    let mut line = hotsup::config::clap_cause(rendered);
+    for tip in rendered
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("tip:"))
+    {
         line.push_str("; ");
         line.push_str(tip);
     }
@@ -229,8 +224,23 @@ fn hotsup_options_among(args: &[std::ffi::OsString]) -> Vec<String> {
         .collect()
 }
 
+/// `run`'s options, with those of `--config FILE` if given.
+fn with_config(
+    args: RunArgs,
+    argv: &[std::ffi::OsString],
+) -> Result<(RunArgs, Option<reload::Reload>), config::Error> {
+    let Some(path) = args.config.clone() else {
+        return Ok((args, None));
+    };
+    let file = config::ConfigFile::new(argv, &path);
+    let loaded = file.load()?;
+    let args = file.run_args(&loaded)?;
+    Ok((args, Some(reload::Reload { file, loaded })))
+}
+
 fn run(
     args: RunArgs,
+    reload: Option<reload::Reload>,
     separated: bool,
     log_format: cli::LogFormat,
     inherited: Option<state::State>,
@@ -247,12 +257,7 @@ fn run(
     // Sockets handed to hotsup itself by socket activation come first;
     // after a self-upgrade, the old process's are all there is.
     let adopted = match &inherited {
-        Some(st) => match st
-            .listeners
-            .iter()
-            .map(listeners::Listener::adopt)
-            .collect::<Result<Vec<_>, String>>()
-        {
+        Some(st) => match listeners::Listener::adopt_all(&st.listeners) {
             Ok(l) => l,
             Err(e) => return runtime_failure(format!("self-upgrade: {e}")),
         },
@@ -306,18 +311,23 @@ fn run(
             return usage(format!("--watch {}: {e}", p.display()));
         }
     }
+    let identity = match resolve_identity(&args) {
+        Ok(id) => id,
+        Err(e) => return usage(e),
+    };
     let listener_count = if taking_over {
         adopted.len()
     } else {
         adopted.len() + args.listen.len()
     };
-    let (identity, exec) = match prepare(&args, listener_count) {
-        Ok(p) => p,
+    let derived = match settings::derive(&args, identity.as_ref(), listener_count) {
+        Ok(d) => d,
         Err(e) => return usage(e),
     };
+    let exec = &derived.launch.exec;
     // Logged once every check passed, so that a usage error stays one line.
     if let Some(id) = &identity {
-        tracing::info!("children run as {} ({})", id.describe(), id.given);
+        tracing::info!(user = %id.describe(), given = %id.given, "identity");
     }
     if !exec.is_empty() {
         // Names only: values may be secrets.
@@ -371,7 +381,7 @@ fn run(
         }
         tracing::info!(name = %l.info.name, address = %l.info.address, "fd_store_dropped");
     }
-    for l in &bound {
+    for l in bound.iter().filter(|_| !taking_over) {
         tracing::info!(name = %l.info.name, kind = %l.info.kind, address = %l.info.address, "listening");
     }
     let livereload = match args.livereload.map(std::net::TcpListener::bind) {
@@ -394,7 +404,7 @@ fn run(
         command: program.into(),
         nofile: original_nofile,
     });
-    let outbox = match handoff::Outbox::new(bound) {
+    let outbox = match handoff::Outbox::new(bound.into_iter().map(std::sync::Arc::new).collect()) {
         Ok(o) => o,
         Err(e) => return runtime_failure(format!("cannot describe listeners: {e}")),
     };
@@ -410,6 +420,7 @@ fn run(
         None => hotsup::cgroup::Cgroups::detect(args.cgroup),
     };
     let cgroups = match cgroups {
+        Ok(Some(c)) if taking_over => Some(c),
         Ok(Some(c)) => {
             tracing::info!(
                 base = %c.base().display(),
@@ -438,31 +449,38 @@ fn run(
         Some(st) => st.install_path.to_path(),
         None => std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into()),
     };
+    let unsupported = if watching {
+        Some("watch mode (--watch) does not self-upgrade: restart it".to_string())
+    } else if reload.is_some() {
+        Some(
+            "this version does not self-upgrade a hotsup run with --config (each generation's \
+             launch and listeners are not in the handed-over state yet): restart it"
+                .to_string(),
+        )
+    } else {
+        None
+    };
+    let selfup = supervisor::Setup {
+        argv: inherited
+            .as_ref()
+            .map(|st| st.argv.iter().map(state::Os::to_os).collect())
+            .unwrap_or_else(|| std::env::args_os().collect()),
+        binary: state::Binary::current(&install_path),
+        install_path,
+        count: inherited.as_ref().map_or(0, |st| st.self_upgrades + 1),
+        control: None,
+        unsupported,
+    };
     let cfg = supervisor::Config {
-        program: program.clone(),
-        args: rest.to_vec(),
-        fds: args.fds,
+        selfup: Some(selfup),
+        reload,
+        fd_store,
         notify: None,
         child_nofile: original_nofile,
-        max_worker_rss: args.max_worker_rss,
         metrics: None,
         cgroups,
-        policy: policy_of(&args),
         identity,
-        exec,
         watch: None,
-        selfup: Some(supervisor::Setup {
-            argv: inherited
-                .as_ref()
-                .map(|st| st.argv.iter().map(state::Os::to_os).collect())
-                .unwrap_or_else(|| std::env::args_os().collect()),
-            install_path: install_path.clone(),
-            binary: state::Binary::current(&install_path),
-            count: inherited.as_ref().map_or(0, |st| st.self_upgrades + 1),
-            control: None,
-            unsupported: watching
-                .then(|| "watch mode (--watch) does not self-upgrade: restart it".to_string()),
-        }),
     };
     let name = args.name.clone().unwrap_or_else(|| {
         std::path::Path::new(program)
@@ -513,14 +531,13 @@ fn run(
         let (control_tx, control_rx) = tokio::sync::mpsc::unbounded_channel();
         let (feed, _) = tokio::sync::broadcast::channel(control::EVENT_BACKLOG);
         let inherited_metrics = inherited.as_ref().and_then(|st| st.metrics);
-        let metrics = match metrics_addr {
-            None => None,
-            Some(addr) if inherited_metrics.is_some() => {
-                let fd = inherited_metrics.unwrap_or(-1);
-                let listener = state::adopt_fd(fd, "--metrics")
+        let metrics = match (metrics_addr, inherited_metrics) {
+            (None, _) => None,
+            (Some(addr), Some(fd)) => {
+                let served = state::adopt_fd(fd, "--metrics")
                     .map(std::net::TcpListener::from)
                     .and_then(|l| hotsup::metrics::Metrics::serve_on(l).map_err(|e| e.to_string()));
-                match listener {
+                match served {
                     Ok((m, _)) => Some(m),
                     Err(e) => {
                         tracing::warn!(address = %addr, error = %e, "self_upgrade_lost_metrics");
@@ -528,7 +545,7 @@ fn run(
                     }
                 }
             }
-            Some(addr) => {
+            (Some(addr), None) => {
                 let (m, bound) = hotsup::metrics::Metrics::serve(addr)
                     .map_err(|e| format!("cannot serve --metrics {addr}: {e}"))?;
                 tracing::info!(address = %bound, "metrics");
@@ -564,12 +581,11 @@ fn run(
             setup.control = control.as_ref().map(control::Server::to_state);
         }
         let sup = match inherited {
-            Some(st) => {
-                supervisor::Supervisor::adopt(cfg, outbox, control_rx, feed, st).map_err(|e| {
-                    format!("cannot take over from the hotsup that exec'd this one: {e}")
-                })?
-            }
-            None => supervisor::Supervisor::new(cfg, outbox, control_rx, feed),
+            Some(st) => supervisor::Supervisor::adopt(cfg, derived, outbox, control_rx, feed, st)
+                .map_err(|e| {
+                format!("cannot take over from the hotsup that exec'd this one: {e}")
+            })?,
+            None => supervisor::Supervisor::new(cfg, derived, outbox, control_rx, feed),
         };
         let code = sup
             .run()
@@ -587,80 +603,12 @@ fn run(
     }
 }
 
-/// The lifecycle policy `hotsup run`'s options give.
-fn policy_of(args: &RunArgs) -> lifecycle::Policy {
-    let watching = !args.watch.is_empty();
-    lifecycle::Policy {
-        ready: match args.ready {
-            cli::ReadyMode::Notify => lifecycle::ReadyRule::Notify,
-            cli::ReadyMode::Delay(d) => lifecycle::ReadyRule::Delay(d),
-            cli::ReadyMode::Exec => lifecycle::ReadyRule::Exec,
-        },
-        ready_timeout: args.ready_timeout,
-        drain_timeout: args.drain_timeout,
-        drain_signal: args.drain_signal.as_raw(),
-        // Watch mode: a crash waits for the next save, which brings the
-        // fix, instead of restarting the same broken code in a loop.
-        restart: match args.restart {
-            _ if watching => lifecycle::RestartRule::Wait,
-            cli::Restart::Always => lifecycle::RestartRule::Always,
-            cli::Restart::OnFailure => lifecycle::RestartRule::OnFailure,
-            cli::Restart::Never => lifecycle::RestartRule::Never,
-        },
-        max_draining: usize::from(args.max_draining),
-        probation: args.probation,
-        // Watch mode never gives up: the next save may fix it.
-        start_attempts: if watching {
-            u32::MAX
-        } else {
-            args.start_attempts
-        },
-        ready_settle: args.ready_settle,
-        ready_probe: false,
-        workers: args.workers,
-        rollout_batch: args.rollout_batch,
-        canary: args.canary,
-        max_worker_age: args.max_worker_age,
-    }
-}
-
-/// The settings of `hotsup run` that can still be refused as usage errors
-/// once the options parsed: the children's credentials and environment.
-/// Also what `hotsup __self-check` verifies before a self-upgrade, so that
-/// the new binary never finds them wrong after the exec.
-fn prepare(
-    args: &RunArgs,
-    listeners: usize,
-) -> Result<(Option<identity::Identity>, exec_env::ExecEnv), String> {
-    let identity = resolve_identity(args)?;
-    let exec = exec_env::build(
-        &exec_env::Given {
-            chdir: args.chdir.as_deref(),
-            env: &args.env,
-            env_files: &args.env_file,
-            umask: args.umask,
-            rlimits: &args.rlimit,
-        },
-        identity.as_ref(),
-        listeners,
-    )
-    .map_err(|e| e.to_string())?;
-    if let cli::ReadyMode::Delay(d) = args.ready {
-        if d >= args.ready_timeout {
-            return Err(format!(
-                "--ready delay:{} can never be reached: --ready-timeout is {}",
-                humantime::format_duration(d),
-                humantime::format_duration(args.ready_timeout)
-            ));
-        }
-    }
-    Ok((identity, exec))
-}
-
 /// `hotsup __self-check`, run by a hotsup about to exec this binary: reads
 /// its state from stdin and says whether this binary can take it over,
-/// without touching anything. Prints `hotsup VERSION` and exits 0, or the
-/// reason and exits 1.
+/// without touching anything: the document (its format first), the command
+/// line, the children's settings (`--user`, `--env-file`, ...) and the
+/// lifecycle state. Prints `hotsup VERSION` and exits 0, or the reason and
+/// exits 1.
 fn self_check() -> u8 {
     let answer = |line: String, code: u8| {
         use std::io::Write;
@@ -689,14 +637,17 @@ fn self_check() -> u8 {
             );
         }
     };
-    if !args.watch.is_empty() {
-        return answer("watch mode does not self-upgrade".into(), 1);
+    if !args.watch.is_empty() || args.config.is_some() {
+        return answer("watch mode and --config do not self-upgrade".into(), 1);
     }
-    if let Err(e) = prepare(&args, st.listeners.len()) {
-        return answer(e, 1);
-    }
+    let derived = resolve_identity(&args)
+        .and_then(|id| settings::derive(&args, id.as_ref(), st.listeners.len()));
+    let derived = match derived {
+        Ok(d) => d,
+        Err(e) => return answer(e, 1),
+    };
     let now = std::time::Instant::now();
-    if let Err(e) = lifecycle::Core::import(policy_of(&args), &st.core, now) {
+    if let Err(e) = lifecycle::Core::import(derived.policy, &st.core, now) {
         return answer(e.to_string(), 1);
     }
     answer(format!("hotsup {}", env!("CARGO_PKG_VERSION")), 0)

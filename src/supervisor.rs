@@ -9,7 +9,6 @@
 //! the only place that waits for children.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::ffi::OsString;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,12 +24,16 @@ use crate::child::{self, Pass, kill_group};
 use crate::cli::Fds;
 use crate::control::{self, Reply, Request};
 use crate::handoff::{self, Channel, ChannelEvent, Outbox};
+use crate::lifecycle::Event;
 use crate::lifecycle::{
-    self, Answer, Core, DrainVia, Effect, Exe, ExitInfo, Input, ManagerMessage, PinId, Policy,
-    ReadyVia, Source, Ticket, WorkerEvent, WorkerId,
+    self, Answer, Core, DrainVia, Effect, Exe, ExitInfo, Input, ManagerMessage, PinId, ReadyVia,
+    Source, Ticket, WorkerEvent, WorkerId,
 };
+use crate::listeners::Listener;
 use crate::notify;
 use crate::pinned::Pinned;
+use crate::reload::{Prepared, Reload};
+use crate::settings::{Derived, Launch};
 
 mod selfup;
 pub use selfup::{CHECK_TIMEOUT, Setup};
@@ -43,27 +46,27 @@ const RSS_EVERY: Duration = Duration::from_secs(5);
 /// Notify messages waiting for the loop, from all workers together.
 const NOTIFY_QUEUE: usize = 64;
 
-/// What the shell needs besides the core's policy.
+/// Upgrade requests that wait for the config file to be read, at most.
+const MAX_WAITING_FOR_CONFIG: usize = 64;
+
+/// What the shell needs besides the settings an upgrade may change.
 pub struct Config {
-    pub program: OsString,
-    pub args: Vec<OsString>,
-    pub fds: Fds,
+    /// `--config`: read again at every upgrade.
+    pub reload: Option<Reload>,
+    /// systemd's fd store, when hotsup uses it: listeners a config file adds
+    /// and removes are added and removed there too.
+    pub fd_store: Option<crate::fdstore::FdStore>,
     /// Where each worker gets its `NOTIFY_SOCKET`.
     pub notify: Option<notify::ChildNotify>,
     /// The soft RLIMIT_NOFILE hotsup started with, restored for children.
     pub child_nofile: Option<u64>,
-    /// `--max-worker-rss`, in bytes.
-    pub max_worker_rss: Option<u64>,
     /// `--metrics`: where scrapes find the metrics.
     pub metrics: Option<crate::metrics::Metrics>,
     /// Where generations get cgroups of their own; process groups only when
     /// `None`.
     pub cgroups: Option<Cgroups>,
-    pub policy: Policy,
     /// `--user`/`--group`: the credentials children run with.
     pub identity: Option<crate::identity::Identity>,
-    /// `--chdir`, `--env`, `--env-file`, `--umask`, `--rlimit`.
-    pub exec: crate::exec_env::ExecEnv,
     /// `--watch`: the development loop; `None` (nothing at all) otherwise.
     pub watch: Option<crate::watch::Watch>,
     /// `hotsup upgrade --self`.
@@ -89,12 +92,38 @@ impl Drop for WorkerHandle {
     }
 }
 
+/// An executable kept open, and the launch it was started with: a crash
+/// restart or a rollback runs exactly that again.
+struct Pin {
+    exe: Pinned,
+    launch: Arc<Launch>,
+}
+
+/// `--config` being read again for upgrade requests.
+struct Reloading {
+    reload: Reload,
+    task: Option<JoinHandle<Result<Prepared, String>>>,
+    /// The requests the read in progress is for.
+    waiting: Vec<(Source, Option<lifecycle::Reply>)>,
+    /// Requests that came during it: they get a read of their own.
+    next: Vec<(Source, Option<lifecycle::Reply>)>,
+}
+
 pub struct Supervisor {
     core: Core,
     cfg: Config,
+    /// What a new generation runs.
+    launch: Arc<Launch>,
+    /// The listeners a new generation gets.
     outbox: Arc<Outbox>,
+    /// The listeners each generation got, kept while it exists: a listener
+    /// the config file removed closes when the last one using it is gone.
+    gen_outboxes: BTreeMap<lifecycle::GenId, Arc<Outbox>>,
+    /// `--max-worker-rss`, in bytes.
+    max_worker_rss: Option<u64>,
+    reloading: Option<Reloading>,
     workers: BTreeMap<WorkerId, WorkerHandle>,
-    pins: BTreeMap<PinId, Pinned>,
+    pins: BTreeMap<PinId, Pin>,
     tickets: BTreeMap<Ticket, oneshot::Sender<Reply>>,
     next_ticket: u64,
     chan_tx: mpsc::Sender<(WorkerId, ChannelEvent)>,
@@ -118,21 +147,38 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
+    /// `settings`: what new generations run, the core's policy and
+    /// `--max-worker-rss`, which an upgrade may change with `--config`.
     pub fn new(
         mut cfg: Config,
+        settings: Derived,
         outbox: Outbox,
         control_rx: mpsc::UnboundedReceiver<control::Message>,
         feed: control::EventFeed,
     ) -> Supervisor {
         let (chan_tx, chan_rx) = mpsc::channel(CHANNEL_QUEUE);
         let (notify_tx, notify_rx) = mpsc::channel(NOTIFY_QUEUE);
-        let policy = cfg.policy.clone();
         let watch = cfg.watch.take();
         let selfup = selfup::SelfUp::new(cfg.selfup.take());
+        let reloading = cfg.reload.take().map(|reload| Reloading {
+            reload,
+            task: None,
+            waiting: Vec::new(),
+            next: Vec::new(),
+        });
+        let Derived {
+            launch,
+            policy,
+            max_worker_rss,
+        } = settings;
         Supervisor {
             core: Core::new(policy, Instant::now().into_std()),
             cfg,
+            launch: Arc::new(launch),
             outbox: Arc::new(outbox),
+            gen_outboxes: BTreeMap::new(),
+            max_worker_rss,
+            reloading,
             workers: BTreeMap::new(),
             pins: BTreeMap::new(),
             tickets: BTreeMap::new(),
@@ -172,8 +218,10 @@ impl Supervisor {
                 t
             });
 
-        // `--max-worker-rss` only: no wakeups otherwise.
-        let mut rss_check = self.cfg.max_worker_rss.map(|_| {
+        // `--max-worker-rss` only (or a config file that may set it): no
+        // wakeups otherwise.
+        let rss_wanted = self.max_worker_rss.is_some() || self.reloading.is_some();
+        let mut rss_check = rss_wanted.then(|| {
             let mut t = tokio::time::interval(RSS_EVERY);
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             t
@@ -229,12 +277,25 @@ impl Supervisor {
                     selfup::Next::CheckTimedOut => self.self_check_timed_out(),
                     selfup::Next::Exec => self.exec_self(),
                 },
+                read = config_read(&mut self.reloading) => self.on_config_read(read),
             }
         }
     }
 
-    /// Hands one input to the core and carries out what follows.
+    /// Hands one input to the core and carries out what follows. With
+    /// `--config`, an upgrade waits for the file to be read first.
     fn feed(&mut self, input: Input) {
+        match input {
+            Input::Upgrade { source, reply }
+                if self.reloading.is_some() && !self.core.is_shutting_down() =>
+            {
+                self.upgrade_after_config(source, reply);
+            }
+            input => self.feed_core(input),
+        }
+    }
+
+    fn feed_core(&mut self, input: Input) {
         let now = Instant::now().into_std();
         let mut queue: VecDeque<Effect> = self.core.handle(now, input).into();
         while let Some(effect) = queue.pop_front() {
@@ -242,6 +303,9 @@ impl Supervisor {
             if let Some(next) = self.apply(effect) {
                 queue.extend(self.core.handle(now, next));
             }
+        }
+        if !self.gen_outboxes.is_empty() {
+            self.prune_listener_sets();
         }
         if self.cfg.metrics.is_some() {
             self.publish_metrics(now);
@@ -371,24 +435,30 @@ impl Supervisor {
                 None
             }
             Effect::Emit(ev) => {
-                crate::events::log(&ev);
-                if let Some(m) = &self.cfg.metrics {
-                    m.observe(&ev);
-                }
-                if self.feed.receiver_count() > 0 {
-                    if let Some(line) = crate::events::feed_line(&ev) {
-                        let _ = self.feed.send(line);
-                    }
-                }
-                if let Some(w) = &mut self.watch {
-                    w.on_event(&ev);
-                }
+                self.emit(ev);
                 None
             }
             Effect::Exit(code) => {
                 self.exit = Some(code);
                 None
             }
+        }
+    }
+
+    /// Logs an event, and hands it to metrics, `hotsup events` clients and
+    /// watch mode.
+    fn emit(&mut self, ev: Event) {
+        crate::events::log(&ev);
+        if let Some(m) = &self.cfg.metrics {
+            m.observe(&ev);
+        }
+        if self.feed.receiver_count() > 0 {
+            if let Some(line) = crate::events::feed_line(&ev) {
+                let _ = self.feed.send(line);
+            }
+        }
+        if let Some(w) = &mut self.watch {
+            w.on_event(&ev);
         }
     }
 
@@ -411,18 +481,30 @@ impl Supervisor {
     fn spawn(&mut self, worker: WorkerId, exe: Exe) -> Input {
         let failed = |error: String| Input::SpawnFailed { worker, error };
         let pin = match exe {
-            Exe::Fresh(id) => match Pinned::resolve(&self.cfg.program) {
-                Ok(p) => {
-                    self.pins.insert(id, p);
+            Exe::Fresh(id) => match Pinned::resolve(&self.launch.program) {
+                Ok(exe) => {
+                    let launch = self.launch.clone();
+                    self.pins.insert(id, Pin { exe, launch });
                     id
                 }
                 Err(e) => return failed(e.to_string()),
             },
             Exe::Pinned(id) => id,
         };
-        let Some(pinned) = self.pins.get(&pin) else {
+        let Some(Pin {
+            exe: pinned,
+            launch,
+        }) = self.pins.get(&pin)
+        else {
             return failed("the pinned executable is gone".into());
         };
+        let launch = launch.clone();
+        // A generation's workers all get the listeners its first one got.
+        let outbox = self
+            .gen_outboxes
+            .entry(worker.generation)
+            .or_insert_with(|| self.outbox.clone())
+            .clone();
         // The cgroup exists before the child does, and the child enters it
         // before it runs anything.
         let (cgroup, enter) = match self.cfg.cgroups.as_ref().map(|c| {
@@ -453,28 +535,28 @@ impl Supervisor {
         };
         let spec = child::Spec {
             program: pinned.exec_path(),
-            argv0: &self.cfg.program,
-            args: &self.cfg.args,
+            argv0: &launch.program,
+            args: &launch.args,
             generation: worker.generation,
             worker: worker.slot,
             notify_socket: socket.as_ref().map(|s| s.path.as_path()),
             nofile: self.cfg.child_nofile.map(|n| {
                 // Room for every inherited listener above the usual limit.
-                n.max(3 + self.outbox.listeners.len() as u64 + 1024)
+                n.max(3 + outbox.listeners.len() as u64 + 1024)
             }),
             exe_fd: pinned
-                .inherit_fd(self.cfg.fds == Fds::Systemd)
+                .inherit_fd(launch.fds == Fds::Systemd)
                 .map(|fd| child::ExeFd {
                     fd,
                     app_keeps: pinned.is_script(),
                 }),
             cgroup: enter.as_ref().map(std::os::fd::AsRawFd::as_raw_fd),
-            pass: match self.cfg.fds {
+            pass: match launch.fds {
                 Fds::Native => Pass::Native,
-                Fds::Systemd => Pass::Systemd(&self.outbox.listeners),
+                Fds::Systemd => Pass::Systemd(&outbox.listeners),
             },
             identity: self.cfg.identity.as_ref(),
-            exec: &self.cfg.exec,
+            exec: &launch.exec,
         };
         let spawned = child::spawn(&spec);
         drop(enter);
@@ -494,13 +576,19 @@ impl Supervisor {
         // exec: pin what the process really runs. (Not for scripts, whose
         // process runs the interpreter, nor under `--fds systemd`, whose
         // process is hotsup's own exec step at this point.)
-        if self.cfg.fds == Fds::Native && !pinned.is_script() && !pinned.runs_in(pid.as_raw_pid()) {
+        if launch.fds == Fds::Native && !pinned.is_script() && !pinned.runs_in(pid.as_raw_pid()) {
             let path = pinned.path().to_path_buf();
-            if let Ok(p) = Pinned::from_process(pid.as_raw_pid(), &path) {
-                self.pins.insert(pin, p);
+            if let Ok(exe) = Pinned::from_process(pid.as_raw_pid(), &path) {
+                self.pins.insert(
+                    pin,
+                    Pin {
+                        exe,
+                        launch: launch.clone(),
+                    },
+                );
             }
         }
-        let Some(pinned) = self.pins.get(&pin) else {
+        let Some(Pin { exe: pinned, .. }) = self.pins.get(&pin) else {
             return Input::Spawned { worker, pid };
         };
         tracing::info!(
@@ -537,7 +625,7 @@ impl Supervisor {
                     handle.task = Some(tokio::spawn(handoff::run(
                         worker,
                         chan.clone(),
-                        self.outbox.clone(),
+                        outbox,
                         self.chan_tx.clone(),
                     )));
                     handle.channel = Some(chan);
@@ -594,7 +682,10 @@ impl Supervisor {
     fn on_channel(&mut self, worker: WorkerId, ev: ChannelEvent) {
         let event = match ev {
             ChannelEvent::HandedOff { elapsed } => WorkerEvent::HandedOff {
-                listeners: self.outbox.listeners.len(),
+                listeners: self
+                    .gen_outboxes
+                    .get(&worker.generation)
+                    .map_or(0, |o| o.listeners.len()),
                 elapsed_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
             },
             ChannelEvent::Ready => WorkerEvent::Ready(ReadyVia::Channel),
@@ -614,6 +705,208 @@ impl Supervisor {
             }
         };
         self.feed(Input::Worker { worker, event });
+    }
+
+    /// Every listener open: those new generations get, then those that
+    /// only older generations still use; each with the generations using
+    /// it.
+    fn listener_status(&self) -> Vec<control::ListenerStatus> {
+        let mut open: Vec<&Arc<Listener>> = self.outbox.listeners.iter().collect();
+        for o in self.gen_outboxes.values() {
+            for l in &o.listeners {
+                if !open.iter().any(|m| Arc::ptr_eq(m, l)) {
+                    open.push(l);
+                }
+            }
+        }
+        open.into_iter()
+            .map(|l| control::ListenerStatus {
+                name: l.info.name.clone(),
+                kind: l.info.kind.to_string(),
+                address: l.info.address.clone(),
+                source: l.origin.as_str().to_string(),
+                generations: self
+                    .gen_outboxes
+                    .iter()
+                    .filter(|(_, o)| o.listeners.iter().any(|m| Arc::ptr_eq(m, l)))
+                    .map(|(g, _)| *g)
+                    .collect(),
+                removed: !self.outbox.listeners.iter().any(|m| Arc::ptr_eq(m, l)),
+            })
+            .collect()
+    }
+
+    /// Forgets the listener sets of generations that are gone, closing
+    /// each listener the config file removed that no generation uses now.
+    fn prune_listener_sets(&mut self) {
+        let gone: Vec<lifecycle::GenId> = self
+            .gen_outboxes
+            .keys()
+            .copied()
+            .filter(|g| !self.core.has_generation(*g))
+            .collect();
+        for g in gone {
+            let Some(set) = self.gen_outboxes.remove(&g) else {
+                continue;
+            };
+            for l in &set.listeners {
+                if !self.in_use(l) {
+                    self.closed(l);
+                }
+            }
+            // Dropping the set closes those.
+        }
+    }
+
+    /// Whether new generations, or any generation, use `l`.
+    fn in_use(&self, l: &Arc<Listener>) -> bool {
+        let has = |o: &Outbox| o.listeners.iter().any(|m| Arc::ptr_eq(m, l));
+        has(&self.outbox) || self.gen_outboxes.values().any(|o| has(o))
+    }
+
+    /// A listener is about to close for good.
+    fn closed(&mut self, l: &Listener) {
+        if let Some(store) = &self.cfg.fd_store {
+            store.forget(&l.info.name);
+        }
+        self.emit(Event::ListenerClosed {
+            name: l.info.name.clone(),
+            address: l.info.address.clone(),
+        });
+    }
+
+    /// An upgrade request with `--config`: the file is read first (off the
+    /// loop), then the upgrade goes to the core.
+    fn upgrade_after_config(&mut self, source: Source, reply: Option<lifecycle::Reply>) {
+        let Some(r) = self.reloading.as_mut() else {
+            return;
+        };
+        if r.task.is_none() {
+            r.waiting.push((source, reply));
+            self.read_config();
+        } else if r.next.len() < MAX_WAITING_FOR_CONFIG {
+            r.next.push((source, reply));
+        } else if let Some(t) = reply {
+            self.reply(
+                reply_ticket(t),
+                Reply::error("upgrade refused: too many upgrades waiting for the config file"),
+            );
+        }
+    }
+
+    fn read_config(&mut self) {
+        let Some(r) = self.reloading.as_mut() else {
+            return;
+        };
+        let reload = r.reload.clone();
+        let current = self.outbox.listeners.clone();
+        let identity = self.cfg.identity.clone();
+        r.task = Some(tokio::task::spawn_blocking(move || {
+            crate::reload::prepare(&reload, &current, identity.as_ref())
+        }));
+    }
+
+    /// The config file was read: switch to what it says and let the
+    /// upgrades through, or refuse them and change nothing.
+    fn on_config_read(&mut self, read: Result<Prepared, String>) {
+        let Some(r) = self.reloading.as_mut() else {
+            return;
+        };
+        r.task = None;
+        let waiting = std::mem::take(&mut r.waiting);
+        let path = r.reload.file.path.display().to_string();
+        match read.and_then(|p| self.switch_to(p)) {
+            Ok(()) => {
+                for (source, reply) in waiting {
+                    self.feed_core(Input::Upgrade { source, reply });
+                }
+            }
+            Err(reason) => {
+                self.emit(Event::ConfigRejected {
+                    path,
+                    reason: reason.clone(),
+                });
+                for (_, reply) in waiting {
+                    if let Some(t) = reply {
+                        self.reply(
+                            reply_ticket(t),
+                            Reply::error(format!("upgrade refused: {reason}")),
+                        );
+                    }
+                }
+                // For `Type=notify-reload`, which waits for the end of the
+                // reload it asked for by signal.
+                self.manager.reloading();
+                self.manager.ready(&format!(
+                    "{}; config rejected: {reason}",
+                    self.core.status_line()
+                ));
+            }
+        }
+        if let Some(r) = self.reloading.as_mut() {
+            if !r.next.is_empty() {
+                r.waiting = std::mem::take(&mut r.next);
+                self.read_config();
+            }
+        }
+    }
+
+    /// Applies a config file read: binds its new listeners, then switches
+    /// new generations to its listeners, launch and policy.
+    fn switch_to(&mut self, p: Prepared) -> Result<(), String> {
+        let (set, added) = p.plan.bind()?;
+        let removed: Vec<String> = self
+            .outbox
+            .listeners
+            .iter()
+            .filter(|l| !set.iter().any(|m| Arc::ptr_eq(m, l)))
+            .map(|l| l.info.name.clone())
+            .collect();
+        let outbox = Outbox::new(set).map_err(|e| format!("cannot describe the listeners: {e}"))?;
+        if let Some(store) = &self.cfg.fd_store {
+            for l in outbox
+                .listeners
+                .iter()
+                .filter(|l| added.contains(&l.info.name))
+            {
+                store.keep(l);
+            }
+        }
+        for l in outbox
+            .listeners
+            .iter()
+            .filter(|l| added.contains(&l.info.name))
+        {
+            tracing::info!(name = %l.info.name, kind = %l.info.kind, address = %l.info.address, "listening");
+        }
+        let before = std::mem::replace(&mut self.outbox, Arc::new(outbox));
+        // Removed, and no generation uses them: closed now.
+        for l in &before.listeners {
+            if !self.in_use(l) {
+                self.closed(l);
+            }
+        }
+        drop(before);
+        self.launch = Arc::new(p.derived.launch);
+        self.core.set_policy(p.derived.policy);
+        self.max_worker_rss = p.derived.max_worker_rss;
+        let path = match self.reloading.as_mut() {
+            Some(r) => {
+                r.reload.loaded = p.loaded;
+                r.reload.file.path.display().to_string()
+            }
+            None => String::new(),
+        };
+        self.emit(Event::ConfigReloaded {
+            path,
+            changed: p.changed,
+            added,
+            removed,
+            ignored: p.ignored,
+        });
+        // Listeners removed with no generation left using them.
+        self.prune_listener_sets();
+        Ok(())
     }
 
     /// Starts `--ready-probe` for a worker.
@@ -658,7 +951,7 @@ impl Supervisor {
     /// Replaces the workers whose resident memory is above
     /// `--max-worker-rss`.
     fn check_rss(&mut self) {
-        let Some(limit) = self.cfg.max_worker_rss else {
+        let Some(limit) = self.max_worker_rss else {
             return;
         };
         for (worker, pid) in self.core.live_workers() {
@@ -868,23 +1161,13 @@ impl Supervisor {
         };
         let path_of = |p: Option<PinId>| {
             p.and_then(|p| self.pins.get(&p))
-                .map(|p| p.path().display().to_string())
+                .map(|p| p.exe.path().display().to_string())
         };
         control::Status {
             pid: rustix::process::getpid().as_raw_pid(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             uptime_ms: ms(snap.uptime),
-            listeners: self
-                .outbox
-                .listeners
-                .iter()
-                .map(|l| control::ListenerStatus {
-                    name: l.info.name.clone(),
-                    kind: l.info.kind.to_string(),
-                    address: l.info.address.clone(),
-                    source: l.origin.as_str().to_string(),
-                })
-                .collect(),
+            listeners: self.listener_status(),
             serving: find(&["serving", "probation"]),
             starting: find(&["starting"]),
             standby: find(&["standby"]),
@@ -951,6 +1234,23 @@ async fn tick(t: &mut Option<tokio::time::Interval>) {
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The ticket an upgrade request answers to.
+fn reply_ticket(r: lifecycle::Reply) -> Ticket {
+    match r {
+        lifecycle::Reply::Outcome(t) | lifecycle::Reply::Started(t) => t,
+    }
+}
+
+/// The config file read in progress, if any; pending otherwise.
+async fn config_read(r: &mut Option<Reloading>) -> Result<Prepared, String> {
+    match r.as_mut().and_then(|r| r.task.as_mut()) {
+        Some(task) => task
+            .await
+            .unwrap_or_else(|e| Err(format!("reading the config file failed: {e}"))),
         None => std::future::pending().await,
     }
 }

@@ -361,6 +361,32 @@ pub enum Event {
     Exiting {
         code: u8,
     },
+    /// `--config`, read again for an upgrade: what changed. The upgrade
+    /// follows.
+    ConfigReloaded {
+        path: String,
+        /// Keys whose value changed.
+        changed: Vec<String>,
+        /// Listeners bound for the new generation on.
+        added: Vec<String>,
+        /// Listeners new generations no longer get; each is closed once no
+        /// generation uses it ([`Event::ListenerClosed`]).
+        removed: Vec<String>,
+        /// Changed keys that apply only when hotsup itself restarts.
+        ignored: Vec<String>,
+    },
+    /// `--config` could not be used: the upgrade is refused, nothing
+    /// changed.
+    ConfigRejected {
+        path: String,
+        reason: String,
+    },
+    /// A listener removed from the config file was closed: no generation
+    /// uses it any more.
+    ListenerClosed {
+        name: String,
+        address: String,
+    },
 }
 
 impl Event {
@@ -409,6 +435,9 @@ impl Event {
             Event::MalformedMessage { .. } => "malformed_message",
             Event::ChannelClosed { .. } => "channel_closed",
             Event::Exiting { .. } => "exiting",
+            Event::ConfigReloaded { .. } => "config_reloaded",
+            Event::ConfigRejected { .. } => "config_rejected",
+            Event::ListenerClosed { .. } => "listener_closed",
         }
     }
 
@@ -418,7 +447,8 @@ impl Event {
             | Event::StartFailed { .. }
             | Event::GaveUp { .. }
             | Event::RolledBack { .. }
-            | Event::Abandoned { .. } => Level::Error,
+            | Event::Abandoned { .. }
+            | Event::ConfigRejected { .. } => Level::Error,
             Event::Crashed {
                 successor: None, ..
             } => Level::Error,

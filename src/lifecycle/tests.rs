@@ -1393,10 +1393,17 @@ fn a_worker_failing_mid_rollout_rolls_the_whole_rollout_back() {
     h.ready_slot(2, 0);
     // The second batch's worker crashes before it is ready.
     let fx = h.exit_slot(2, 1, CRASH);
-    assert_eq!(kills(&fx), vec![2]);
-    assert!(fx.iter().any(
-        |e| matches!(e, Effect::Resume { worker, .. } if worker.generation == 1 && worker.slot == 0)
-    ));
+    // The first batch's worker served already: it drains, after the old
+    // worker it replaced resumed, and loses nothing it accepted.
+    assert!(kills(&fx).is_empty(), "{fx:#?}");
+    let resumed = fx.iter().position(
+        |e| matches!(e, Effect::Resume { worker, .. } if worker.generation == 1 && worker.slot == 0),
+    );
+    let drained = fx.iter().position(
+        |e| matches!(e, Effect::Drain { worker, .. } if worker.generation == 2 && worker.slot == 0),
+    );
+    assert!(resumed.is_some() && drained.is_some(), "{fx:#?}");
+    assert!(resumed < drained, "{fx:#?}");
     assert!(matches!(
         outcome_for(&fx, t),
         UpgradeOutcome::Failed {
@@ -1412,6 +1419,30 @@ fn a_worker_failing_mid_rollout_rolls_the_whole_rollout_back() {
     );
     let now: Vec<Pid> = (0..3).map(|s| h.pid_of(h.ws(1, s))).collect();
     assert_eq!(now, old, "the old pool is the same processes");
+    assert_eq!(h.phase(2), Some("draining"));
+}
+
+#[test]
+fn a_failed_rollout_kills_the_new_workers_still_starting() {
+    let mut h = Harness::new(Policy {
+        rollout_batch: Some(2),
+        ..pool(2)
+    });
+    h.feed(Input::Start);
+    h.ready_all(1);
+    h.v2_all(1);
+    h.upgrade();
+    let fx = h.exit_slot(2, 1, CRASH);
+    // Slot 0 never became ready: nothing to finish, killed.
+    assert_eq!(kills(&fx), vec![2]);
+    assert!(fx.iter().any(|e| matches!(
+        e,
+        Effect::Emit(Event::Killed {
+            cause: KillCause::FailedStart,
+            ..
+        })
+    )));
+    assert!(drains(&fx).iter().all(|d| d.0 != 2), "{fx:#?}");
 }
 
 #[test]
@@ -1944,4 +1975,61 @@ fn a_shutting_down_core_is_busy_and_inconsistent_images_are_refused() {
     let mut json: serde_json::Value = serde_json::to_value(&good).unwrap();
     json["generations"][0]["quota"] = serde_json::json!(3);
     assert!(serde_json::from_value::<CoreImage>(json).is_err());
+}
+
+/// A config file read at an upgrade: the new rules hold from the upgrade
+/// on, for the old generation's drain as for the new generation's size.
+#[test]
+fn a_new_policy_applies_from_the_upgrade_on() {
+    let mut h = Harness::serving(policy());
+    h.worker(1, WorkerEvent::Protocol(1));
+    h.core.set_policy(Policy {
+        drain_timeout: Duration::from_secs(5),
+        workers: 2,
+        ..policy()
+    });
+    // Nothing happens to the serving generation until the upgrade.
+    assert_eq!(h.phase(1), Some("serving"));
+    let (_, fx) = h.upgrade();
+    assert_eq!(spawned_slots(&fx), vec![(2, 0), (2, 1)]);
+    h.ready_slot(2, 0);
+    let fx = h.ready_slot(2, 1);
+    assert_eq!(
+        drains(&fx),
+        vec![(
+            1,
+            DrainVia::Channel {
+                timeout: Duration::from_secs(5),
+                fallback: SIGTERM
+            }
+        )]
+    );
+}
+
+/// `hotsup scale` is the operator's word: a policy whose `workers` did not
+/// change leaves it in place; one whose `workers` changed replaces it.
+#[test]
+fn a_new_policy_keeps_a_scale_unless_its_workers_changed() {
+    let mut h = Harness::serving(policy());
+    h.feed(Input::Scale {
+        workers: 3,
+        reply: None,
+    });
+    h.ready_slot(1, 1);
+    h.ready_slot(1, 2);
+    h.core.set_policy(Policy {
+        drain_timeout: Duration::from_secs(5),
+        ..policy()
+    });
+    let (_, fx) = h.upgrade();
+    assert_eq!(spawned_slots(&fx), vec![(2, 0), (2, 1), (2, 2)]);
+    for slot in 0..3 {
+        h.ready_slot(2, slot);
+    }
+    h.core.set_policy(Policy {
+        workers: 2,
+        ..policy()
+    });
+    let (_, fx) = h.upgrade();
+    assert_eq!(spawned_slots(&fx), vec![(3, 0), (3, 1)]);
 }

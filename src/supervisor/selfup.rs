@@ -436,7 +436,11 @@ impl Supervisor {
             metrics: self.cfg.metrics.as_ref().map(|m| m.listener_fd()),
             cgroups: self.cfg.cgroups.as_ref().map(|c| c.to_state()),
             emptying: self.emptying.iter().map(GenCgroup::to_state).collect(),
-            pins: self.pins.iter().map(|(id, p)| p.to_state(id.0)).collect(),
+            pins: self
+                .pins
+                .iter()
+                .map(|(id, p)| p.exe.to_state(id.0))
+                .collect(),
             workers,
             core: self.core.export(now),
             client: None,
@@ -454,6 +458,7 @@ impl Supervisor {
     /// if its process had closed it), rather than failing the supervisor.
     pub fn adopt(
         cfg: super::Config,
+        settings: crate::settings::Derived,
         outbox: handoff::Outbox,
         control_rx: tokio::sync::mpsc::UnboundedReceiver<control::Message>,
         feed: control::EventFeed,
@@ -463,16 +468,20 @@ impl Supervisor {
         let ago = Duration::from_nanos(monotonic_ns().saturating_sub(st.monotonic_ns));
         let now = Instant::now().into_std();
         let then = now.checked_sub(ago).unwrap_or(now);
-        let core = Core::import(cfg.policy.clone(), &st.core, then).map_err(|e| e.to_string())?;
-        let mut s = Supervisor::new(cfg, outbox, control_rx, feed);
+        let core =
+            Core::import(settings.policy.clone(), &st.core, then).map_err(|e| e.to_string())?;
+        let mut s = Supervisor::new(cfg, settings, outbox, control_rx, feed);
         s.core = core;
         s.selfup.adopted = true;
         s.next_ticket = st.next_ticket;
         s.strangers = Arc::new(notify::Strangers::starting_at(st.notify_dropped));
         for p in &st.pins {
             match Pinned::adopt(p) {
-                Ok(pin) => {
-                    s.pins.insert(PinId(p.id), pin);
+                Ok(exe) => {
+                    // Without --config (refused otherwise), every pin was
+                    // launched as the command line says.
+                    let launch = s.launch.clone();
+                    s.pins.insert(PinId(p.id), super::Pin { exe, launch });
                 }
                 Err(e) => warn!(error = %e, "self_upgrade_lost_pin"),
             }

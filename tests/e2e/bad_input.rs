@@ -6,10 +6,10 @@ use std::os::unix::fs::PermissionsExt;
 
 use crate::util::{hotsup_bin, run_to_end, tempdir};
 
-const USAGE: i32 = 2;
+pub const USAGE: i32 = 2;
 const RUNTIME: i32 = 1;
 
-fn check(args: &[&str], code: i32, mentions: &[&str]) {
+pub fn check(args: &[&str], code: i32, mentions: &[&str]) {
     let (got, err) = run_to_end(args);
     assert_eq!(got, code, "hotsup {args:?} exited {got}: {err}");
     let lines: Vec<&str> = err.trim_end().lines().collect();

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod child_v2;
+mod config;
 mod containment;
 mod control;
 mod exec_env;

@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::sync::mpsc;
-use std::time::Instant;
 
 use hotsup_bench::http::{Connection, request_once};
 
@@ -172,21 +171,21 @@ fn stop_lets_the_request_in_flight_finish() {
             // Answered: the app holds the connection.
             let first = conn.get("/", true).expect("first request");
             accepted_tx.send(first.identity().generation).unwrap();
-            let slow = conn.get("/?sleep_ms=2000", true);
-            (slow, Instant::now())
+            conn.get("/?sleep_ms=2000", true)
         })
     };
     assert_eq!(accepted.recv().unwrap(), Some(1));
     g.ok(&["stop", UNIT]);
-    let stopped = Instant::now();
-    let (slow, answered) = client.join().unwrap();
+    let slow = client.join().unwrap();
     let slow =
         slow.unwrap_or_else(|e| panic!("the request in flight failed: {e}\n{}", g.journal()));
     assert_eq!(slow.status, 200);
     assert_eq!(slow.identity().generation, Some(1));
-    // `systemctl stop` returned after the answer, not before: hotsup drained
-    // the app, and systemd waited for hotsup.
-    assert!(answered <= stopped);
+    // The answer came from generation 1, which was stopped while it held
+    // the request: hotsup drained it rather than letting systemd kill it.
+    // (When the client read the answer against when `systemctl stop`
+    // returned is no proof either way: on a loaded machine the client's
+    // thread may run only after systemctl came back.)
     assert_eq!(g.show(UNIT, "ActiveState"), "inactive");
     assert_eq!(g.show(UNIT, "Result"), "success");
     assert_eq!(g.show(UNIT, "ExecMainStatus"), "0");
@@ -399,6 +398,49 @@ fn a_killed_hotsup_comes_back_on_the_same_sockets_and_refuses_no_connection() {
     g.ok(&["start", UNIT]);
     assert_eq!(g.status()["listeners"][0]["source"], json!("bound"));
     assert_eq!(answering_generation(&g), 1);
+
+    // Measured, not asserted (the README cites it): from SIGKILL of hotsup
+    // to the first answer of the app the next hotsup starts, with the
+    // shipped unit's restart delay (RestartSec's default, 100 ms).
+    g.write(
+        "/etc/systemd/system/hotsup@app.service.d/slow-restart.conf",
+        "[Unit]\nStartLimitIntervalSec=0\n",
+    );
+    g.ok(&["daemon-reload"]);
+    let mut gaps = Vec::new();
+    for _ in 0..5 {
+        let restarts: u64 = g.show(UNIT, "NRestarts").parse().unwrap();
+        let old = g.in_netns(|| request_once(addr(), "/", WAIT));
+        let old = old.unwrap_or_else(|e| panic!("{e}")).identity().pid;
+        g.ok(&["kill", "--kill-whom=main", "--signal=SIGKILL", UNIT]);
+        let killed = std::time::Instant::now();
+        // Requests until one is answered by the new app (the old one may
+        // answer a few while its parent-death signal lands).
+        let gap = g.in_netns(move || {
+            for _ in 0..10_000 {
+                if let Ok(r) = request_once(addr(), "/", WAIT) {
+                    if r.identity().pid != old {
+                        return Some(killed.elapsed());
+                    }
+                }
+                if killed.elapsed() > WAIT {
+                    break;
+                }
+            }
+            None
+        });
+        gaps.push(gap.unwrap_or_else(|| panic!("no new app within {WAIT:?}\n{}", g.journal())));
+        g.wait_for("a restart", || {
+            g.show(UNIT, "NRestarts") == (restarts + 1).to_string()
+                && g.show(UNIT, "ActiveState") == "active"
+        });
+    }
+    gaps.sort();
+    eprintln!(
+        "fd-store restart, SIGKILL of hotsup -> first answer of the next app (ms): {:?}, median {}",
+        gaps.iter().map(|d| d.as_millis()).collect::<Vec<_>>(),
+        gaps[gaps.len() / 2].as_millis()
+    );
 }
 
 #[test]
