@@ -29,6 +29,12 @@
 //! `rollback` takes back the upgrade on probation at once, or else upgrades
 //! to the previous good executable; it answers like `upgrade`.
 //!
+//! `self_upgrade` (with `"binary": PATH` to choose another file than the
+//! install path) checks the new hotsup binary, answers
+//! `{"self_upgrade":{"from_version":..,"to_version":..,"binary":..,"count":N}}`
+//! and then execs it in place; the client polls `status` until
+//! `binary.self_upgrades` is N. A refusal is `ok: false` with the reason.
+//!
 //! `events` (with `"names": [...]` to choose) keeps the connection and
 //! writes each lifecycle event as one JSON line, the same objects as
 //! `--log-format json` logs (`{"event":"ready","generation":2,...}`), until

@@ -426,3 +426,39 @@ fn a_crash_restart_after_a_self_upgrade_runs_the_pinned_app_whose_file_is_gone()
     assert_eq!(h.wait_exit(WAIT).code(), Some(0));
     h.assert_left_nothing();
 }
+
+#[test]
+fn a_hotsup_run_with_a_config_file_refuses_to_self_upgrade() {
+    let dir = tempdir();
+    let installed = install(dir.path());
+    let sock = dir.path().join("control.sock");
+    let file = dir.path().join("hotsup.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "listen = [\"http=127.0.0.1:0\"]\ncommand = [{}]\n",
+            serde_json::to_string(&example("http").to_string_lossy()).expect("json")
+        ),
+    )
+    .expect("config");
+    let mut cmd = Command::new(&installed);
+    cmd.arg("run")
+        .args(["--log-format", "json", "--config"])
+        .arg(&file)
+        .arg("--control")
+        .arg(&sock)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut h = Hotsup::spawn(cmd);
+    let pid1 = h.ready(1);
+    let out = client(&sock, &["upgrade", "--self"]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(text(&out).contains("--config"), "{}", text(&out));
+    assert_eq!(serving_pid(&status(&sock)), i64::from(pid1));
+    assert_eq!(h.log.count_events("self_upgrade_check", &[]), 0);
+    h.signal(rustix::process::Signal::TERM);
+    assert_eq!(h.wait_exit(WAIT).code(), Some(0));
+    h.assert_left_nothing();
+}
