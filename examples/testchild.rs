@@ -246,10 +246,10 @@ fn main() {
             .nonblocking();
         match taken {
             Ok(l) => {
-                if !hotsup_child::is_supervised() {
-                    if let Ok(addr) = l.local_addr() {
-                        eprintln!("testchild: standalone, listening on {addr}");
-                    }
+                if !hotsup_child::is_supervised()
+                    && let Ok(addr) = l.local_addr()
+                {
+                    eprintln!("testchild: standalone, listening on {addr}");
                 }
                 vec![Socket::Http(l)]
             }
@@ -289,10 +289,10 @@ fn main() {
     }
     // Every accept loop follows the lifecycle (ignore-drain's too, for
     // pauses), so this child may answer version 2.
-    if args.protocol >= 2 {
-        if let Err(e) = hotsup_child::enable_pause() {
-            eprintln!("testchild: enable_pause: {e}");
-        }
+    if args.protocol >= 2
+        && let Err(e) = hotsup_child::enable_pause()
+    {
+        eprintln!("testchild: enable_pause: {e}");
     }
     if let Some(lifecycle) = &lifecycle {
         let lifecycle = lifecycle.clone();

@@ -43,13 +43,19 @@
 //!
 //! # Entering
 //!
-//! The child moves itself, between fork and exec: [`GenCgroup::open_enter`]
-//! opens the generation's `cgroup.procs` before `fork`, and
-//! [`enter_in_child`] writes `0` (the writer itself) to it in `pre_exec`,
-//! before anything else. Every process the app will ever start is then born
-//! in the cgroup. Moving the child from the parent after `spawn` would race
-//! with the app's first `fork`. (`clone3(CLONE_INTO_CGROUP)` would avoid the
-//! extra write, but std's `Command` cannot use it.)
+//! The child is born in its cgroup: [`GenCgroup::open_enter`] opens the
+//! generation's directory before the fork, and [`crate::fork`] forks with
+//! `clone3(CLONE_INTO_CGROUP)` (Linux 5.7). Every process the app will ever
+//! start is then born in the cgroup too. Moving the child from the parent
+//! after the fork would race with the app's first `fork`.
+//!
+//! A kernel without `CLONE_INTO_CGROUP` refuses it (ENOSYS, E2BIG or
+//! EINVAL); then the child moves itself between fork and exec, before
+//! anything else, by writing `0` (the writer itself) to the generation's
+//! `cgroup.procs`, opened before the fork. That write takes the kernel's
+//! `cgroup_threadgroup_rwsem` for writing, which waits for an RCU grace
+//! period: seconds on a loaded machine, while hotsup waits for the exec.
+//! Being born there takes it only for reading.
 //!
 //! Enter before dropping privileges: kernels before 5.16 check the writer's
 //! credentials at write time, later ones the opener's.
@@ -360,8 +366,8 @@ pub struct GenCgroup {
     rel: PathBuf,
 }
 
-/// A generation's `cgroup.procs`, open for writing. Keep it until `spawn`
-/// returns; the child writes to its inherited copy with [`enter_in_child`].
+/// A generation's cgroup directory, open for [`crate::fork`]: keep it until
+/// `spawn` returns.
 #[derive(Debug)]
 pub struct EnterFd(OwnedFd);
 
@@ -463,12 +469,16 @@ impl GenCgroup {
         &self.rel
     }
 
-    /// Opens `cgroup.procs` for [`enter_in_child`]: call it before `spawn`.
+    /// Opens the directory for `clone3(CLONE_INTO_CGROUP)` (not `O_PATH`,
+    /// which clone3 refuses): call it before `spawn`.
     pub fn open_enter(&self) -> Result<EnterFd, Error> {
-        let path = self.dir.join("cgroup.procs");
-        rustix::fs::open(&path, OFlags::WRONLY | OFlags::CLOEXEC, FileMode::empty())
-            .map(EnterFd)
-            .map_err(|e| io_err("open", &path, e))
+        rustix::fs::open(
+            &self.dir,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            FileMode::empty(),
+        )
+        .map(EnterFd)
+        .map_err(|e| io_err("open", &self.dir, e))
     }
 
     /// SIGKILLs every process in the cgroup, wherever it moved in the
@@ -510,26 +520,6 @@ impl GenCgroup {
     pub fn contains(&self, pid: Pid) -> bool {
         let want = self.rel.as_os_str().as_bytes();
         with_v2_line(pid, |line| line == want).unwrap_or(false)
-    }
-}
-
-/// Moves the calling process into the cgroup whose `cgroup.procs` is open
-/// at `procs_fd` (an [`EnterFd`] the parent opened before `fork`). For
-/// `pre_exec`: one `write(2)`, no allocation, no lock; async-signal-safe.
-pub fn enter_in_child(procs_fd: RawFd) -> io::Result<()> {
-    // SAFETY: the parent keeps the EnterFd open until spawn returns, so the
-    // child inherited procs_fd open, and nothing in the child closes it
-    // before exec.
-    let fd = unsafe { BorrowedFd::borrow_raw(procs_fd) };
-    loop {
-        // "0" names the writer itself.
-        match rustix::io::write(fd, b"0") {
-            Ok(1) => return Ok(()),
-            // A raw errno: building a custom io::Error would allocate.
-            Ok(_) => return Err(io::Error::from_raw_os_error(libc::EIO)),
-            Err(Errno::INTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
     }
 }
 
@@ -1006,10 +996,29 @@ mod tests {
         Pid::from_raw(raw as i32).expect("pid")
     }
 
-    /// Starts `cmd` in a new process group, inside `g`, as child::spawn
-    /// would.
+    /// Moves the calling process into the cgroup whose `cgroup.procs` is
+    /// open at `procs_fd`: one raw write, for `pre_exec`.
+    fn enter_in_child(procs_fd: RawFd) -> io::Result<()> {
+        // SAFETY: the parent keeps the fd open until spawn returns.
+        let fd = unsafe { BorrowedFd::borrow_raw(procs_fd) };
+        rustix::io::write(fd, b"0")?;
+        Ok(())
+    }
+
+    fn open_procs(g: &GenCgroup) -> OwnedFd {
+        rustix::fs::open(
+            g.dir().join("cgroup.procs"),
+            OFlags::WRONLY | OFlags::CLOEXEC,
+            FileMode::empty(),
+        )
+        .expect("open cgroup.procs")
+    }
+
+    /// Starts `cmd` in a new process group, inside `g` (by the write
+    /// hotsup falls back to; `crate::fork`'s tests below cover its own
+    /// spawn).
     fn spawn_in(g: &GenCgroup, cmd: &mut Command) -> io::Result<Child> {
-        let enter = g.open_enter().map_err(io::Error::other)?;
+        let enter = open_procs(g);
         let raw = enter.as_raw_fd();
         // SAFETY: enter_in_child makes one raw write on an fd the child
         // inherited open (`enter` lives until spawn returns).
@@ -1159,23 +1168,64 @@ mod tests {
         reap_killed(esc);
     }
 
+    /// hotsup's own spawn: `sleep 60` born in `g` (with
+    /// `clone3(CLONE_INTO_CGROUP)`), or moved there by its own write with
+    /// `fallback`.
+    fn fork_into(dir: &EnterFd, fallback: bool) -> io::Result<Pid> {
+        use crate::fork::{CStrings, Plan, spawn_with};
+        let argv = CStrings::new(["sleep", "60"])?;
+        let envp = CStrings::new::<_, &str>([])?;
+        let plan = Plan {
+            path: c"/bin/sleep",
+            argv: &argv,
+            envp: &envp,
+            cgroup: Some(dir.as_fd()),
+            place: &[],
+            keep: &[],
+            nofile: None,
+            rlimits: &[],
+            umask: None,
+            creds: None,
+            chdir: None,
+            parent: getpid(),
+        };
+        spawn_with(&plan, fallback)
+    }
+
+    #[test]
+    fn hotsups_spawn_puts_the_child_in_its_cgroup_both_ways() {
+        let Some(m) = manager("hotsups_spawn_puts_the_child_in_its_cgroup_both_ways") else {
+            return;
+        };
+        for (id, fallback) in [(1, false), (2, true)] {
+            let g = m.create(id).expect("create");
+            let _cleanup = Cleanup(g.dir().to_path_buf());
+            let dir = g.open_enter().expect("open");
+            let pid = fork_into(&dir, fallback).expect("spawn");
+            let in_it = g.contains(pid);
+            let _ = rustix::process::kill_process(pid, Signal::KILL);
+            reap_killed(pid);
+            assert!(in_it, "fallback {fallback}: not in {}", g.path().display());
+        }
+    }
+
     #[test]
     fn a_child_that_cannot_enter_never_runs() {
         let Some(m) = manager("a_child_that_cannot_enter_never_runs") else {
             return;
         };
-        let g = m.create(1).expect("create");
-        let enter = g.open_enter().expect("open");
-        g.remove().expect("remove");
-        let raw = enter.as_raw_fd();
-        let mut cmd = Command::new("sleep");
-        cmd.arg("60");
-        // SAFETY: as in spawn_in.
-        unsafe {
-            cmd.pre_exec(move || enter_in_child(raw));
+        for (id, fallback) in [(1, false), (2, true)] {
+            let g = m.create(id).expect("create");
+            let dir = g.open_enter().expect("open");
+            g.remove().expect("remove");
+            let err = fork_into(&dir, fallback).expect_err("ran outside its cgroup");
+            // The fallback opens cgroup.procs, gone with its directory.
+            let codes = [Some(libc::ENODEV), Some(libc::ENOENT)];
+            assert!(
+                codes.contains(&err.raw_os_error()),
+                "fallback {fallback}: {err}"
+            );
         }
-        let err = cmd.spawn().expect_err("ran outside its cgroup");
-        assert_eq!(err.raw_os_error(), Some(libc::ENODEV), "{err}");
     }
 
     /// What a supervisor leaves when it is killed: a base in `dir` with

@@ -1,24 +1,26 @@
 //! Resolving COMMAND and starting one generation of it.
 //!
-//! Everything the child needs is prepared before `fork`; the `pre_exec` hook
-//! only makes raw syscalls.
+//! Everything the child needs is prepared here before the fork; the child
+//! itself only makes raw syscalls (see [`crate::fork`]).
 
-use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use command_fds::{CommandFdExt, FdMapping};
+use rustix::io::Errno;
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
-use rustix::process::{Pid, Signal};
+use rustix::process::{Pid, Resource, Rlimit, Signal};
 
 use hotsup_protocol::{ENV_FD, ENV_GENERATION};
 
 use crate::exec_env::ExecEnv;
+use crate::fork;
 use crate::identity::Identity;
 use crate::listeners::Listener;
 
@@ -124,38 +126,14 @@ pub struct Spec<'a> {
     /// A pinned executable's descriptor that must survive exec, because the
     /// program is run as `/proc/self/fd/N`.
     pub exe_fd: Option<ExeFd>,
-    /// The generation's `cgroup.procs`, open for writing: the child moves
-    /// itself in before anything else (see [`crate::cgroup`]).
+    /// The generation's cgroup directory, open (see
+    /// [`crate::cgroup::GenCgroup::open_enter`]): the child is born in it.
     pub cgroup: Option<RawFd>,
     pub pass: Pass<'a>,
     /// `--user`/`--group`: the credentials the child switches to.
     pub identity: Option<&'a Identity>,
     /// `--chdir`, `--env`, `--env-file`, `--umask`, `--rlimit`.
     pub exec: &'a ExecEnv,
-}
-
-/// Everything the child does between fork and exec, prepared before fork.
-struct Setup {
-    cgroup: Option<RawFd>,
-    /// fds to keep open across exec: the channel, a pinned executable.
-    keep: [Option<RawFd>; 2],
-    hotsup_pid: Pid,
-    nofile: Option<u64>,
-    /// `--rlimit`s, set before the credential switch: only hotsup's
-    /// privileges may raise a hard limit.
-    rlimits: Vec<(rustix::process::Resource, rustix::process::Rlimit)>,
-    umask: Option<rustix::fs::Mode>,
-    creds: Option<Creds>,
-    /// `--chdir`, entered after the credential switch.
-    chdir: Option<CString>,
-}
-
-/// Credentials copied out of an [`Identity`] before fork, for the child to
-/// switch to without allocating.
-struct Creds {
-    uid: Option<rustix::process::Uid>,
-    gid: rustix::process::Gid,
-    groups: Vec<rustix::process::Gid>,
 }
 
 /// See [`Spec::exe_fd`].
@@ -177,81 +155,107 @@ const ENV_EXE_FD: &str = "HOTSUP_EXE_FD";
 /// Starts one generation.
 ///
 /// The child runs in a new process group (so its whole tree can be killed),
-/// as `spec.identity` if given, and receives SIGTERM if hotsup dies.
+/// in its cgroup from birth if `spec.cgroup` is given, as `spec.identity`
+/// if given, and receives SIGTERM if hotsup dies. Returns once the child
+/// has exec'd, or with the error that kept it from doing so.
 pub fn spawn(spec: &Spec<'_>) -> io::Result<Spawned> {
     let hotsup_pid = rustix::process::getpid();
     // exec runs after the child's chdir: a relative COMMAND must still
     // name the file found from hotsup's own directory.
-    let program: Cow<'_, Path> = match &spec.exec.chdir {
-        Some(_) if spec.program.is_relative() => {
-            Cow::Owned(std::env::current_dir()?.join(spec.program))
-        }
-        _ => Cow::Borrowed(spec.program),
+    let mut program: PathBuf = match &spec.exec.chdir {
+        Some(_) if spec.program.is_relative() => std::env::current_dir()?.join(spec.program),
+        _ => spec.program.to_path_buf(),
     };
-    let mut cmd;
+    // The environment hotsup was given, less its own variables, plus the
+    // child's; a later value for a name replaces an earlier one.
+    let mut env: BTreeMap<OsString, OsString> = std::env::vars_os()
+        .filter(|(k, _)| !k.to_str().is_some_and(|k| SCRUBBED_ENV.contains(&k)))
+        .collect();
+    let mut set = |k: &str, v: &OsStr| {
+        env.insert(k.into(), v.to_owned());
+    };
+    let listeners: &[std::sync::Arc<Listener>] = match spec.pass {
+        Pass::Native => &[],
+        Pass::Systemd(l) => l,
+    };
+    let end = fork::placed_end(listeners.len())?;
+    // fds the child keeps at their numbers must lie above the listeners'
+    // 3, 4, ...: a pinned executable opened after a low fd was freed may
+    // not.
+    let exe_moved = match spec.exe_fd {
+        Some(e) => {
+            // SAFETY: the Pinned that owns this fd outlives the spawn.
+            let fd = unsafe { BorrowedFd::borrow_raw(e.fd) };
+            fork::clear_of(fd, end)?
+        }
+        None => None,
+    };
+    let exe_fd = spec.exe_fd.map(|e| ExeFd {
+        fd: exe_moved.as_ref().map_or(e.fd, AsRawFd::as_raw_fd),
+        ..e
+    });
+    if let (Some(old), Some(new)) = (spec.exe_fd, exe_fd.filter(|_| exe_moved.is_some()))
+        && program == Path::new(&format!("/proc/self/fd/{}", old.fd))
+    {
+        program = PathBuf::from(format!("/proc/self/fd/{}", new.fd));
+    }
     let mut channel = None;
-    let mut child_fd = None;
-    match spec.pass {
+    let mut child_end = None;
+    let (path, argv): (CString, Vec<OsString>) = match spec.pass {
         Pass::Native => {
-            let (parent_end, child_end) = rustix::net::socketpair(
+            let (parent_end, child) = rustix::net::socketpair(
                 AddressFamily::UNIX,
                 SocketType::SEQPACKET,
                 SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
                 None,
             )?;
             // The child's end must block: apps read it with plain recvmsg.
-            rustix::io::ioctl_fionbio(&child_end, false)?;
-            cmd = scrubbed(&program);
-            cmd.arg0(spec.argv0)
-                .args(spec.args)
-                .env(ENV_FD, child_end.as_raw_fd().to_string());
-            child_fd = Some(child_end);
+            rustix::io::ioctl_fionbio(&child, false)?;
+            set(ENV_FD, OsStr::new(&child.as_raw_fd().to_string()));
+            child_end = Some(child);
             channel = Some(parent_end);
+            let mut argv = vec![spec.argv0.to_owned()];
+            argv.extend(spec.args.iter().cloned());
+            (cstring(program.as_os_str())?, argv)
         }
         Pass::Systemd(listeners) => {
             // Only the child knows its pid, and LISTEN_PID must be exactly
             // that: hotsup re-executes itself, sets it, and execs the app.
-            cmd = scrubbed(Path::new("/proc/self/exe"));
-            if let Some(e) = spec.exe_fd.filter(|e| !e.app_keeps) {
-                cmd.env(ENV_EXE_FD, e.fd.to_string());
+            if let Some(e) = exe_fd.filter(|e| !e.app_keeps) {
+                set(ENV_EXE_FD, OsStr::new(&e.fd.to_string()));
             }
-            cmd.arg0("hotsup")
-                .arg(EXEC_LISTEN_PID)
-                .arg(spec.argv0)
-                .arg(&*program)
-                .args(spec.args)
-                .env("LISTEN_FDS", listeners.len().to_string())
-                .env(
-                    "LISTEN_FDNAMES",
-                    listeners
-                        .iter()
-                        .map(|l| l.info.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(":"),
-                );
-            let mut mappings = Vec::with_capacity(listeners.len());
-            for (i, l) in listeners.iter().enumerate() {
-                mappings.push(FdMapping {
-                    parent_fd: l.fd().try_clone_to_owned()?,
-                    child_fd: 3 + i as RawFd,
-                });
-            }
-            cmd.fd_mappings(mappings)
-                .map_err(|_| io::Error::other("listener fds collide"))?;
+            set("LISTEN_FDS", OsStr::new(&listeners.len().to_string()));
+            let names: Vec<&str> = listeners.iter().map(|l| l.info.name.as_str()).collect();
+            set("LISTEN_FDNAMES", OsStr::new(&names.join(":")));
+            let mut argv: Vec<OsString> = vec![
+                "hotsup".into(),
+                EXEC_LISTEN_PID.into(),
+                spec.argv0.to_owned(),
+                program.into_os_string(),
+            ];
+            argv.extend(spec.args.iter().cloned());
+            (cstring(OsStr::new("/proc/self/exe"))?, argv)
         }
+    };
+    // No PATH search happens: resolve() always gives a path.
+    if !path.as_bytes().contains(&b'/') {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "COMMAND must be resolved to a path",
+        ));
     }
-    cmd.env(ENV_GENERATION, spec.generation.to_string())
-        .env(ENV_WORKER, spec.worker.to_string())
-        .process_group(0);
+    set(ENV_GENERATION, OsStr::new(&spec.generation.to_string()));
+    set(ENV_WORKER, OsStr::new(&spec.worker.to_string()));
     if let Some(path) = spec.notify_socket {
-        cmd.env("NOTIFY_SOCKET", path);
+        set("NOTIFY_SOCKET", path.as_os_str());
     }
     // As systemd's User= and runuser(1) do: an app looking for its files
     // under $HOME must not be sent to hotsup's.
     if let Some(user) = spec.identity.and_then(|i| i.user.as_ref()) {
-        cmd.env("USER", &user.name).env("LOGNAME", &user.name);
+        set("USER", OsStr::new(&user.name));
+        set("LOGNAME", OsStr::new(&user.name));
         if let Some(home) = &user.home {
-            cmd.env("HOME", home);
+            set("HOME", home.as_os_str());
         }
     }
     // After USER and HOME, which `--env` may override as systemd's
@@ -259,10 +263,16 @@ pub fn spawn(spec: &Spec<'_>) -> io::Result<Spawned> {
     // and are skipped here too, so nothing can break the protocols.
     for (k, v) in &spec.exec.env {
         if !is_reserved_env(k) {
-            cmd.env(k, v);
+            set(k, OsStr::new(v));
         }
     }
-    let raw_child_fd = child_fd.as_ref().map(|f| f.as_raw_fd());
+    let envp = fork::CStrings::new(env.iter().map(|(k, v)| {
+        let mut kv = k.clone();
+        kv.push("=");
+        kv.push(v);
+        kv
+    }))?;
+    let argv = fork::CStrings::new(&argv)?;
     let chdir = match &spec.exec.chdir {
         Some(dir) => Some(
             CString::new(dir.as_os_str().as_encoded_bytes())
@@ -270,77 +280,105 @@ pub fn spawn(spec: &Spec<'_>) -> io::Result<Spawned> {
         ),
         None => None,
     };
-    let setup = Setup {
-        cgroup: spec.cgroup,
-        keep: [raw_child_fd, spec.exe_fd.map(|e| e.fd)],
-        hotsup_pid,
+    let creds = spec.identity.map(|i| fork::Creds {
+        uid: i.uid,
+        gid: i.gid,
+        groups: i.groups.clone(),
+    });
+    let rlimits: Vec<(Resource, Rlimit)> = spec
+        .exec
+        .rlimits
+        .iter()
+        .map(|l| (l.resource, l.rlimit()))
+        .collect();
+    let place: Vec<BorrowedFd<'_>> = listeners.iter().map(|l| l.fd()).collect();
+    let mut keep: Vec<BorrowedFd<'_>> = Vec::with_capacity(2);
+    keep.extend(child_end.as_ref().map(AsFd::as_fd));
+    if let Some(e) = exe_fd {
+        // SAFETY: the Pinned, or the copy above, that owns it outlives the
+        // spawn.
+        keep.push(unsafe { BorrowedFd::borrow_raw(e.fd) });
+    }
+    // SAFETY: the caller keeps the cgroup's fd open until spawn returns.
+    let cgroup = spec.cgroup.map(|fd| unsafe { BorrowedFd::borrow_raw(fd) });
+    let plan = fork::Plan {
+        path: &path,
+        argv: &argv,
+        envp: &envp,
+        cgroup,
+        place: &place,
+        keep: &keep,
         // An explicit --rlimit nofile= replaces restoring hotsup's
         // original soft limit.
-        nofile: spec
-            .nofile
-            .filter(|_| !spec.exec.sets(rustix::process::Resource::Nofile)),
-        rlimits: spec
-            .exec
-            .rlimits
-            .iter()
-            .map(|l| (l.resource, l.rlimit()))
-            .collect(),
+        nofile: spec.nofile.filter(|_| !spec.exec.sets(Resource::Nofile)),
+        rlimits: &rlimits,
         umask: spec.exec.umask.map(rustix::fs::Mode::from_raw_mode),
-        creds: spec.identity.map(|i| Creds {
-            uid: i.uid,
-            gid: i.gid,
-            groups: i.groups.clone(),
-        }),
-        chdir,
+        creds: creds.as_ref(),
+        chdir: chdir.as_deref(),
+        parent: hotsup_pid,
     };
-    // SAFETY: the closure runs between fork and exec in the child, where
-    // only async-signal-safe calls are allowed; `prepare_child` makes only
-    // raw syscalls on `setup`, allocated before fork and only borrowed
-    // there, and allocates nothing.
-    unsafe {
-        cmd.pre_exec(move || prepare_child(&setup));
-    }
-    let child = cmd.spawn().map_err(|e| {
-        let mut context = Vec::new();
-        // The usual cause: the new user cannot reach COMMAND or the
-        // working directory.
-        if let Some(id) = spec
-            .identity
-            .filter(|_| e.kind() == io::ErrorKind::PermissionDenied)
-        {
-            context.push(format!("running as {}: {}", id.given, id.describe()));
-        }
-        if let Some(dir) = &spec.exec.chdir {
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::ENOENT | libc::EACCES | libc::ENOTDIR)
-            ) {
-                context.push(format!("COMMAND, or --chdir {}", dir.display()));
-            }
-        }
-        if context.is_empty() {
-            e
-        } else {
-            io::Error::new(e.kind(), format!("{e} ({})", context.join("; ")))
-        }
-    })?;
-    drop(child_fd);
-    let raw = i32::try_from(child.id()).map_err(io::Error::other)?;
-    let pid = Pid::from_raw(raw).ok_or_else(|| io::Error::other("spawn returned pid 0"))?;
-    // The `Child` handle is dropped without waiting: exit statuses are
-    // collected by the supervisor's single wait() loop.
-    drop(child);
+    let pid = fork::spawn(&plan).map_err(|e| with_context(e, spec))?;
+    drop(child_end);
+    drop(exe_moved);
     Ok(Spawned { pid, channel })
 }
 
-/// A command for `program` with hotsup's own variables removed; the
-/// variables meant for the child are set afterwards.
+/// Why a child could not start, with what usually causes it.
+fn with_context(e: io::Error, spec: &Spec<'_>) -> io::Error {
+    let mut context = Vec::new();
+    // The usual cause: the new user cannot reach COMMAND or the working
+    // directory.
+    if let Some(id) = spec
+        .identity
+        .filter(|_| e.kind() == io::ErrorKind::PermissionDenied)
+    {
+        context.push(format!("running as {}: {}", id.given, id.describe()));
+    }
+    if let Some(dir) = &spec.exec.chdir {
+        let code = e.raw_os_error().map(Errno::from_raw_os_error);
+        if matches!(code, Some(Errno::NOENT | Errno::ACCESS | Errno::NOTDIR)) {
+            context.push(format!("COMMAND, or --chdir {}", dir.display()));
+        }
+    }
+    if context.is_empty() {
+        e
+    } else {
+        io::Error::new(e.kind(), format!("{e} ({})", context.join("; ")))
+    }
+}
+
+fn cstring(s: &OsStr) -> io::Result<CString> {
+    CString::new(s.as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a path contains a NUL byte"))
+}
+
+/// A command for `program` with hotsup's own variables removed, for the
+/// auxiliary processes std's `Command` starts (`--build`).
 pub fn scrubbed(program: &Path) -> Command {
     let mut cmd = Command::new(program);
     for var in SCRUBBED_ENV {
         cmd.env_remove(var);
     }
     cmd
+}
+
+/// Between fork and exec of an auxiliary process (a `--build` command):
+/// the signal state of a fresh process, and SIGTERM when hotsup dies.
+/// Async-signal-safe syscalls only (those of `sys`, `fork::restore_nofile`,
+/// `prctl`, `getppid`); `hotsup_pid` is read before fork.
+pub fn prepare_aux(hotsup_pid: Pid, nofile: Option<u64>) -> io::Result<()> {
+    crate::sys::reset_signal_dispositions();
+    crate::sys::clear_signal_mask()?;
+    if let Some(soft) = nofile {
+        fork::restore_nofile(soft)?;
+    }
+    // Spawned from the runtime's only thread, which lives as long as hotsup.
+    rustix::process::set_parent_process_death_signal(Some(Signal::TERM))?;
+    if rustix::process::getppid() != Some(hotsup_pid) {
+        // A raw errno: building a custom io::Error would allocate.
+        return Err(Errno::SRCH.into());
+    }
+    Ok(())
 }
 
 /// The hidden `__exec-listen-pid ARGV0 PROGRAM ARGS...` step: runs in the
@@ -358,9 +396,10 @@ pub fn exec_listen_pid(rest: &[OsString]) -> ! {
         .ok()
         .and_then(|v| v.parse::<RawFd>().ok())
     {
-        // SAFETY: F_SETFD on a plain integer changes only that fd's flags
+        // SAFETY: only used for F_SETFD, which changes that fd's flags
         // (EBADF if it is not open); no Rust object owns it here.
-        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        let _ = rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::CLOEXEC);
     }
     let mut cmd = Command::new(program);
     cmd.arg0(argv0)
@@ -373,148 +412,6 @@ pub fn exec_listen_pid(rest: &[OsString]) -> ! {
         Path::new(program).display()
     ));
     std::process::exit(127);
-}
-
-/// Runs in the forked child before exec: async-signal-safe syscalls only
-/// (write, fcntl, rt_sigaction, sigprocmask, prlimit, umask, setgroups,
-/// setresgid, setresuid, chdir, prctl, getppid); no allocation, locks or
-/// logging.
-fn prepare_child(setup: &Setup) -> io::Result<()> {
-    // First, so that nothing the child does can happen outside its cgroup.
-    if let Some(fd) = setup.cgroup {
-        crate::cgroup::enter_in_child(fd)?;
-    }
-    for keep in setup.keep.into_iter().flatten() {
-        // SAFETY: the fd is open in the child: it was inherited from the
-        // parent's copy, which stays open until spawn returns.
-        let fd = unsafe { BorrowedFd::borrow_raw(keep) };
-        rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
-    }
-    // Handlers fall back to the default on exec, but SIG_IGN survives it: a
-    // signal ignored by whoever started hotsup would stay ignored in the app.
-    // Before the mask is cleared, so that a signal pending for the child
-    // meets the action it will have after exec.
-    reset_signal_dispositions();
-    clear_signal_mask()?;
-    if let Some(soft) = setup.nofile {
-        restore_nofile(soft)?;
-    }
-    for (resource, lim) in &setup.rlimits {
-        rustix::process::setrlimit(*resource, *lim)?;
-    }
-    if let Some(mask) = setup.umask {
-        rustix::process::umask(mask);
-    }
-    if let Some(creds) = &setup.creds {
-        // Groups first and the uid last: once the uid is dropped, changing
-        // groups is no longer allowed. Real, effective and saved ids all
-        // change, so the app cannot switch back. These are the raw per-thread
-        // syscalls, which is right here: the forked child has one thread.
-        rustix::thread::set_thread_groups(&creds.groups)?;
-        rustix::thread::set_thread_res_gid(creds.gid, creds.gid, creds.gid)?;
-        if let Some(uid) = creds.uid {
-            rustix::thread::set_thread_res_uid(uid, uid, uid)?;
-        }
-        // A hotsup that is not root but holds capabilities (say, ambient
-        // CAP_SETUID from its unit) keeps them across a change between
-        // non-zero uids; the app must not inherit them.
-        match rustix::thread::clear_ambient_capability_set() {
-            // EINVAL: a kernel before 4.3 has no ambient set to clear.
-            Ok(()) | Err(rustix::io::Errno::INVAL) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    // As the new user, as systemd enters WorkingDirectory=: the children
-    // get no directory their user could not enter.
-    if let Some(dir) = &setup.chdir {
-        rustix::process::chdir(dir.as_c_str())?;
-    }
-    // After the credential change, which clears the parent-death signal.
-    // The spawning thread is the runtime's only thread, which lives as long
-    // as hotsup, so this fires only when hotsup itself dies.
-    rustix::process::set_parent_process_death_signal(Some(Signal::TERM))?;
-    if rustix::process::getppid() != Some(setup.hotsup_pid) {
-        // hotsup died before the prctl took effect. A raw errno, because
-        // building a custom io::Error would allocate.
-        return Err(io::Error::from_raw_os_error(libc::ESRCH));
-    }
-    Ok(())
-}
-
-/// Between fork and exec of an auxiliary process (a `--build` command):
-/// the signal state of a fresh process, and SIGTERM when hotsup dies.
-/// Async-signal-safe syscalls only, like [`prepare_child`]; `hotsup_pid` is
-/// read before fork.
-pub fn prepare_aux(hotsup_pid: Pid, nofile: Option<u64>) -> io::Result<()> {
-    reset_signal_dispositions();
-    clear_signal_mask()?;
-    if let Some(soft) = nofile {
-        restore_nofile(soft)?;
-    }
-    // Spawned from the runtime's only thread, which lives as long as hotsup.
-    rustix::process::set_parent_process_death_signal(Some(Signal::TERM))?;
-    if rustix::process::getppid() != Some(hotsup_pid) {
-        return Err(io::Error::from_raw_os_error(libc::ESRCH));
-    }
-    Ok(())
-}
-
-/// Lowers the soft RLIMIT_NOFILE to what hotsup was started with.
-fn restore_nofile(soft: u64) -> io::Result<()> {
-    use rustix::process::{Resource, getrlimit, setrlimit};
-    let mut lim = getrlimit(Resource::Nofile);
-    if lim.current.is_none_or(|c| c > soft) {
-        lim.current = Some(soft);
-        setrlimit(Resource::Nofile, lim)?;
-    }
-    Ok(())
-}
-
-/// A signal blocked in hotsup would stay blocked across exec.
-fn clear_signal_mask() -> io::Result<()> {
-    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
-    // SAFETY: sigemptyset initialises the set it is given; sigprocmask gets
-    // that initialised set and a null old-set pointer, which it allows.
-    let rc = unsafe {
-        libc::sigemptyset(set.as_mut_ptr());
-        libc::sigprocmask(libc::SIG_SETMASK, set.as_ptr(), std::ptr::null_mut())
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// Sets every catchable signal's action to the default, with the raw
-/// rt_sigaction syscall: glibc's sigaction() refuses the two signals glibc
-/// reserves (32 and 33), and glibc's own posix_spawn() leaves exactly those
-/// ignored in what it starts, so a hotsup started that way would pass them
-/// on. Resetting them here breaks nothing: before exec, the child has no
-/// other thread to cancel, and it changes credentials with raw syscalls,
-/// not through glibc's setxid broadcast. SIGKILL, SIGSTOP and numbers past
-/// the last signal fail with EINVAL and are left alone.
-fn reset_signal_dispositions() {
-    // The kernel's struct sigaction, all zero: SIG_DFL, no flags, an empty
-    // mask, whatever the architecture's layout (none is larger than this).
-    let action = [0u64; 8];
-    for sig in 1..=64 {
-        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
-            continue;
-        }
-        // SAFETY: rt_sigaction is async-signal-safe; it reads a kernel
-        // sigaction from `action`, which is valid and large enough, and
-        // takes a null old-action pointer and the size of the kernel's
-        // 64-signal set.
-        unsafe {
-            libc::syscall(
-                libc::SYS_rt_sigaction,
-                libc::c_long::from(sig),
-                action.as_ptr(),
-                std::ptr::null_mut::<u64>(),
-                std::mem::size_of::<u64>(),
-            );
-        }
-    }
 }
 
 /// SIGKILLs what a reaped generation left in its process group. Only the

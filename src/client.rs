@@ -37,7 +37,7 @@ fn path_of(target: &Target) -> Result<PathBuf, u8> {
     match (&target.control, &target.name) {
         (Some(p), _) => Ok(p.clone()),
         (None, Some(n)) => Ok(control::default_path(n)),
-        (None, None) => the_only_one(&control::default_dir()),
+        (None, None) => the_only_one(&crate::runtime_dir::dir()),
     }
 }
 
@@ -134,17 +134,17 @@ fn call(target: &Target, request: Request, timeout: Option<Duration>) -> Result<
     let mut reply = String::new();
     let read = BufReader::new(stream).read_line(&mut reply);
     if reply.is_empty() {
-        if let Err(e) = &read {
-            if matches!(
+        if let Err(e) = &read
+            && matches!(
                 e.kind(),
                 std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ) {
-                logging::report(format_args!(
-                    "no answer from {} within the timeout; the request goes on",
-                    path.display()
-                ));
-                return Err(TIMED_OUT);
-            }
+            )
+        {
+            logging::report(format_args!(
+                "no answer from {} within the timeout; the request goes on",
+                path.display()
+            ));
+            return Err(TIMED_OUT);
         }
         return Err(fail(match (sent, read) {
             (Err(e), _) => format!("cannot send to {}: {e}", path.display()),
@@ -549,11 +549,12 @@ pub fn events(target: &Target, names: Vec<String>) -> u8 {
     for line in BufReader::new(stream).lines() {
         let Ok(line) = line else { break };
         // A refusal is one reply object, not an event.
-        if let Ok(reply) = serde_json::from_str::<Reply>(&line) {
-            if !reply.ok && reply.error.is_some() {
-                refused(&reply);
-                return REFUSED;
-            }
+        if let Ok(reply) = serde_json::from_str::<Reply>(&line)
+            && !reply.ok
+            && reply.error.is_some()
+        {
+            refused(&reply);
+            return REFUSED;
         }
         if say(&format!("{}\n", line), OK) != OK {
             return FAILED;

@@ -102,22 +102,21 @@ impl ConfigFile {
         let mut on_command_line = BTreeSet::new();
         let mut command_on_command_line = false;
         let cli = Cli::command();
-        if let Ok(m) = cli.clone().try_get_matches_from(argv) {
-            if let (Some(run), Some(run_cmd)) =
+        if let Ok(m) = cli.clone().try_get_matches_from(argv)
+            && let (Some(run), Some(run_cmd)) =
                 (m.subcommand_matches("run"), cli.find_subcommand("run"))
-            {
-                for arg in run_cmd.get_arguments() {
-                    let id = arg.get_id().as_str();
-                    if run.value_source(id) != Some(ValueSource::CommandLine) {
-                        continue;
+        {
+            for arg in run_cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if run.value_source(id) != Some(ValueSource::CommandLine) {
+                    continue;
+                }
+                match arg.get_long() {
+                    Some(long) => {
+                        on_command_line.insert(long.to_string());
                     }
-                    match arg.get_long() {
-                        Some(long) => {
-                            on_command_line.insert(long.to_string());
-                        }
-                        None if id == COMMAND_KEY => command_on_command_line = true,
-                        None => {}
-                    }
+                    None if id == COMMAND_KEY => command_on_command_line = true,
+                    None => {}
                 }
             }
         }

@@ -375,25 +375,10 @@ pub enum ControlError {
     Io { path: String, source: io::Error },
 }
 
-/// The default control socket for `name`: `NAME.sock` in [`default_dir`].
+/// The default control socket for `name`: `NAME.sock` in the runtime
+/// directory ([`crate::runtime_dir`]).
 pub fn default_path(name: &str) -> PathBuf {
-    default_dir().join(format!("{name}.sock"))
-}
-
-/// Where default control sockets live: `$HOTSUP_RUNTIME_DIR` when set (for
-/// containers and tests that want their own), else `/run/hotsup` for root,
-/// `$XDG_RUNTIME_DIR/hotsup` for other users, or `$TMPDIR/hotsup-UID` when
-/// `XDG_RUNTIME_DIR` is unset.
-pub fn default_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("HOTSUP_RUNTIME_DIR").filter(|d| !d.is_empty()) {
-        return PathBuf::from(dir);
-    }
-    let root = rustix::process::geteuid().is_root();
-    match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(dir) if !root && !dir.is_empty() => PathBuf::from(dir).join("hotsup"),
-        _ if root => PathBuf::from("/run/hotsup"),
-        _ => std::env::temp_dir().join(format!("hotsup-{}", rustix::process::geteuid().as_raw())),
-    }
+    crate::runtime_dir::dir().join(format!("{name}.sock"))
 }
 
 /// The control sockets in `dir` that a live process accepts on, sorted:
@@ -441,27 +426,6 @@ fn accepts(path: &Path) -> bool {
 /// A directory another user controls could swap the socket file under us
 /// (the default under /tmp is guessable): it must be a real directory owned
 /// by us or root, and writable by others only if sticky.
-fn check_dir(dir: &Path) -> io::Result<()> {
-    let meta = std::fs::symlink_metadata(dir)?;
-    let me = rustix::process::geteuid().as_raw();
-    let refuse = |why: String| Err(io::Error::new(io::ErrorKind::PermissionDenied, why));
-    if !meta.is_dir() {
-        return refuse(format!("{} is not a directory (a symlink?)", dir.display()));
-    }
-    if meta.uid() != me && meta.uid() != 0 {
-        return refuse(format!(
-            "directory {} belongs to uid {}",
-            dir.display(),
-            meta.uid()
-        ));
-    }
-    let sticky = meta.mode() & 0o1000 != 0;
-    if meta.mode() & 0o022 != 0 && !sticky {
-        return refuse(format!("directory {} is writable by others", dir.display()));
-    }
-    Ok(())
-}
-
 /// The bound control socket; its file is removed on drop if still ours.
 pub struct Server {
     pub path: PathBuf,
@@ -475,10 +439,10 @@ pub struct Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        if let Ok(meta) = std::fs::symlink_metadata(&self.path) {
-            if (meta.dev(), meta.ino()) == self.ident {
-                let _ = std::fs::remove_file(&self.path);
-            }
+        if let Ok(meta) = std::fs::symlink_metadata(&self.path)
+            && (meta.dev(), meta.ino()) == self.ident
+        {
+            let _ = std::fs::remove_file(&self.path);
         }
     }
 }
@@ -494,16 +458,9 @@ impl Server {
     /// Binds `path` with mode 0600, replacing a stale socket file. Must run
     /// inside the runtime.
     pub fn bind(path: &Path) -> Result<Server, ControlError> {
-        use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
+        use std::os::unix::fs::FileTypeExt;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            if !dir.exists() {
-                std::fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(dir)
-                    .map_err(io_err(path))?;
-            }
-            check_dir(dir).map_err(io_err(path))?;
+            crate::runtime_dir::ensure(dir).map_err(io_err(path))?;
         }
         match std::fs::symlink_metadata(path) {
             Ok(meta) if !meta.file_type().is_socket() => {

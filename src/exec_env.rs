@@ -126,13 +126,13 @@ pub fn parse_rlimit(s: &str) -> Result<Limit, String> {
         }
     };
     // None is infinity, above every number.
-    if let (soft, Some(hard)) = (soft, hard) {
-        if soft.is_none_or(|s| s > hard) {
-            return Err(format!(
-                "the soft limit ({}) is above the hard limit ({hard})",
-                soft.map_or_else(|| "infinity".to_string(), |s| s.to_string())
-            ));
-        }
+    if let (soft, Some(hard)) = (soft, hard)
+        && soft.is_none_or(|s| s > hard)
+    {
+        return Err(format!(
+            "the soft limit ({}) is above the hard limit ({hard})",
+            soft.map_or_else(|| "infinity".to_string(), |s| s.to_string())
+        ));
     }
     Ok(Limit {
         resource,
@@ -425,10 +425,10 @@ impl Parser {
 
     /// Ends an assignment.
     fn push(&mut self) -> Result<(), EnvFileError> {
-        if self.state == State::Value {
-            if let Some(t) = self.trailing {
-                self.value.truncate(t);
-            }
+        if self.state == State::Value
+            && let Some(t) = self.trailing
+        {
+            self.value.truncate(t);
         }
         let key = self.key.trim_end_matches(BLANK).to_string();
         check_name(&key).map_err(|cause| EnvFileError {
@@ -552,12 +552,12 @@ fn check_limit(
 ) -> Result<(), String> {
     let show = |x: Option<u64>| x.map_or_else(|| "infinity".to_string(), |n| n.to_string());
     if l.resource == Resource::Nofile {
-        if let Some(max) = nr_open() {
-            if l.hard.is_none_or(|h| h > max) {
-                return Err(format!(
-                    "--rlimit {l}: the kernel allows at most {max} open files (fs.nr_open)"
-                ));
-            }
+        if let Some(max) = nr_open()
+            && l.hard.is_none_or(|h| h > max)
+        {
+            return Err(format!(
+                "--rlimit {l}: the kernel allows at most {max} open files (fs.nr_open)"
+            ));
         }
         // Each child holds stdio, its channel and every listener; fds
         // passed beyond the limit would be dropped by the kernel.

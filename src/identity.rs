@@ -212,10 +212,10 @@ fn find_user(input: &str) -> Result<(Uid, Option<Passwd>), Error> {
         input: input.to_owned(),
         source,
     };
-    if let Ok(name) = CString::new(input) {
-        if let Some((uid, pw)) = passwd(&Key::Name(&name)).map_err(lookup_err)? {
-            return Ok((Uid::from_raw(uid), Some(pw)));
-        }
+    if let Ok(name) = CString::new(input)
+        && let Some((uid, pw)) = passwd(&Key::Name(&name)).map_err(lookup_err)?
+    {
+        return Ok((Uid::from_raw(uid), Some(pw)));
     }
     let id = input
         .parse::<u32>()

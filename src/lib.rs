@@ -13,6 +13,7 @@ pub mod control;
 pub mod events;
 pub mod exec_env;
 pub mod fdstore;
+pub mod fork;
 pub mod handoff;
 pub mod identity;
 pub mod lifecycle;
@@ -22,10 +23,13 @@ pub mod metrics;
 pub mod notify;
 pub mod pinned;
 pub mod reload;
+pub mod resident;
+pub mod runtime_dir;
 pub mod settings;
 pub mod signals;
 pub mod state;
 pub mod supervisor;
+pub mod sys;
 #[cfg(feature = "watch")]
 pub mod watch;
 #[cfg(not(feature = "watch"))]

@@ -1192,10 +1192,9 @@ impl Core {
             doomed: None,
             ..
         } = &mut w.state
+            && next.take().is_some()
         {
-            if next.take().is_some() {
-                fx.push(Effect::Probe { worker, pid });
-            }
+            fx.push(Effect::Probe { worker, pid });
         }
     }
 
@@ -1309,22 +1308,22 @@ impl Core {
         let Some(g) = self.gens.get_mut(&id) else {
             return;
         };
-        if canary == Canary::Starting {
-            if let Some(window) = self.policy.canary {
-                g.role = Role::Rolling {
-                    started,
-                    canary: Canary::Serving {
-                        since: now,
-                        until: now + window,
-                    },
-                };
-                fx.push(Effect::Emit(Event::CanaryStarted {
-                    generation: id,
-                    pid: g.pid(),
-                    canary_ms: ms(window),
-                }));
-                return;
-            }
+        if canary == Canary::Starting
+            && let Some(window) = self.policy.canary
+        {
+            g.role = Role::Rolling {
+                started,
+                canary: Canary::Serving {
+                    since: now,
+                    until: now + window,
+                },
+            };
+            fx.push(Effect::Emit(Event::CanaryStarted {
+                generation: id,
+                pid: g.pid(),
+                canary_ms: ms(window),
+            }));
+            return;
         }
         if started < g.slots {
             // The old workers of this batch's slots make room, then the next
@@ -1562,15 +1561,14 @@ impl Core {
             generation: id,
             pid: g.pid(),
         }));
-        if let Fallback::Standby(s) = fallback {
-            if self
+        if let Fallback::Standby(s) = fallback
+            && self
                 .gens
                 .get(&s)
                 .is_some_and(|g| matches!(g.role, Role::Standby { .. }))
-            {
-                self.drain_generation(now, s, fx);
-                self.enforce_max_draining(now, fx);
-            }
+        {
+            self.drain_generation(now, s, fx);
+            self.enforce_max_draining(now, fx);
         }
         self.went_live(now, id, true, fx);
     }
@@ -2345,16 +2343,16 @@ impl Core {
             Some(Follow::Replace) => {
                 // Paused for good. Killed while it serves, its exit is a
                 // crash, which restarts its slot or the last good executable.
-                if let Some(w) = self.gens.get(&id).and_then(|g| g.worker(worker)) {
-                    if let Some(p) = w.pid {
-                        fx.push(Effect::Emit(Event::Killed {
-                            generation: id,
-                            slot: worker.slot,
-                            pid: p.as_raw_pid(),
-                            cause: KillCause::ResumeFailed,
-                        }));
-                        fx.push(Effect::Kill { worker, pid: p });
-                    }
+                if let Some(w) = self.gens.get(&id).and_then(|g| g.worker(worker))
+                    && let Some(p) = w.pid
+                {
+                    fx.push(Effect::Emit(Event::Killed {
+                        generation: id,
+                        slot: worker.slot,
+                        pid: p.as_raw_pid(),
+                        cause: KillCause::ResumeFailed,
+                    }));
+                    fx.push(Effect::Kill { worker, pid: p });
                 }
             }
         }

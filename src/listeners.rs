@@ -9,8 +9,9 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use hotsup_os::sockets::local_address;
 use hotsup_protocol::{Kind, ListenerInfo, valid_name};
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType, ipproto, sockopt};
 
 /// Longest Unix socket path: `sun_path` is 108 bytes including the NUL.
 const UNIX_PATH_MAX: usize = 107;
@@ -227,10 +228,11 @@ impl SocketFile {
 
 impl Drop for SocketFile {
     fn drop(&mut self) {
-        if let Ok(meta) = std::fs::symlink_metadata(&self.path) {
-            if meta.dev() == self.dev && meta.ino() == self.ino {
-                let _ = std::fs::remove_file(&self.path);
-            }
+        if let Ok(meta) = std::fs::symlink_metadata(&self.path)
+            && meta.dev() == self.dev
+            && meta.ino() == self.ino
+        {
+            let _ = std::fs::remove_file(&self.path);
         }
     }
 }
@@ -325,23 +327,35 @@ impl Listener {
             ListenerKind::Udp => Kind::Udp,
             ListenerKind::Unix => Kind::Unix,
         };
-        match inspect(&socket) {
-            Ok((k, _)) if k == kind => {}
-            Ok((k, _)) => {
-                // Not ours to close: leave the fd to whatever it is.
-                std::mem::forget(socket);
-                return Err(format!(
-                    "listener {} (fd {}) is a {k} socket, not {kind}",
-                    st.name, st.fd
-                ));
+        let found = {
+            use hotsup_os::sockets::{Family, Inspected};
+            use rustix::net::SocketType;
+            match hotsup_os::sockets::inspect(socket.as_fd()) {
+                Inspected::Socket {
+                    family: Family::Inet,
+                    type_: SocketType::STREAM,
+                    listening: true,
+                } => Some(Kind::Tcp),
+                Inspected::Socket {
+                    family: Family::Inet,
+                    type_: SocketType::DGRAM,
+                    ..
+                } => Some(Kind::Udp),
+                Inspected::Socket {
+                    family: Family::Unix,
+                    type_: SocketType::STREAM,
+                    listening: true,
+                } => Some(Kind::Unix),
+                _ => None,
             }
-            Err(_) => {
-                std::mem::forget(socket);
-                return Err(format!(
-                    "listener {} (fd {}) is not a listening {kind} socket",
-                    st.name, st.fd
-                ));
-            }
+        };
+        if found != Some(kind) {
+            // Not ours to close: leave the fd to whatever it is.
+            std::mem::forget(socket);
+            return Err(format!(
+                "listener {} (fd {}) is not a listening {kind} socket",
+                st.name, st.fd
+            ));
         }
         let _ = rustix::io::fcntl_setfd(&socket, rustix::io::FdFlags::CLOEXEC);
         Ok(Listener {
@@ -416,8 +430,8 @@ fn describes(address: &Address, kind: Kind, have: &str) -> bool {
 /// Why sockets passed to hotsup by socket activation cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ActivationError {
-    #[error("LISTEN_FDS={0:?} is not a number")]
-    BadCount(String),
+    #[error(transparent)]
+    Env(#[from] hotsup_os::activation::Error),
     #[error("fd {fd} ({name}) from LISTEN_FDS is not a socket")]
     NotASocket { fd: i32, name: String },
     #[error("fd {fd} ({name}) from LISTEN_FDS is a stream socket that is not listening")]
@@ -426,143 +440,88 @@ pub enum ActivationError {
         "fd {fd} ({name}) from LISTEN_FDS is {what}; only TCP, UDP and Unix stream sockets are supported"
     )]
     Unsupported { fd: i32, name: String, what: String },
-    #[error("fd {fd} ({name}) from LISTEN_FDS: {source}")]
-    Io {
-        fd: i32,
-        name: String,
-        source: io::Error,
-    },
 }
 
-/// Adopts the sockets of a socket-activated hotsup (`LISTEN_FDS`, fds from
-/// 3, named by `LISTEN_FDNAMES`). Their Unix socket files belong to the
-/// service manager and are never removed.
+/// Adopts the sockets of a socket-activated hotsup (`LISTEN_FDS`, named by
+/// `LISTEN_FDNAMES`), by the rules `hotsup-child` follows too (see
+/// [`hotsup_os::activation`]). Every one must be a listener hotsup can pass
+/// on. Their Unix socket files belong to the service manager and are never
+/// removed.
 pub fn adopt_activated() -> Result<Vec<Listener>, ActivationError> {
-    let Some(count) = std::env::var_os("LISTEN_FDS") else {
+    use hotsup_os::activation::{
+        self, LISTEN_FDNAMES, LISTEN_FDS, LISTEN_FDS_FIRST_FD, LISTEN_PID,
+    };
+    use hotsup_os::sockets::{Family, Inspected};
+    use rustix::net::SocketType;
+    let [fds, pid, first, names] =
+        [LISTEN_FDS, LISTEN_PID, LISTEN_FDS_FIRST_FD, LISTEN_FDNAMES].map(std::env::var_os);
+    let vars = activation::Vars {
+        listen_fds: fds.as_deref(),
+        listen_pid: pid.as_deref(),
+        first_fd: first.as_deref(),
+    };
+    let Some(range) = activation::parse(vars, std::process::id())? else {
         return Ok(Vec::new());
     };
-    if let Some(pid) = std::env::var_os("LISTEN_PID").filter(|p| !p.is_empty()) {
-        if pid.to_str() != Some(std::process::id().to_string().as_str()) {
-            return Ok(Vec::new()); // meant for another process
-        }
-    }
-    let count = count.to_string_lossy().into_owned();
-    let n: i32 = count
-        .parse()
-        .map_err(|_| ActivationError::BadCount(count.clone()))?;
-    if !(0..=65536).contains(&n) {
-        return Err(ActivationError::BadCount(count));
-    }
-    let names: Vec<String> = std::env::var("LISTEN_FDNAMES")
-        .unwrap_or_default()
-        .split(':')
-        .map(str::to_owned)
-        .collect();
-    let mut out = Vec::with_capacity(n as usize);
-    for i in 0..n {
-        let fd = 3 + i;
-        let given = names.get(i as usize).filter(|s| !s.is_empty()).cloned();
-        let shown = given.clone().unwrap_or_else(|| format!("#{i}"));
-        // SAFETY: fcntl(F_GETFD) on a plain integer only asks whether it is
-        // open; no Rust object owns or borrows it yet.
-        if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
-            return Err(ActivationError::NotASocket {
-                fd,
-                name: format!("{shown}, not open"),
-            });
-        }
-        // SAFETY: by the socket-activation protocol the service manager hands
-        // hotsup ownership of fds 3..3+LISTEN_FDS; this one is open (checked
-        // above) and adopted once, here.
-        let owned = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-        let (kind, address) = inspect(&owned).map_err(|e| match e {
-            Inspect::NotSocket => ActivationError::NotASocket {
-                fd,
-                name: shown.clone(),
-            },
-            Inspect::NotListening => ActivationError::NotListening {
-                fd,
-                name: shown.clone(),
-            },
-            Inspect::Unsupported(what) => ActivationError::Unsupported {
-                fd,
-                name: shown.clone(),
-                what,
-            },
-            Inspect::Io(source) => ActivationError::Io {
-                fd,
-                name: shown.clone(),
-                source,
-            },
-        })?;
-        let _ = rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC);
-        // systemd gives every socket of one .socket unit the same name (the
-        // unit's, by default): later duplicates get the default name.
-        let name = match given.filter(|n| valid_name(n)) {
-            Some(n) if !out.iter().any(|l: &Listener| l.info.name == n) => n,
-            Some(n) => {
-                let d = default_name(kind, i as usize);
-                tracing::warn!(fd, given = %n, name = %d, "duplicate_fdname");
-                d
+    // SAFETY: by the socket-activation protocol the service manager hands
+    // hotsup ownership of these fds (LISTEN_PID is ours or unset), and this
+    // is the only adoption in hotsup.
+    let owned = unsafe { activation::claim(range.clone()) }?;
+    let given: Vec<String> = names
+        .as_deref()
+        .and_then(|n| n.to_str())
+        .map(|n| n.split(':').map(str::to_owned).collect())
+        .unwrap_or_default();
+    let mut out = Vec::with_capacity(owned.len());
+    for (a, fd) in activation::inspect(owned, names.as_deref())
+        .into_iter()
+        .zip(range)
+    {
+        let name = a.name;
+        let kind = match (a.kind, a.found) {
+            (Some(kind), _) => kind,
+            (None, Inspected::NotASocket) => return Err(ActivationError::NotASocket { fd, name }),
+            (
+                None,
+                Inspected::Socket {
+                    family: Family::Inet | Family::Unix,
+                    type_: SocketType::STREAM,
+                    listening: false,
+                },
+            ) => return Err(ActivationError::NotListening { fd, name }),
+            (None, found) => {
+                return Err(ActivationError::Unsupported {
+                    fd,
+                    name,
+                    what: found.to_string(),
+                });
             }
-            None => default_name(kind, i as usize),
         };
+        // systemd gives every socket of one .socket unit the same name (the
+        // unit's, by default): say so when a later one was renamed, or a
+        // name the protocol cannot carry was.
+        if let Some(g) = given
+            .get(out.len())
+            .filter(|g| !g.is_empty() && **g != name)
+        {
+            if valid_name(g) {
+                tracing::warn!(fd, given = %g, name = %name, "duplicate_fdname");
+            } else {
+                tracing::warn!(fd, given = %g, name = %name, "invalid_fdname");
+            }
+        }
         out.push(Listener {
             info: ListenerInfo {
                 name,
                 kind,
-                address,
+                address: a.address.unwrap_or_else(|| "(unnamed)".into()),
             },
-            socket: owned,
+            socket: a.fd,
             origin: Origin::Activated,
             owned_path: None,
         });
     }
     Ok(out)
-}
-
-enum Inspect {
-    NotSocket,
-    NotListening,
-    Unsupported(String),
-    Io(io::Error),
-}
-
-fn inspect(fd: &OwnedFd) -> Result<(Kind, String), Inspect> {
-    use rustix::net::{AddressFamily, SocketType, sockopt};
-    let ty = match sockopt::socket_type(fd) {
-        Ok(t) => t,
-        Err(rustix::io::Errno::NOTSOCK) | Err(rustix::io::Errno::BADF) => {
-            return Err(Inspect::NotSocket);
-        }
-        Err(e) => return Err(Inspect::Io(e.into())),
-    };
-    let domain = sockopt::socket_domain(fd).map_err(|e| Inspect::Io(e.into()))?;
-    let inet = domain == AddressFamily::INET || domain == AddressFamily::INET6;
-    let kind = match (ty, inet, domain == AddressFamily::UNIX) {
-        (SocketType::STREAM, true, _) => Kind::Tcp,
-        (SocketType::DGRAM, true, _) => Kind::Udp,
-        (SocketType::STREAM, _, true) => Kind::Unix,
-        _ => {
-            return Err(Inspect::Unsupported(format!(
-                "a {ty:?} socket of family {domain:?}"
-            )));
-        }
-    };
-    if ty == SocketType::STREAM
-        && !sockopt::socket_acceptconn(fd).map_err(|e| Inspect::Io(e.into()))?
-    {
-        return Err(Inspect::NotListening);
-    }
-    let local = socket2::SockRef::from(fd)
-        .local_addr()
-        .map_err(Inspect::Io)?;
-    let address = match (local.as_socket(), local.as_pathname()) {
-        (Some(a), _) => a.to_string(),
-        (None, Some(p)) => p.display().to_string(),
-        (None, None) => "(unnamed)".to_string(),
-    };
-    Ok((kind, address))
 }
 
 /// The default name of the listener at `index`: its kind and position, such
@@ -679,51 +638,58 @@ pub fn bind_one(
             let addr = resolve_one(&spec.raw, hp)?;
             let tcp = matches!(spec.address, Address::Tcp(_));
             let (ty, proto) = if tcp {
-                (Type::STREAM, Protocol::TCP)
+                (SocketType::STREAM, ipproto::TCP)
             } else {
-                (Type::DGRAM, Protocol::UDP)
+                (SocketType::DGRAM, ipproto::UDP)
             };
-            let s = Socket::new(Domain::for_address(addr), ty, Some(proto))
-                .map_err(|e| bind_err(e, "socket"))?;
+            let family = if addr.is_ipv6() {
+                AddressFamily::INET6
+            } else {
+                AddressFamily::INET
+            };
+            let e = |what: &'static str| move |e: rustix::io::Errno| bind_err(e.into(), what);
+            let s = rustix::net::socket_with(family, ty, SocketFlags::CLOEXEC, Some(proto))
+                .map_err(e("socket"))?;
             // SO_REUSEADDR only lets hotsup rebind past TIME_WAIT after its
             // own restart; it does not allow two live listeners.
             if tcp {
-                s.set_reuse_address(true).map_err(|e| bind_err(e, "opt"))?;
+                sockopt::set_socket_reuseaddr(&s, true).map_err(e("opt"))?;
             }
             if opts.reuseport {
-                s.set_reuse_port(true).map_err(|e| bind_err(e, "opt"))?;
+                sockopt::set_socket_reuseport(&s, true).map_err(e("opt"))?;
             }
             if addr.is_ipv6() {
-                s.set_only_v6(opts.ipv6_only)
-                    .map_err(|e| bind_err(e, "opt"))?;
+                sockopt::set_ipv6_v6only(&s, opts.ipv6_only).map_err(e("opt"))?;
             }
-            s.bind(&addr.into()).map_err(|e| bind_err(e, "port"))?;
+            rustix::net::bind(&s, &addr).map_err(e("port"))?;
             if tcp {
-                s.listen(opts.backlog).map_err(|e| bind_err(e, "listen"))?;
+                rustix::net::listen(&s, opts.backlog).map_err(e("listen"))?;
             }
-            let local = s
-                .local_addr()
-                .ok()
-                .and_then(|a| a.as_socket())
-                .unwrap_or(addr);
-            (s, local.to_string(), None)
+            // The real port when port 0 was asked for.
+            let local = local_address(s.as_fd()).unwrap_or_else(|| addr.to_string());
+            (s, local, None)
         }
         Address::Unix(path) => {
             clear_stale(spec, path)?;
-            let s =
-                Socket::new(Domain::UNIX, Type::STREAM, None).map_err(|e| bind_err(e, "socket"))?;
-            let sa = SockAddr::unix(path).map_err(|e| bind_err(e, "path"))?;
+            let s = rustix::net::socket_with(
+                AddressFamily::UNIX,
+                SocketType::STREAM,
+                SocketFlags::CLOEXEC,
+                None,
+            )
+            .map_err(|e| bind_err(e.into(), "socket"))?;
+            let sa = SocketAddrUnix::new(path.as_path()).map_err(|e| bind_err(e.into(), "path"))?;
             // The file gets its mode at creation, from the umask: no window
             // with a wider mode, and no chmod that could follow a symlink.
             // hotsup is single-threaded while it binds.
             let old_umask = opts
                 .unix_mode
                 .map(|m| rustix::process::umask(rustix::fs::Mode::from_bits_truncate(!m & 0o777)));
-            let bound = s.bind(&sa);
+            let bound = rustix::net::bind(&s, &sa);
             if let Some(old) = old_umask {
                 rustix::process::umask(old);
             }
-            bound.map_err(|e| bind_err(e, "path"))?;
+            bound.map_err(|e| bind_err(e.into(), "path"))?;
             let meta = std::fs::symlink_metadata(path).map_err(|e| bind_err(e, "path"))?;
             // Record ownership before anything else can fail, so the file is
             // removed on every error path below.
@@ -738,7 +704,7 @@ pub fn bind_one(
                     kind: Kind::Unix,
                     address: path.display().to_string(),
                 },
-                socket: s.into(),
+                socket: s,
                 origin: Origin::Bound,
                 owned_path: owned,
             };
@@ -753,7 +719,7 @@ pub fn bind_one(
             kind: kind_of(&spec.address),
             address,
         },
-        socket: socket.into(),
+        socket,
         origin: Origin::Bound,
         owned_path,
     })

@@ -39,8 +39,10 @@ use std::time::{Duration, Instant};
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 /// Lines waiting for the writer thread; more are dropped. The queue's slots
 /// are allocated up front, so this stays small (about 32 KiB).
@@ -52,7 +54,7 @@ const WRITABLE_WAIT: Duration = Duration::from_secs(1);
 const FLUSH_WAIT: Duration = Duration::from_secs(2);
 /// Writes up to this size are atomic on a pipe, and fit once poll(2) says
 /// it is writable.
-const PIPE_BUF: usize = libc::PIPE_BUF;
+const PIPE_BUF: usize = rustix::pipe::PIPE_BUF;
 
 static QUEUE: OnceLock<NonBlocking> = OnceLock::new();
 /// `--log-format json`: the notice of dropped lines is a JSON line too.
@@ -78,16 +80,22 @@ pub struct Logging {
 }
 
 /// Starts logging for `hotsup run`: `-v`/`-q` pick the level, `RUST_LOG`
-/// overrides it; `format` is `--log-format`.
+/// overrides it (`LEVEL` and `TARGET=LEVEL` directives, comma-separated,
+/// as tracing-subscriber's `Targets` reads them: span and field filters
+/// would need its regex-based `EnvFilter`; a value that does not parse is
+/// ignored); `format` is `--log-format`.
 pub fn init(verbose: u8, quiet: u8, format: crate::cli::LogFormat) -> Logging {
     let level = match (verbose, quiet) {
-        (0, 0) => "info",
-        (1, _) => "debug",
-        (v, _) if v >= 2 => "trace",
-        (_, 1) => "warn",
-        _ => "error",
+        (0, 0) => LevelFilter::INFO,
+        (1, _) => LevelFilter::DEBUG,
+        (v, _) if v >= 2 => LevelFilter::TRACE,
+        (_, 1) => LevelFilter::WARN,
+        _ => LevelFilter::ERROR,
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(level));
     let (queue, guard) = with_signals_blocked(|| {
         NonBlockingBuilder::default()
             .lossy(true)
@@ -97,21 +105,30 @@ pub fn init(verbose: u8, quiet: u8, format: crate::cli::LogFormat) -> Logging {
     });
     let _ = QUEUE.set(queue);
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_max_level(LevelFilter::TRACE)
         .with_writer(Queue)
         .with_target(false)
         .log_internal_errors(false);
     let _ = match format {
         crate::cli::LogFormat::Json => {
             JSON.store(true, Ordering::SeqCst);
-            builder.event_format(crate::events::JsonLines).try_init()
+            builder
+                .event_format(crate::events::JsonLines)
+                .finish()
+                .with(filter)
+                .try_init()
         }
         // journald stamps lines itself, and shows no colours.
-        crate::cli::LogFormat::Text if under_journald() => {
-            builder.without_time().with_ansi(false).try_init()
-        }
+        crate::cli::LogFormat::Text if under_journald() => builder
+            .without_time()
+            .with_ansi(false)
+            .finish()
+            .with(filter)
+            .try_init(),
         crate::cli::LogFormat::Text => builder
             .with_ansi(rustix::termios::isatty(io::stderr()))
+            .finish()
+            .with(filter)
             .try_init(),
     };
     Logging { guard: Some(guard) }
@@ -274,11 +291,10 @@ impl Stderr {
                 if line
                     .first()
                     .is_some_and(|b| b.is_ascii_digit() || *b == 0x1b)
+                    && let Some(stamp) = line.split(|b| *b == b' ').next()
                 {
-                    if let Some(stamp) = line.split(|b| *b == b' ').next() {
-                        notice.extend_from_slice(stamp);
-                        notice.extend_from_slice(b"  ");
-                    }
+                    notice.extend_from_slice(stamp);
+                    notice.extend_from_slice(b"  ");
                 }
                 let _ = writeln!(
                     notice,
@@ -365,18 +381,10 @@ fn writable(fd: BorrowedFd<'_>, deadline: Instant) -> bool {
 /// that the thread it starts inherits that mask and never takes a signal
 /// meant for the supervisor.
 pub(crate) fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
-    let mut all = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
-    let mut old = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
-    // SAFETY: sigfillset initialises `all`; pthread_sigmask gets that
-    // initialised set and a valid pointer to store the old mask in.
-    let blocked = unsafe {
-        libc::sigfillset(all.as_mut_ptr());
-        libc::pthread_sigmask(libc::SIG_BLOCK, all.as_ptr(), old.as_mut_ptr()) == 0
-    };
+    let old = crate::sys::block_all_signals();
     let out = f();
-    if blocked {
-        // SAFETY: `old` was filled in by the successful call above.
-        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, old.as_ptr(), std::ptr::null_mut()) };
+    if let Ok(old) = old {
+        crate::sys::restore_signals(&old);
     }
     out
 }

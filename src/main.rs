@@ -276,10 +276,8 @@ fn run(
     };
     let fd_store = hotsup::fdstore::FdStore::detect(args.fd_store);
     let taken: Vec<String> = adopted.iter().map(|l| l.info.name.clone()).collect();
-    if !taking_over {
-        if let Err(e) = listeners::name_all(&args.listen, &taken) {
-            return usage(e);
-        }
+    if !taking_over && let Err(e) = listeners::name_all(&args.listen, &taken) {
+        return usage(e);
     }
     if adopted.is_empty() && args.listen.is_empty() {
         if !misplaced.is_empty() {
@@ -301,10 +299,10 @@ fn run(
     }
     // With --watch --build, the first build may be what creates COMMAND;
     // after a self-upgrade, the pinned executables are what runs.
-    if let Err(e) = child::resolve(program) {
-        if !(taking_over || watching && args.build.is_some()) {
-            return usage(e);
-        }
+    if let Err(e) = child::resolve(program)
+        && !(taking_over || watching && args.build.is_some())
+    {
+        return usage(e);
     }
     for p in &args.watch {
         if let Err(e) = std::fs::metadata(p) {
@@ -341,9 +339,12 @@ fn run(
             "exec_env"
         );
     }
+    // Many listeners need many fds; the hard limit is ours to take. The
+    // children get back the soft limit hotsup started with (which, after a
+    // self-upgrade, the old process had raised already).
     let original_nofile = match &inherited {
         Some(st) => st.child_nofile,
-        None => raise_nofile_limit(),
+        None => hotsup_os::raise_nofile_limit().before,
     };
     let opts = BindOptions {
         backlog: args.backlog,
@@ -438,10 +439,10 @@ fn run(
             None
         }
     };
-    if args.subreaper || rustix::process::getpid().is_init() {
-        if let Err(e) = rustix::process::set_child_subreaper(Some(rustix::process::getpid())) {
-            return runtime_failure(format!("cannot become a child subreaper: {e}"));
-        }
+    if (args.subreaper || rustix::process::getpid().is_init())
+        && let Err(e) = rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
+    {
+        return runtime_failure(format!("cannot become a child subreaper: {e}"));
     }
     // Resolved once: a package upgrade replaces the file at this path, and
     // /proc/self/exe then names the deleted old one.
@@ -580,6 +581,8 @@ fn run(
         if let Some(setup) = cfg.selfup.as_mut() {
             setup.control = control.as_ref().map(control::Server::to_state);
         }
+        // Start-up is over: what it alone used need not stay resident.
+        hotsup::resident::release_startup_pages();
         let sup = match inherited {
             Some(st) => supervisor::Supervisor::adopt(cfg, derived, outbox, control_rx, feed, st)
                 .map_err(|e| {
@@ -698,22 +701,10 @@ fn close_inherited_fds_on_exec() {
         .filter(|fd| *fd > 2)
         .collect();
     for fd in fds {
-        // SAFETY: fcntl(F_SETFD) on a plain integer only changes that fd's
-        // flags; one that is no longer open (the directory's own) gives
-        // EBADF. No Rust object owns or borrows it here.
-        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        // SAFETY: only used for F_SETFD, which changes that fd's flags; one
+        // that is no longer open (the directory's own) gives EBADF. No Rust
+        // object owns or borrows it here.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        let _ = rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::CLOEXEC);
     }
-}
-
-/// Many listeners need many fds; the hard limit is ours to take. Returns
-/// the soft limit hotsup started with, for its children.
-fn raise_nofile_limit() -> Option<u64> {
-    use rustix::process::{Resource, getrlimit, setrlimit};
-    let mut lim = getrlimit(Resource::Nofile);
-    let original = lim.current;
-    if lim.current < lim.maximum {
-        lim.current = lim.maximum;
-        let _ = setrlimit(Resource::Nofile, lim);
-    }
-    original
 }

@@ -47,7 +47,9 @@ fn searchable_by_all(path: &std::path::Path) -> bool {
 
 impl ChildNotify {
     /// Creates the directory, private to hotsup (mode 0700, whatever the
-    /// umask), in `$XDG_RUNTIME_DIR` or the temporary directory.
+    /// umask), in hotsup's runtime directory ([`crate::runtime_dir`]); in
+    /// the temporary directory only when the children (`--user`) could not
+    /// reach the runtime directory.
     ///
     /// With `child` (the children's uid and gid, `--user`), each socket
     /// file becomes theirs with mode 0600 and the directory, still hotsup's,
@@ -55,18 +57,18 @@ impl ChildNotify {
     /// (connecting needs write permission on the file, which only it has)
     /// but cannot remove or replace them, and no other uid can reach them.
     pub fn create(child: Option<(Uid, Gid)>) -> std::io::Result<ChildNotify> {
-        // A child of another uid must be able to reach the directory: root's
-        // XDG_RUNTIME_DIR (/run/user/0) is 0700, and so may TMPDIR be.
+        // A child of another uid must be able to reach the directory: the
+        // runtime directory is 0700, and so may TMPDIR be.
         let reachable = |p: &PathBuf| child.is_none() || searchable_by_all(p);
-        let base = std::env::var_os("XDG_RUNTIME_DIR")
-            .map(PathBuf::from)
-            .filter(|p| p.is_dir() && reachable(p))
+        let runtime = crate::runtime_dir::dir();
+        let base = Some(runtime)
+            .filter(|p| crate::runtime_dir::ensure(p).is_ok() && reachable(p))
             .or_else(|| Some(std::env::temp_dir()).filter(reachable))
             .unwrap_or_else(|| PathBuf::from("/tmp"));
         // mkdir applies the umask to the mode asked for: ask for 0700, so no
         // umask can widen it, then set it exactly.
         let dir = tempfile::Builder::new()
-            .prefix("hotsup.")
+            .prefix("notify.")
             .permissions(Permissions::from_mode(0o700))
             .tempdir_in(base)?;
         std::fs::set_permissions(dir.path(), Permissions::from_mode(0o700))?;

@@ -97,10 +97,10 @@ pub fn prepare(
         return Err("no listeners: the file has no `listen`".into());
     }
     let watching = !args.watch.is_empty();
-    if let Some(program) = args.command.first() {
-        if !(watching && args.build.is_some()) {
-            crate::child::resolve(program).map_err(|e| e.to_string())?;
-        }
+    if let Some(program) = args.command.first()
+        && !(watching && args.build.is_some())
+    {
+        crate::child::resolve(program).map_err(|e| e.to_string())?;
     }
     let derived = settings::derive(&args, identity, activated.len() + args.listen.len())?;
     let taken: Vec<String> = activated.iter().map(|l| l.info.name.clone()).collect();

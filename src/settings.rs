@@ -55,14 +55,14 @@ pub fn derive(
         identity,
         listeners,
     )?;
-    if let cli::ReadyMode::Delay(d) = args.ready {
-        if d >= args.ready_timeout {
-            return Err(format!(
-                "--ready delay:{} can never be reached: --ready-timeout is {}",
-                humantime::format_duration(d),
-                humantime::format_duration(args.ready_timeout)
-            ));
-        }
+    if let cli::ReadyMode::Delay(d) = args.ready
+        && d >= args.ready_timeout
+    {
+        return Err(format!(
+            "--ready delay:{} can never be reached: --ready-timeout is {}",
+            humantime::format_duration(d),
+            humantime::format_duration(args.ready_timeout)
+        ));
     }
     let watching = !args.watch.is_empty();
     let policy = Policy {

@@ -352,10 +352,10 @@ impl Supervisor {
             Effect::Probe { worker, pid } => Some(self.probe(worker, pid)),
             Effect::Kill { worker, pid } => {
                 kill_group(pid, Signal::KILL);
-                if let Some(cg) = self.workers.get(&worker).and_then(|w| w.cgroup.as_ref()) {
-                    if let Err(e) = cg.kill() {
-                        warn!(generation = worker.generation, error = %e, "cgroup_kill_failed");
-                    }
+                if let Some(cg) = self.workers.get(&worker).and_then(|w| w.cgroup.as_ref())
+                    && let Err(e) = cg.kill()
+                {
+                    warn!(generation = worker.generation, error = %e, "cgroup_kill_failed");
                 }
                 None
             }
@@ -452,10 +452,10 @@ impl Supervisor {
         if let Some(m) = &self.cfg.metrics {
             m.observe(&ev);
         }
-        if self.feed.receiver_count() > 0 {
-            if let Some(line) = crate::events::feed_line(&ev) {
-                let _ = self.feed.send(line);
-            }
+        if self.feed.receiver_count() > 0
+            && let Some(line) = crate::events::feed_line(&ev)
+        {
+            let _ = self.feed.send(line);
         }
         if let Some(w) = &mut self.watch {
             w.on_event(&ev);
@@ -843,11 +843,11 @@ impl Supervisor {
                 ));
             }
         }
-        if let Some(r) = self.reloading.as_mut() {
-            if !r.next.is_empty() {
-                r.waiting = std::mem::take(&mut r.next);
-                self.read_config();
-            }
+        if let Some(r) = self.reloading.as_mut()
+            && !r.next.is_empty()
+        {
+            r.waiting = std::mem::take(&mut r.next);
+            self.read_config();
         }
     }
 

@@ -186,18 +186,18 @@ impl Watch {
         let mut outputs = vec![given.clone()];
         if let Ok(real) = given.canonicalize() {
             outputs.push(real);
-        } else if let (Some(dir), Some(name)) = (given.parent(), given.file_name()) {
-            if let Ok(d) = dir.canonicalize() {
-                outputs.push(d.join(name));
-            }
+        } else if let (Some(dir), Some(name)) = (given.parent(), given.file_name())
+            && let Ok(d) = dir.canonicalize()
+        {
+            outputs.push(d.join(name));
         }
         // hotsup's own stdout and stderr, when they are files in a watched
         // directory: every log line (and the app's output) would be a save.
         for fd in [1, 2] {
-            if let Ok(p) = std::fs::read_link(format!("/proc/self/fd/{fd}")) {
-                if p.is_file() {
-                    outputs.push(p);
-                }
+            if let Ok(p) = std::fs::read_link(format!("/proc/self/fd/{fd}"))
+                && p.is_file()
+            {
+                outputs.push(p);
             }
         }
         let filter = filter::Filter::new(roots.clone(), outputs, &cfg.ignore, cwd.clone())?;
@@ -304,10 +304,10 @@ impl Watch {
                 generation, origin, ..
             } => {
                 self.started = true;
-                if matches!(origin, Origin::Start | Origin::Upgrade) {
-                    if let Some(a) = self.attempt.as_mut().filter(|a| a.generation.is_none()) {
-                        a.generation = Some(*generation);
-                    }
+                if matches!(origin, Origin::Start | Origin::Upgrade)
+                    && let Some(a) = self.attempt.as_mut().filter(|a| a.generation.is_none())
+                {
+                    a.generation = Some(*generation);
                 }
             }
             Event::Ready { generation, .. } => {
@@ -388,11 +388,9 @@ impl Watch {
         let ours = self.attempt.as_ref().is_some_and(|a| {
             generation.is_none() || a.generation.is_none() || a.generation == generation
         });
-        if ours {
-            if let Some(a) = self.attempt.take() {
-                self.deferred
-                    .push_back(Deferred::Line(Line::SwapFailed(a, reason, serving)));
-            }
+        if ours && let Some(a) = self.attempt.take() {
+            self.deferred
+                .push_back(Deferred::Line(Line::SwapFailed(a, reason, serving)));
         }
     }
 
@@ -675,10 +673,11 @@ pub async fn next(watch: &mut Option<Watch>, aux: &mut AuxProcesses) -> Input {
     };
     loop {
         w.flush();
-        if w.build.is_none() && !w.stopping {
-            if let Some(t) = w.next_build.take() {
-                w.start_build(t, aux);
-            }
+        if w.build.is_none()
+            && !w.stopping
+            && let Some(t) = w.next_build.take()
+        {
+            w.start_build(t, aux);
         }
         let settle = w.settling.as_ref().map(|(_, d)| *d);
         let wake = match (settle, w.held_until()) {
@@ -694,11 +693,10 @@ pub async fn next(watch: &mut Option<Watch>, aux: &mut AuxProcesses) -> Input {
                 }
             },
             () = sleep_until(wake) => {
-                if settle.is_some_and(|d| d <= Instant::now()) {
-                    if let Some(input) = w.settled(aux) {
+                if settle.is_some_and(|d| d <= Instant::now())
+                    && let Some(input) = w.settled(aux) {
                         return input;
                     }
-                }
             }
         }
     }

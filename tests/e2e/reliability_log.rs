@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::util::{
-    Hotsup, WAIT, alive, client, example, field, fill_pipe, follow_lines, hotsup_bin, pipe,
+    Hotsup, WAIT, alive, client, example, fill_pipe, follow_lines, hotsup_bin, json, pipe,
     status_and_stderr_bounded, status_u64, tempdir, wait_dead, wait_serving, zombies_of,
 };
 
@@ -123,7 +123,14 @@ fn stderr_nobody_reads_neither_blocks_nor_loses_the_count() {
     let sock = Path::new(&sock_arg);
     let (r, w) = pipe();
     let mut h = Hotsup::run_with_stderr(
-        &["-l", "http=127.0.0.1:0", "--control", &sock_arg],
+        &[
+            "-l",
+            "http=127.0.0.1:0",
+            "--control",
+            &sock_arg,
+            "--log-format",
+            "json",
+        ],
         &command,
         w,
     );
@@ -145,13 +152,17 @@ fn stderr_nobody_reads_neither_blocks_nor_loses_the_count() {
     // the log goes on, down to the last line at exit.
     let log = follow_lines(std::fs::File::from(r), "hotsup");
     upgrade_to(sock, 5);
-    let (notice, line) = log.wait_from(0, &["log_lines_dropped", "WARN"], WAIT);
-    let total: u64 = field(&line, "total").parse().unwrap();
+    let (notice, line) = log.wait_from(0, &[r#""event":"log_lines_dropped""#], WAIT);
+    // The filler, which ends in no newline, starts its line.
+    let e: serde_json::Value = serde_json::from_str(&line[line.find('{').unwrap()..]).unwrap();
+    assert_eq!(e["level"], "warn");
+    let total = e["total"].as_u64().expect("total");
     assert!(total >= before, "notice says {total}, status said {before}");
-    log.wait_from(notice, &[" ready ", "generation=5 "], WAIT);
+    log.wait_event_from(notice, "ready", &[("generation", json!(5))], WAIT);
     stop(&mut h, sock);
-    let (_, last) = log.wait_from(notice, &["exiting", "code=0"], WAIT);
-    assert_eq!(log.all().last(), Some(&last), "a line after exiting");
+    let (last, _) = log.wait_event_from(notice, "exiting", &[("code", json!(0))], WAIT);
+    log.wait_closed();
+    assert_eq!(log.len(), last + 1, "a line after exiting");
 }
 
 #[test]

@@ -8,8 +8,8 @@ use std::process::{Command, Stdio};
 
 use crate::upgrade::{Traffic, assert_no_failures};
 use crate::util::{
-    Hotsup, Value, WAIT, alive, client, eventually, example, hotsup_bin, json, pid_of, script,
-    tempdir, text, zombies_of,
+    Hotsup, Runtime, Value, WAIT, alive, client, eventually, example, hotsup_bin, json, pid_of,
+    script, tempdir, text, zombies_of,
 };
 
 /// A copy of the hotsup binary at `dir/hotsup`, the install path of the
@@ -25,7 +25,15 @@ fn install(dir: &Path) -> PathBuf {
 /// running hotsup's file is another inode (a new build, for `status`).
 fn replace_binary(path: &Path) {
     let tmp = path.with_extension("new");
-    std::fs::copy(hotsup_bin(), &tmp).expect("copy hotsup");
+    // Written by cp, not by this process: a fork of another test's thread
+    // could otherwise hold our write fd on it for an instant, and the exec
+    // of it fail with ETXTBSY.
+    let cp = Command::new("cp")
+        .arg(hotsup_bin())
+        .arg(&tmp)
+        .status()
+        .expect("cp");
+    assert!(cp.success(), "cp hotsup");
     std::fs::rename(&tmp, path).expect("rename over");
 }
 
@@ -43,7 +51,25 @@ fn start(installed: &Path, sock: &Path, args: &[&str], command: &[&Path]) -> Hot
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    Hotsup::spawn(cmd)
+    spawn_copied(cmd)
+}
+
+/// [`Hotsup::spawn`] of a binary the test just copied: another test's fork
+/// may still hold the copy open for writing for an instant (ETXTBSY), so
+/// the spawn is retried, bounded.
+fn spawn_copied(mut cmd: Command) -> Hotsup {
+    let runtime = Runtime::new();
+    runtime.apply(&mut cmd);
+    for _ in 0..500 {
+        match cmd.spawn() {
+            Ok(child) => return Hotsup::from_child(child).with_runtime(runtime),
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => panic!("spawn hotsup: {e}"),
+        }
+    }
+    panic!("spawn hotsup: text file busy for 5 s");
 }
 
 fn status(sock: &Path) -> Value {
@@ -451,7 +477,7 @@ fn a_hotsup_run_with_a_config_file_refuses_to_self_upgrade() {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut h = Hotsup::spawn(cmd);
+    let mut h = spawn_copied(cmd);
     let pid1 = h.ready(1);
     let out = client(&sock, &["upgrade", "--self"]);
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));

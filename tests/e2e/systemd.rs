@@ -269,34 +269,53 @@ fn failed_starts_read_as_start_failures_not_upgrades() {
 
 #[test]
 fn watchdog_pings_only_when_asked_for() {
+    let start = |sd: &FakeSystemd, watchdog: bool| {
+        let mut cmd = Command::new(hotsup_bin());
+        cmd.args([
+            "--log-format",
+            "json",
+            "run",
+            "--ready",
+            "exec",
+            "-l",
+            "127.0.0.1:0",
+            "--",
+            "sleep",
+            "60",
+        ])
+        .env("NOTIFY_SOCKET", &sd.path)
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        if watchdog {
+            cmd.env("WATCHDOG_USEC", "100000");
+        }
+        let h = Hotsup::spawn(cmd);
+        let (first, _) = sd.next();
+        assert!(first.starts_with("READY=1"), "{first:?}");
+        h
+    };
+    // Not asked: started first, it is watched for as long as the other
+    // takes to start and ping three times.
+    let quiet_sd = FakeSystemd::new();
+    let mut quiet = start(&quiet_sd, false);
     let sd = FakeSystemd::new();
-    let mut cmd = Command::new(hotsup_bin());
-    cmd.args([
-        "--log-format",
-        "json",
-        "run",
-        "--ready",
-        "exec",
-        "-l",
-        "127.0.0.1:0",
-        "--",
-        "sleep",
-        "60",
-    ])
-    .env("NOTIFY_SOCKET", &sd.path)
-    .env("WATCHDOG_USEC", "100000")
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let mut h = Hotsup::spawn(cmd);
-    let (first, _) = sd.next();
-    assert!(first.starts_with("READY=1"), "{first:?}");
-    // Every 50ms: a few of them arrive well within the wait.
+    let mut h = start(&sd, true);
+    // Asked for every 100ms: pings every 50ms.
     for _ in 0..3 {
         let (ping, pid) = sd.next();
         assert_eq!(ping, "WATCHDOG=1\n");
         assert_eq!(pid, h.pid);
     }
+    // Datagrams arrive in order: the next one after READY=1 is the one
+    // shutting down, with no ping in between.
+    quiet.signal(Signal::TERM);
+    let (next, pid) = quiet_sd.next();
+    assert_eq!(pid, quiet.pid);
+    assert!(next.starts_with("STOPPING=1"), "{next:?}");
+    assert_eq!(quiet.wait_exit(WAIT).code(), Some(0));
     h.signal(Signal::TERM);
     assert_eq!(h.wait_exit(WAIT).code(), Some(0));
 }

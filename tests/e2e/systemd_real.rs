@@ -418,10 +418,10 @@ fn a_killed_hotsup_comes_back_on_the_same_sockets_and_refuses_no_connection() {
         // answer a few while its parent-death signal lands).
         let gap = g.in_netns(move || {
             for _ in 0..10_000 {
-                if let Ok(r) = request_once(addr(), "/", WAIT) {
-                    if r.identity().pid != old {
-                        return Some(killed.elapsed());
-                    }
+                if let Ok(r) = request_once(addr(), "/", WAIT)
+                    && r.identity().pid != old
+                {
+                    return Some(killed.elapsed());
                 }
                 if killed.elapsed() > WAIT {
                     break;

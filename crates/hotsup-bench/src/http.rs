@@ -224,46 +224,33 @@ pub(crate) struct Head {
     pub(crate) close: bool,
 }
 
-/// Parses a response head (everything before the empty line, without it).
-pub(crate) fn parse_head(head: &[u8]) -> Result<Head, Failure> {
-    let text = std::str::from_utf8(head)
-        .map_err(|_| Failure::bad_response("response head is not valid UTF-8"))?;
-    let mut lines = text.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let bad_status_line = || Failure::bad_response(format!("bad status line {status_line:?}"));
+/// Most headers a response may have.
+const MAX_HEADERS: usize = 64;
 
-    let (version, rest) = status_line.split_once(' ').ok_or_else(bad_status_line)?;
-    let http10 = match version {
-        "HTTP/1.1" => false,
-        "HTTP/1.0" => true,
-        _ => return Err(bad_status_line()),
+/// Parses the response head at the start of `buf`: `Ok(None)` while it is
+/// incomplete, else the head and its length (the empty line included).
+pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, Failure> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut slots);
+    let len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(Failure::bad_response(format!("bad response head: {e}"))),
     };
-    let (code, reason) = rest.split_once(' ').unwrap_or((rest, ""));
-    if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(bad_status_line());
-    }
-    let status: u16 = code.parse().map_err(|_| bad_status_line())?;
+    let status = parsed.code.unwrap_or(0);
     if !(100..=599).contains(&status) {
-        return Err(bad_status_line());
+        return Err(Failure::bad_response(format!("bad status code {status}")));
     }
-
-    let mut headers = Vec::new();
+    let http10 = parsed.version == Some(0);
+    let mut headers = Vec::with_capacity(parsed.headers.len());
     let mut content_length: Option<usize> = None;
     let mut conn_close = false;
     let mut conn_keep_alive = false;
-    for line in lines {
-        let (name, value) = line
-            .split_once(':')
-            .ok_or_else(|| Failure::bad_response(format!("bad header line {line:?}")))?;
-        if name.is_empty()
-            || name
-                .bytes()
-                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
-        {
-            return Err(Failure::bad_response(format!("bad header name {name:?}")));
-        }
-        let value = value.trim_matches([' ', '\t']);
-        if name.eq_ignore_ascii_case("content-length") {
+    for h in parsed.headers.iter() {
+        let value = std::str::from_utf8(h.value)
+            .map_err(|_| Failure::bad_response(format!("header {} is not UTF-8", h.name)))?
+            .trim_matches([' ', '\t']);
+        if h.name.eq_ignore_ascii_case("content-length") {
             let n: usize = value
                 .parse()
                 .ok()
@@ -278,42 +265,31 @@ pub(crate) fn parse_head(head: &[u8]) -> Result<Head, Failure> {
                 )));
             }
             content_length = Some(n);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             return Err(Failure::bad_response(format!(
                 "unsupported Transfer-Encoding {value:?}"
             )));
-        } else if name.eq_ignore_ascii_case("connection") {
+        } else if h.name.eq_ignore_ascii_case("connection") {
             for token in value.split(',').map(str::trim) {
-                if token.eq_ignore_ascii_case("close") {
-                    conn_close = true;
-                } else if token.eq_ignore_ascii_case("keep-alive") {
-                    conn_keep_alive = true;
-                }
+                conn_close |= token.eq_ignore_ascii_case("close");
+                conn_keep_alive |= token.eq_ignore_ascii_case("keep-alive");
             }
         }
-        headers.push((name.to_owned(), value.to_owned()));
+        headers.push((h.name.to_owned(), value.to_owned()));
     }
-
     // 1xx, 204 and 304 responses never have a body.
     if status < 200 || status == 204 || status == 304 {
         content_length = Some(0);
     }
     let close = conn_close || (http10 && !conn_keep_alive) || content_length.is_none();
-    Ok(Head {
+    let head = Head {
         status,
-        reason: reason.to_owned(),
+        reason: parsed.reason.unwrap_or("").to_owned(),
         headers,
         content_length,
         close,
-    })
-}
-
-fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
-    let start = from.saturating_sub(3);
-    buf.get(start..)?
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|p| start + p)
+    };
+    Ok(Some((head, len)))
 }
 
 /// Checks that `path` can be put on a request line.
@@ -424,10 +400,17 @@ impl Connection {
     fn read_response(&mut self, deadline: Instant) -> Result<Response, Failure> {
         self.buf.clear();
         // Read the head.
-        let head_end = loop {
+        let (head, body_start) = loop {
             let scanned = self.buf.len();
-            let n = self.fill(deadline, scanned)?;
-            if n == 0 {
+            if scanned > 0
+                && let Some(parsed) = parse_head(&self.buf)?
+            {
+                break parsed;
+            }
+            if scanned > MAX_HEAD_BYTES {
+                return Err(Failure::bad_response("response head too large"));
+            }
+            if self.fill(deadline, scanned)? == 0 {
                 return Err(if scanned == 0 {
                     Failure::new(
                         FailureKind::EofBeforeResponse,
@@ -440,15 +423,7 @@ impl Connection {
                     )
                 });
             }
-            if let Some(end) = find_head_end(&self.buf, scanned) {
-                break end;
-            }
-            if self.buf.len() > MAX_HEAD_BYTES {
-                return Err(Failure::bad_response("response head too large"));
-            }
         };
-        let head = parse_head(&self.buf[..head_end])?;
-        let body_start = head_end + 4;
 
         let body = match head.content_length {
             Some(len) => {
@@ -510,43 +485,58 @@ pub fn request_once(addr: SocketAddr, path: &str, timeout: Duration) -> Result<R
 mod tests {
     use super::*;
 
+    /// Parses a complete head given without its empty line.
+    fn head(text: &[u8]) -> Result<Head, Failure> {
+        let buf = [text, b"\r\n\r\n"].concat();
+        let (head, len) = parse_head(&buf)?.expect("a complete head");
+        assert_eq!(len, buf.len());
+        Ok(head)
+    }
+
     #[test]
     fn parses_head() {
-        let head = parse_head(
+        let h = head(
             b"HTTP/1.1 200 OK\r\ncontent-LENGTH: 12\r\nX-A:  b \r\nConnection: keep-alive, Close",
         )
         .unwrap();
-        assert_eq!(head.status, 200);
-        assert_eq!(head.reason, "OK");
-        assert_eq!(head.content_length, Some(12));
-        assert!(head.close);
-        assert_eq!(head.headers[1], ("X-A".to_owned(), "b".to_owned()));
+        assert_eq!(h.status, 200);
+        assert_eq!(h.reason, "OK");
+        assert_eq!(h.content_length, Some(12));
+        assert!(h.close);
+        assert_eq!(h.headers[1], ("X-A".to_owned(), "b".to_owned()));
 
-        let head = parse_head(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0").unwrap();
-        assert_eq!(head.status, 503);
-        assert!(!head.close);
+        let h = head(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0").unwrap();
+        assert_eq!(h.status, 503);
+        assert!(!h.close);
 
         // HTTP/1.0 closes unless keep-alive; no Content-Length means close.
+        assert!(head(b"HTTP/1.0 200 OK\r\nContent-Length: 1").unwrap().close);
         assert!(
-            parse_head(b"HTTP/1.0 200 OK\r\nContent-Length: 1")
+            !head(b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\nConnection: keep-alive")
                 .unwrap()
                 .close
         );
-        assert!(
-            !parse_head(b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\nConnection: keep-alive")
-                .unwrap()
-                .close
-        );
-        let head = parse_head(b"HTTP/1.1 200 OK").unwrap();
-        assert_eq!(head.content_length, None);
-        assert!(head.close);
+        let h = head(b"HTTP/1.1 200 OK").unwrap();
+        assert_eq!(h.content_length, None);
+        assert!(h.close);
         assert_eq!(
-            parse_head(b"HTTP/1.1 204 No Content")
-                .unwrap()
-                .content_length,
+            head(b"HTTP/1.1 204 No Content").unwrap().content_length,
             Some(0)
         );
-        assert_eq!(parse_head(b"HTTP/1.1 200").unwrap().reason, "");
+        assert_eq!(head(b"HTTP/1.1 200 ").unwrap().reason, "");
+    }
+
+    #[test]
+    fn incomplete_heads_wait_for_more() {
+        for partial in [
+            &b""[..],
+            b"HTTP/1.1 200 OK\r\n",
+            b"HTTP/1.1 200 OK\r\nA: b\r\n\r",
+        ] {
+            assert!(parse_head(partial).unwrap().is_none(), "{partial:?}");
+        }
+        let (_, len) = parse_head(b"HTTP/1.1 200 OK\r\n\r\nbody").unwrap().unwrap();
+        assert_eq!(len, 19);
     }
 
     #[test]
@@ -557,16 +547,15 @@ mod tests {
             b"HTTP/1.1 abc OK",
             b"HTTP/1.1 999 OK",
             b"garbage",
-            b"",
             b"HTTP/1.1 200 OK\r\nno-colon-here",
             b"HTTP/1.1 200 OK\r\nBad Name: x",
             b"HTTP/1.1 200 OK\r\nContent-Length: -1",
             b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2",
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked",
             b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999",
-            b"HTTP/1.1 200 \xff",
+            b"HTTP/1.1 200 OK\r\nX: \xff",
         ] {
-            let err = parse_head(bad).unwrap_err();
+            let err = head(bad).unwrap_err();
             assert_eq!(
                 err.kind,
                 FailureKind::BadResponse,
@@ -574,13 +563,6 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
-    }
-
-    #[test]
-    fn finds_head_end_across_reads() {
-        assert_eq!(find_head_end(b"ab\r\n\r\nxyz", 0), Some(2));
-        assert_eq!(find_head_end(b"ab\r\n\r\nxyz", 4), Some(2));
-        assert_eq!(find_head_end(b"ab\r\n\r", 0), None);
     }
 
     #[test]

@@ -7,9 +7,10 @@ use std::sync::OnceLock;
 
 use hotsup_protocol::{ENV_FD, ENV_GENERATION};
 
-use crate::activation::{
-    LISTEN_FDNAMES, LISTEN_FDS, LISTEN_FDS_FIRST_FD, LISTEN_PID, NOTIFY_SOCKET,
-};
+use hotsup_os::activation::{LISTEN_FDNAMES, LISTEN_FDS, LISTEN_FDS_FIRST_FD, LISTEN_PID};
+
+/// The service manager's notification socket.
+pub(crate) const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
 
 /// Every variable this crate reads: the native channel (`HOTSUP_FD`,
 /// `HOTSUP_GENERATION`), socket activation (`LISTEN_FDS`, `LISTEN_PID`,

@@ -311,6 +311,20 @@ impl fmt::Debug for Error {
     }
 }
 
+impl From<hotsup_os::activation::Error> for StartupError {
+    fn from(e: hotsup_os::activation::Error) -> StartupError {
+        use hotsup_os::activation::Error as E;
+        match e {
+            E::BadEnv { var, value } => StartupError::BadEnv { var, value },
+            E::NotOpen { fd } => StartupError::NotASocket { fd },
+            E::Io { source, .. } => StartupError::Io {
+                operation: "make an inherited fd close-on-exec",
+                source,
+            },
+        }
+    }
+}
+
 impl fmt::Debug for StartupError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         chain(self, f)

@@ -11,14 +11,14 @@ use std::sync::{Arc, Mutex};
 use hotsup_protocol::{DecodeError, FromChild, RecvError, ToChild};
 use rustix::io::FdFlags;
 
-use crate::activation;
 use crate::env::Snapshot;
 use crate::error::{Error, StartupError};
 use crate::inherited::{ListenerInfo, Sockets};
 use crate::lifecycle::{self, DrainReason, Lifecycle, Shared};
 use crate::notify::Notifier;
-use crate::sockets;
 use crate::take::{Select, Take, Tcp, Udp, Unix};
+use hotsup_os::activation;
+use hotsup_os::sockets;
 
 /// The version of the protocol this crate answers with, when the app
 /// honours `PAUSE` and `RESUME`.
@@ -126,13 +126,15 @@ impl Handoff {
         let env = crate::env::snapshot();
         let mut handoff = match &env.hotsup_fd {
             Some(value) => Handoff::from_channel(open_channel(value)?)?,
-            None => match activation::parse(activation_vars(env), std::process::id())? {
+            None => match activation::parse(activation_vars(env), std::process::id())
+                .map_err(StartupError::from)?
+            {
                 None => Handoff::standalone(),
                 Some(range) => {
                     // SAFETY: `LISTEN_FDS` (with a matching or absent
                     // `LISTEN_PID`) passes these fds to this process, and
                     // `ADOPTED` makes this the only adoption in it.
-                    let fds = unsafe { activation::claim(range)? };
+                    let fds = unsafe { activation::claim(range) }.map_err(StartupError::from)?;
                     Handoff::from_activation(fds, env.fd_names.as_deref())
                 }
             },
@@ -172,9 +174,9 @@ impl Handoff {
     pub fn from_channel(channel: OwnedFd) -> Result<Handoff, StartupError> {
         let fd = channel.as_raw_fd();
         match sockets::is_seqpacket(channel.as_fd()) {
-            Ok(true) => {}
-            Ok(false) => return Err(StartupError::NotSeqpacket { fd }),
-            Err(()) => return Err(StartupError::NotASocket { fd }),
+            Some(true) => {}
+            Some(false) => return Err(StartupError::NotSeqpacket { fd }),
+            None => return Err(StartupError::NotASocket { fd }),
         }
         let io = |operation| {
             move |e: rustix::io::Errno| StartupError::Io {
@@ -190,7 +192,7 @@ impl Handoff {
 
         let lifecycle = Shared::new();
         let hello = receive_hello(&channel, &lifecycle)?;
-        sockets::raise_nofile_limit();
+        hotsup_os::raise_nofile_limit();
 
         // `count` comes from the wire; don't let it size an allocation.
         let count = hello.listeners;
@@ -424,11 +426,11 @@ impl Handoff {
     /// so it sends `unhealthy: <reason>` as a [`status`](Self::status) for
     /// the log and returns `false`.
     pub fn unhealthy(&self, reason: &str) -> Result<bool, Error> {
-        if let Some(channel) = &self.channel {
-            if channel.spoken.load(Ordering::SeqCst) >= PAUSE_VERSION {
-                channel.send("UNHEALTHY", &FromChild::Unhealthy(reason.to_owned()))?;
-                return Ok(true);
-            }
+        if let Some(channel) = &self.channel
+            && channel.spoken.load(Ordering::SeqCst) >= PAUSE_VERSION
+        {
+            channel.send("UNHEALTHY", &FromChild::Unhealthy(reason.to_owned()))?;
+            return Ok(true);
         }
         if reason.contains(['\n', '\r']) {
             return Err(Error::invalid_text(reason));
@@ -494,9 +496,9 @@ fn open_channel(value: &OsString) -> Result<OwnedFd, StartupError> {
         return Err(StartupError::NotASocket { fd });
     }
     match sockets::is_seqpacket(borrowed) {
-        Ok(true) => {}
-        Ok(false) => return Err(StartupError::NotSeqpacket { fd }),
-        Err(()) => return Err(StartupError::NotASocket { fd }),
+        Some(true) => {}
+        Some(false) => return Err(StartupError::NotSeqpacket { fd }),
+        None => return Err(StartupError::NotASocket { fd }),
     }
     // SAFETY: the fd is open and is an AF_UNIX SOCK_SEQPACKET socket, and
     // HOTSUP_FD hands it to this process; `Handoff::from_env` adopts once
@@ -529,13 +531,6 @@ struct Hello {
 fn receive_hello(channel: &OwnedFd, lifecycle: &Shared) -> Result<Hello, StartupError> {
     loop {
         let msg = recv(channel)?;
-        // The version decides how to read everything else, so look at it
-        // before the other fields (a later version may drop or change them).
-        if let Some(version) = hello_version(&msg.bytes) {
-            if version != hotsup_protocol::BASE_VERSION {
-                return Err(StartupError::UnsupportedVersion { version });
-            }
-        }
         match decode_ignoring_unknown(&msg.bytes)? {
             None => {}
             Some(ToChild::Hello {
@@ -570,24 +565,14 @@ fn decode_ignoring_unknown(bytes: &[u8]) -> Result<Option<ToChild>, StartupError
     match ToChild::decode(bytes) {
         Ok(msg) => Ok(Some(msg)),
         Err(DecodeError::UnknownVerb(_)) => Ok(None),
+        // hotsup-protocol reads a HELLO's version before its other fields.
+        Err(DecodeError::UnsupportedVersion(version)) => {
+            Err(StartupError::UnsupportedVersion { version })
+        }
         Err(e) => Err(StartupError::Malformed {
             detail: e.to_string(),
         }),
     }
-}
-
-/// The `version` field of a `HELLO` message, if it is one and the field parses.
-fn hello_version(bytes: &[u8]) -> Option<u32> {
-    let text = std::str::from_utf8(bytes).ok()?;
-    let first = text.lines().next()?;
-    let mut words = first.split(' ').filter(|w| !w.is_empty());
-    if words.next()? != "HELLO" {
-        return None;
-    }
-    words
-        .filter_map(|w| w.split_once('='))
-        .find(|(k, _)| *k == "version")
-        .and_then(|(_, v)| v.parse().ok())
 }
 
 /// Starts the thread that reads the channel after the handshake and turns
@@ -655,15 +640,6 @@ fn complain(complained: &mut bool, what: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reads_the_version_first() {
-        assert_eq!(hello_version(b"HELLO version=1 generation=2"), Some(1));
-        assert_eq!(hello_version(b"HELLO  future=x version=7\nmore"), Some(7));
-        assert_eq!(hello_version(b"HELLO generation=2"), None);
-        assert_eq!(hello_version(b"DRAIN version=2"), None);
-        assert_eq!(hello_version(b"\xff"), None);
-    }
 
     #[test]
     fn standalone_has_nothing() {

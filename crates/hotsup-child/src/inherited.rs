@@ -5,7 +5,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::Mutex;
 
 use crate::error::Error;
-use crate::sockets;
+use hotsup_os::sockets;
 
 /// What kind of socket a listener is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -26,6 +26,14 @@ impl Kind {
             Kind::Tcp => "tcp",
             Kind::Udp => "udp",
             Kind::Unix => "unix",
+        }
+    }
+
+    pub(crate) fn to_wire(self) -> hotsup_protocol::Kind {
+        match self {
+            Kind::Tcp => hotsup_protocol::Kind::Tcp,
+            Kind::Udp => hotsup_protocol::Kind::Udp,
+            Kind::Unix => hotsup_protocol::Kind::Unix,
         }
     }
 
@@ -134,17 +142,23 @@ impl Sockets {
     /// Sockets whose kinds were found by looking at them: `kind` is `Err`
     /// (with a description of the fd) for an fd that is not a supported
     /// listener. Names must be unique.
-    pub(crate) fn inspected(entries: Vec<crate::activation::Adopted>) -> Self {
+    pub(crate) fn inspected(entries: Vec<hotsup_os::activation::Adopted>) -> Self {
         let mut slots = Vec::with_capacity(entries.len());
         let mut listeners = Vec::with_capacity(entries.len());
         let mut fds = Vec::with_capacity(entries.len());
         for entry in entries {
-            if let Ok(kind) = entry.kind {
-                listeners.push(ListenerInfo::new(entry.name.clone(), kind, entry.address));
+            let kind = entry
+                .kind
+                .map(Kind::from_wire)
+                .ok_or_else(|| entry.found.to_string());
+            if let Ok(kind) = kind {
+                // An address that cannot be known is empty (see `address`).
+                let address = entry.address.unwrap_or_default();
+                listeners.push(ListenerInfo::new(entry.name.clone(), kind, address));
             }
             slots.push(Slot {
                 name: entry.name,
-                kind: entry.kind,
+                kind,
                 fd: entry.fd.as_raw_fd(),
             });
             fds.push(Some(entry.fd));
@@ -211,7 +225,7 @@ impl Sockets {
             });
         };
         let found = sockets::inspect(fd.as_fd());
-        if !sockets::matches(kind, found) {
+        if !sockets::matches(kind.to_wire(), found) {
             return Err(wrong(found.to_string()));
         }
         held.take().ok_or_else(|| Error::AlreadyTaken {

@@ -151,10 +151,14 @@
 //!   (or no `LISTEN_FDNAMES`) gives the name hotsup would: `<kind><index>`,
 //!   such as `tcp0` or `unix2` (`other<index>` for an unsupported fd), with
 //!   `index` the fd's position counted from 0. A name systemd gives
-//!   explicitly, `unknown` included, is kept as given. Names must be unique,
+//!   explicitly, `unknown` included, is kept as given if hotsup's protocol
+//!   could pass it on (1 to 255 of `A-Z a-z 0-9 - _ .`; a template unit's
+//!   `app@1.socket` is not), so that an app finds the same names under
+//!   systemd and under `hotsup run` adopting them. Names must be unique,
 //!   but systemd repeats a socket unit's name for each of its sockets: a
 //!   name already used by an earlier fd is replaced by the default name (so
-//!   `web.socket:web.socket` gives `web.socket` and `tcp1`).
+//!   `web.socket:web.socket` gives `web.socket` and `tcp1`). The supervisor
+//!   adopts its own `LISTEN_FDS` by the same rules (the `hotsup-os` crate).
 //! - [`generation`] comes from `HOTSUP_GENERATION` if it is set, else it is
 //!   `None` (the process is supervised by systemd); [`is_supervised`] is
 //!   true either way.
@@ -230,14 +234,12 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-mod activation;
 mod env;
 mod error;
 mod handoff;
 mod inherited;
 mod lifecycle;
 mod notify;
-mod sockets;
 mod take;
 
 use std::ffi::OsStr;

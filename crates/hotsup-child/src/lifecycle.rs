@@ -51,10 +51,8 @@ pub enum Signal {
 impl Signal {
     /// The conventional name: `SIGTERM` or `SIGINT`.
     pub fn name(self) -> &'static str {
-        match self {
-            Signal::Term => "SIGTERM",
-            Signal::Int => "SIGINT",
-        }
+        // hotsup-os names every standard signal; its tests cover these two.
+        hotsup_os::signals::name(self.number()).unwrap_or("SIGTERM")
     }
 
     /// The signal's number on this platform.
@@ -187,11 +185,11 @@ impl Shared {
             }
             if let DrainReason::Supervisor { timeout } = reason {
                 // A timeout too large for `Instant` is the same as none.
-                if let Some(at) = Instant::now().checked_add(timeout) {
-                    if inner.deadline.is_none_or(|d| at < d) {
-                        inner.deadline = Some(at);
-                        changed = true;
-                    }
+                if let Some(at) = Instant::now().checked_add(timeout)
+                    && inner.deadline.is_none_or(|d| at < d)
+                {
+                    inner.deadline = Some(at);
+                    changed = true;
                 }
             }
             changed
@@ -874,6 +872,7 @@ mod tests {
     #[test]
     fn signal_names() {
         assert_eq!(Signal::Term.to_string(), "SIGTERM");
+        assert_eq!(Signal::Int.to_string(), "SIGINT");
         assert_eq!(Signal::from_number(2), Some(Signal::Int));
         assert_eq!(
             DrainReason::Signal(Signal::Int).to_string(),

@@ -434,6 +434,11 @@ pub enum DecodeError {
     /// The message exceeds [`MAX_MESSAGE`].
     #[error("message of {0} bytes exceeds the limit of {MAX_MESSAGE}")]
     TooLong(usize),
+    /// A supervisor's `HELLO` announces a framing version other than
+    /// [`BASE_VERSION`], the only one this crate reads; its other fields
+    /// were not looked at.
+    #[error("HELLO announces version {0}; this side reads version {BASE_VERSION}")]
+    UnsupportedVersion(u32),
 }
 
 /// Why a message could not be encoded.
@@ -515,7 +520,13 @@ impl ToChild {
         let (verb, fields, rest) = split(bytes)?;
         match verb {
             "HELLO" => {
+                // The version decides how to read everything else, so it is
+                // read first and alone: a later version may drop or change
+                // the other fields.
                 let version = fields.num("HELLO", "version")?;
+                if version != BASE_VERSION {
+                    return Err(DecodeError::UnsupportedVersion(version));
+                }
                 Ok(ToChild::Hello {
                     version,
                     generation: fields.num("HELLO", "generation")?,

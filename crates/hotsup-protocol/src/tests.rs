@@ -168,6 +168,16 @@ fn garbled_messages_are_errors() {
         ToChild::decode(b"HELLO generation=1 listeners=1"),
         Err(DecodeError::MissingField { .. })
     ));
+    // The version is read first: another framing's HELLO is refused as
+    // such, whatever its other fields say (here, none that version 1 has).
+    assert_eq!(
+        ToChild::decode(b"HELLO  future=x version=7\nmore"),
+        Err(DecodeError::UnsupportedVersion(7))
+    );
+    assert_eq!(
+        ToChild::decode(b"HELLO version=2 generation=1 listeners=1"),
+        Err(DecodeError::UnsupportedVersion(2))
+    );
     assert!(matches!(
         ToChild::decode(b"LISTENERS start=0 count=2\ntcp a 1.2.3.4:5"),
         Err(DecodeError::CountMismatch {

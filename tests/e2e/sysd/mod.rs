@@ -506,10 +506,11 @@ impl Drop for Guest {
         // Everything the guest runs is in its cgroup: kill it all at once.
         // Without cgroup.kill (Linux < 5.14), killing PID 1 ends the pid
         // namespace, which the kernel empties.
-        if std::fs::write(self.cgroup.join("cgroup.kill"), "1").is_err() && self.pid > 0 {
-            if let Some(pid) = rustix::process::Pid::from_raw(self.pid) {
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-            }
+        if std::fs::write(self.cgroup.join("cgroup.kill"), "1").is_err()
+            && self.pid > 0
+            && let Some(pid) = rustix::process::Pid::from_raw(self.pid)
+        {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
         }
         let _ = self.unshare.kill();
         let _ = self.unshare.wait();
@@ -533,14 +534,14 @@ fn remove_cgroup_tree(dir: &Path) {
             }
         }
     }
-    if let Err(e) = std::fs::remove_dir(dir) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            use std::io::Write;
-            let _ = writeln!(
-                std::io::stderr(),
-                "warning: cannot remove cgroup {}: {e}",
-                dir.display()
-            );
-        }
+    if let Err(e) = std::fs::remove_dir(dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "warning: cannot remove cgroup {}: {e}",
+            dir.display()
+        );
     }
 }

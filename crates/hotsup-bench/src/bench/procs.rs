@@ -3,7 +3,7 @@
 //! their handle is dropped, on every path (errors and panics included).
 
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -174,25 +174,9 @@ pub fn free_loopback_addr() -> Result<SocketAddr> {
     l.local_addr().context("getsockname")
 }
 
-/// A listening socket held by the bench itself (the "systemfd" role).
-pub fn held_listener() -> Result<TcpListener> {
-    TcpListener::bind("127.0.0.1:0").context("cannot bind 127.0.0.1:0")
-}
-
-/// Borrows the socket of a held listener.
-pub fn fd_of(l: &TcpListener) -> BorrowedFd<'_> {
-    l.as_fd()
-}
-
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns (soft, hard)
 /// after the change.
 pub fn raise_nofile() -> (Option<u64>, Option<u64>) {
-    use rustix::process::{Resource, getrlimit, setrlimit};
-    let mut lim = getrlimit(Resource::Nofile);
-    if lim.current != lim.maximum {
-        lim.current = lim.maximum;
-        let _ = setrlimit(Resource::Nofile, lim);
-    }
-    let now = getrlimit(Resource::Nofile);
-    (now.current, now.maximum)
+    let limit = hotsup_os::raise_nofile_limit();
+    (limit.now, limit.hard)
 }

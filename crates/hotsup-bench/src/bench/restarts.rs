@@ -1,45 +1,38 @@
-//! The restart scenarios compared with "hotsup upgrades", under the same two
-//! loads as it:
+//! The restart scenarios compared with "upgrades", under the same two
+//! loads:
 //!
-//! - "naive restart": the HTTP example run directly, stopped with SIGTERM
-//!   and started again on the same port;
-//! - "held socket, hard restart": the bench holds the listening socket (the
-//!   `systemfd --no-pid` role), the app receives it at fd 3 with
-//!   `LISTEN_FDS=1`, and each restart SIGKILLs it and starts a new one with
-//!   the same socket;
-//! - "hotsup crash restart": the HTTP example under hotsup, its serving
-//!   child SIGKILLed, hotsup restarting it.
+//! - "naive": the HTTP example run directly, stopped with SIGTERM and
+//!   started again on the same port;
+//! - "hard": the bench holds the listening socket (the `systemfd --no-pid`
+//!   role), the app receives it at fd 3 with `LISTEN_FDS=1`, and each
+//!   restart SIGKILLs it and starts a new one with the same socket;
+//! - "crash": the HTTP example under hotsup, its serving child SIGKILLed,
+//!   hotsup restarting it.
 //!
 //! Each restart waits for the new process to answer a probe (identified by
 //! the `pid=` of its responses) before the next one; every wait is bounded.
 
+use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpListener};
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use hotsup_bench::{FailureKind, Load, LoadConfig, Report, request_once};
+use hotsup_bench::procfs;
 use rustix::process::{Pid, Signal};
+use serde::Serialize;
 
-use super::logline::Kind;
-use super::output::ms;
-use super::procfs;
 use super::procs::{self, Server};
-use super::scenario::{
-    DRAIN_TIMEOUT, LOAD_TIMEOUT, MAX_PROBES, PROBE_TIMEOUT, ProbeTotals, START_TIMEOUT,
-    WINDOW_TAIL, now_wall_us, record_probe_failure,
-};
-use super::supervised::{Binaries, Hotsup};
+use super::report::{Dist, Loads, Probes, Table, TwoLoads, dist, ms, probe_until};
+use super::supervised::{Binaries, Hotsup, Launch};
+use super::upgrades::{START_TIMEOUT, WINDOW_TAIL};
 
 /// How long a SIGTERMed naive server may take to exit before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a restarted process may take to answer its first probe.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
-/// Pause between probes (a refused connect returns at once: do not spin).
-const PROBE_PAUSE: Duration = Duration::from_micros(500);
-/// How often a probe loop checks that the new process is still alive.
-const ALIVE_EVERY: Duration = Duration::from_millis(20);
 /// Crash restarts per hotsup instance. hotsup backs off 100 ms, 200 ms,
 /// 400 ms, ... between crash restarts, and resets the backoff only after a
 /// generation served for 10 s: with 5 crashes per instance the longest
@@ -49,7 +42,8 @@ pub const CRASHES_PER_HOTSUP: u32 = 5;
 const ROUND_WARMUP: Duration = Duration::from_millis(500);
 
 /// Which restart scenario.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Which {
     Naive,
     Hard,
@@ -57,14 +51,6 @@ pub enum Which {
 }
 
 impl Which {
-    pub fn key(self) -> &'static str {
-        match self {
-            Which::Naive => "naive",
-            Which::Hard => "hard",
-            Which::Crash => "crash",
-        }
-    }
-
     pub fn title(self) -> &'static str {
         match self {
             Which::Naive => "naive restart",
@@ -85,94 +71,95 @@ pub struct RestartOptions {
     pub gap: Duration,
 }
 
-/// One restart, as observed.
-#[derive(Debug, Clone)]
+/// One restart, as observed; times in ms from the trigger (the kill(2)).
+#[derive(Debug, Clone, Serialize)]
 pub struct RestartRecord {
-    pub index: u32,
     /// hotsup instance (crash restarts), 1-based; 1 otherwise.
     pub round: u32,
     pub old_pid: i32,
     pub new_pid: i32,
-    /// Just before the kill(2) that triggers the restart.
+    #[serde(skip)]
     pub t_trigger: Instant,
-    /// When a probe first got a response from the new process.
-    pub t_first_probe: Option<Instant>,
-    /// When the load first completed a response from the new process.
-    pub t_first_load: Option<Instant>,
-    /// Trigger -> old process reaped by the bench (naive, hard).
+    #[serde(skip)]
+    pub window_end: Instant,
+    /// A probe got a response from the new process.
+    pub first_probe_ms: Option<f64>,
+    /// The load first completed a response from it.
+    pub first_load_ms: Option<f64>,
+    /// The old process was reaped by the bench (naive, hard).
     pub old_exit_ms: Option<f64>,
-    /// Trigger -> new process spawned (by the bench; by hotsup's log
-    /// timestamp for crash restarts).
+    /// The new process was spawned (by the bench; for crash restarts by
+    /// hotsup's `spawned` timestamp, in 1 ms steps).
     pub spawn_ms: Option<f64>,
-    /// The backoff hotsup announced (`restarting in ...`).
+    /// The backoff hotsup scheduled (`restart_scheduled` delay_ms).
     pub backoff_ms: Option<f64>,
-    /// Trigger -> hotsup's `ready` line read (crash restarts).
-    pub ready_read_ms: Option<f64>,
+    /// hotsup's `ready` read (crash restarts).
+    pub ready_ms: Option<f64>,
     /// Anything unusual (the old process had to be killed, ...).
     pub note: Option<String>,
     pub probes: u64,
 }
 
-impl RestartRecord {
-    fn new(index: u32, round: u32, old_pid: i32) -> RestartRecord {
-        RestartRecord {
-            index,
-            round,
-            old_pid,
-            new_pid: 0,
-            t_trigger: Instant::now(),
-            t_first_probe: None,
-            t_first_load: None,
-            old_exit_ms: None,
-            spawn_ms: None,
-            backoff_ms: None,
-            ready_read_ms: None,
-            note: None,
-            probes: 0,
-        }
-    }
+type Series = (
+    &'static str,
+    &'static str,
+    fn(&RestartRecord) -> Option<f64>,
+);
 
-    pub fn trigger_to_first_probe_ms(&self) -> Option<f64> {
-        Some(ms(self.t_first_probe?.duration_since(self.t_trigger)))
-    }
-
-    pub fn trigger_to_first_load_ms(&self) -> Option<f64> {
-        Some(ms(self
-            .t_first_load?
-            .saturating_duration_since(self.t_trigger)))
-    }
-
-    /// Trigger .. new process answered (+ [`WINDOW_TAIL`]).
-    pub fn window(&self) -> (Instant, Instant) {
-        let end = self
-            .t_first_probe
-            .into_iter()
-            .chain(self.t_first_load)
-            .max()
-            .unwrap_or(self.t_trigger);
-        (self.t_trigger, end + WINDOW_TAIL)
-    }
-}
+const SERIES: &[Series] = &[
+    (
+        "trigger_to_first_response_probe_ms",
+        "trigger -> first response of new process (probe)",
+        |r| r.first_probe_ms,
+    ),
+    (
+        "trigger_to_first_response_load_ms",
+        "trigger -> first response of new process (load)",
+        |r| r.first_load_ms,
+    ),
+    (
+        "trigger_to_old_reaped_ms",
+        "trigger -> old process reaped by the bench",
+        |r| r.old_exit_ms,
+    ),
+    (
+        "trigger_to_spawned_ms",
+        "trigger -> new process spawned",
+        |r| r.spawn_ms,
+    ),
+    ("hotsup_backoff_ms", "  of which hotsup's backoff", |r| {
+        r.backoff_ms
+    }),
+    (
+        "first_response_minus_backoff_ms",
+        "trigger -> first response, minus the backoff",
+        |r| Some(r.first_probe_ms? - r.backoff_ms?),
+    ),
+    (
+        "trigger_to_ready_read_ms",
+        "trigger -> hotsup's `ready` read",
+        |r| r.ready_ms,
+    ),
+];
 
 /// Everything one restart scenario measured.
-#[derive(Debug)]
+#[derive(Debug, Serialize)]
 pub struct RestartOutcome {
     pub which: Which,
     /// How the server was run and restarted.
     pub how: String,
     pub app: String,
-    pub addr: Option<SocketAddr>,
+    pub address: Option<String>,
     pub requested: u32,
     pub rounds: u32,
     pub restarts: Vec<RestartRecord>,
+    pub loads: Loads,
+    pub series: Vec<(&'static str, Option<Dist>)>,
+    /// Warnings and errors hotsup logged (crash restarts).
+    pub hotsup_problems: Vec<String>,
     /// Why the scenario stopped early, if it did.
     pub error: Option<String>,
-    pub close: Report,
-    pub keepalive: Report,
-    pub probes: ProbeTotals,
-    /// WARN and ERROR lines hotsup logged (crash restarts).
-    pub hotsup_problems: Vec<String>,
-    pub elapsed: Duration,
+    pub elapsed_s: f64,
 }
 
 impl RestartOutcome {
@@ -181,62 +168,66 @@ impl RestartOutcome {
             which,
             how,
             app,
-            addr: None,
+            address: None,
             requested,
-            rounds: 0,
+            rounds: 1,
             restarts: Vec::new(),
-            error: None,
-            close: Report::default(),
-            keepalive: Report::default(),
-            probes: ProbeTotals::default(),
+            loads: Loads::default(),
+            series: Vec::new(),
             hotsup_problems: Vec::new(),
-            elapsed: Duration::ZERO,
+            error: None,
+            elapsed_s: 0.0,
         }
     }
 
-    pub fn windows(&self) -> Vec<(Instant, Instant)> {
-        self.restarts.iter().map(RestartRecord::window).collect()
+    pub fn first_response(&self) -> Option<Dist> {
+        self.series.first().and_then(|(_, d)| *d)
     }
 
-    /// Failures of the loads (not the probes) of this kind.
-    pub fn load_failures_of(&self, kind: &FailureKind) -> u64 {
-        self.close.failures_of(kind) + self.keepalive.failures_of(kind)
-    }
-
-    pub fn load_failures(&self) -> u64 {
-        self.close.total_failures() + self.keepalive.total_failures()
-    }
-
-    pub fn load_requests(&self) -> u64 {
-        self.close.total_requests() + self.keepalive.total_requests()
-    }
-
-    /// Both loads' successful requests in one report (for latency only).
-    pub fn combined(&self) -> Report {
-        Report {
-            records: [
-                self.close.records.as_slice(),
-                self.keepalive.records.as_slice(),
-            ]
-            .concat(),
-            ..Report::default()
+    pub fn text(&self, out: &mut String) {
+        let _ = writeln!(out, "  how: {}", self.how);
+        let _ = writeln!(
+            out,
+            "  app: {}; address {}; {} of {} restarts{}; took {:.1}s",
+            self.app,
+            self.address.as_deref().unwrap_or("-"),
+            self.restarts.len(),
+            self.requested,
+            if self.which == Which::Crash {
+                format!(" over {} hotsup instances", self.rounds)
+            } else {
+                String::new()
+            },
+            self.elapsed_s
+        );
+        self.loads.text(out);
+        let mut t = Table::new(["restarts (ms)", "p50", "p99", "max"]);
+        for (key, d) in &self.series {
+            if d.is_some() {
+                let label = SERIES.iter().find(|s| s.0 == *key).map_or(*key, |s| s.1);
+                t.dist_row(label, *d, 3);
+            }
+        }
+        t.render(out);
+        for r in self.restarts.iter().filter(|r| r.note.is_some()) {
+            let _ = writeln!(
+                out,
+                "  pid {}: {}",
+                r.old_pid,
+                r.note.as_deref().unwrap_or_default()
+            );
+        }
+        if !self.hotsup_problems.is_empty() {
+            let _ = writeln!(
+                out,
+                "  hotsup warnings/errors: {} (`crashed` and `restart_scheduled` are this scenario's own doing)",
+                self.hotsup_problems.len()
+            );
+        }
+        if let Some(e) = &self.error {
+            let _ = writeln!(out, "  STOPPED EARLY: {e}");
         }
     }
-}
-
-/// Adds `r` to `into` (counts, samples, records).
-pub fn merge_report(into: &mut Report, r: Report) {
-    into.ok += r.ok;
-    for (k, n) in r.failures {
-        *into.failures.entry(k).or_default() += n;
-    }
-    let room = hotsup_bench::MAX_FAILURE_SAMPLES.saturating_sub(into.samples.len());
-    into.samples.extend(r.samples.into_iter().take(room));
-    into.records.extend(r.records);
-    into.records.sort_unstable_by_key(|s| s.started);
-    into.connections += r.connections;
-    into.server_closes += r.server_closes;
-    into.elapsed += r.elapsed;
 }
 
 /// A server that can be restarted.
@@ -250,142 +241,203 @@ trait Target {
     fn gone(&mut self) -> Option<String>;
 }
 
-/// Sends probes until one is answered by process `pid`; returns when that
-/// response was complete and how many probes were sent.
-fn probe_pid(
+/// Waits until process `pid` answers at `addr`; returns when.
+fn answered(
+    target: &mut dyn Target,
     addr: SocketAddr,
     pid: i32,
     timeout: Duration,
-    target: &mut dyn Target,
-    totals: &mut ProbeTotals,
+    probes: &mut Probes,
 ) -> Result<(Instant, u64)> {
-    let deadline = Instant::now() + timeout;
-    let mut sent = 0;
-    let mut next_check = Instant::now() + ALIVE_EVERY;
-    while sent < MAX_PROBES && Instant::now() < deadline {
-        sent += 1;
-        totals.requests += 1;
-        match request_once(addr, "/", PROBE_TIMEOUT) {
-            Ok(r) if r.status == 200 => {
-                let done = Instant::now();
-                totals.ok += 1;
-                if r.identity().pid == Some(pid as u32) {
-                    return Ok((done, sent));
-                }
-            }
-            Ok(r) => record_probe_failure(
-                totals,
-                FailureKind::BadStatus(r.status),
-                format!("status {}", r.status),
-            ),
-            Err(f) => record_probe_failure(totals, f.kind, f.message),
-        }
-        if Instant::now() >= next_check {
-            next_check = Instant::now() + ALIVE_EVERY;
-            if let Some(why) = target.gone() {
-                bail!("pid {pid} never answered: {why}");
-            }
-        }
-        thread::sleep(PROBE_PAUSE);
-    }
-    bail!(
-        "pid {pid} did not answer within {:.1}s ({sent} probes)",
-        timeout.as_secs_f64()
+    probe_until(
+        addr,
+        Instant::now() + timeout,
+        probes,
+        |id| id.pid == Some(pid as u32),
+        || target.gone(),
     )
+    .with_context(|| format!("pid {pid} did not answer"))
 }
 
 /// Starts both loads at `addr`, warms up, restarts `count` times, stops the
-/// loads and adds everything to `out`. An error stops the restarts; what was
+/// loads and keeps their reports. An error stops the restarts; what was
 /// measured until then is kept.
-fn drive(
-    target: &mut dyn Target,
-    addr: SocketAddr,
-    opts: &RestartOptions,
-    count: u32,
-    round: u32,
-    warmup: Duration,
-    out: &mut RestartOutcome,
-) -> Result<()> {
-    let bound = warmup + (ANSWER_TIMEOUT + STOP_TIMEOUT + opts.gap) * (count + 1);
-    let config = |concurrency, keep_alive| LoadConfig {
-        concurrency,
-        keep_alive,
-        max_duration: bound,
-        timeout: LOAD_TIMEOUT,
-        ..LoadConfig::new(addr)
-    };
-    let close = Load::start(config(opts.close_workers, false));
-    let keepalive = Load::start(config(opts.keepalive_workers, true));
-    let result = (|| -> Result<()> {
-        for (name, load) in [("new-connection", &close), ("keep-alive", &keepalive)] {
-            if !load.wait_for_ok(1, Duration::from_secs(10)) {
-                bail!(
-                    "the {name} load got no successful response within 10s ({:?})",
-                    load.snapshot()
-                );
-            }
-        }
-        thread::sleep((close.started() + warmup).saturating_duration_since(Instant::now()));
-        for _ in 0..count {
-            let index = out.restarts.len() as u32 + 1;
-            let mut rec = RestartRecord::new(index, round, target.pid());
-            let new_pid = target
-                .restart(&mut rec)
-                .with_context(|| format!("restart {index}"))?;
-            rec.new_pid = new_pid;
-            let (t, n) = probe_pid(addr, new_pid, ANSWER_TIMEOUT, target, &mut out.probes)
-                .with_context(|| format!("restart {index}"))?;
-            rec.t_first_probe = Some(t);
-            rec.probes = n;
-            out.restarts.push(rec);
-            thread::sleep(opts.gap);
-        }
-        Ok(())
-    })();
-    let close = close.stop();
-    let keepalive = keepalive.stop();
-    for rec in out.restarts.iter_mut().filter(|r| r.round == round) {
-        rec.t_first_load = close
-            .records
-            .iter()
-            .chain(&keepalive.records)
-            .filter(|s| s.pid == Some(rec.new_pid as u32) && s.started >= rec.t_trigger)
-            .map(|s| s.completed())
-            .min();
-    }
-    merge_report(&mut out.close, close);
-    merge_report(&mut out.keepalive, keepalive);
-    result
+struct Driver {
+    close: Vec<hotsup_bench::Report>,
+    keepalive: Vec<hotsup_bench::Report>,
+    probes: Probes,
 }
 
-// ---------------------------------------------------------------- naive
+impl Driver {
+    fn drive(
+        &mut self,
+        target: &mut dyn Target,
+        addr: SocketAddr,
+        opts: &RestartOptions,
+        (count, round, warmup): (u32, u32, Duration),
+        out: &mut RestartOutcome,
+    ) -> Result<()> {
+        let bound = warmup + (ANSWER_TIMEOUT + STOP_TIMEOUT + opts.gap) * (count + 1);
+        let loads = TwoLoads::start(addr, opts.close_workers, opts.keepalive_workers, bound)?;
+        let first = out.restarts.len();
+        let result = (|| -> Result<()> {
+            loads.warm_up(warmup);
+            for _ in 0..count {
+                let index = out.restarts.len() + 1;
+                let mut rec = RestartRecord {
+                    round,
+                    old_pid: target.pid(),
+                    new_pid: 0,
+                    t_trigger: Instant::now(),
+                    window_end: Instant::now(),
+                    first_probe_ms: None,
+                    first_load_ms: None,
+                    old_exit_ms: None,
+                    spawn_ms: None,
+                    backoff_ms: None,
+                    ready_ms: None,
+                    note: None,
+                    probes: 0,
+                };
+                rec.new_pid = target
+                    .restart(&mut rec)
+                    .with_context(|| format!("restart {index}"))?;
+                let (t, n) = answered(target, addr, rec.new_pid, ANSWER_TIMEOUT, &mut self.probes)
+                    .with_context(|| format!("restart {index}"))?;
+                rec.first_probe_ms = Some(ms(t.duration_since(rec.t_trigger)));
+                rec.window_end = t + WINDOW_TAIL;
+                rec.probes = n;
+                out.restarts.push(rec);
+                thread::sleep(opts.gap);
+            }
+            Ok(())
+        })();
+        let (close, keepalive) = loads.stop();
+        for rec in &mut out.restarts[first..] {
+            rec.first_load_ms = close
+                .records
+                .iter()
+                .chain(&keepalive.records)
+                .filter(|s| s.pid == Some(rec.new_pid as u32) && s.started >= rec.t_trigger)
+                .map(|s| s.completed())
+                .min()
+                .map(|t| ms(t.duration_since(rec.t_trigger)));
+            if let Some(t) = rec.first_load_ms {
+                rec.window_end = rec
+                    .window_end
+                    .max(rec.t_trigger + Duration::from_secs_f64(t / 1000.0) + WINDOW_TAIL);
+            }
+        }
+        self.close.push(close);
+        self.keepalive.push(keepalive);
+        result
+    }
 
-struct Naive {
+    fn finish(self, out: &mut RestartOutcome) {
+        let windows: Vec<_> = out
+            .restarts
+            .iter()
+            .map(|r| (r.t_trigger, r.window_end))
+            .collect();
+        let merge = |rs: Vec<hotsup_bench::Report>| {
+            let mut all = hotsup_bench::Report::default();
+            for r in rs {
+                all.ok += r.ok;
+                for (k, n) in r.failures {
+                    *all.failures.entry(k).or_default() += n;
+                }
+                let room = hotsup_bench::MAX_FAILURE_SAMPLES.saturating_sub(all.samples.len());
+                all.samples.extend(r.samples.into_iter().take(room));
+                all.records.extend(r.records);
+                all.connections += r.connections;
+                all.elapsed += r.elapsed;
+            }
+            all.records.sort_unstable_by_key(|s| s.started);
+            all
+        };
+        out.loads = Loads::of(
+            &merge(self.close),
+            &merge(self.keepalive),
+            self.probes,
+            &windows,
+        );
+        out.series = SERIES
+            .iter()
+            .map(|(key, _, f)| (*key, dist(out.restarts.iter().filter_map(f).collect())))
+            .collect();
+    }
+}
+
+/// Runs `body` with a fresh driver and fills `out` from it.
+fn scenario(
+    which: Which,
+    opts: &RestartOptions,
+    how: String,
+    app: String,
+    body: impl FnOnce(&mut Driver, &mut RestartOutcome) -> Result<()>,
+) -> RestartOutcome {
+    let started = Instant::now();
+    let mut out = RestartOutcome::new(which, opts.restarts, how, app);
+    let mut driver = Driver {
+        close: Vec::new(),
+        keepalive: Vec::new(),
+        probes: Probes::default(),
+    };
+    out.error = body(&mut driver, &mut out).err().map(|e| format!("{e:#}"));
+    driver.finish(&mut out);
+    out.elapsed_s = started.elapsed().as_secs_f64();
+    out
+}
+
+// ------------------------------------------------------- naive and hard
+
+/// A server the bench runs directly: `fd3` is the held socket (hard) or
+/// `None` (naive: it binds `addr` itself).
+struct Direct {
     program: PathBuf,
     addr: SocketAddr,
+    held: Option<TcpListener>,
     server: Server,
 }
 
-impl Target for Naive {
+impl Direct {
+    fn spawn(
+        program: &std::path::Path,
+        addr: SocketAddr,
+        held: Option<&TcpListener>,
+    ) -> Result<Server> {
+        match held {
+            Some(l) => Server::spawn(program, &[], &[], Some(l.as_fd())),
+            None => Server::spawn(program, &[addr.to_string()], &[], None),
+        }
+    }
+}
+
+impl Target for Direct {
     fn pid(&self) -> i32 {
         self.server.pid()
     }
 
     fn restart(&mut self, rec: &mut RestartRecord) -> Result<i32> {
         rec.t_trigger = Instant::now();
-        self.server.signal(Signal::TERM)?;
-        if self.server.wait_exit(STOP_TIMEOUT).is_none() {
-            rec.note = Some(format!(
-                "did not exit within {}s of SIGTERM: killed",
-                STOP_TIMEOUT.as_secs()
-            ));
-            self.server.kill();
+        if self.held.is_some() {
+            if self.server.kill().is_none() {
+                bail!("pid {} was not reaped after SIGKILL", self.server.pid());
+            }
+        } else {
+            self.server.signal(Signal::TERM)?;
+            if self.server.wait_exit(STOP_TIMEOUT).is_none() {
+                rec.note = Some(format!(
+                    "did not exit within {}s of SIGTERM: killed",
+                    STOP_TIMEOUT.as_secs()
+                ));
+                self.server.kill();
+            }
         }
         rec.old_exit_ms = Some(ms(rec.t_trigger.elapsed()));
-        let new = Server::spawn(&self.program, &[self.addr.to_string()], &[], None)?;
-        rec.spawn_ms = Some(ms(rec.t_trigger.elapsed()));
         // The old one is reaped: dropping its handle signals nothing.
-        self.server = new;
+        self.server = Direct::spawn(&self.program, self.addr, self.held.as_ref())?;
+        rec.spawn_ms = Some(ms(rec.t_trigger.elapsed()));
         Ok(self.server.pid())
     }
 
@@ -396,127 +448,51 @@ impl Target for Naive {
     }
 }
 
-/// Waits until the first process answers at `addr`, then runs all the
-/// restarts in one round (naive, hard).
-fn start_and_drive(
-    t: &mut dyn Target,
-    addr: SocketAddr,
+fn run_direct(
+    which: Which,
+    program: PathBuf,
+    how: String,
     opts: &RestartOptions,
-    out: &mut RestartOutcome,
-) -> Result<()> {
-    let pid = t.pid();
-    probe_pid(addr, pid, START_TIMEOUT, t, &mut ProbeTotals::default()).context("first start")?;
-    drive(t, addr, opts, opts.restarts, 1, opts.warmup, out)
+) -> RestartOutcome {
+    scenario(which, opts, how, program.display().to_string(), |d, out| {
+        let (addr, held) = if which == Which::Hard {
+            let l = TcpListener::bind("127.0.0.1:0").context("cannot bind 127.0.0.1:0")?;
+            (l.local_addr()?, Some(l))
+        } else {
+            (procs::free_loopback_addr()?, None)
+        };
+        out.address = Some(addr.to_string());
+        let server = Direct::spawn(&program, addr, held.as_ref())?;
+        let mut t = Direct {
+            program: program.clone(),
+            addr,
+            held,
+            server,
+        };
+        let pid = t.pid();
+        answered(&mut t, addr, pid, START_TIMEOUT, &mut Probes::default())
+            .context("first start")?;
+        d.drive(&mut t, addr, opts, (opts.restarts, 1, opts.warmup), out)
+    })
 }
 
 pub fn run_naive(bins: &Binaries, opts: &RestartOptions) -> RestartOutcome {
-    let started = Instant::now();
-    let mut out = RestartOutcome::new(
-        Which::Naive,
-        opts.restarts,
-        "examples/http run directly on 127.0.0.1:PORT; restart = SIGTERM, wait for exit, start again"
-            .into(),
-        bins.http.display().to_string(),
-    );
-    out.rounds = 1;
-    let r = (|| -> Result<()> {
-        let addr = procs::free_loopback_addr()?;
-        out.addr = Some(addr);
-        let server = Server::spawn(&bins.http, &[addr.to_string()], &[], None)?;
-        let mut t = Naive {
-            program: bins.http.clone(),
-            addr,
-            server,
-        };
-        start_and_drive(&mut t, addr, opts, &mut out)
-    })();
-    out.error = r.err().map(|e| format!("{e:#}"));
-    out.elapsed = started.elapsed();
-    out
-}
-
-// ----------------------------------------------------------------- hard
-
-struct Hard {
-    program: PathBuf,
-    listener: TcpListener,
-    server: Server,
-}
-
-impl Hard {
-    fn spawn(&self) -> Result<Server> {
-        Server::spawn(&self.program, &[], &[], Some(procs::fd_of(&self.listener)))
-    }
-}
-
-impl Target for Hard {
-    fn pid(&self) -> i32 {
-        self.server.pid()
-    }
-
-    fn restart(&mut self, rec: &mut RestartRecord) -> Result<i32> {
-        rec.t_trigger = Instant::now();
-        if self.server.kill().is_none() {
-            bail!("pid {} was not reaped after SIGKILL", self.server.pid());
-        }
-        rec.old_exit_ms = Some(ms(rec.t_trigger.elapsed()));
-        let new = self.spawn()?;
-        rec.spawn_ms = Some(ms(rec.t_trigger.elapsed()));
-        self.server = new;
-        Ok(self.server.pid())
-    }
-
-    fn gone(&mut self) -> Option<String> {
-        self.server
-            .exited()
-            .map(|s| format!("it exited ({})", procs::describe_status(&s)))
-    }
+    let how = "examples/http run directly on 127.0.0.1:PORT; restart = SIGTERM, wait for exit, start again";
+    run_direct(Which::Naive, bins.http.clone(), how.into(), opts)
 }
 
 pub fn run_hard(bins: &Binaries, opts: &RestartOptions) -> RestartOutcome {
-    let started = Instant::now();
     // The listenfd crate's app if it was built; otherwise the HTTP example,
     // which adopts LISTEN_FDS through hotsup-child's systemd mode.
-    let (program, fallback) = match &bins.listenfd_app {
-        Some(p) => (p.clone(), false),
-        None => (bins.http.clone(), true),
+    let (program, name) = match &bins.listenfd_app {
+        Some(p) => (p.clone(), "examples/listenfd_app"),
+        None => (bins.http.clone(), "examples/http (listenfd_app not built)"),
     };
     let how = format!(
-        "the bench binds 127.0.0.1:0 and holds it; {} gets it at fd 3 with LISTEN_FDS=1, \
-         LISTEN_PID unset (as systemfd --no-pid); restart = SIGKILL, reap, start again{}",
-        if fallback {
-            "examples/http"
-        } else {
-            "examples/listenfd_app"
-        },
-        if fallback {
-            " (examples/listenfd_app not built: fell back to examples/http)"
-        } else {
-            ""
-        }
+        "the bench binds 127.0.0.1:0 and holds it; {name} gets it at fd 3 with LISTEN_FDS=1, \
+         LISTEN_PID unset (as systemfd --no-pid); restart = SIGKILL, reap, start again"
     );
-    let mut out = RestartOutcome::new(
-        Which::Hard,
-        opts.restarts,
-        how,
-        program.display().to_string(),
-    );
-    out.rounds = 1;
-    let r = (|| -> Result<()> {
-        let listener = procs::held_listener()?;
-        let addr = listener.local_addr()?;
-        out.addr = Some(addr);
-        let server = Server::spawn(&program, &[], &[], Some(procs::fd_of(&listener)))?;
-        let mut t = Hard {
-            program,
-            listener,
-            server,
-        };
-        start_and_drive(&mut t, addr, opts, &mut out)
-    })();
-    out.error = r.err().map(|e| format!("{e:#}"));
-    out.elapsed = started.elapsed();
-    out
+    run_direct(Which::Hard, program, how, opts)
 }
 
 // ---------------------------------------------------------------- crash
@@ -527,75 +503,54 @@ struct Crash {
     generation: u64,
 }
 
-/// Milliseconds of a humantime duration such as `1s 600ms` or `100ms`.
-pub fn parse_humantime_ms(s: &str) -> Option<f64> {
-    let mut total = 0.0;
-    let mut any = false;
-    for tok in s.split_ascii_whitespace() {
-        let split = tok.find(|c: char| !c.is_ascii_digit())?;
-        let (num, unit) = tok.split_at(split);
-        let n: f64 = num.parse().ok()?;
-        total += n * match unit {
-            "ns" => 1e-6,
-            "us" | "µs" => 1e-3,
-            "ms" => 1.0,
-            "s" => 1000.0,
-            "m" => 60_000.0,
-            "h" => 3_600_000.0,
-            _ => return None,
-        };
-        any = true;
-    }
-    any.then_some(total)
-}
-
 impl Target for Crash {
     fn pid(&self) -> i32 {
         self.pid
     }
 
     fn restart(&mut self, rec: &mut RestartRecord) -> Result<i32> {
-        self.hs.pump();
-        let from = self.hs.lines.len();
+        let from = self.hs.log.len();
         // Only a live child of this hotsup is ours to kill.
         let st =
             procfs::stat(self.pid).with_context(|| format!("serving pid {} is gone", self.pid))?;
         if st.ppid != self.hs.pid() || st.state == 'Z' {
             bail!(
-                "pid {} is not a live child of hotsup {} (ppid {}, state {})",
+                "pid {} is not a live child of hotsup {}",
                 self.pid,
-                self.hs.pid(),
-                st.ppid,
-                st.state
+                self.hs.pid()
             );
         }
         let pid = Pid::from_raw(self.pid).context("pid 0")?;
-        let wall_trigger_us = now_wall_us();
+        let wall_trigger = std::time::SystemTime::now();
         rec.t_trigger = Instant::now();
         rustix::process::kill_process(pid, Signal::KILL)
             .with_context(|| format!("cannot SIGKILL pid {}", self.pid))?;
         let g = self.generation;
-        let ready = self.hs.expect(
-            from,
-            ANSWER_TIMEOUT,
-            &format!("`ready` of a generation after {g}"),
-            |l| l.kind == Kind::Ready && l.generation.is_some_and(|n| n > g),
-        )?;
-        let line = &self.hs.lines[ready];
-        rec.ready_read_ms = Some(ms(line.at.saturating_duration_since(rec.t_trigger)));
-        let new_g = line.generation.context("`ready` without generation")?;
-        let new_pid = line.pid.context("`ready` without pid")?;
-        let lines = &self.hs.lines[from..=ready];
-        rec.backoff_ms = lines.iter().find_map(|l| {
-            let rest = l.raw.split("restarting in ").nth(1)?;
-            let value = rest.split(" attempt=").next()?;
-            parse_humantime_ms(value.trim())
-        });
-        rec.spawn_ms = lines
+        let (i, ready) = self
+            .hs
+            .expect_event(from, ANSWER_TIMEOUT, "ready", |e| e.generation > Some(g))?;
+        rec.ready_ms = Some(ms(self
+            .hs
+            .log
+            .line(i)
+            .at
+            .saturating_duration_since(rec.t_trigger)));
+        let new_g = ready.generation.unwrap_or(g + 1);
+        let new_pid = ready.pid.context("`ready` without pid")?;
+        let events: Vec<_> = self.hs.log.events_from(from).collect();
+        rec.backoff_ms = events
             .iter()
-            .find(|l| l.kind == Kind::Spawned && l.generation == Some(new_g))
-            .and_then(|l| l.wall_us)
-            .map(|us| (us - wall_trigger_us) as f64 / 1000.0);
+            .find(|e| e.event == "restart_scheduled")
+            .and_then(|e| e.u64("delay_ms"))
+            .map(|v| v as f64);
+        let trigger_us = wall_trigger
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as i64);
+        rec.spawn_ms = events
+            .iter()
+            .find(|e| e.is("spawned", new_g))
+            .and_then(|e| e.wall_us())
+            .map(|us| (us - trigger_us) as f64 / 1000.0);
         self.pid = new_pid;
         self.generation = new_g;
         Ok(new_pid)
@@ -609,79 +564,52 @@ impl Target for Crash {
 }
 
 pub fn run_crash(bins: &Binaries, opts: &RestartOptions) -> RestartOutcome {
-    let started = Instant::now();
-    let rounds = opts.restarts.div_ceil(CRASHES_PER_HOTSUP);
-    let mut out = RestartOutcome::new(
-        Which::Crash,
-        opts.restarts,
-        format!(
-            "hotsup run -l 127.0.0.1:0 -- examples/http; restart = SIGKILL of the serving child \
-             (pid from `ready`), hotsup restarts it; a fresh hotsup every {CRASHES_PER_HOTSUP} \
-             crashes, so its backoff (100 ms doubling, reset after 10 s of service) stays at most \
-             1.6 s"
-        ),
-        bins.http.display().to_string(),
+    let how = format!(
+        "hotsup run -l 127.0.0.1:0 -- examples/http; restart = SIGKILL of the serving child \
+         (pid from `ready`), hotsup restarts it; a fresh hotsup every {CRASHES_PER_HOTSUP} crashes, \
+         so its backoff (100 ms doubling, reset after 10 s of service) stays at most 1.6 s"
     );
-    let mut done = 0;
-    for round in 1..=rounds.max(1) {
-        if done >= opts.restarts {
-            break;
-        }
-        let count = (opts.restarts - done).min(CRASHES_PER_HOTSUP);
-        out.rounds = round;
-        let mut hs_slot: Option<Hotsup> = None;
-        let r = (|| -> Result<()> {
-            let hs = hs_slot.insert(Hotsup::start(&bins.hotsup, &bins.http, DRAIN_TIMEOUT)?);
-            let (i, addr) = hs.expect_listening(START_TIMEOUT, "the `listening` line")?;
-            out.addr = Some(addr);
-            let ready = hs.expect_first_ready(i, START_TIMEOUT)?;
-            let pid = hs.lines[ready].pid.context("`ready` without pid")?;
-            let Some(hs) = hs_slot.take() else {
-                unreachable!("inserted above")
-            };
-            let mut t = Crash {
-                hs,
-                pid,
-                generation: 1,
-            };
-            let warmup = if round == 1 {
-                opts.warmup
-            } else {
-                ROUND_WARMUP
-            };
-            let r = drive(&mut t, addr, opts, count, round, warmup, &mut out);
-            t.hs.pump();
-            out.hotsup_problems.extend(
-                t.hs.lines
-                    .iter()
-                    .filter(|l| l.is_problem())
-                    .map(|l| l.raw.clone()),
-            );
-            hs_slot = Some(t.hs);
-            r
-        })();
-        // Dropping hotsup shuts it down and kills what it left behind.
-        drop(hs_slot);
-        done = out.restarts.len() as u32;
-        if let Err(e) = r {
-            out.error = Some(format!("round {round}: {e:#}"));
-            break;
-        }
-    }
-    out.elapsed = started.elapsed();
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn humantime() {
-        assert_eq!(parse_humantime_ms("100ms"), Some(100.0));
-        assert_eq!(parse_humantime_ms("1s 600ms"), Some(1600.0));
-        assert_eq!(parse_humantime_ms("10s"), Some(10_000.0));
-        assert_eq!(parse_humantime_ms(""), None);
-        assert_eq!(parse_humantime_ms("soon"), None);
-    }
+    scenario(
+        Which::Crash,
+        opts,
+        how,
+        bins.http.display().to_string(),
+        |d, out| {
+            let rounds = opts.restarts.div_ceil(CRASHES_PER_HOTSUP).max(1);
+            for round in 1..=rounds {
+                let count = (opts.restarts - out.restarts.len() as u32).min(CRASHES_PER_HOTSUP);
+                if count == 0 {
+                    break;
+                }
+                out.rounds = round;
+                let mut hs = Launch::new(&bins.hotsup, &bins.http).start()?;
+                let addr = hs.expect_listening(START_TIMEOUT)?;
+                out.address = Some(addr.to_string());
+                let (_, ready) = hs.expect_ready(0, 1, START_TIMEOUT)?;
+                let pid = ready.pid.context("`ready` without pid")?;
+                let mut t = Crash {
+                    hs,
+                    pid,
+                    generation: 1,
+                };
+                let warmup = if round == 1 {
+                    opts.warmup
+                } else {
+                    ROUND_WARMUP
+                };
+                let r = d.drive(&mut t, addr, opts, (count, round, warmup), out);
+                t.hs.log.len();
+                out.hotsup_problems.extend(
+                    t.hs.log
+                        .events_from(0)
+                        .filter(|e| e.is_problem())
+                        .map(|e| format!("{} {:?}", e.event, e.fields)),
+                );
+                // Dropping hotsup shuts it down and kills what it left behind.
+                drop(t);
+                r.with_context(|| format!("round {round}"))?;
+            }
+            Ok(())
+        },
+    )
 }

@@ -11,46 +11,34 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
-use hotsup_bench::{FailureKind, Load, LoadConfig, request_once};
+use hotsup_bench::{Load, LoadConfig, request_once};
+use serde::Serialize;
 
-use super::json::Json;
 use super::procs::{self, Server};
-use super::scenario::{DRAIN_TIMEOUT, LOAD_TIMEOUT, PROBE_TIMEOUT, START_TIMEOUT};
-use super::supervised::{Binaries, Hotsup};
+use super::report::{LOAD_TIMEOUT, PROBE_TIMEOUT, Table, Traffic, f};
+use super::supervised::{Binaries, DRAIN_TIMEOUT, Launch};
+use super::upgrades::START_TIMEOUT;
 
 /// Direct/hotsup pairs.
 pub const PAIRS: usize = 2;
 
 /// One timed load run.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Run {
+    pub pair: usize,
     pub under_hotsup: bool,
     pub keep_alive: bool,
-    pub pair: usize,
-    pub requests: u64,
-    pub failed: u64,
-    pub failures: Vec<(String, u64)>,
-    pub elapsed: Duration,
-}
-
-impl Run {
     /// Successful requests per second.
-    pub fn rate(&self) -> f64 {
-        if self.elapsed.is_zero() {
-            0.0
-        } else {
-            (self.requests - self.failed) as f64 / self.elapsed.as_secs_f64()
-        }
-    }
+    pub ok_per_s: f64,
+    pub load: Traffic,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize)]
 pub struct ThroughputOutcome {
-    pub seconds: Duration,
+    pub seconds_per_run: f64,
     pub concurrency: usize,
     pub runs: Vec<Run>,
     pub error: Option<String>,
-    pub elapsed: Duration,
 }
 
 impl ThroughputOutcome {
@@ -62,7 +50,7 @@ impl ThroughputOutcome {
                     self.runs
                         .iter()
                         .find(|r| r.pair == p && r.keep_alive == keep_alive && r.under_hotsup == h)
-                        .map(Run::rate)
+                        .map(|r| r.ok_per_s)
                 };
                 let (d, h) = (find(false)?, find(true)?);
                 (d > 0.0).then(|| h / d)
@@ -71,22 +59,58 @@ impl ThroughputOutcome {
     }
 
     pub fn mean_ratio(&self, keep_alive: bool) -> Option<f64> {
-        let r = self.ratios(keep_alive);
-        (!r.is_empty()).then(|| r.iter().sum::<f64>() / r.len() as f64)
+        mean(&self.ratios(keep_alive))
     }
 
-    fn mean_rate(&self, keep_alive: bool, under_hotsup: bool) -> Option<f64> {
-        let v: Vec<f64> = self
-            .runs
-            .iter()
-            .filter(|r| r.keep_alive == keep_alive && r.under_hotsup == under_hotsup)
-            .map(Run::rate)
-            .collect();
-        (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+    pub fn text(&self, out: &mut String) {
+        let mut t = Table::new([
+            "load",
+            "direct req/s",
+            "hotsup req/s",
+            "ratio hotsup/direct",
+            "per pair",
+        ]);
+        for keep_alive in [true, false] {
+            let rate = |h: bool| {
+                let v: Vec<f64> = self
+                    .runs
+                    .iter()
+                    .filter(|r| r.keep_alive == keep_alive && r.under_hotsup == h)
+                    .map(|r| r.ok_per_s)
+                    .collect();
+                mean(&v)
+            };
+            t.row([
+                if keep_alive { "keep-alive" } else { "new-conn" }.to_string(),
+                f(rate(false), 0),
+                f(rate(true), 0),
+                f(self.mean_ratio(keep_alive), 3),
+                self.ratios(keep_alive)
+                    .iter()
+                    .map(|r| format!("{r:.3}"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ]);
+        }
+        t.render(out);
+        let failed: u64 = self.runs.iter().map(|r| r.load.failed).sum();
+        let _ = writeln!(
+            out,
+            "  {} workers, {:.0}s per run, order direct, hotsup x{PAIRS}; failed requests {failed}",
+            self.concurrency, self.seconds_per_run
+        );
+        if let Some(e) = &self.error {
+            let _ = writeln!(out, "  ERROR {e}");
+        }
     }
 }
 
-fn wait_answer(addr: SocketAddr, mut alive: impl FnMut() -> Option<String>) -> Result<()> {
+pub fn mean(v: &[f64]) -> Option<f64> {
+    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+}
+
+/// Waits until `addr` answers `path` with 200, or `gone` says why not.
+pub fn wait_answer(addr: SocketAddr, mut gone: impl FnMut() -> Option<String>) -> Result<()> {
     let deadline = Instant::now() + START_TIMEOUT;
     let mut last = String::new();
     while Instant::now() < deadline {
@@ -95,7 +119,7 @@ fn wait_answer(addr: SocketAddr, mut alive: impl FnMut() -> Option<String>) -> R
             Ok(r) => last = format!("status {}", r.status),
             Err(f) => last = f.to_string(),
         }
-        if let Some(why) = alive() {
+        if let Some(why) = gone() {
             bail!("the server at {addr} is gone: {why}");
         }
         thread::sleep(Duration::from_millis(5));
@@ -103,28 +127,30 @@ fn wait_answer(addr: SocketAddr, mut alive: impl FnMut() -> Option<String>) -> R
     bail!("{addr} did not answer within {START_TIMEOUT:?} (last: {last})")
 }
 
-fn load(addr: SocketAddr, concurrency: usize, keep_alive: bool, secs: Duration) -> Run {
+/// One closed-loop load of `secs` at `addr` with `path`: its figures and
+/// its successful requests per second.
+pub fn timed_load(
+    addr: SocketAddr,
+    path: &str,
+    concurrency: usize,
+    keep_alive: bool,
+    secs: Duration,
+) -> (Traffic, f64) {
     let report = Load::start(LoadConfig {
         concurrency,
         keep_alive,
+        path: path.into(),
         max_duration: secs,
         timeout: LOAD_TIMEOUT,
         ..LoadConfig::new(addr)
     })
     .finish();
-    Run {
-        under_hotsup: false,
-        keep_alive,
-        pair: 0,
-        requests: report.total_requests(),
-        failed: report.total_failures(),
-        failures: report
-            .failures
-            .iter()
-            .map(|(k, n): (&FailureKind, &u64)| (k.label(), *n))
-            .collect(),
-        elapsed: report.elapsed,
-    }
+    let ok_per_s = if report.elapsed.is_zero() {
+        0.0
+    } else {
+        report.ok as f64 / report.elapsed.as_secs_f64()
+    };
+    (Traffic::of(&report), ok_per_s)
 }
 
 fn measure(
@@ -141,9 +167,9 @@ fn measure(
             .exited()
             .map(|s| format!("exited ({})", procs::describe_status(&s)))
     })?;
-    let mut hs = Hotsup::start(&bins.hotsup, &bins.http, DRAIN_TIMEOUT)?;
-    let (i, hotsup_addr) = hs.expect_listening(START_TIMEOUT, "the `listening` line")?;
-    hs.expect_first_ready(i, START_TIMEOUT)?;
+    let mut hs = Launch::new(&bins.hotsup, &bins.http).start()?;
+    let hotsup_addr = hs.expect_listening(START_TIMEOUT)?;
+    hs.expect_ready(0, 1, START_TIMEOUT)?;
     wait_answer(hotsup_addr, || None)?;
     for pair in 0..PAIRS {
         for under_hotsup in [false, true] {
@@ -153,144 +179,36 @@ fn measure(
                 direct_addr
             };
             for keep_alive in [true, false] {
-                let mut run = load(addr, concurrency, keep_alive, secs);
-                run.pair = pair;
-                run.under_hotsup = under_hotsup;
-                o.runs.push(run);
+                let (load, ok_per_s) = timed_load(addr, "/", concurrency, keep_alive, secs);
+                o.runs.push(Run {
+                    pair,
+                    under_hotsup,
+                    keep_alive,
+                    ok_per_s,
+                    load,
+                });
             }
         }
     }
-    hs.signal(rustix::process::Signal::TERM)?;
-    hs.wait_exit(DRAIN_TIMEOUT + Duration::from_secs(5));
-    let leftovers = hs.cleanup();
+    let s = hs.stop(DRAIN_TIMEOUT + Duration::from_secs(5));
     drop(direct);
-    if !leftovers.is_empty() {
-        bail!("generations left running after hotsup exited: {leftovers:?} (killed)");
+    if !s.leftovers.is_empty() {
+        bail!(
+            "children left running after hotsup exited: {:?} (killed)",
+            s.leftovers
+        );
     }
     Ok(())
 }
 
 pub fn run(bins: &Binaries, secs: Duration, concurrency: usize) -> ThroughputOutcome {
-    let started = Instant::now();
     let mut o = ThroughputOutcome {
-        seconds: secs,
+        seconds_per_run: secs.as_secs_f64(),
         concurrency,
         ..ThroughputOutcome::default()
     };
     if let Err(e) = measure(bins, secs, concurrency, &mut o) {
         o.error = Some(format!("{e:#}"));
     }
-    o.elapsed = started.elapsed();
     o
-}
-
-fn f(x: Option<f64>, prec: usize) -> String {
-    x.map_or_else(|| "-".into(), |x| format!("{x:.prec$}"))
-}
-
-pub fn text(o: &ThroughputOutcome, out: &mut String) {
-    let _ = writeln!(
-        out,
-        "\n== throughput: examples/http direct vs under hotsup, {} workers, {:.0}s per run \
-         (--throughput-secs), order direct, hotsup x{PAIRS} ==",
-        o.concurrency,
-        o.seconds.as_secs_f64()
-    );
-    let _ = writeln!(
-        out,
-        "  {:<4} {:<8} {:<12} {:>10} {:>8} {:>11}",
-        "pair", "server", "load", "requests", "failed", "ok req/s"
-    );
-    for r in &o.runs {
-        let _ = writeln!(
-            out,
-            "  {:<4} {:<8} {:<12} {:>10} {:>8} {:>11.0}{}",
-            r.pair + 1,
-            if r.under_hotsup { "hotsup" } else { "direct" },
-            if r.keep_alive {
-                "keep-alive"
-            } else {
-                "new-conn"
-            },
-            r.requests,
-            r.failed,
-            r.rate(),
-            if r.failures.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    "  ({})",
-                    r.failures
-                        .iter()
-                        .map(|(k, n)| format!("{k}: {n}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            }
-        );
-    }
-    let _ = writeln!(
-        out,
-        "  {:<12} {:>13} {:>13} {:>22} {:>12}",
-        "load", "direct req/s", "hotsup req/s", "ratio hotsup/direct", "per pair"
-    );
-    for keep_alive in [true, false] {
-        let _ = writeln!(
-            out,
-            "  {:<12} {:>13} {:>13} {:>22} {:>12}",
-            if keep_alive { "keep-alive" } else { "new-conn" },
-            f(o.mean_rate(keep_alive, false), 0),
-            f(o.mean_rate(keep_alive, true), 0),
-            f(o.mean_ratio(keep_alive), 3),
-            o.ratios(keep_alive)
-                .iter()
-                .map(|r| format!("{r:.3}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        );
-    }
-    if let Some(e) = &o.error {
-        let _ = writeln!(out, "  ERROR {e}");
-    }
-}
-
-pub fn json(o: &ThroughputOutcome) -> Json {
-    let runs: Vec<Json> = o
-        .runs
-        .iter()
-        .map(|r| {
-            Json::obj()
-                .set("pair", r.pair + 1)
-                .set("server", if r.under_hotsup { "hotsup" } else { "direct" })
-                .set("keep_alive", r.keep_alive)
-                .set("requests", r.requests)
-                .set("failed", r.failed)
-                .set(
-                    "failures",
-                    Json::Obj(
-                        r.failures
-                            .iter()
-                            .map(|(k, n)| (k.clone(), Json::from(*n)))
-                            .collect(),
-                    ),
-                )
-                .set("elapsed_s", r.elapsed.as_secs_f64())
-                .set("ok_requests_per_s", r.rate())
-        })
-        .collect();
-    let mode = |ka: bool| {
-        Json::obj()
-            .set("direct_requests_per_s_mean", o.mean_rate(ka, false))
-            .set("hotsup_requests_per_s_mean", o.mean_rate(ka, true))
-            .set("ratio_hotsup_over_direct_per_pair", o.ratios(ka))
-            .set("ratio_hotsup_over_direct_mean", o.mean_ratio(ka))
-    };
-    Json::obj()
-        .set("seconds_per_run", o.seconds.as_secs_f64())
-        .set("concurrency", o.concurrency)
-        .set("keep_alive", mode(true))
-        .set("new_connection", mode(false))
-        .set("runs", runs)
-        .set("error", o.error.clone())
-        .set("elapsed_s", o.elapsed.as_secs_f64())
 }

@@ -1,46 +1,86 @@
-//! Socket activation: adopting the fds that `LISTEN_FDS` passes, as systemd
-//! and `hotsup run --fds systemd` do.
+//! systemd's socket activation: adopting the fds that `LISTEN_FDS` passes,
+//! as systemd, `hotsup run --fds systemd` and systemfd do.
 //!
-//! Three steps, each usable on its own, so that a supervisor adopting its
-//! own `LISTEN_FDS` can share them: [`parse`] reads the variables' values
-//! (no side effect), [`claim`] takes ownership of the fd numbers (the one
-//! unsafe step), [`inspect`] names the owned fds and finds out what each is.
+//! Three steps, each usable on its own: [`parse`] reads the variables'
+//! values (no side effect), [`claim`] takes ownership of the fd numbers
+//! (the one unsafe step), [`inspect`] names the owned fds and finds out
+//! what each is. The supervisor adopts its own `LISTEN_FDS` with them, and
+//! so does `hotsup-child` in an app; both behave alike:
+//!
+//! - `LISTEN_PID` unset or empty: the fds are this process's (as listenfd
+//!   and hotsup-child always accepted; systemd always sets it). Set to
+//!   another pid: they are someone else's, and nothing is adopted. Not a
+//!   number: an error, as in systemd's `sd_listen_fds`.
+//! - `LISTEN_FDS_FIRST_FD` (an extension of systemfd and listenfd) moves
+//!   the first fd from 3; honoured when set and not empty.
+//! - Names come from `LISTEN_FDNAMES` by position. A name that is not a
+//!   valid listener name ([`hotsup_protocol::valid_name`]: the protocol
+//!   must be able to pass it on), is empty, or was already taken by an
+//!   earlier fd (systemd gives every socket of one `.socket` unit the
+//!   unit's name) is replaced by the default `<kind><index>` (`tcp0`,
+//!   `unix2`, `other3` for an fd that is no supported listener), made
+//!   unique with `-2`, `-3`, … if an earlier fd took that too.
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
+use std::io;
 use std::ops::Range;
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
+use hotsup_protocol::{Kind, valid_name};
 use rustix::io::FdFlags;
 
-use crate::Kind;
-use crate::error::StartupError;
 use crate::sockets::{self, Inspected};
 
 /// How many fds are passed.
-pub(crate) const LISTEN_FDS: &str = "LISTEN_FDS";
+pub const LISTEN_FDS: &str = "LISTEN_FDS";
 /// The pid the fds are meant for.
-pub(crate) const LISTEN_PID: &str = "LISTEN_PID";
+pub const LISTEN_PID: &str = "LISTEN_PID";
 /// Their names, separated by `:`.
-pub(crate) const LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
+pub const LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
 /// The first fd, 3 unless set (an extension of systemfd and listenfd).
-pub(crate) const LISTEN_FDS_FIRST_FD: &str = "LISTEN_FDS_FIRST_FD";
-/// The service manager's notification socket.
-pub(crate) const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
+pub const LISTEN_FDS_FIRST_FD: &str = "LISTEN_FDS_FIRST_FD";
 
 /// Where the fds start when `LISTEN_FDS_FIRST_FD` is unset (`SD_LISTEN_FDS_START`).
-const DEFAULT_FIRST_FD: RawFd = 3;
+pub const DEFAULT_FIRST_FD: RawFd = 3;
+
+/// Why socket activation's fds cannot be adopted.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A variable's value is malformed.
+    #[error("{var}={value:?} is not valid")]
+    BadEnv {
+        /// The variable.
+        var: &'static str,
+        /// Its value.
+        value: String,
+    },
+    /// An fd the variables name is not open.
+    #[error("fd {fd} named by LISTEN_FDS is not open")]
+    NotOpen {
+        /// The fd.
+        fd: RawFd,
+    },
+    /// An fd could not be made close-on-exec.
+    #[error("fd {fd} named by LISTEN_FDS: {source}")]
+    Io {
+        /// The fd.
+        fd: RawFd,
+        /// What failed.
+        source: io::Error,
+    },
+}
 
 /// The values of the activation variables, as found in the environment.
 #[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Vars<'a> {
-    pub(crate) listen_fds: Option<&'a OsStr>,
-    pub(crate) listen_pid: Option<&'a OsStr>,
-    pub(crate) first_fd: Option<&'a OsStr>,
+pub struct Vars<'a> {
+    pub listen_fds: Option<&'a OsStr>,
+    pub listen_pid: Option<&'a OsStr>,
+    pub first_fd: Option<&'a OsStr>,
 }
 
-fn bad_env(var: &'static str, value: &OsStr) -> StartupError {
-    StartupError::BadEnv {
+fn bad_env(var: &'static str, value: &OsStr) -> Error {
+    Error::BadEnv {
         var,
         value: value.to_string_lossy().into_owned(),
     }
@@ -50,7 +90,7 @@ fn bad_env(var: &'static str, value: &OsStr) -> StartupError {
 /// `LISTEN_FDS` is unset, or when `LISTEN_PID` is set, not empty and names
 /// another process (the fds are meant for it, typically a parent that did
 /// not consume them).
-pub(crate) fn parse(vars: Vars<'_>, pid: u32) -> Result<Option<Range<RawFd>>, StartupError> {
+pub fn parse(vars: Vars<'_>, pid: u32) -> Result<Option<Range<RawFd>>, Error> {
     let Some(listen_fds) = vars.listen_fds else {
         return Ok(None);
     };
@@ -91,13 +131,13 @@ pub(crate) fn parse(vars: Vars<'_>, pid: u32) -> Result<Option<Range<RawFd>>, St
 ///
 /// Nothing else in the process may own or use these fd numbers: they were
 /// passed to this process for it to adopt, and this is the only adoption.
-pub(crate) unsafe fn claim(range: Range<RawFd>) -> Result<Vec<OwnedFd>, StartupError> {
+pub unsafe fn claim(range: Range<RawFd>) -> Result<Vec<OwnedFd>, Error> {
     for fd in range.clone() {
         // SAFETY: the fd is only used for one `fcntl(F_GETFD)`, which fails
         // harmlessly with EBADF if it is not open; nothing is closed.
         let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
         if rustix::io::fcntl_getfd(borrowed).is_err() {
-            return Err(StartupError::NotASocket { fd });
+            return Err(Error::NotOpen { fd });
         }
     }
     let owned: Vec<OwnedFd> = range
@@ -106,8 +146,8 @@ pub(crate) unsafe fn claim(range: Range<RawFd>) -> Result<Vec<OwnedFd>, StartupE
         .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
         .collect();
     for fd in &owned {
-        rustix::io::fcntl_setfd(fd, FdFlags::CLOEXEC).map_err(|e| StartupError::Io {
-            operation: "make an inherited fd close-on-exec",
+        rustix::io::fcntl_setfd(fd, FdFlags::CLOEXEC).map_err(|e| Error::Io {
+            fd: std::os::fd::AsRawFd::as_raw_fd(fd),
             source: e.into(),
         })?;
     }
@@ -116,19 +156,20 @@ pub(crate) unsafe fn claim(range: Range<RawFd>) -> Result<Vec<OwnedFd>, StartupE
 
 /// One adopted fd, named, with what it turned out to be.
 #[derive(Debug)]
-pub(crate) struct Adopted {
-    pub(crate) name: String,
-    /// The listener kind, or a description of the fd when it is not a
-    /// listener this crate supports.
-    pub(crate) kind: Result<Kind, String>,
-    /// The bound address, empty if unknown.
-    pub(crate) address: String,
-    pub(crate) fd: OwnedFd,
+pub struct Adopted {
+    pub name: String,
+    /// What the fd is.
+    pub found: Inspected,
+    /// The listener kind it can serve as, if any.
+    pub kind: Option<Kind>,
+    /// The bound address, if known (see [`sockets::local_address`]).
+    pub address: Option<String>,
+    pub fd: OwnedFd,
 }
 
 /// Names the fds after `LISTEN_FDNAMES` (`names`) and finds out what each
 /// one is by looking at it.
-pub(crate) fn inspect(fds: Vec<OwnedFd>, names: Option<&OsStr>) -> Vec<Adopted> {
+pub fn inspect(fds: Vec<OwnedFd>, names: Option<&OsStr>) -> Vec<Adopted> {
     let given: Vec<&str> = match names.and_then(OsStr::to_str) {
         Some(names) => names.split(':').collect(),
         None => Vec::new(),
@@ -141,13 +182,14 @@ pub(crate) fn inspect(fds: Vec<OwnedFd>, names: Option<&OsStr>) -> Vec<Adopted> 
             let kind = sockets::kind_of(found);
             let address = match found {
                 Inspected::Socket { .. } => sockets::local_address(fd.as_fd()),
-                Inspected::NotASocket => String::new(),
+                Inspected::NotASocket => None,
             };
             let default = format!("{}{index}", kind.map_or("other", Kind::as_str));
             let name = unique_name(given.get(index).copied(), &default, &mut used);
             Adopted {
                 name,
-                kind: kind.ok_or_else(|| found.to_string()),
+                found,
+                kind,
                 address,
                 fd,
             }
@@ -155,15 +197,14 @@ pub(crate) fn inspect(fds: Vec<OwnedFd>, names: Option<&OsStr>) -> Vec<Adopted> 
         .collect()
 }
 
-/// The name from `LISTEN_FDNAMES` if it is present, non-empty and not taken
-/// by an earlier fd; otherwise `default` (`<kind><index>`), made unique with
-/// a `-2`, `-3`, … suffix in the unlikely case that an earlier fd was given
-/// that name.
+/// The name from `LISTEN_FDNAMES` if it is a valid listener name not taken
+/// by an earlier fd; otherwise `default`, made unique with a `-2`, `-3`, …
+/// suffix in the unlikely case that an earlier fd was given that name.
 fn unique_name(given: Option<&str>, default: &str, used: &mut HashSet<String>) -> String {
-    if let Some(name) = given.filter(|n| !n.is_empty()) {
-        if used.insert(name.to_owned()) {
-            return name.to_owned();
-        }
+    if let Some(name) = given.filter(|n| valid_name(n))
+        && used.insert(name.to_owned())
+    {
+        return name.to_owned();
     }
     let mut name = default.to_owned();
     let mut k = 2;
@@ -190,6 +231,9 @@ mod tests {
         // An earlier fd was explicitly named like this one's default.
         assert_eq!(unique_name(Some("tcp5"), "tcp6", &mut used), "tcp5");
         assert_eq!(unique_name(Some("tcp5"), "tcp5", &mut used), "tcp5-2");
+        // Names the protocol could not pass on (a template unit's `@`).
+        assert_eq!(unique_name(Some("app@1.socket"), "tcp7", &mut used), "tcp7");
+        assert_eq!(unique_name(Some("a b"), "unix8", &mut used), "unix8");
     }
 
     fn vars<'a>(fds: &'a str, pid: Option<&'a str>, first: Option<&'a str>) -> Vars<'a> {
@@ -211,12 +255,13 @@ mod tests {
         assert_eq!(parse(vars("x", Some("1"), None), 7).unwrap(), None);
         assert!(matches!(
             parse(vars("1", Some("x"), None), 7),
-            Err(StartupError::BadEnv {
+            Err(Error::BadEnv {
                 var: "LISTEN_PID",
                 ..
             })
         ));
         assert_eq!(parse(vars("1", None, Some("10")), 7).unwrap(), Some(10..11));
+        assert_eq!(parse(vars("1", None, Some("")), 7).unwrap(), Some(3..4));
     }
 
     #[test]
@@ -229,19 +274,37 @@ mod tests {
         ] {
             let err = parse(vars(fds, None, first), 7).unwrap_err();
             assert!(
-                matches!(err, StartupError::BadEnv { .. }),
+                matches!(err, Error::BadEnv { .. }),
                 "{fds} {first:?}: {err:?}"
             );
         }
         // Nothing is open that high; nothing is claimed.
         // SAFETY: fds 100000 and 100001 are not open in this test process.
         let err = unsafe { claim(100_000..100_002) }.unwrap_err();
-        assert!(
-            matches!(err, StartupError::NotASocket { fd: 100000 }),
-            "{err:?}"
-        );
+        assert!(matches!(err, Error::NotOpen { fd: 100000 }), "{err:?}");
         // SAFETY: an empty range claims nothing.
         let none = unsafe { claim(5..5) }.unwrap();
         assert!(inspect(none, None).is_empty());
+    }
+
+    #[test]
+    fn inspect_names_and_describes_each_fd() {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let file = std::fs::File::open("/dev/null").unwrap();
+        let again = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let fds: Vec<OwnedFd> = vec![tcp.into(), udp.into(), file.into(), again.into()];
+        let adopted = inspect(fds, Some(OsStr::new("web:web:log")));
+        let names: Vec<&str> = adopted.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, ["web", "udp1", "log", "tcp3"]);
+        let kinds: Vec<Option<Kind>> = adopted.iter().map(|a| a.kind).collect();
+        assert_eq!(
+            kinds,
+            [Some(Kind::Tcp), Some(Kind::Udp), None, Some(Kind::Tcp)]
+        );
+        assert_eq!(adopted[0].address, Some(format!("127.0.0.1:{port}")));
+        assert_eq!(adopted[2].found, Inspected::NotASocket);
+        assert_eq!(adopted[2].address, None);
     }
 }

@@ -1,15 +1,16 @@
-//! Inspecting file descriptors: what kind of socket arrived.
+//! Inspecting file descriptors: what kind of socket arrived, and where it
+//! is bound.
 
 use std::fmt;
 use std::os::fd::BorrowedFd;
 
-use crate::Kind;
+use hotsup_protocol::Kind;
 use rustix::io::Errno;
 use rustix::net::{AddressFamily, SocketType, sockopt};
 
 /// The family of a socket, as far as this crate cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Family {
+pub enum Family {
     Inet,
     Unix,
     Other,
@@ -17,7 +18,7 @@ pub(crate) enum Family {
 
 /// What a file descriptor turned out to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Inspected {
+pub enum Inspected {
     /// Not a socket at all (or not open).
     NotASocket,
     /// A socket.
@@ -59,7 +60,7 @@ impl fmt::Display for Inspected {
 }
 
 /// Looks at `fd` with `getsockopt(SO_TYPE, SO_DOMAIN, SO_ACCEPTCONN)`.
-pub(crate) fn inspect(fd: BorrowedFd<'_>) -> Inspected {
+pub fn inspect(fd: BorrowedFd<'_>) -> Inspected {
     let type_ = match sockopt::socket_type(fd) {
         Ok(t) => t,
         Err(_) => return Inspected::NotASocket,
@@ -78,7 +79,7 @@ pub(crate) fn inspect(fd: BorrowedFd<'_>) -> Inspected {
 }
 
 /// Whether `found` is what a listener of `kind` must be.
-pub(crate) fn matches(kind: Kind, found: Inspected) -> bool {
+pub fn matches(kind: Kind, found: Inspected) -> bool {
     let Inspected::Socket {
         family,
         type_,
@@ -95,78 +96,50 @@ pub(crate) fn matches(kind: Kind, found: Inspected) -> bool {
 }
 
 /// The kind of listener `found` can serve as, if any.
-pub(crate) fn kind_of(found: Inspected) -> Option<Kind> {
+pub fn kind_of(found: Inspected) -> Option<Kind> {
     [Kind::Tcp, Kind::Udp, Kind::Unix]
         .into_iter()
         .find(|&kind| matches(kind, found))
 }
 
 /// The address `fd` is bound to, spelled as the protocol does: `ip:port`,
-/// `[ipv6]:port`, a Unix socket path, `@name` for an abstract Unix address;
-/// empty for an unnamed Unix socket or when `getsockname` fails.
-pub(crate) fn local_address(fd: BorrowedFd<'_>) -> String {
-    let Ok(addr) = rustix::net::getsockname(fd) else {
-        return String::new();
-    };
+/// `[ipv6]:port`, a Unix socket path, `@name` for an abstract Unix address.
+/// `None` for an unnamed Unix socket, another family, or when
+/// `getsockname` fails.
+pub fn local_address(fd: BorrowedFd<'_>) -> Option<String> {
+    let addr = rustix::net::getsockname(fd).ok()?;
     match addr.address_family() {
         AddressFamily::INET | AddressFamily::INET6 => std::net::SocketAddr::try_from(addr)
-            .map(|a| a.to_string())
-            .unwrap_or_default(),
-        AddressFamily::UNIX => match rustix::net::SocketAddrUnix::try_from(addr) {
-            Ok(unix) => {
-                if let Some(path) = unix.path_bytes() {
-                    String::from_utf8_lossy(path).into_owned()
-                } else if let Some(name) = unix.abstract_name() {
-                    format!("@{}", String::from_utf8_lossy(name))
-                } else {
-                    String::new()
-                }
+            .ok()
+            .map(|a| a.to_string()),
+        AddressFamily::UNIX => {
+            let unix = rustix::net::SocketAddrUnix::try_from(addr).ok()?;
+            // An unnamed socket's address reads as an empty abstract name.
+            if let Some(path) = unix.path_bytes().filter(|p| !p.is_empty()) {
+                Some(String::from_utf8_lossy(path).into_owned())
+            } else {
+                unix.abstract_name()
+                    .filter(|n| !n.is_empty())
+                    .map(|name| format!("@{}", String::from_utf8_lossy(name)))
             }
-            Err(_) => String::new(),
-        },
-        _ => String::new(),
+        }
+        _ => None,
     }
 }
 
-/// Whether `fd` is an `AF_UNIX` `SOCK_SEQPACKET` socket, the channel's type.
-/// `Err(())` means it is not a socket at all.
-pub(crate) fn is_seqpacket(fd: BorrowedFd<'_>) -> Result<bool, ()> {
+/// Whether `fd` is an `AF_UNIX` `SOCK_SEQPACKET` socket, the channel's type;
+/// `None` when it is not a socket at all.
+pub fn is_seqpacket(fd: BorrowedFd<'_>) -> Option<bool> {
     match sockopt::socket_type(fd) {
         Ok(SocketType::SEQPACKET) => {}
-        Ok(_) => return Ok(false),
-        Err(Errno::NOTSOCK | Errno::BADF) => return Err(()),
-        Err(_) => return Ok(false),
+        Ok(_) => return Some(false),
+        Err(Errno::NOTSOCK | Errno::BADF) => return None,
+        Err(_) => return Some(false),
     }
-    Ok(matches!(
+    Some(matches!(
         sockopt::socket_domain(fd),
         Ok(AddressFamily::UNIX)
     ))
-}
-
-/// Raises the soft `RLIMIT_NOFILE` to the hard limit, so that many inherited
-/// listeners are not silently dropped by the kernel. Best effort.
-pub(crate) fn raise_nofile_limit() {
-    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-    let limit = getrlimit(Resource::Nofile);
-    if limit.current == limit.maximum {
-        return;
-    }
-    let raised = Rlimit {
-        current: limit.maximum,
-        maximum: limit.maximum,
-    };
-    if setrlimit(Resource::Nofile, raised).is_ok() || limit.maximum.is_some() {
-        return;
-    }
-    // An unlimited hard limit cannot be the soft limit on Linux (it is capped
-    // by fs.nr_open); fall back to that sysctl's default.
-    let _ = setrlimit(
-        Resource::Nofile,
-        Rlimit {
-            current: Some(1 << 20),
-            maximum: None,
-        },
-    );
 }
 
 #[cfg(test)]
@@ -196,7 +169,28 @@ mod tests {
 
         let file = std::fs::File::open("/dev/null").unwrap();
         assert_eq!(inspect(file.as_fd()), Inspected::NotASocket);
-        assert_eq!(is_seqpacket(file.as_fd()), Err(()));
-        assert_eq!(is_seqpacket(tcp.as_fd()), Ok(false));
+        assert_eq!(is_seqpacket(file.as_fd()), None);
+        assert_eq!(is_seqpacket(tcp.as_fd()), Some(false));
+        assert_eq!(local_address(file.as_fd()), None);
+    }
+
+    #[test]
+    fn addresses_are_spelled_as_on_the_wire() {
+        let v4 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = v4.local_addr().unwrap().port();
+        assert_eq!(local_address(v4.as_fd()), Some(format!("127.0.0.1:{port}")));
+        if let Ok(v6) = std::net::UdpSocket::bind("[::1]:0") {
+            let port = v6.local_addr().unwrap().port();
+            assert_eq!(local_address(v6.as_fd()), Some(format!("[::1]:{port}")));
+        }
+        let dir = std::env::temp_dir().join(format!("hotsup-os-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("a b.sock");
+        let unix = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let shown = local_address(unix.as_fd());
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(shown.as_deref(), path.to_str());
+        let (unnamed, _) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert_eq!(local_address(unnamed.as_fd()), None);
     }
 }
