@@ -1,6 +1,6 @@
-//! Auxiliary processes: commands hotsup runs beside the generations, such
-//! as watch mode's `--build` (and, later, `--check` hooks and readiness
-//! probes).
+//! Auxiliary processes: commands hotsup runs beside the generations: watch
+//! mode's `--build`, and the hooks (`--ready-probe`, `--check`,
+//! `--after-upgrade`, see [`crate::hooks`]).
 //!
 //! hotsup has one reaper, the supervisor's `wait()` loop, so these are not
 //! waited for by their owners (nor by `tokio::process`, whose own reaper
@@ -32,6 +32,12 @@ pub enum AuxKind {
     Build,
     /// The new binary's check before `hotsup upgrade --self`.
     SelfCheck,
+    /// A `--ready-probe` run.
+    Probe,
+    /// A `--check` run.
+    Check,
+    /// An `--after-upgrade` run.
+    AfterUpgrade,
 }
 
 /// An auxiliary process that was reaped.
@@ -60,7 +66,8 @@ pub struct AuxProcesses {
 
 impl AuxProcesses {
     /// Starts `cmd` as an auxiliary process of `kind`. stdin is
-    /// `/dev/null`; stdout and stderr are hotsup's. `nofile` is the soft
+    /// `/dev/null`; stdout and stderr are hotsup's unless `cmd` sets them
+    /// (the hooks capture theirs). `nofile` is the soft
     /// RLIMIT_NOFILE hotsup was started with (it raises its own).
     pub fn spawn(&mut self, kind: AuxKind, cmd: Command, nofile: Option<u64>) -> io::Result<Pid> {
         self.spawn_with_stdin(kind, cmd, nofile, Stdio::null())

@@ -51,7 +51,8 @@ Exit codes:
 pub const CLIENT_EXIT_CODES: &str = "\
 Exit codes:
   0  the new generation serves (probation passed, if any)
-  1  it failed before it was ready; the previous generation serves on
+  1  it failed before it was ready, or its --check refused it; the
+     previous generation serves on
   2  usage error, or several hotsups run and neither --name nor --control
      picks one
   3  it was rolled back after it was ready
@@ -72,7 +73,8 @@ pub enum Command {
     /// Upgrade a running hotsup and wait for the outcome.
     ///
     /// Waits through --probation. Exits 0 when the new generation serves,
-    /// 1 when it failed before it was ready, 3 when it was rolled back after
+    /// 1 when it failed before it was ready (or --check refused it), 3 when
+    /// it was rolled back after
     /// it was ready, 4 when hotsup began shutting down first, 5 when hotsup
     /// cannot be reached, 6 when --timeout ran out; the reason is printed.
     #[command(after_help = CLIENT_EXIT_CODES)]
@@ -242,6 +244,24 @@ Signals:
                     be restarted as a crash); `hotsup signal QUIT` sends it
   SIGUSR1           forwarded to the serving child
 
+Readiness, in order, each worker (all within --ready-timeout, counted
+from its spawn; past it, the worker fails to start):
+  1. the signal, by --ready: READY on the channel or READY=1 on
+     NOTIFY_SOCKET (notify); the delay, or READY/READY=1 if it comes
+     sooner (delay:DURATION); at once (exec). The first signal wins: a
+     later READY, or the end of the delay after a READY, changes nothing
+  2. then --ready-settle, if given, counted from that signal
+  3. then --ready-probe, if given, run until one run exits 0 (250ms
+     between a failed run and the next; each run within
+     --ready-probe-timeout)
+
+Upgrade hooks (sh -c CMD, as hotsup's user, in hotsup's directory):
+  --check CMD runs before an upgrade spawns anything (not at the first
+  start, nor before crash restarts or `hotsup rollback`): failing, it
+  refuses the upgrade. --after-upgrade CMD runs once an upgrade is done:
+  failing, it is logged. A hook over its timeout is killed with its
+  process group and counts as failed.
+
 Examples:
   hotsup run -l 127.0.0.1:8080 -- ./server
   hotsup run -l http=[::]:80 -l admin=unix:/run/app.sock --unix-mode 660 -- ./server --flag
@@ -364,10 +384,57 @@ pub struct RunArgs {
     /// After a new worker's readiness signal (--ready), wait DURATION more
     /// before it counts as ready: for apps, such as gunicorn under --fds
     /// systemd, that say READY before their workers can serve. The
-    /// signal comes first, then the settle time; both must happen within
-    /// --ready-timeout.
+    /// signal comes first, then the settle time, then --ready-probe; all
+    /// must happen within --ready-timeout.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Children")]
     pub ready_settle: Option<Duration>,
+
+    /// After a new worker's readiness signal and --ready-settle, run CMD
+    /// (with sh -c) until it exits 0; only then is the worker ready. A
+    /// failed run is tried again 250ms after it ended, until
+    /// --ready-timeout. CMD gets HOTSUP_GENERATION, HOTSUP_PID (the
+    /// worker's pid) and HOTSUP_SLOT; its output is not shown but kept (the
+    /// last 1 KiB) for the probe_failed event. It runs as hotsup's user, in
+    /// hotsup's directory.
+    #[arg(long, value_name = "CMD", help_heading = "Children")]
+    pub ready_probe: Option<String>,
+
+    /// How long one --ready-probe run may take; then its process group is
+    /// killed and the run counts as failed.
+    #[arg(long, default_value = "5s", value_name = "DURATION", value_parser = parse_duration, requires = "ready_probe", help_heading = "Children")]
+    pub ready_probe_timeout: Duration,
+
+    /// Before an upgrade starts anything, run CMD (with sh -c), as `nginx
+    /// -t`, `haproxy -c` or a migration step. If it fails, the upgrade is
+    /// refused with its output (`hotsup upgrade` exits 1) and the serving
+    /// generation serves on. Upgrades asked for while it runs follow it,
+    /// coalesced into one. Not run at the first start, at crash restarts,
+    /// nor for `hotsup rollback`. CMD gets HOTSUP_GENERATION, the number the
+    /// new generation will have (it has no pid yet). It runs as hotsup's
+    /// user, in hotsup's directory; the last 4 KiB of its output are kept.
+    #[arg(long, value_name = "CMD", help_heading = "Hooks")]
+    pub check: Option<String>,
+
+    /// How long --check may take; then its process group is killed and the
+    /// upgrade is refused.
+    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = parse_duration, requires = "check", help_heading = "Hooks")]
+    pub check_timeout: Duration,
+
+    /// Once an upgrade is done (its new generation serves, --probation
+    /// passed), run CMD (with sh -c), for a cache warm-up or a chat
+    /// notification. Nothing waits for it; a failure is logged
+    /// (after_upgrade_failed) and changes nothing. CMD gets
+    /// HOTSUP_GENERATION, HOTSUP_PID (the first worker's pid) and
+    /// HOTSUP_PIDS (every worker's, in slot order). One runs at a time: the
+    /// next upgrade's replaces one still running. Also run after `hotsup
+    /// rollback`, never after the first start or a crash restart.
+    #[arg(long, value_name = "CMD", help_heading = "Hooks")]
+    pub after_upgrade: Option<String>,
+
+    /// How long --after-upgrade may take; then its process group is
+    /// killed.
+    #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = parse_duration, requires = "after_upgrade", help_heading = "Hooks")]
+    pub after_upgrade_timeout: Duration,
 
     /// Give systemd a copy of each listener (FDSTORE=1), so that a crash of
     /// hotsup queues connections instead of refusing them; at the next

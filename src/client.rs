@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use crate::cli::Target;
 use crate::control::{self, Reply, Request};
-use crate::lifecycle::{LastResult, UpgradeOutcome};
+use crate::lifecycle::{FailureReason, LastResult, UpgradeOutcome};
 use crate::logging;
 
 const OK: u8 = 0;
@@ -329,9 +329,9 @@ fn outcome(reply: Result<Reply, u8>) -> u8 {
         UpgradeOutcome::Queued => say("upgrade queued after the one in progress\n", OK),
         UpgradeOutcome::Failed {
             generation,
+            failure,
             reason,
             serving,
-            ..
         } => {
             let to = generation
                 .map(|g| format!(" to generation {g}"))
@@ -339,8 +339,14 @@ fn outcome(reply: Result<Reply, u8>) -> u8 {
             let serving = serving
                 .map(|g| format!("; generation {g} serves on"))
                 .unwrap_or_default();
+            // A refused upgrade started nothing that could be ready.
+            let how = if matches!(failure, FailureReason::CheckFailed { .. }) {
+                "was refused"
+            } else {
+                "failed before it was ready"
+            };
             logging::report(format_args!(
-                "upgrade{to} failed before it was ready: {}{serving}",
+                "upgrade{to} {how}: {}{serving}",
                 clean(&reason)
             ));
             FAILED
@@ -446,6 +452,12 @@ fn status_text(s: &control::Status) -> String {
     }
     if let Some(text) = s.serving.as_ref().and_then(|g| g.status.as_deref()) {
         let _ = writeln!(out, "          status: {}", clean(text));
+    }
+    if let Some(g) = s.checking {
+        let _ = writeln!(
+            out,
+            "checking: the upgrade to generation {g} (--check runs)"
+        );
     }
     if let Some(g) = &s.starting {
         let _ = writeln!(

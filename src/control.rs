@@ -232,6 +232,9 @@ pub struct Status {
     pub listeners: Vec<ListenerStatus>,
     pub serving: Option<GenerationStatus>,
     pub starting: Option<GenerationStatus>,
+    /// The generation an upgrade will start once its `--check` passes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checking: Option<u64>,
     /// The paused previous generation, while `serving` is on probation.
     #[serde(default)]
     pub standby: Option<GenerationStatus>,

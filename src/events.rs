@@ -41,6 +41,20 @@ pub fn log(ev: &Event) {
         Event::UpgradeIgnored { source } => {
             at!(source = %source.describe(), reason = "shutting down", "upgrade_ignored")
         }
+        Event::CheckStarted { generation } => at!(generation, "check_started"),
+        Event::CheckPassed {
+            generation,
+            after_ms,
+        } => at!(generation, after_ms, "check_passed"),
+        Event::CheckFailed {
+            generation,
+            after_ms,
+            failure,
+        } => at!(generation, after_ms, reason = %failure, "check_failed"),
+        Event::AfterUpgradeDone { generation } => at!(generation, "after_upgrade_done"),
+        Event::AfterUpgradeFailed { generation, detail } => {
+            at!(generation, detail = %detail, "after_upgrade_failed")
+        }
         Event::Spawned {
             generation,
             slot,

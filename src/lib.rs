@@ -15,6 +15,7 @@ pub mod exec_env;
 pub mod fdstore;
 pub mod fork;
 pub mod handoff;
+pub mod hooks;
 pub mod identity;
 pub mod lifecycle;
 pub mod listeners;

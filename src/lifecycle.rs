@@ -42,10 +42,24 @@
 //! serving generation is gone is it a crash of the generation, restarted
 //! (as a new generation) from the last good executable.
 //!
+//! # Hooks
+//!
+//! With `--check`, an upgrade first runs the check ([`Effect::Check`]) and
+//! spawns only once it passed ([`Input::CheckDone`]); a failed check
+//! refuses the upgrade and nothing else changes. Only upgrades are checked
+//! (by signal, control socket or watch mode): not the first start, not a
+//! crash restart, which must never wait for a check that may depend on the
+//! new code, and not `hotsup rollback`, which goes back to code that
+//! served. With `--after-upgrade`, an upgrade that went live (probation
+//! passed, if any) asks for the hook ([`Effect::AfterUpgrade`]); its result
+//! is only reported.
+//!
 //! Invariants the core keeps: at most one generation is Rolling or on
-//! Probation (an "attempt"), and upgrades asked for during one are coalesced
-//! into a single follow-up; at most one generation is Serving or on
-//! Probation; at most one is on Standby.
+//! Probation (an "attempt"), at most one upgrade is being checked, and
+//! never both at once from upgrades (a crash restart may start during a
+//! check); upgrades asked for during either are coalesced into a single
+//! follow-up; at most one generation is Serving or on Probation; at most
+//! one is on Standby.
 
 mod event;
 mod image;
@@ -155,6 +169,10 @@ pub struct Policy {
     pub ready_settle: Option<Duration>,
     /// Then run the shell's `--ready-probe` until it succeeds.
     pub ready_probe: bool,
+    /// Run the shell's `--check` before an upgrade spawns anything.
+    pub check: bool,
+    /// Run the shell's `--after-upgrade` once an upgrade went live.
+    pub after_upgrade: bool,
 }
 
 /// What the core learns from the world.
@@ -200,6 +218,19 @@ pub enum Input {
     /// A `--ready-probe` run for a worker ended.
     ProbeDone {
         worker: WorkerId,
+        ok: bool,
+        detail: String,
+    },
+    /// The `--check` of the upgrade to `generation` ended.
+    CheckDone {
+        generation: GenId,
+        ok: bool,
+        detail: String,
+    },
+    /// The `--after-upgrade` hook of `generation` ended; this changes
+    /// nothing but the log.
+    AfterUpgradeDone {
+        generation: GenId,
         ok: bool,
         detail: String,
     },
@@ -327,6 +358,22 @@ pub enum Effect {
         worker: WorkerId,
         pid: Pid,
     },
+    /// Run `--check` for the upgrade that will start `generation` (no
+    /// process of it exists yet); answer with [`Input::CheckDone`].
+    Check {
+        generation: GenId,
+    },
+    /// Stop the `--check` of `generation`: its answer no longer matters.
+    CancelCheck {
+        generation: GenId,
+    },
+    /// Run `--after-upgrade` for `generation`, which went live with these
+    /// workers' pids (in slot order); answer with
+    /// [`Input::AfterUpgradeDone`], whenever it ends.
+    AfterUpgrade {
+        generation: GenId,
+        pids: Vec<Pid>,
+    },
     Reply {
         ticket: Ticket,
         answer: Answer,
@@ -381,8 +428,11 @@ pub struct Core {
     last_good: Option<PinId>,
     /// The one good before it; `hotsup rollback` goes back to it.
     previous_good: Option<PinId>,
-    /// An upgrade asked for during an attempt, and who waits for it.
+    /// An upgrade asked for during an attempt or a check, and who waits
+    /// for it.
     pending: Option<Vec<Reply>>,
+    /// The upgrade whose `--check` runs.
+    checking: Option<Checking>,
     restart_at: Option<Instant>,
     /// Consecutive crashes of whole generations, for the backoff.
     crashes: u32,
@@ -395,6 +445,16 @@ pub struct Core {
     last_upgrade: Option<LastUpgrade>,
     counters: Counters,
     started_at: Instant,
+}
+
+/// An upgrade waiting for its `--check`: nothing of it runs yet.
+#[derive(Debug)]
+struct Checking {
+    /// The number the new generation gets if it starts now: the one the
+    /// check was told.
+    generation: GenId,
+    waiters: Vec<Reply>,
+    since: Instant,
 }
 
 /// What a worker's message leads to, beyond the worker itself.
@@ -434,6 +494,7 @@ impl Core {
             last_good: None,
             previous_good: None,
             pending: None,
+            checking: None,
             restart_at: None,
             crashes: 0,
             ever_ready: false,
@@ -497,6 +558,20 @@ impl Core {
             Input::ProbeDone { worker, ok, detail } => {
                 self.probe_done(now, worker, ok, detail, &mut fx)
             }
+            Input::CheckDone {
+                generation,
+                ok,
+                detail,
+            } => self.check_done(now, generation, ok, detail, &mut fx),
+            Input::AfterUpgradeDone {
+                generation,
+                ok,
+                detail,
+            } => fx.push(Effect::Emit(if ok {
+                Event::AfterUpgradeDone { generation }
+            } else {
+                Event::AfterUpgradeFailed { generation, detail }
+            })),
             Input::Tick => {}
         }
         self.expire(now, &mut fx);
@@ -611,7 +686,7 @@ impl Core {
             }
             return;
         }
-        if let Some(attempt) = self.attempt() {
+        if let Some(attempt) = self.busy() {
             fx.push(Effect::Emit(Event::UpgradeQueued {
                 source,
                 behind: attempt,
@@ -625,15 +700,113 @@ impl Core {
             return;
         }
         fx.push(Effect::Emit(Event::UpgradeRequested { source }));
+        self.begin_upgrade(now, reply.into_iter().collect(), fx);
+    }
+
+    /// Starts an upgrade to the command as it is now: its `--check` first,
+    /// when there is one.
+    fn begin_upgrade(&mut self, now: Instant, waiters: Vec<Reply>, fx: &mut Vec<Effect>) {
+        if self.policy.check {
+            if self.anything_serving() {
+                fx.push(Effect::Manager(ManagerMessage::Reloading));
+            }
+            // A crash restart pending meanwhile stays pending: it must not
+            // wait for a check of the new code.
+            self.start_check(now, waiters, fx);
+            return;
+        }
         self.restart_at = None;
         let pin = self.new_pin();
-        self.begin_attempt(
-            now,
-            Origin::Upgrade,
-            Exe::Fresh(pin),
-            reply.into_iter().collect(),
-            fx,
-        );
+        self.begin_attempt(now, Origin::Upgrade, Exe::Fresh(pin), waiters, fx);
+    }
+
+    fn start_check(&mut self, now: Instant, waiters: Vec<Reply>, fx: &mut Vec<Effect>) {
+        let generation = self.next_gen;
+        self.checking = Some(Checking {
+            generation,
+            waiters,
+            since: now,
+        });
+        fx.push(Effect::Emit(Event::CheckStarted { generation }));
+        fx.push(Effect::Check { generation });
+    }
+
+    fn check_done(
+        &mut self,
+        now: Instant,
+        generation: GenId,
+        ok: bool,
+        detail: String,
+        fx: &mut Vec<Effect>,
+    ) {
+        // An answer for a check that was cancelled (shutdown) counts for
+        // nothing.
+        let Some(c) = self.checking.take_if(|c| c.generation == generation) else {
+            return;
+        };
+        let after_ms = ms(now.saturating_duration_since(c.since));
+        if !ok {
+            let serving = self.serving();
+            let failure = FailureReason::CheckFailed { detail };
+            fx.push(Effect::Emit(Event::CheckFailed {
+                generation,
+                after_ms,
+                failure: failure.clone(),
+            }));
+            for r in c.waiters {
+                answer(
+                    fx,
+                    ticket_of(r),
+                    UpgradeOutcome::failed(None, failure.clone(), serving),
+                );
+            }
+            self.counters.upgrades_failed += 1;
+            self.last_upgrade = Some(LastUpgrade {
+                generation: None,
+                result: LastResult::Failed,
+                failure: Some(failure.clone()),
+                at: now,
+            });
+            fx.push(Effect::Emit(Event::UpgradeFailed {
+                generation: None,
+                failure,
+                serving,
+            }));
+            if self.shutdown.is_none() {
+                let line = self.status_line();
+                if serving.is_some() {
+                    // The reload is over: the old generation serves on.
+                    fx.push(Effect::Manager(ManagerMessage::Ready(line)));
+                } else {
+                    fx.push(Effect::Manager(ManagerMessage::Status(line)));
+                }
+            }
+            self.after_attempt(now, fx);
+            return;
+        }
+        fx.push(Effect::Emit(Event::CheckPassed {
+            generation,
+            after_ms,
+        }));
+        if let Some(attempt) = self.attempt() {
+            // A crash restart started during the check: the upgrade follows
+            // it, checked again for the number it will then get.
+            fx.push(Effect::Emit(Event::UpgradeQueued {
+                source: Source::Supervisor,
+                behind: attempt,
+            }));
+            self.pending.get_or_insert_with(Vec::new).extend(c.waiters);
+            return;
+        }
+        if self.next_gen != generation {
+            // A crash restart took the number and already serves: check
+            // again, for the number the generation would now get.
+            self.start_check(now, c.waiters, fx);
+            return;
+        }
+        self.restart_at = None;
+        let pin = self.new_pin();
+        self.spawn_generation(now, Origin::Upgrade, Exe::Fresh(pin), c.waiters, fx);
     }
 
     fn request_rollback(&mut self, now: Instant, reply: Option<Ticket>, fx: &mut Vec<Effect>) {
@@ -661,6 +834,16 @@ impl Core {
                 format!(
                     "generation {id} is starting and has not gone live; wait for the outcome \
                      of that upgrade (a failed start leaves the serving generation in place)"
+                ),
+            );
+        }
+        if let Some(c) = &self.checking {
+            return refuse(
+                fx,
+                format!(
+                    "the upgrade to generation {} is being checked (--check); wait for its \
+                     outcome",
+                    c.generation
                 ),
             );
         }
@@ -870,6 +1053,15 @@ impl Core {
     /// The generation whose outcome is pending: Rolling or on Probation.
     fn attempt(&self) -> Option<GenId> {
         self.gens.values().find(|g| g.is_attempt()).map(|g| g.id)
+    }
+
+    /// The generation an upgrade request would have to wait for: one
+    /// being checked, or an attempt.
+    fn busy(&self) -> Option<GenId> {
+        self.checking
+            .as_ref()
+            .map(|c| c.generation)
+            .or_else(|| self.attempt())
     }
 
     fn serving(&self) -> Option<GenId> {
@@ -1490,11 +1682,19 @@ impl Core {
         };
         let (pin, origin, pid) = (g.pin, g.origin, g.pid());
         let waiters = std::mem::take(&mut g.waiters);
+        let mut pids: Vec<(u32, Pid)> = g
+            .workers
+            .iter()
+            .filter(|w| w.is(state::serving))
+            .filter_map(|w| w.pid.map(|p| (w.id.slot, p)))
+            .collect();
+        pids.sort_by_key(|(slot, _)| *slot);
         if self.last_good != Some(pin) {
             self.previous_good = self.last_good;
             self.last_good = Some(pin);
         }
-        if replaced || matches!(origin, Origin::Upgrade | Origin::Rollback) {
+        let upgrade = replaced || matches!(origin, Origin::Upgrade | Origin::Rollback);
+        if upgrade {
             self.counters.upgrades_ready += 1;
             self.last_upgrade = Some(LastUpgrade {
                 generation: Some(id),
@@ -1516,6 +1716,13 @@ impl Core {
         if self.shutdown.is_none() {
             let line = self.status_line();
             fx.push(Effect::Manager(ManagerMessage::Ready(line)));
+            // Once the upgrade is done, never before: nothing waits for it.
+            if upgrade && self.policy.after_upgrade {
+                fx.push(Effect::AfterUpgrade {
+                    generation: id,
+                    pids: pids.into_iter().map(|(_, p)| p).collect(),
+                });
+            }
         }
         self.after_attempt(now, fx);
     }
@@ -1817,13 +2024,15 @@ impl Core {
         if self.shutdown.is_some() || self.attempt().is_some() {
             return;
         }
-        if let Some(waiters) = self.pending.take() {
+        // While a check runs (a crash restart failed meanwhile), the
+        // follow-up waits for it.
+        if self.checking.is_none()
+            && let Some(waiters) = self.pending.take()
+        {
             fx.push(Effect::Emit(Event::UpgradeRequested {
                 source: Source::Supervisor,
             }));
-            self.restart_at = None;
-            let pin = self.new_pin();
-            self.begin_attempt(now, Origin::Upgrade, Exe::Fresh(pin), waiters, fx);
+            self.begin_upgrade(now, waiters, fx);
             return;
         }
         if !self.anything_serving() {
@@ -1881,7 +2090,8 @@ impl Core {
 
     /// The new workers of a rollout that failed. Those already serving
     /// drain: they are healthy (a sibling failed), and a kill would lose
-    /// the requests they accepted. Those still starting are killed.
+    /// the requests they accepted; so do those that said they were ready
+    /// but failed a later gate. Those still starting are killed.
     fn retire_failed_rollout(&mut self, now: Instant, id: GenId, fx: &mut Vec<Effect>) {
         let timeout = self.policy.drain_timeout;
         let sig = self.policy.drain_signal;
@@ -1895,6 +2105,14 @@ impl Core {
                 WState::Serving { .. } | WState::Paused { .. } => {
                     drain_worker(w, now, timeout, sig, fx)
                 }
+                // It said it was ready, then failed its settle time or its
+                // --ready-probe: it may already accept from the shared
+                // listeners.
+                WState::Starting {
+                    doomed: None,
+                    gate: Gate::Settling { .. } | Gate::Probing { .. },
+                    ..
+                } => drain_worker(w, now, timeout, sig, fx),
                 WState::Starting { .. } => kill_worker(w, now, KillCause::FailedStart, fx),
                 WState::Draining { .. } | WState::Killing { .. } => {}
             }
@@ -1966,6 +2184,12 @@ impl Core {
         for g in self.gens.values_mut() {
             waiters.append(&mut g.waiters);
             waiters.append(&mut g.on_spawn);
+        }
+        if let Some(c) = self.checking.take() {
+            waiters.extend(c.waiters.into_iter().map(ticket_of));
+            fx.push(Effect::CancelCheck {
+                generation: c.generation,
+            });
         }
         for t in waiters {
             answer(fx, t, UpgradeOutcome::Superseded);
@@ -2748,6 +2972,7 @@ impl Core {
             last_good: self.last_good,
             previous_good: self.previous_good,
             upgrade_pending: self.pending.is_some(),
+            checking: self.checking.as_ref().map(|c| c.generation),
             restart_in: self.restart_at.map(|t| t.saturating_duration_since(now)),
             workers_target: self.workers_target,
         }

@@ -6,6 +6,7 @@ use std::ffi::OsString;
 
 use crate::cli::{self, Fds, RunArgs};
 use crate::exec_env::{self, ExecEnv};
+use crate::hooks::{Hook, HookCommands};
 use crate::identity::Identity;
 use crate::lifecycle::{Policy, ReadyRule, RestartRule};
 
@@ -28,6 +29,9 @@ pub struct Derived {
     pub policy: Policy,
     /// `--max-worker-rss`, in bytes.
     pub max_worker_rss: Option<u64>,
+    /// `--ready-probe`, `--check`, `--after-upgrade`: the commands the
+    /// policy's `ready_probe`, `check` and `after_upgrade` ask for.
+    pub hooks: HookCommands,
 }
 
 /// Checks `args` and derives what they mean. Reads `--env-file`s: blocking,
@@ -90,7 +94,9 @@ pub fn derive(
             args.start_attempts
         },
         ready_settle: args.ready_settle,
-        ready_probe: false,
+        ready_probe: args.ready_probe.is_some(),
+        check: args.check.is_some(),
+        after_upgrade: args.after_upgrade.is_some(),
         workers: args.workers,
         rollout_batch: args.rollout_batch,
         canary: args.canary,
@@ -105,5 +111,19 @@ pub fn derive(
         },
         policy,
         max_worker_rss: args.max_worker_rss,
+        hooks: HookCommands {
+            ready_probe: args.ready_probe.clone().map(|command| Hook {
+                command,
+                timeout: args.ready_probe_timeout,
+            }),
+            check: args.check.clone().map(|command| Hook {
+                command,
+                timeout: args.check_timeout,
+            }),
+            after_upgrade: args.after_upgrade.clone().map(|command| Hook {
+                command,
+                timeout: args.after_upgrade_timeout,
+            }),
+        },
     })
 }

@@ -473,6 +473,8 @@ mod tests {
             max_worker_age: None,
             ready_settle: None,
             ready_probe: false,
+            check: false,
+            after_upgrade: false,
         };
         let now = std::time::Instant::now();
         let core = crate::lifecycle::Core::new(policy, now);

@@ -24,6 +24,7 @@ use crate::child::{self, Pass, kill_group};
 use crate::cli::Fds;
 use crate::control::{self, Reply, Request};
 use crate::handoff::{self, Channel, ChannelEvent, Outbox};
+use crate::hooks::Purpose;
 use crate::lifecycle::Event;
 use crate::lifecycle::{
     self, Answer, Core, DrainVia, Effect, Exe, ExitInfo, Input, ManagerMessage, PinId, ReadyVia,
@@ -141,8 +142,10 @@ pub struct Supervisor {
     emptying: Vec<GenCgroup>,
     exit: Option<u8>,
     watch: Option<crate::watch::Watch>,
-    /// Processes besides the generations (a `--build`), reaped here too.
+    /// Processes besides the generations (a `--build`, the hooks), reaped
+    /// here too.
     aux: crate::aux::AuxProcesses,
+    hooks: crate::hooks::Hooks,
     selfup: selfup::SelfUp,
 }
 
@@ -170,7 +173,9 @@ impl Supervisor {
             launch,
             policy,
             max_worker_rss,
+            hooks,
         } = settings;
+        let hooks = crate::hooks::Hooks::new(hooks, cfg.child_nofile);
         Supervisor {
             core: Core::new(policy, Instant::now().into_std()),
             cfg,
@@ -195,6 +200,7 @@ impl Supervisor {
             exit: None,
             watch,
             aux: crate::aux::AuxProcesses::default(),
+            hooks,
             selfup,
         }
     }
@@ -272,6 +278,7 @@ impl Supervisor {
                     self.sweep_cgroups();
                     self.feed(Input::Tick);
                 }
+                () = sleep_until(self.hooks.next_deadline()) => self.hooks.expire(&self.aux),
                 input = crate::watch::next(&mut self.watch, &mut self.aux) => self.feed(input),
                 next = self.selfup.next() => match next {
                     selfup::Next::CheckTimedOut => self.self_check_timed_out(),
@@ -349,8 +356,44 @@ impl Supervisor {
                         event: WorkerEvent::ResumeFailed(e),
                     })
             }
-            Effect::Probe { worker, pid } => Some(self.probe(worker, pid)),
+            Effect::Probe { worker, pid } => self.probe(worker, pid),
+            Effect::Check { generation } => self
+                .hooks
+                .start(
+                    &mut self.aux,
+                    Purpose::Check(generation),
+                    &[("HOTSUP_GENERATION", generation.to_string())],
+                )
+                .err(),
+            Effect::CancelCheck { generation } => {
+                self.hooks.cancel(&self.aux, "hotsup is stopping", |p| {
+                    p == Purpose::Check(generation)
+                });
+                None
+            }
+            Effect::AfterUpgrade { generation, pids } => {
+                self.hooks
+                    .cancel(&self.aux, "a later upgrade replaced it", |p| {
+                        matches!(p, Purpose::AfterUpgrade(_))
+                    });
+                let pid = pids.first().map_or(0, |p| p.as_raw_pid());
+                let all: Vec<String> = pids.iter().map(|p| p.as_raw_pid().to_string()).collect();
+                self.hooks
+                    .start(
+                        &mut self.aux,
+                        Purpose::AfterUpgrade(generation),
+                        &[
+                            ("HOTSUP_GENERATION", generation.to_string()),
+                            ("HOTSUP_PID", pid.to_string()),
+                            ("HOTSUP_PIDS", all.join(" ")),
+                        ],
+                    )
+                    .err()
+            }
             Effect::Kill { worker, pid } => {
+                self.hooks.cancel(&self.aux, "its worker was killed", |p| {
+                    p == Purpose::Probe(worker)
+                });
                 kill_group(pid, Signal::KILL);
                 if let Some(cg) = self.workers.get(&worker).and_then(|w| w.cgroup.as_ref())
                     && let Err(e) = cg.kill()
@@ -360,6 +403,9 @@ impl Supervisor {
                 None
             }
             Effect::KillLeftovers { worker, pid } => {
+                self.hooks.cancel(&self.aux, "its worker exited", |p| {
+                    p == Purpose::Probe(worker)
+                });
                 let handle = self.workers.remove(&worker);
                 // Whatever the main process left behind, in its group or,
                 // having left that, in its cgroup.
@@ -889,6 +935,7 @@ impl Supervisor {
         drop(before);
         self.launch = Arc::new(p.derived.launch);
         self.core.set_policy(p.derived.policy);
+        self.hooks.set_commands(p.derived.hooks);
         self.max_worker_rss = p.derived.max_worker_rss;
         let path = match self.reloading.as_mut() {
             Some(r) => {
@@ -909,14 +956,20 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Starts `--ready-probe` for a worker.
-    fn probe(&mut self, worker: WorkerId, pid: Pid) -> Input {
-        let _ = pid;
-        Input::ProbeDone {
-            worker,
-            ok: false,
-            detail: "no --ready-probe command".into(),
-        }
+    /// Starts `--ready-probe` for a worker; its end is reported when it is
+    /// reaped.
+    fn probe(&mut self, worker: WorkerId, pid: Pid) -> Option<Input> {
+        self.hooks
+            .start(
+                &mut self.aux,
+                Purpose::Probe(worker),
+                &[
+                    ("HOTSUP_GENERATION", worker.generation.to_string()),
+                    ("HOTSUP_PID", pid.as_raw_pid().to_string()),
+                    ("HOTSUP_SLOT", worker.slot.to_string()),
+                ],
+            )
+            .err()
     }
 
     /// What `--metrics` scrapes see of the present.
@@ -1024,11 +1077,17 @@ impl Supervisor {
                 Ok(Some((pid, status))) => {
                     let status = exit_info(&status);
                     if let Some(exit) = self.aux.reaped(pid, status) {
-                        if exit.kind == crate::aux::AuxKind::SelfCheck {
-                            self.self_check_exited(&exit);
-                            continue;
-                        }
-                        if let Some(input) = crate::watch::aux_exited(&mut self.watch, &exit) {
+                        let input = match exit.kind {
+                            crate::aux::AuxKind::Build => {
+                                crate::watch::aux_exited(&mut self.watch, &exit)
+                            }
+                            crate::aux::AuxKind::SelfCheck => {
+                                self.self_check_exited(&exit);
+                                None
+                            }
+                            _ => self.hooks.reaped(&exit),
+                        };
+                        if let Some(input) = input {
                             self.feed(input);
                         }
                         continue;
@@ -1170,6 +1229,7 @@ impl Supervisor {
             listeners: self.listener_status(),
             serving: find(&["serving", "probation"]),
             starting: find(&["starting"]),
+            checking: snap.checking,
             standby: find(&["standby"]),
             draining: snap
                 .generations

@@ -707,8 +707,9 @@ pub async fn next(watch: &mut Option<Watch>, aux: &mut AuxProcesses) -> Input {
 pub fn aux_exited(watch: &mut Option<Watch>, exit: &AuxExit) -> Option<Input> {
     match exit.kind {
         AuxKind::Build => watch.as_mut()?.build_exited(exit),
-        // The supervisor's own (`hotsup upgrade --self`), routed before.
-        AuxKind::SelfCheck => None,
+        // The hooks' (crate::hooks) and the self-upgrade's check, routed
+        // by the supervisor.
+        _ => None,
     }
 }
 

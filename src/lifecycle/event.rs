@@ -118,6 +118,32 @@ pub enum Event {
     UpgradeIgnored {
         source: Source,
     },
+    /// An upgrade's `--check` started; `generation` is the number the new
+    /// generation gets if it passes.
+    CheckStarted {
+        generation: u64,
+    },
+    /// The check passed: the new generation starts.
+    CheckPassed {
+        generation: u64,
+        after_ms: u64,
+    },
+    /// The check failed: the upgrade is refused and nothing else changes
+    /// (`upgrade_failed` follows, with the same failure).
+    CheckFailed {
+        generation: u64,
+        after_ms: u64,
+        failure: FailureReason,
+    },
+    /// `--after-upgrade` succeeded.
+    AfterUpgradeDone {
+        generation: u64,
+    },
+    /// `--after-upgrade` failed or timed out; nothing else changes.
+    AfterUpgradeFailed {
+        generation: u64,
+        detail: String,
+    },
     /// A generation's process was started.
     Spawned {
         generation: u64,
@@ -396,6 +422,11 @@ impl Event {
             Event::UpgradeRequested { .. } => "upgrade_requested",
             Event::UpgradeQueued { .. } => "upgrade_queued",
             Event::UpgradeIgnored { .. } => "upgrade_ignored",
+            Event::CheckStarted { .. } => "check_started",
+            Event::CheckPassed { .. } => "check_passed",
+            Event::CheckFailed { .. } => "check_failed",
+            Event::AfterUpgradeDone { .. } => "after_upgrade_done",
+            Event::AfterUpgradeFailed { .. } => "after_upgrade_failed",
             Event::Spawned { .. } => "spawned",
             Event::HandedOff { .. } => "handed_off",
             Event::Protocol { .. } => "protocol",
@@ -460,7 +491,9 @@ impl Event {
             | Event::WaitingForUpgrade
             | Event::NothingToSignal { .. }
             | Event::Unhealthy { .. }
-            | Event::MalformedMessage { .. } => Level::Warn,
+            | Event::MalformedMessage { .. }
+            | Event::CheckFailed { .. }
+            | Event::AfterUpgradeFailed { .. } => Level::Warn,
             Event::Killed { cause, .. } => match cause {
                 KillCause::FailedStart | KillCause::RolledBack | KillCause::Shutdown => Level::Info,
                 _ => Level::Warn,

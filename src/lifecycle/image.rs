@@ -72,9 +72,14 @@ impl Core {
     /// state is exported losslessly all the same; the shell refuses to
     /// hand it over, because the old process's clients and helper
     /// processes that wait on it cannot follow.
-    pub fn busy(&self) -> Option<Busy> {
+    pub fn busy_for_handover(&self) -> Option<Busy> {
         if self.shutdown.is_some() {
             return Some(Busy::ShuttingDown);
+        }
+        // An upgrade's `--check` runs (its waiters and its process are the
+        // old hotsup's): not in the image.
+        if let Some(c) = &self.checking {
+            return Some(Busy::Upgrading(c.generation));
         }
         for g in self.gens.values() {
             match g.role {
@@ -175,6 +180,7 @@ impl Core {
             return Err(bad("the next pin number is already used"));
         }
         Ok(Core {
+            checking: None,
             policy,
             workers_target: image.workers_target,
             gens,

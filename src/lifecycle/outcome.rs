@@ -100,6 +100,9 @@ pub enum FailureReason {
     /// It said it was ready, but `--ready-probe` did not succeed within
     /// `--ready-timeout`.
     ProbeFailed { timeout_ms: u64, last: String },
+    /// `--check` failed, so it was never started: how the check ended and
+    /// the tail of what it printed.
+    CheckFailed { detail: String },
     /// It exited while on probation.
     ExitedOnProbation { status: ExitInfo },
     /// It reported itself unhealthy (`UNHEALTHY`, or `ERRNO=` on
@@ -135,6 +138,7 @@ impl fmt::Display for FailureReason {
                 "--ready-probe did not succeed within {}: {last}",
                 humantime::format_duration(std::time::Duration::from_millis(*timeout_ms))
             ),
+            FailureReason::CheckFailed { detail } => write!(f, "--check failed: {detail}"),
             FailureReason::ExitedOnProbation { status } => {
                 write!(f, "child {status} on probation")
             }

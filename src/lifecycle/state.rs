@@ -282,6 +282,8 @@ pub struct Snapshot {
     pub last_good: Option<PinId>,
     pub previous_good: Option<PinId>,
     pub upgrade_pending: bool,
+    /// The generation whose upgrade is being checked (`--check`).
+    pub checking: Option<GenId>,
     pub restart_in: Option<Duration>,
     /// `--workers`, or what `hotsup scale` set.
     pub workers_target: u32,

@@ -23,6 +23,8 @@ fn policy() -> Policy {
         max_worker_age: None,
         ready_settle: None,
         ready_probe: false,
+        check: false,
+        after_upgrade: false,
     }
 }
 
@@ -1843,7 +1845,7 @@ impl Harness {
 fn same_after_import(h: &mut Harness, steps: impl Fn(&mut Harness) -> Vec<Effect>) {
     let mut twin = h.twin();
     assert_eq!(twin.core.next_deadline(), h.core.next_deadline());
-    assert_eq!(twin.core.busy(), h.core.busy());
+    assert_eq!(twin.core.busy_for_handover(), h.core.busy_for_handover());
     let want = steps(h);
     let got = steps(&mut twin);
     assert!(!want.is_empty(), "the steps did nothing");
@@ -1857,7 +1859,7 @@ fn a_worker_mid_drain_carries_on_after_import() {
     h.upgrade();
     h.ready(2);
     assert_eq!(h.phase(1), Some("draining"));
-    assert_eq!(h.core.busy(), None);
+    assert_eq!(h.core.busy_for_handover(), None);
     // The drain deadline falls due while the new binary starts, then the
     // old generation is reaped.
     same_after_import(&mut h, |h| {
@@ -1875,7 +1877,7 @@ fn probation_with_a_paused_standby_carries_on_after_import() {
     h.upgrade();
     h.ready(2);
     assert_eq!(h.phase(1), Some("standby"));
-    assert_eq!(h.core.busy(), Some(Busy::Probation(2)));
+    assert_eq!(h.core.busy_for_handover(), Some(Busy::Probation(2)));
     // A crash on probation resumes the paused standby...
     same_after_import(&mut h, |h| {
         h.now += Duration::from_millis(700);
@@ -1896,7 +1898,7 @@ fn a_pending_backoff_carries_on_after_import() {
     let mut h = Harness::serving(policy());
     let fx = h.exit(1, CRASH);
     assert_eq!(restart_delay(&fx), Some(100));
-    assert_eq!(h.core.busy(), None);
+    assert_eq!(h.core.busy_for_handover(), None);
     same_after_import(&mut h, |h| {
         let mut fx = h.advance(Duration::from_millis(100));
         fx.extend(h.ready(2));
@@ -1924,7 +1926,10 @@ fn pools_canaries_and_settling_carry_on_after_import() {
         worker: canary,
         event: WorkerEvent::Ready(ReadyVia::Notify),
     });
-    assert!(matches!(h.core.busy(), Some(Busy::Upgrading(2))));
+    assert!(matches!(
+        h.core.busy_for_handover(),
+        Some(Busy::Upgrading(2))
+    ));
     same_after_import(&mut h, |h| {
         let mut fx = h.advance(Duration::from_millis(200));
         fx.extend(h.advance(Duration::from_secs(3)));
@@ -1937,10 +1942,10 @@ fn pools_canaries_and_settling_carry_on_after_import() {
     let w = h.ws(1, 1);
     let pid = h.pid_of(w);
     h.feed(Input::Exited { pid, status: CRASH });
-    assert_eq!(h.core.busy(), None);
+    assert_eq!(h.core.busy_for_handover(), None);
     same_after_import(&mut h, |h| h.until_deadline());
     assert!(matches!(
-        h.core.busy(),
+        h.core.busy_for_handover(),
         Some(Busy::WorkerStarting {
             generation: 1,
             slot: 1
@@ -1952,7 +1957,7 @@ fn pools_canaries_and_settling_carry_on_after_import() {
 fn a_shutting_down_core_is_busy_and_inconsistent_images_are_refused() {
     let mut h = Harness::serving(policy());
     h.term();
-    assert_eq!(h.core.busy(), Some(Busy::ShuttingDown));
+    assert_eq!(h.core.busy_for_handover(), Some(Busy::ShuttingDown));
     same_after_import(&mut h, |h| h.exit(1, CLEAN));
 
     let h = Harness::serving(policy());
@@ -2032,4 +2037,351 @@ fn a_new_policy_keeps_a_scale_unless_its_workers_changed() {
     });
     let (_, fx) = h.upgrade();
     assert_eq!(spawned_slots(&fx), vec![(3, 0), (3, 1)]);
+}
+
+// ----- --check and --after-upgrade -----
+
+fn checked() -> Policy {
+    Policy {
+        check: true,
+        ..policy()
+    }
+}
+
+fn checks(fx: &[Effect]) -> Vec<GenId> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::Check { generation } => Some(*generation),
+            _ => None,
+        })
+        .collect()
+}
+
+fn after_upgrades(fx: &[Effect]) -> Vec<(GenId, Vec<Pid>)> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::AfterUpgrade { generation, pids } => Some((*generation, pids.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+impl Harness {
+    fn check_done(&mut self, generation: GenId, ok: bool) -> Vec<Effect> {
+        self.feed(Input::CheckDone {
+            generation,
+            ok,
+            detail: if ok {
+                String::new()
+            } else {
+                "exit status: 1: nginx: [emerg] bad".into()
+            },
+        })
+    }
+}
+
+#[test]
+fn the_first_start_and_crash_restarts_are_not_checked() {
+    let mut h = Harness::new(checked());
+    let fx = h.feed(Input::Start);
+    assert!(checks(&fx).is_empty());
+    assert_eq!(spawns(&fx), vec![(1, Exe::Fresh(PinId(1)))]);
+    h.ready(1);
+    h.exit(1, CRASH);
+    let fx = h.until_deadline();
+    assert!(checks(&fx).is_empty());
+    assert_eq!(spawns(&fx), vec![(2, Exe::Pinned(PinId(1)))]);
+}
+
+#[test]
+fn an_upgrade_runs_the_check_first_and_spawns_once_it_passed() {
+    let mut h = Harness::serving(checked());
+    let (t, fx) = h.upgrade();
+    // The check is told the number the new generation will get.
+    assert_eq!(checks(&fx), vec![2]);
+    assert!(spawns(&fx).is_empty());
+    assert_eq!(events(&fx), vec!["upgrade_requested", "check_started"]);
+    assert!(matches!(manager(&fx)[..], [ManagerMessage::Reloading]));
+    assert_eq!(h.core.snapshot(h.now).checking, Some(2));
+    h.advance(Duration::from_secs(2));
+    let fx = h.check_done(2, true);
+    assert!(events(&fx).contains(&"check_passed"));
+    assert_eq!(spawns(&fx), vec![(2, Exe::Fresh(PinId(2)))]);
+    assert_eq!(h.core.snapshot(h.now).checking, None);
+    let fx = h.ready(2);
+    assert!(matches!(
+        outcome_for(&fx, t),
+        UpgradeOutcome::Ready { generation: 2, .. }
+    ));
+}
+
+#[test]
+fn a_failed_check_refuses_the_upgrade_and_the_old_generation_serves_on() {
+    let mut h = Harness::serving(checked());
+    let (t, _) = h.upgrade();
+    let fx = h.check_done(2, false);
+    assert!(spawns(&fx).is_empty());
+    assert_eq!(events(&fx), vec!["check_failed", "upgrade_failed"]);
+    match outcome_for(&fx, t) {
+        UpgradeOutcome::Failed {
+            generation: None,
+            failure: FailureReason::CheckFailed { detail },
+            reason,
+            serving: Some(1),
+        } => {
+            assert!(detail.contains("nginx: [emerg] bad"));
+            assert!(reason.contains("nginx: [emerg] bad"));
+        }
+        other => panic!("{other:?}"),
+    }
+    // The reload is over for the manager too.
+    assert!(matches!(manager(&fx)[..], [ManagerMessage::Ready(_)]));
+    assert_eq!(h.phase(1), Some("serving"));
+    assert!(drains(&fx).is_empty() && kills(&fx).is_empty());
+    let snap = h.core.snapshot(h.now);
+    assert_eq!(snap.checking, None);
+    assert!(!snap.upgrade_pending);
+    // The number was not used: the next upgrade checks generation 2 again,
+    // and works.
+    let (t, fx) = h.upgrade();
+    assert_eq!(checks(&fx), vec![2]);
+    let fx = h.check_done(2, true);
+    // Nor was an executable pinned for the refused upgrade.
+    assert_eq!(spawns(&fx), vec![(2, Exe::Fresh(PinId(2)))]);
+    let fx = h.ready(2);
+    assert!(matches!(
+        outcome_for(&fx, t),
+        UpgradeOutcome::Ready { generation: 2, .. }
+    ));
+    assert_eq!(drains(&fx).iter().map(|d| d.0).collect::<Vec<_>>(), vec![1]);
+}
+
+#[test]
+fn upgrades_during_a_check_are_coalesced_into_one_checked_follow_up() {
+    let mut h = Harness::serving(checked());
+    let (t1, _) = h.upgrade();
+    let (t2, fx2) = h.upgrade();
+    let (t3, fx3) = h.upgrade();
+    assert!(checks(&fx2).is_empty() && checks(&fx3).is_empty());
+    assert_eq!(events(&fx2), vec!["upgrade_queued"]);
+    let fx = h.check_done(2, true);
+    assert_eq!(spawns(&fx), vec![(2, Exe::Fresh(PinId(2)))]);
+    // An upgrade during the attempt that followed joins the same follow-up.
+    let (t4, _) = h.upgrade();
+    let fx = h.ready(2);
+    assert!(matches!(
+        outcome_for(&fx, t1),
+        UpgradeOutcome::Ready { generation: 2, .. }
+    ));
+    // The follow-up is checked too, for its own number.
+    assert_eq!(checks(&fx), vec![3]);
+    assert!(spawns(&fx).is_empty());
+    let fx = h.check_done(3, false);
+    for t in [t2, t3, t4] {
+        assert!(matches!(
+            outcome_for(&fx, t),
+            UpgradeOutcome::Failed {
+                failure: FailureReason::CheckFailed { .. },
+                serving: Some(2),
+                ..
+            }
+        ));
+    }
+    // Nothing more follows.
+    assert!(checks(&fx).is_empty() && spawns(&fx).is_empty());
+    assert_eq!(h.phase(2), Some("serving"));
+}
+
+#[test]
+fn a_failed_check_with_upgrades_queued_checks_again_for_them() {
+    let mut h = Harness::serving(checked());
+    let (t1, _) = h.upgrade();
+    let (t2, _) = h.upgrade();
+    let fx = h.check_done(2, false);
+    assert!(matches!(
+        outcome_for(&fx, t1),
+        UpgradeOutcome::Failed { .. }
+    ));
+    assert!(answer_for(&fx, t2).is_none());
+    // The request that came during the check may carry the fix: it gets a
+    // check of its own.
+    assert_eq!(checks(&fx), vec![2]);
+    let fx = h.check_done(2, true);
+    assert_eq!(spawns(&fx).len(), 1);
+    let fx = h.ready(2);
+    assert!(matches!(
+        outcome_for(&fx, t2),
+        UpgradeOutcome::Ready { generation: 2, .. }
+    ));
+}
+
+#[test]
+fn a_crash_during_a_check_restarts_at_once_and_the_upgrade_follows_checked_again() {
+    let mut h = Harness::serving(checked());
+    let (t, _) = h.upgrade();
+    // The serving generation crashes while the check runs: the restart does
+    // not wait for it.
+    h.exit(1, CRASH);
+    let fx = h.until_deadline();
+    assert_eq!(spawns(&fx), vec![(2, Exe::Pinned(PinId(1)))]);
+    // The check passes during the restart: the upgrade queues behind it.
+    let fx = h.check_done(2, true);
+    assert!(spawns(&fx).is_empty());
+    assert!(events(&fx).contains(&"upgrade_queued"));
+    let fx = h.ready(2);
+    // Checked again, for the number it will now get.
+    assert_eq!(checks(&fx), vec![3]);
+    let fx = h.check_done(3, true);
+    assert_eq!(spawns(&fx).iter().map(|s| s.0).collect::<Vec<_>>(), vec![3]);
+    let fx = h.ready(3);
+    assert!(matches!(
+        outcome_for(&fx, t),
+        UpgradeOutcome::Ready { generation: 3, .. }
+    ));
+}
+
+#[test]
+fn a_restart_that_served_during_a_check_makes_it_run_again_for_the_new_number() {
+    let mut h = Harness::serving(checked());
+    h.upgrade();
+    h.exit(1, CRASH);
+    h.until_deadline();
+    h.ready(2);
+    // The answer is for generation 2, a number the restart took.
+    let fx = h.check_done(2, true);
+    assert!(spawns(&fx).is_empty());
+    assert_eq!(checks(&fx), vec![3]);
+    let fx = h.check_done(3, true);
+    assert_eq!(spawns(&fx).iter().map(|s| s.0).collect::<Vec<_>>(), vec![3]);
+}
+
+#[test]
+fn sigterm_during_a_check_cancels_it_and_answers_its_clients() {
+    let mut h = Harness::serving(checked());
+    let (t, _) = h.upgrade();
+    let fx = h.term();
+    assert!(fx.contains(&Effect::CancelCheck { generation: 2 }));
+    assert_eq!(outcome_for(&fx, t), &UpgradeOutcome::Superseded);
+    // Its late answer starts nothing.
+    let fx = h.check_done(2, true);
+    assert!(spawns(&fx).is_empty());
+    assert!(events(&fx).is_empty());
+}
+
+#[test]
+fn rollback_is_refused_while_a_check_runs() {
+    let mut h = Harness::serving(checked());
+    h.upgrade();
+    h.check_done(2, true);
+    h.ready(2);
+    h.upgrade();
+    let r = h.ticket();
+    let fx = h.feed(Input::Rollback { reply: Some(r) });
+    assert!(matches!(answer_for(&fx, r), Some(Answer::Error(_))));
+    assert!(spawns(&fx).is_empty());
+}
+
+#[test]
+fn a_rollback_is_not_checked() {
+    let mut h = Harness::serving(checked());
+    h.upgrade();
+    h.check_done(2, true);
+    h.ready(2);
+    let r = h.ticket();
+    let fx = h.feed(Input::Rollback { reply: Some(r) });
+    assert!(checks(&fx).is_empty());
+    assert_eq!(spawns(&fx), vec![(3, Exe::Pinned(PinId(1)))]);
+}
+
+#[test]
+fn after_upgrade_runs_once_an_upgrade_is_done_and_its_failure_changes_nothing() {
+    let policy = Policy {
+        after_upgrade: true,
+        ..probation()
+    };
+    // Not after the first start.
+    let mut h = Harness::serving(policy);
+    assert!(after_upgrades(&h.log).is_empty());
+    h.v2(1);
+    h.upgrade();
+    // Not while on probation.
+    let fx = h.ready(2);
+    assert!(after_upgrades(&fx).is_empty());
+    let fx = h.advance(Duration::from_secs(5));
+    let pid = h.pid(2);
+    assert_eq!(after_upgrades(&fx), vec![(2, vec![pid])]);
+    let before = h.core.snapshot(h.now);
+    let fx = h.feed(Input::AfterUpgradeDone {
+        generation: 2,
+        ok: false,
+        detail: "timed out after 60s".into(),
+    });
+    assert_eq!(events(&fx), vec!["after_upgrade_failed"]);
+    assert!(fx.iter().all(|e| matches!(e, Effect::Emit(_))));
+    assert_eq!(h.phase(2), Some("serving"));
+    assert_eq!(h.core.snapshot(h.now).last_good, before.last_good);
+    let fx = h.feed(Input::AfterUpgradeDone {
+        generation: 2,
+        ok: true,
+        detail: String::new(),
+    });
+    assert_eq!(events(&fx), vec!["after_upgrade_done"]);
+}
+
+#[test]
+fn after_upgrade_is_not_run_after_a_crash_restart_and_gets_every_pid_of_a_pool() {
+    let mut h = Harness::new(Policy {
+        after_upgrade: true,
+        ..pool(2)
+    });
+    h.feed(Input::Start);
+    h.ready_all(1);
+    h.exit_slot(1, 0, CRASH);
+    h.exit_slot(1, 1, CRASH);
+    let fx = h.until_deadline();
+    assert_eq!(spawns(&fx).len(), 2);
+    let fx = h.ready_all(2);
+    assert!(events(&fx).contains(&"ready"));
+    assert!(after_upgrades(&fx).is_empty());
+    h.upgrade();
+    let fx = h.ready_all(3);
+    let pids = vec![h.pid_of(h.ws(3, 0)), h.pid_of(h.ws(3, 1))];
+    assert_eq!(after_upgrades(&fx), vec![(3, pids)]);
+}
+
+#[test]
+fn a_worker_that_signalled_but_failed_its_probe_is_drained_not_killed() {
+    let mut h = Harness::serving(Policy {
+        ready_probe: true,
+        ready_timeout: Duration::from_secs(1),
+        drain_timeout: Duration::from_secs(7),
+        ..policy()
+    });
+    let (t, _) = h.upgrade();
+    h.ready(2);
+    let w = h.w(2);
+    h.feed(Input::ProbeDone {
+        worker: w,
+        ok: false,
+        detail: "HTTP 503".into(),
+    });
+    let fx = h.advance(Duration::from_secs(1));
+    assert!(matches!(
+        outcome_for(&fx, t),
+        UpgradeOutcome::Failed {
+            failure: FailureReason::ProbeFailed { .. },
+            serving: Some(1),
+            ..
+        }
+    ));
+    // It said READY: it may hold connections it accepted. Drained with the
+    // drain timeout, as a generation that served.
+    assert!(kills(&fx).is_empty(), "{fx:#?}");
+    assert_eq!(drains(&fx).iter().map(|d| d.0).collect::<Vec<_>>(), vec![2]);
+    assert_eq!(h.phase(1), Some("serving"));
+    // Killed only at the drain deadline.
+    let fx = h.advance(Duration::from_secs(7));
+    assert_eq!(kills(&fx), vec![2]);
+    h.exit(2, CLEAN);
+    assert_eq!(h.core.live_workers().len(), 1);
 }

@@ -198,7 +198,7 @@ impl Supervisor {
         if self.selfup.check.is_some() || self.selfup.go.is_some() {
             return Some("a self-upgrade is in progress".into());
         }
-        if let Some(busy) = self.core.busy() {
+        if let Some(busy) = self.core.busy_for_handover() {
             return Some(format!("{busy}; try again once it is over"));
         }
         if !self.aux.is_empty() {
@@ -319,7 +319,7 @@ impl Supervisor {
 
     fn self_upgrade_blocked_after_check(&self) -> Option<String> {
         self.core
-            .busy()
+            .busy_for_handover()
             .map(|b| format!("{b} (it began during the check); try again once it is over"))
     }
 

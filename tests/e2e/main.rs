@@ -8,6 +8,7 @@ mod containment;
 mod control;
 mod exec_env;
 mod faults;
+mod hooks;
 mod hygiene;
 mod languages;
 mod lifecycle;

@@ -25,7 +25,7 @@ import socket
 import gunicorn
 
 worker_class = "gthread"
-workers = 2
+workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
 threads = 4
 keepalive = 5
 if tuple(int(n) for n in re.findall(r"\d+", gunicorn.__version__)[:3]) < (27, 0, 1):
@@ -39,7 +39,28 @@ else:
     _notify_socket = None
 
 
+# With GUNICORN_READY_DIR, each worker that serves also leaves a file
+# <arbiter pid>.<worker pid> there, for all-workers-ready.sh, hotsup's
+# --ready-probe: the first worker's READY=1 is then only the signal, and the
+# generation is ready once every worker is.
+_ready_dir = os.environ.get("GUNICORN_READY_DIR")
+
+
+def _ready_file(worker):
+    return os.path.join(_ready_dir, f"{worker.ppid}.{worker.pid}")
+
+
+def worker_exit(server, worker):
+    if _ready_dir:
+        try:
+            os.unlink(_ready_file(worker))
+        except OSError:
+            pass
+
+
 def post_worker_init(worker):
+    if _ready_dir:
+        open(_ready_file(worker), "w").close()
     if not _notify_socket:
         return
     addr = _notify_socket
