@@ -30,6 +30,8 @@ use crate::lifecycle::ExitInfo;
 pub enum AuxKind {
     /// Watch mode's `--build`.
     Build,
+    /// The new binary's check before `hotsup upgrade --self`.
+    SelfCheck,
     /// A `--ready-probe` run.
     Probe,
     /// A `--check` run.
@@ -67,14 +69,20 @@ impl AuxProcesses {
     /// `/dev/null`; stdout and stderr are hotsup's unless `cmd` sets them
     /// (the hooks capture theirs). `nofile` is the soft
     /// RLIMIT_NOFILE hotsup was started with (it raises its own).
-    pub fn spawn(
+    pub fn spawn(&mut self, kind: AuxKind, cmd: Command, nofile: Option<u64>) -> io::Result<Pid> {
+        self.spawn_with_stdin(kind, cmd, nofile, Stdio::null())
+    }
+
+    /// [`AuxProcesses::spawn`], with `stdin` as its stdin.
+    pub fn spawn_with_stdin(
         &mut self,
         kind: AuxKind,
         mut cmd: Command,
         nofile: Option<u64>,
+        stdin: Stdio,
     ) -> io::Result<Pid> {
         let hotsup_pid = rustix::process::getpid();
-        cmd.stdin(Stdio::null()).process_group(0);
+        cmd.stdin(stdin).process_group(0);
         // SAFETY: the closure runs between fork and exec in the child;
         // `prepare_aux` makes only async-signal-safe raw syscalls on the
         // two copied values and allocates nothing.

@@ -239,6 +239,38 @@ impl Cgroups {
         })
     }
 
+    /// This subtree as `hotsup upgrade --self` hands it over; the lock's fd
+    /// must survive the exec.
+    pub fn to_state(&self) -> crate::state::CgroupsState {
+        use crate::state::Os;
+        crate::state::CgroupsState {
+            mount: Os::new(self.mount.as_os_str()),
+            base: Os::new(self.base.as_os_str()),
+            base_rel: Os::new(self.base_rel.as_os_str()),
+            lock_fd: self._lock.as_raw_fd(),
+            kill_supported: self.kill_supported,
+        }
+    }
+
+    /// Takes over the subtree of the hotsup that exec'd this one: the base
+    /// directory must still be there, and the fd of its lock open.
+    pub fn adopt(st: &crate::state::CgroupsState) -> Result<Cgroups, String> {
+        let base = st.base.to_path();
+        if !base.is_dir() {
+            return Err(format!("cgroup {} is gone", base.display()));
+        }
+        let lock = crate::state::adopt_fd(st.lock_fd, "the cgroup lock")?;
+        Ok(Cgroups {
+            mount: st.mount.to_path(),
+            base,
+            base_rel: st.base_rel.to_path(),
+            _lock: lock,
+            kill_supported: st.kill_supported,
+            swept: 0,
+            stale_populated: Vec::new(),
+        })
+    }
+
     /// The cgroup2 mount point.
     pub fn mount(&self) -> &Path {
         &self.mount
@@ -404,6 +436,24 @@ impl AsRawFd for Events {
 }
 
 impl GenCgroup {
+    pub fn to_state(&self) -> crate::state::CgroupState {
+        use crate::state::Os;
+        crate::state::CgroupState {
+            id: self.id,
+            dir: Os::new(self.dir.as_os_str()),
+            rel: Os::new(self.rel.as_os_str()),
+        }
+    }
+
+    /// A generation's cgroup as the hotsup that exec'd this one left it.
+    pub fn adopt(st: &crate::state::CgroupState) -> GenCgroup {
+        GenCgroup {
+            id: st.id,
+            dir: st.dir.to_path(),
+            rel: st.rel.to_path(),
+        }
+    }
+
     /// The generation this cgroup belongs to.
     pub fn id(&self) -> u64 {
         self.id

@@ -87,6 +87,17 @@ pub enum Command {
         /// Give up waiting after this long (the upgrade goes on).
         #[arg(long, default_value = "10m", value_parser = parse_duration)]
         timeout: Duration,
+        /// Upgrade hotsup itself, not the app: exec the hotsup binary now
+        /// at the path it was started from, in place (same pid; the
+        /// children and listeners are untouched). The new binary first
+        /// checks it can take over; if not, it is refused (exit 4) with the
+        /// reason and nothing changes. Refused, not queued, while an
+        /// upgrade, rollback, probation or restart is in progress.
+        #[arg(long = "self", conflicts_with = "no_wait")]
+        self_: bool,
+        /// With --self: the new binary, instead of the install path.
+        #[arg(long, requires = "self_", value_name = "PATH")]
+        binary: Option<std::path::PathBuf>,
     },
     /// Take back the upgrade on probation, or go back to the previous good
     /// executable.

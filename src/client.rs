@@ -205,6 +205,102 @@ pub fn upgrade(target: &Target, no_wait: bool, timeout: Duration) -> u8 {
     ))
 }
 
+/// `hotsup upgrade --self`: asks for the self-upgrade, then waits until
+/// the control socket answers from the new binary.
+pub fn self_upgrade(target: &Target, binary: Option<PathBuf>, timeout: Duration) -> u8 {
+    let started = std::time::Instant::now();
+    let before = match call(target, Request::Status, Some(timeout)) {
+        Ok(r) => match r.status {
+            Some(s) => s,
+            None => {
+                logging::report(clean(
+                    r.error.as_deref().unwrap_or("reply without a status"),
+                ));
+                return UNREACHABLE;
+            }
+        },
+        Err(code) => return code,
+    };
+    let reply = match call(target, Request::SelfUpgrade { binary }, Some(timeout)) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let Some(up) = reply.self_upgrade else {
+        logging::report(clean(
+            reply.error.as_deref().unwrap_or("reply without an outcome"),
+        ));
+        return if reply.ok { UNREACHABLE } else { REFUSED };
+    };
+    // The old process execs once its answer is written: until the new one
+    // listens, connections wait in the control socket's backlog or, between
+    // the two, are refused; either way, ask again.
+    let deadline = started + timeout;
+    loop {
+        if let Ok(Reply {
+            status: Some(s), ..
+        }) = call_quiet(target, Request::Status)
+        {
+            if s.binary.self_upgrades >= up.count {
+                let took = started.elapsed();
+                return say(
+                    &format!(
+                        "self-upgraded: hotsup {} -> {} (pid {}, build {}) in {} ms\n",
+                        clean(&up.from_version),
+                        clean(&s.version),
+                        s.pid,
+                        clean(&s.binary.build),
+                        took.as_millis()
+                    ),
+                    OK,
+                );
+            }
+            if s.binary.self_upgrades_failed > before.binary.self_upgrades_failed {
+                logging::report(format_args!(
+                    "self-upgrade failed: {}; hotsup {} (pid {}) runs on",
+                    clean(
+                        s.binary
+                            .last_self_upgrade_error
+                            .as_deref()
+                            .unwrap_or("unknown")
+                    ),
+                    clean(&s.version),
+                    s.pid
+                ));
+                return FAILED;
+            }
+        }
+        if std::time::Instant::now() >= deadline {
+            logging::report("no answer from the new hotsup within the timeout");
+            return TIMED_OUT;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// [`call`] without reporting failures: for polling.
+fn call_quiet(target: &Target, request: Request) -> Result<Reply, ()> {
+    let path = path_of(target).map_err(|_| ())?;
+    let mut stream = UnixStream::connect(&path).map_err(|_| ())?;
+    let me = rustix::process::geteuid().as_raw();
+    match rustix::net::sockopt::socket_peercred(&stream) {
+        Ok(cred) if cred.uid.as_raw() == me || cred.uid.is_root() => {}
+        _ => return Err(()),
+    }
+    let mut line = serde_json::to_vec(&control::Envelope {
+        version: control::VERSION,
+        request,
+    })
+    .map_err(|_| ())?;
+    line.push(b'\n');
+    stream.write_all(&line).map_err(|_| ())?;
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut reply = String::new();
+    BufReader::new(stream)
+        .read_line(&mut reply)
+        .map_err(|_| ())?;
+    serde_json::from_str(&reply).map_err(|_| ())
+}
+
 pub fn rollback(target: &Target, timeout: Duration) -> u8 {
     outcome(call(target, Request::Rollback, Some(timeout)))
 }
@@ -418,6 +514,19 @@ fn status_text(s: &control::Status) -> String {
         let _ = writeln!(out, "last good: {}", clean(p));
     }
     let _ = writeln!(out, "log lines dropped: {}", s.log_lines_dropped);
+    if !s.binary.path.is_empty() {
+        let _ = writeln!(
+            out,
+            "binary: {} (build {}); self-upgrades: {}, refused or failed: {}",
+            clean(&s.binary.path),
+            clean(&s.binary.build),
+            s.binary.self_upgrades,
+            s.binary.self_upgrades_failed
+        );
+        if let Some(e) = &s.binary.last_self_upgrade_error {
+            let _ = writeln!(out, "last self-upgrade error: {}", clean(e));
+        }
+    }
     out
 }
 

@@ -29,6 +29,12 @@
 //! `rollback` takes back the upgrade on probation at once, or else upgrades
 //! to the previous good executable; it answers like `upgrade`.
 //!
+//! `self_upgrade` (with `"binary": PATH` to choose another file than the
+//! install path) checks the new hotsup binary, answers
+//! `{"self_upgrade":{"from_version":..,"to_version":..,"binary":..,"count":N}}`
+//! and then execs it in place; the client polls `status` until
+//! `binary.self_upgrades` is N. A refusal is `ok: false` with the reason.
+//!
 //! `events` (with `"names": [...]` to choose) keeps the connection and
 //! writes each lifecycle event as one JSON line, the same objects as
 //! `--log-format json` logs (`{"event":"ready","generation":2,...}`), until
@@ -110,6 +116,15 @@ pub enum Request {
     /// Roll back the upgrade on probation, or go back to the previous good
     /// executable.
     Rollback,
+    /// Replace hotsup itself by the binary at its install path (or
+    /// `binary`), in place: same pid, children untouched. Answered once the
+    /// new binary's check passed, just before the exec; the client then
+    /// waits for `status` to show the new binary.
+    #[serde(rename = "self_upgrade")]
+    SelfUpgrade {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        binary: Option<PathBuf>,
+    },
 }
 
 fn yes() -> bool {
@@ -140,6 +155,33 @@ pub struct Reply {
     pub signal: Option<Signalled>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale: Option<Scaled>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub self_upgrade: Option<SelfUpgrading>,
+}
+
+/// A self-upgrade about to happen: the new binary passed its check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SelfUpgrading {
+    pub from_version: String,
+    pub to_version: String,
+    pub binary: String,
+    /// `self_upgrades` in `status` once the new binary runs.
+    pub count: u64,
+}
+
+/// Which binary a hotsup runs, and how often it replaced itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BinaryStatus {
+    /// The path it was started from, where `upgrade --self` looks.
+    pub path: String,
+    /// `dev:inode:size:mtime` of the file it was started from: differs
+    /// between two builds of one version.
+    pub build: String,
+    pub self_upgrades: u64,
+    /// Self-upgrades refused or failed since this binary started.
+    pub self_upgrades_failed: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_self_upgrade_error: Option<String>,
 }
 
 /// What `scale` did.
@@ -219,6 +261,8 @@ pub struct Status {
     /// Log lines hotsup could not write: stderr was full or closed.
     #[serde(default)]
     pub log_lines_dropped: u64,
+    #[serde(default)]
+    pub binary: BinaryStatus,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
@@ -316,6 +360,9 @@ pub struct LastUpgrade {
 pub struct Message {
     pub request: Request,
     pub reply: oneshot::Sender<Reply>,
+    /// Fired (or dropped) once the reply is written or the client gone:
+    /// a self-upgrade execs only then, so that its answer goes out.
+    pub written: oneshot::Receiver<()>,
 }
 
 /// Why the control socket could not be set up.
@@ -386,6 +433,8 @@ fn accepts(path: &Path) -> bool {
 pub struct Server {
     pub path: PathBuf,
     listener: Option<UnixListener>,
+    /// The listener's number (the accept task owns it), for a self-upgrade.
+    fd: std::os::fd::RawFd,
     ident: (u64, u64),
     /// Connections being served, so replies sent at exit get written.
     active: std::sync::Arc<(std::sync::atomic::AtomicUsize, tokio::sync::Notify)>,
@@ -440,11 +489,43 @@ impl Server {
         let meta = std::fs::symlink_metadata(path).map_err(io_err(path))?;
         let server = Server {
             path: path.to_path_buf(),
+            fd: std::os::fd::AsRawFd::as_raw_fd(&listener),
             listener: Some(listener),
             ident: (meta.dev(), meta.ino()),
             active: Default::default(),
         };
         Ok(server)
+    }
+
+    /// The socket as `hotsup upgrade --self` hands it over.
+    pub fn to_state(&self) -> crate::state::ControlState {
+        crate::state::ControlState {
+            fd: self.fd,
+            file: crate::state::OwnedFile {
+                path: crate::state::Os::new(self.path.as_os_str()),
+                dev: self.ident.0,
+                inode: self.ident.1,
+            },
+        }
+    }
+
+    /// The control socket of the hotsup that exec'd this one. Must run
+    /// inside the runtime.
+    pub fn adopt(st: &crate::state::ControlState) -> Result<Server, String> {
+        let fd = crate::state::adopt_fd(st.fd, "the control socket")?;
+        let std_listener = std::os::unix::net::UnixListener::from(fd);
+        std_listener
+            .set_nonblocking(true)
+            .map_err(|e| format!("the control socket: {e}"))?;
+        let listener =
+            UnixListener::from_std(std_listener).map_err(|e| format!("the control socket: {e}"))?;
+        Ok(Server {
+            path: st.file.path.to_path(),
+            fd: st.fd,
+            listener: Some(listener),
+            ident: (st.file.dev, st.file.inode),
+            active: Default::default(),
+        })
     }
 
     /// Lets the connections in flight write their replies (the answers to
@@ -539,18 +620,23 @@ async fn serve(stream: UnixStream, me: u32, tx: mpsc::UnboundedSender<Message>, 
             Ok(request) => {
                 debug!(?request, "control request");
                 let (reply_tx, reply_rx) = oneshot::channel();
+                let (written_tx, written_rx) = oneshot::channel();
                 if tx
                     .send(Message {
                         request,
                         reply: reply_tx,
+                        written: written_rx,
                     })
                     .is_err()
                 {
                     Reply::error("hotsup is exiting")
                 } else {
-                    reply_rx
+                    let reply = reply_rx
                         .await
-                        .unwrap_or_else(|_| Reply::error("hotsup is exiting"))
+                        .unwrap_or_else(|_| Reply::error("hotsup is exiting"));
+                    let _ = send(&mut write, &reply).await;
+                    let _ = written_tx.send(());
+                    return;
                 }
             }
         },

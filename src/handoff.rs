@@ -131,7 +131,19 @@ pub async fn run(
         elapsed: start.elapsed(),
     })
     .await;
+    relay(worker, chan, tx).await;
+}
 
+/// Relays a worker's messages until its channel closes: after the handoff,
+/// or for a worker handed over by the hotsup that exec'd this one
+/// (`hotsup upgrade --self`), which has its listeners already.
+pub async fn relay(worker: WorkerId, chan: Channel, tx: Sender<(WorkerId, ChannelEvent)>) {
+    let emit = |ev| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send((worker, ev)).await;
+        }
+    };
     let mut bad = 0;
     loop {
         let received = match chan.readable().await {

@@ -28,6 +28,7 @@ pub mod resident;
 pub mod runtime_dir;
 pub mod settings;
 pub mod signals;
+pub mod state;
 pub mod supervisor;
 pub mod sys;
 #[cfg(feature = "watch")]

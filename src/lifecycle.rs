@@ -62,6 +62,7 @@
 //! one is on Standby.
 
 mod event;
+mod image;
 mod outcome;
 mod state;
 #[cfg(test)]
@@ -73,6 +74,7 @@ use std::time::{Duration, Instant};
 use rustix::process::Pid;
 
 pub use event::{Event, KillCause, Level, Origin, Source};
+pub use image::{Busy, CoreImage, ImportError, WorkerIdImage};
 pub use outcome::{ExitInfo, FailureReason, LastResult, ReadyVia, UpgradeOutcome};
 use state::{Canary, Gate, Generation, Role, WState, Worker};
 pub use state::{Fallback, GenerationSnapshot, LastUpgradeSnapshot, Snapshot, WorkerSnapshot};

@@ -276,6 +276,134 @@ impl Listener {
     }
 }
 
+impl Listener {
+    /// This listener as `hotsup upgrade --self` hands it over, at place
+    /// `id` of the table.
+    pub fn to_state(&self, id: u32) -> crate::state::ListenerState {
+        use crate::state::{ListenerKind, ListenerOrigin, Os, OwnedFile};
+        use std::os::fd::AsRawFd;
+        crate::state::ListenerState {
+            id,
+            name: self.info.name.clone(),
+            kind: match self.info.kind {
+                Kind::Tcp => ListenerKind::Tcp,
+                Kind::Udp => ListenerKind::Udp,
+                Kind::Unix => ListenerKind::Unix,
+            },
+            address: self.info.address.clone(),
+            origin: match self.origin {
+                Origin::Bound => ListenerOrigin::Bound,
+                Origin::Activated => ListenerOrigin::Activated,
+                Origin::Restored => ListenerOrigin::Restored,
+            },
+            fd: self.socket.as_raw_fd(),
+            owned_file: self.owned_path.as_ref().map(|f| OwnedFile {
+                path: Os::new(f.path.as_os_str()),
+                dev: f.dev,
+                inode: f.ino,
+            }),
+        }
+    }
+
+    /// Takes over a listener handed over by the hotsup that exec'd this
+    /// one. The fd must be the socket the state describes: its type is
+    /// checked, so that a mix-up of numbers is an error, not a listener
+    /// that hands out the wrong socket.
+    fn adopt(
+        st: &crate::state::ListenerState,
+        files: &mut Vec<Arc<SocketFile>>,
+    ) -> Result<Listener, String> {
+        use crate::state::{ListenerKind, ListenerOrigin};
+        // SAFETY: fcntl(F_GETFD) on a plain integer only asks whether it is
+        // open; no Rust object owns or borrows it yet.
+        if unsafe { libc::fcntl(st.fd, libc::F_GETFD) } == -1 {
+            return Err(format!("listener {} (fd {}) is not open", st.name, st.fd));
+        }
+        // SAFETY: the exec'ing hotsup handed this fd over for this listener
+        // alone; it is open (checked above) and adopted once, here.
+        let socket = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(st.fd) };
+        let kind = match st.kind {
+            ListenerKind::Tcp => Kind::Tcp,
+            ListenerKind::Udp => Kind::Udp,
+            ListenerKind::Unix => Kind::Unix,
+        };
+        let found = {
+            use hotsup_os::sockets::{Family, Inspected};
+            use rustix::net::SocketType;
+            match hotsup_os::sockets::inspect(socket.as_fd()) {
+                Inspected::Socket {
+                    family: Family::Inet,
+                    type_: SocketType::STREAM,
+                    listening: true,
+                } => Some(Kind::Tcp),
+                Inspected::Socket {
+                    family: Family::Inet,
+                    type_: SocketType::DGRAM,
+                    ..
+                } => Some(Kind::Udp),
+                Inspected::Socket {
+                    family: Family::Unix,
+                    type_: SocketType::STREAM,
+                    listening: true,
+                } => Some(Kind::Unix),
+                _ => None,
+            }
+        };
+        if found != Some(kind) {
+            // Not ours to close: leave the fd to whatever it is.
+            std::mem::forget(socket);
+            return Err(format!(
+                "listener {} (fd {}) is not a listening {kind} socket",
+                st.name, st.fd
+            ));
+        }
+        let _ = rustix::io::fcntl_setfd(&socket, rustix::io::FdFlags::CLOEXEC);
+        Ok(Listener {
+            info: ListenerInfo {
+                name: st.name.clone(),
+                kind,
+                address: st.address.clone(),
+            },
+            origin: match st.origin {
+                ListenerOrigin::Bound => Origin::Bound,
+                ListenerOrigin::Activated => Origin::Activated,
+                ListenerOrigin::Restored => Origin::Restored,
+            },
+            socket,
+            owned_path: st.owned_file.as_ref().map(|f| {
+                // A renamed listener shares its original's file: one
+                // SocketFile, removed once neither serves.
+                let path = f.path.to_path();
+                match files
+                    .iter()
+                    .find(|s| (s.dev, s.ino) == (f.dev, f.inode) && s.path == path)
+                {
+                    Some(s) => s.clone(),
+                    None => {
+                        let s = Arc::new(SocketFile {
+                            path,
+                            dev: f.dev,
+                            ino: f.inode,
+                        });
+                        files.push(s.clone());
+                        s
+                    }
+                }
+            }),
+        })
+    }
+
+    /// Takes over every listener of the hotsup that exec'd this one, in
+    /// the order of its table.
+    pub fn adopt_all(table: &[crate::state::ListenerState]) -> Result<Vec<Listener>, String> {
+        let mut files = Vec::new();
+        table
+            .iter()
+            .map(|st| Listener::adopt(st, &mut files))
+            .collect()
+    }
+}
+
 /// Whether `address` asks for the socket of `kind` bound to `have`: same
 /// kind and the same address. A host that is a name rather than an IP is
 /// not resolved again: its port alone must match. Port 0 (any port) matches

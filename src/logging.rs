@@ -163,6 +163,25 @@ impl Drop for Logging {
     }
 }
 
+/// Waits, at most `wait`, until the writer thread has taken every line
+/// queued so far. For `hotsup upgrade --self` just before `execve`, which
+/// ends that thread with whatever it had not written: a bounded wait at a
+/// moment when the loop stops anyway.
+pub fn drain_queue(wait: Duration) {
+    let deadline = Instant::now() + wait;
+    loop {
+        let full = QUEUE
+            .get()
+            .map_or(0, |q| q.error_counter().dropped_lines() as u64);
+        if HANDLED.load(Ordering::SeqCst) + full >= SUBMITTED.load(Ordering::SeqCst)
+            || Instant::now() >= deadline
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// Writes `hotsup: MSG` on stderr: through the writer thread once logging
 /// runs, so that it cannot block the supervisor; directly before that. It
 /// never fails: there is nowhere left to report a failure to.

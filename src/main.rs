@@ -10,8 +10,8 @@ use clap::Parser;
 use hotsup::cli::{self, Cli, Command, RunArgs};
 use hotsup::listeners::{self, BindOptions};
 use hotsup::{
-    child, client, config, control, handoff, identity, logging, notify, reload, settings, signals,
-    supervisor, watch,
+    child, client, config, control, handoff, identity, lifecycle, logging, notify, reload,
+    settings, signals, state, supervisor, watch,
 };
 
 const EXIT_RUNTIME: u8 = 1;
@@ -24,6 +24,11 @@ fn main() -> ExitCode {
     if argv.get(1).is_some_and(|a| a == child::EXEC_LISTEN_PID) {
         child::exec_listen_pid(&argv[2..]);
     }
+    // SAFETY: first thing in main, with no other thread yet.
+    let inherited = unsafe { state::take_env_fd() };
+    if argv.get(1).is_some_and(|a| a == state::CHECK_COMMAND) {
+        return ExitCode::from(self_check());
+    }
     close_inherited_fds_on_exec();
     let cli = match Cli::try_parse_from(&argv) {
         Ok(cli) => cli,
@@ -33,11 +38,22 @@ fn main() -> ExitCode {
         Command::Run(args) => {
             let log = logging::init(cli.verbose, cli.quiet, cli.log_format);
             let separated = separated_by_dashes(&argv, &args.command);
+            let inherited = match inherited.map(|r| r.and_then(state::read)) {
+                None => None,
+                Some(Ok(st)) => Some(st),
+                // Past the exec: nothing to go back to.
+                Some(Err(e)) => {
+                    drop(log);
+                    return ExitCode::from(runtime_failure(format!(
+                        "cannot take over from the hotsup that exec'd this one: {e}"
+                    )));
+                }
+            };
             let code = match with_config(*args, &argv) {
                 Ok((args, reload)) => {
                     // COMMAND from the file is its own: nothing misplaced.
                     let separated = separated || reload.is_some();
-                    run(args, reload, separated, cli.log_format)
+                    run(args, reload, separated, cli.log_format, inherited)
                 }
                 Err(e) => usage(e),
             };
@@ -48,8 +64,16 @@ fn main() -> ExitCode {
         Command::Generate { what } => ExitCode::from(generate(what)),
         Command::Upgrade {
             target,
+            self_: true,
+            binary,
+            timeout,
+            ..
+        } => ExitCode::from(client::self_upgrade(&target, binary, timeout)),
+        Command::Upgrade {
+            target,
             no_wait,
             timeout,
+            ..
         } => ExitCode::from(client::upgrade(&target, no_wait, timeout)),
         Command::Rollback { target, timeout } => ExitCode::from(client::rollback(&target, timeout)),
         Command::Status { target, json } => ExitCode::from(client::status(&target, json)),
@@ -219,6 +243,7 @@ fn run(
     reload: Option<reload::Reload>,
     separated: bool,
     log_format: cli::LogFormat,
+    inherited: Option<state::State>,
 ) -> u8 {
     let Some((program, rest)) = args.command.split_first() else {
         return usage(
@@ -229,17 +254,29 @@ fn run(
     // From here on, a SIGTERM must run hotsup's shutdown, not kill it before
     // its handlers exist.
     signals::hold();
-    // Sockets handed to hotsup itself by socket activation come first.
-    let adopted = match listeners::adopt_activated() {
-        Ok(a) => a,
-        Err(e) => return runtime_failure(format!("socket activation: {e}")),
+    // Sockets handed to hotsup itself by socket activation come first;
+    // after a self-upgrade, the old process's are all there is.
+    let adopted = match &inherited {
+        Some(st) => match listeners::Listener::adopt_all(&st.listeners) {
+            Ok(l) => l,
+            Err(e) => return runtime_failure(format!("self-upgrade: {e}")),
+        },
+        None => match listeners::adopt_activated() {
+            Ok(a) => a,
+            Err(e) => return runtime_failure(format!("socket activation: {e}")),
+        },
     };
+    let taking_over = inherited.is_some();
     // Ours from systemd's fd store (hotsup died, systemd kept the sockets)
     // apart from those a .socket unit passes.
-    let (mut stored, adopted) = hotsup::fdstore::split(adopted);
+    let (mut stored, adopted) = if taking_over {
+        (Vec::new(), adopted)
+    } else {
+        hotsup::fdstore::split(adopted)
+    };
     let fd_store = hotsup::fdstore::FdStore::detect(args.fd_store);
     let taken: Vec<String> = adopted.iter().map(|l| l.info.name.clone()).collect();
-    if let Err(e) = listeners::name_all(&args.listen, &taken) {
+    if !taking_over && let Err(e) = listeners::name_all(&args.listen, &taken) {
         return usage(e);
     }
     if adopted.is_empty() && args.listen.is_empty() {
@@ -260,9 +297,10 @@ fn run(
             "--watch: this hotsup was built without watch mode; build it with the `watch` feature (cargo install --path . --features watch)",
         );
     }
-    // With --watch --build, the first build may be what creates COMMAND.
+    // With --watch --build, the first build may be what creates COMMAND;
+    // after a self-upgrade, the pinned executables are what runs.
     if let Err(e) = child::resolve(program)
-        && !(watching && args.build.is_some())
+        && !(taking_over || watching && args.build.is_some())
     {
         return usage(e);
     }
@@ -275,11 +313,15 @@ fn run(
         Ok(id) => id,
         Err(e) => return usage(e),
     };
-    let derived =
-        match settings::derive(&args, identity.as_ref(), adopted.len() + args.listen.len()) {
-            Ok(d) => d,
-            Err(e) => return usage(e),
-        };
+    let listener_count = if taking_over {
+        adopted.len()
+    } else {
+        adopted.len() + args.listen.len()
+    };
+    let derived = match settings::derive(&args, identity.as_ref(), listener_count) {
+        Ok(d) => d,
+        Err(e) => return usage(e),
+    };
     let exec = &derived.launch.exec;
     // Logged once every check passed, so that a usage error stays one line.
     if let Some(id) = &identity {
@@ -298,8 +340,12 @@ fn run(
         );
     }
     // Many listeners need many fds; the hard limit is ours to take. The
-    // children get back the soft limit hotsup started with.
-    let original_nofile = hotsup_os::raise_nofile_limit().before;
+    // children get back the soft limit hotsup started with (which, after a
+    // self-upgrade, the old process had raised already).
+    let original_nofile = match &inherited {
+        Some(st) => st.child_nofile,
+        None => hotsup_os::raise_nofile_limit().before,
+    };
     let opts = BindOptions {
         backlog: args.backlog,
         reuseport: args.reuseport,
@@ -311,7 +357,8 @@ fn run(
     let mut bound = adopted;
     let reusing =
         |spec: &listeners::ListenSpec, name: &str| hotsup::fdstore::take(&mut stored, spec, name);
-    match listeners::bind_all_reusing(&args.listen, &taken, &opts, reusing) {
+    let to_bind: &[listeners::ListenSpec] = if taking_over { &[] } else { &args.listen };
+    match listeners::bind_all_reusing(to_bind, &taken, &opts, reusing) {
         Ok(b) => {
             for (mut l, reused) in b {
                 match (&fd_store, reused) {
@@ -335,7 +382,7 @@ fn run(
         }
         tracing::info!(name = %l.info.name, address = %l.info.address, "fd_store_dropped");
     }
-    for l in &bound {
+    for l in bound.iter().filter(|_| !taking_over) {
         tracing::info!(name = %l.info.name, kind = %l.info.kind, address = %l.info.address, "listening");
     }
     let livereload = match args.livereload.map(std::net::TcpListener::bind) {
@@ -362,7 +409,19 @@ fn run(
         Ok(o) => o,
         Err(e) => return runtime_failure(format!("cannot describe listeners: {e}")),
     };
-    let cgroups = match hotsup::cgroup::Cgroups::detect(args.cgroup) {
+    let cgroups = match inherited.as_ref().map(|st| st.cgroups.as_ref()) {
+        Some(None) => Ok(None),
+        Some(Some(c)) => match hotsup::cgroup::Cgroups::adopt(c) {
+            Ok(c) => Ok(Some(c)),
+            Err(e) => {
+                tracing::warn!(reason = %e, "self_upgrade_lost_cgroups");
+                Ok(None)
+            }
+        },
+        None => hotsup::cgroup::Cgroups::detect(args.cgroup),
+    };
+    let cgroups = match cgroups {
+        Ok(Some(c)) if taking_over => Some(c),
         Ok(Some(c)) => {
             tracing::info!(
                 base = %c.base().display(),
@@ -385,7 +444,36 @@ fn run(
     {
         return runtime_failure(format!("cannot become a child subreaper: {e}"));
     }
+    // Resolved once: a package upgrade replaces the file at this path, and
+    // /proc/self/exe then names the deleted old one.
+    let install_path = match &inherited {
+        Some(st) => st.install_path.to_path(),
+        None => std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into()),
+    };
+    let unsupported = if watching {
+        Some("watch mode (--watch) does not self-upgrade: restart it".to_string())
+    } else if reload.is_some() {
+        Some(
+            "this version does not self-upgrade a hotsup run with --config (each generation's \
+             launch and listeners are not in the handed-over state yet): restart it"
+                .to_string(),
+        )
+    } else {
+        None
+    };
+    let selfup = supervisor::Setup {
+        argv: inherited
+            .as_ref()
+            .map(|st| st.argv.iter().map(state::Os::to_os).collect())
+            .unwrap_or_else(|| std::env::args_os().collect()),
+        binary: state::Binary::current(&install_path),
+        install_path,
+        count: inherited.as_ref().map_or(0, |st| st.self_upgrades + 1),
+        control: None,
+        unsupported,
+    };
     let cfg = supervisor::Config {
+        selfup: Some(selfup),
         reload,
         fd_store,
         notify: None,
@@ -416,6 +504,7 @@ fn run(
         .enable_all()
         .max_blocking_threads(1)
         .thread_keep_alive(std::time::Duration::from_secs(1))
+        .on_thread_start(signals::hold_in_this_thread)
         .build()
     {
         Ok(rt) => rt,
@@ -426,9 +515,14 @@ fn run(
             .identity
             .as_ref()
             .map(|i| (i.uid.unwrap_or_else(rustix::process::geteuid), i.gid));
-        let notify = notify::ChildNotify::create(owner)
-            .map_err(|e| format!("cannot create the children's NOTIFY_SOCKET directory: {e}"))?;
-        tracing::info!(path = %notify.dir().display(), "notify_dir");
+        let notify = match inherited.as_ref().and_then(|st| st.notify_dir.as_ref()) {
+            Some(dir) => notify::ChildNotify::adopt(dir.to_path(), owner),
+            None => notify::ChildNotify::create(owner),
+        }
+        .map_err(|e| format!("cannot create the children's NOTIFY_SOCKET directory: {e}"))?;
+        if !taking_over {
+            tracing::info!(path = %notify.dir().display(), "notify_dir");
+        }
         let watch = watch_cfg.map(watch::Watch::new).transpose()?;
         let cfg = supervisor::Config {
             notify: Some(notify),
@@ -437,9 +531,22 @@ fn run(
         };
         let (control_tx, control_rx) = tokio::sync::mpsc::unbounded_channel();
         let (feed, _) = tokio::sync::broadcast::channel(control::EVENT_BACKLOG);
-        let metrics = match metrics_addr {
-            None => None,
-            Some(addr) => {
+        let inherited_metrics = inherited.as_ref().and_then(|st| st.metrics);
+        let metrics = match (metrics_addr, inherited_metrics) {
+            (None, _) => None,
+            (Some(addr), Some(fd)) => {
+                let served = state::adopt_fd(fd, "--metrics")
+                    .map(std::net::TcpListener::from)
+                    .and_then(|l| hotsup::metrics::Metrics::serve_on(l).map_err(|e| e.to_string()));
+                match served {
+                    Ok((m, _)) => Some(m),
+                    Err(e) => {
+                        tracing::warn!(address = %addr, error = %e, "self_upgrade_lost_metrics");
+                        None
+                    }
+                }
+            }
+            (Some(addr), None) => {
                 let (m, bound) = hotsup::metrics::Metrics::serve(addr)
                     .map_err(|e| format!("cannot serve --metrics {addr}: {e}"))?;
                 tracing::info!(address = %bound, "metrics");
@@ -449,9 +556,18 @@ fn run(
         let cfg = supervisor::Config { metrics, ..cfg };
         // An explicit --control must work; the default one is a convenience
         // that must not stop a supervisor from starting.
-        let control = match control::Server::bind(&control_path) {
+        let server = match inherited.as_ref().and_then(|st| st.control.as_ref()) {
+            Some(c) => control::Server::adopt(c).map_err(|e| control::ControlError::Io {
+                path: c.file.path.to_path().display().to_string(),
+                source: std::io::Error::other(e),
+            }),
+            None => control::Server::bind(&control_path),
+        };
+        let control = match server {
             Ok(mut server) => {
-                tracing::info!(path = %server.path.display(), "control_socket");
+                if !taking_over {
+                    tracing::info!(path = %server.path.display(), "control_socket");
+                }
                 server.spawn(control_tx, feed.clone());
                 Some(server)
             }
@@ -461,9 +577,20 @@ fn run(
                 None
             }
         };
+        let mut cfg = cfg;
+        if let Some(setup) = cfg.selfup.as_mut() {
+            setup.control = control.as_ref().map(control::Server::to_state);
+        }
         // Start-up is over: what it alone used need not stay resident.
         hotsup::resident::release_startup_pages();
-        let code = supervisor::Supervisor::new(cfg, derived, outbox, control_rx, feed)
+        let sup = match inherited {
+            Some(st) => supervisor::Supervisor::adopt(cfg, derived, outbox, control_rx, feed, st)
+                .map_err(|e| {
+                format!("cannot take over from the hotsup that exec'd this one: {e}")
+            })?,
+            None => supervisor::Supervisor::new(cfg, derived, outbox, control_rx, feed),
+        };
+        let code = sup
             .run()
             .await
             .map_err(|e| format!("cannot install signal handlers: {e}"))?;
@@ -477,6 +604,56 @@ fn run(
         Ok(code) => code,
         Err(e) => runtime_failure(e),
     }
+}
+
+/// `hotsup __self-check`, run by a hotsup about to exec this binary: reads
+/// its state from stdin and says whether this binary can take it over,
+/// without touching anything: the document (its format first), the command
+/// line, the children's settings (`--user`, `--env-file`, ...) and the
+/// lifecycle state. Prints `hotsup VERSION` and exits 0, or the reason and
+/// exits 1.
+fn self_check() -> u8 {
+    let answer = |line: String, code: u8| {
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), "{line}");
+        code
+    };
+    let st = match std::os::fd::AsFd::as_fd(&std::io::stdin())
+        .try_clone_to_owned()
+        .map_err(state::StateError::from)
+        .and_then(state::read)
+    {
+        Ok(st) => st,
+        Err(e) => return answer(e.to_string(), 1),
+    };
+    let argv: Vec<std::ffi::OsString> = st.argv.iter().map(state::Os::to_os).collect();
+    let args = match Cli::try_parse_from(&argv).map(|c| c.command) {
+        Ok(Command::Run(args)) => args,
+        Ok(_) => return answer("the state's command line is not `hotsup run`".into(), 1),
+        Err(e) => {
+            return answer(
+                format!(
+                    "this hotsup does not accept the running one's options: {}",
+                    one_line(&e.render().to_string(), "hotsup run")
+                ),
+                1,
+            );
+        }
+    };
+    if !args.watch.is_empty() || args.config.is_some() {
+        return answer("watch mode and --config do not self-upgrade".into(), 1);
+    }
+    let derived = resolve_identity(&args)
+        .and_then(|id| settings::derive(&args, id.as_ref(), st.listeners.len()));
+    let derived = match derived {
+        Ok(d) => d,
+        Err(e) => return answer(e, 1),
+    };
+    let now = std::time::Instant::now();
+    if let Err(e) = lifecycle::Core::import(derived.policy, &st.core, now) {
+        return answer(e.to_string(), 1);
+    }
+    answer(format!("hotsup {}", env!("CARGO_PKG_VERSION")), 0)
 }
 
 /// `--user`/`--group`, resolved and checked before anything is bound: an

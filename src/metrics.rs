@@ -54,6 +54,9 @@ pub struct Metrics {
     ready_seconds: Histogram,
     drain_seconds: Histogram,
     present: Arc<Mutex<Present>>,
+    /// The listening socket's number, owned by the accept task: what a
+    /// self-upgrade hands over.
+    fd: std::os::fd::RawFd,
 }
 
 /// What the HTTP task needs: the registry and the present state.
@@ -74,8 +77,14 @@ impl Metrics {
     /// Binds `addr` and serves `/metrics` from a task. Must run inside the
     /// runtime.
     pub fn serve(addr: SocketAddr) -> std::io::Result<(Metrics, SocketAddr)> {
-        let std_listener = std::net::TcpListener::bind(addr)?;
+        Metrics::serve_on(std::net::TcpListener::bind(addr)?)
+    }
+
+    /// Serves `/metrics` on a listener already bound: by [`Metrics::serve`],
+    /// or by the hotsup that exec'd this one (`hotsup upgrade --self`).
+    pub fn serve_on(std_listener: std::net::TcpListener) -> std::io::Result<(Metrics, SocketAddr)> {
         std_listener.set_nonblocking(true)?;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&std_listener);
         let bound = std_listener.local_addr()?;
         let listener = tokio::net::TcpListener::from_std(std_listener)?;
 
@@ -161,9 +170,15 @@ impl Metrics {
                 ready_seconds,
                 drain_seconds,
                 present,
+                fd,
             },
             bound,
         ))
+    }
+
+    /// The listening socket, for `hotsup upgrade --self`.
+    pub fn listener_fd(&self) -> std::os::fd::RawFd {
+        self.fd
     }
 
     /// Observes the durations an event tells.

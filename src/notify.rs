@@ -31,7 +31,8 @@ pub const MAX_DATAGRAM: usize = 8192;
 /// its cgroup, or without cgroups its process group), so a process of
 /// another generation that learned the path cannot speak for this one.
 pub struct ChildNotify {
-    dir: tempfile::TempDir,
+    /// Removed with its contents on drop.
+    dir: PathBuf,
     /// `--user`: who owns the sockets.
     child: Option<(Uid, Gid)>,
 }
@@ -75,20 +76,34 @@ impl ChildNotify {
             rustix::fs::chown(dir.path(), None, Some(gid))?;
             std::fs::set_permissions(dir.path(), Permissions::from_mode(0o710))?;
         }
+        // Removed by our Drop instead: a directory adopted after a
+        // self-upgrade has no TempDir.
+        Ok(ChildNotify {
+            dir: dir.keep(),
+            child,
+        })
+    }
+
+    /// The directory of the hotsup that exec'd this one
+    /// (`hotsup upgrade --self`), with the sockets of the live workers.
+    pub fn adopt(dir: PathBuf, child: Option<(Uid, Gid)>) -> std::io::Result<ChildNotify> {
+        if !std::fs::symlink_metadata(&dir)?.is_dir() {
+            return Err(std::io::Error::other(format!(
+                "{} is not a directory",
+                dir.display()
+            )));
+        }
         Ok(ChildNotify { dir, child })
     }
 
     pub fn dir(&self) -> &Path {
-        self.dir.path()
+        &self.dir
     }
 
     /// Binds the socket of one worker, with `SO_PASSCRED` set before any
     /// child can know it, so every datagram arrives with its sender's pid.
     pub fn bind(&self, generation: u64, slot: u32, seq: u64) -> std::io::Result<WorkerSocket> {
-        let path = self
-            .dir
-            .path()
-            .join(format!("notify-{generation}.{slot}.{seq}"));
+        let path = self.dir.join(format!("notify-{generation}.{slot}.{seq}"));
         // A leftover of a worker that failed to spawn.
         let _ = std::fs::remove_file(&path);
         let sock = UnixDatagram::bind(&path)?;
@@ -119,6 +134,30 @@ impl ChildNotify {
 pub struct WorkerSocket {
     pub path: PathBuf,
     socket: AsyncFd<OwnedFd>,
+}
+
+impl Drop for ChildNotify {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl WorkerSocket {
+    /// Its number, for `hotsup upgrade --self` (the relay task owns it).
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(self.socket.get_ref())
+    }
+
+    /// A worker's socket handed over by the hotsup that exec'd this one.
+    /// Must run inside the runtime.
+    pub fn adopt(fd: OwnedFd, path: PathBuf) -> std::io::Result<WorkerSocket> {
+        rustix::io::ioctl_fionbio(&fd, true)?;
+        // SAFETY: an OwnedFd stays open and keeps its number until the
+        // AsyncFd that owns it drops it.
+        let socket = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
+            .map_err(std::io::Error::from)?;
+        Ok(WorkerSocket { path, socket })
+    }
 }
 
 impl Drop for WorkerSocket {
@@ -187,6 +226,14 @@ impl Default for Strangers {
 }
 
 impl Strangers {
+    /// Counting on from `total`, the count of the hotsup that exec'd this
+    /// one.
+    pub fn starting_at(total: u64) -> Strangers {
+        let s = Strangers::default();
+        s.total.store(total, Ordering::Relaxed);
+        s
+    }
+
     pub fn total(&self) -> u64 {
         self.total.load(Ordering::Relaxed)
     }

@@ -123,6 +123,45 @@ impl Pinned {
     pub fn is_script(&self) -> bool {
         self.script
     }
+
+    /// This pin as `hotsup upgrade --self` hands it over; its `O_PATH` fd
+    /// must survive the exec (a replaced binary lives on only through it).
+    pub fn to_state(&self, id: u64) -> crate::state::PinState {
+        crate::state::PinState {
+            id,
+            fd: self.fd.as_raw_fd(),
+            path: crate::state::Os::new(self.path.as_os_str()),
+            dev: self.dev,
+            inode: self.ino,
+            script: self.script,
+        }
+    }
+
+    /// Takes over a pin of the hotsup that exec'd this one. The fd must be
+    /// the very file the state names.
+    pub fn adopt(st: &crate::state::PinState) -> Result<Pinned, String> {
+        let fd = crate::state::adopt_fd(st.fd, "a pinned executable")?;
+        match rustix::fs::fstat(&fd) {
+            Ok(s) if (s.st_dev, s.st_ino) == (st.dev, st.inode) => {}
+            _ => {
+                // Not the file described: not ours to close either.
+                std::mem::forget(fd);
+                return Err(format!(
+                    "fd {} is not the pinned {}",
+                    st.fd,
+                    st.path.to_path().display()
+                ));
+            }
+        }
+        Ok(Pinned {
+            fd_path: PathBuf::from(format!("/proc/self/fd/{}", st.fd)),
+            fd,
+            path: st.path.to_path(),
+            dev: st.dev,
+            ino: st.inode,
+            script: st.script,
+        })
+    }
 }
 
 #[cfg(test)]

@@ -28,6 +28,15 @@ pub fn release() {
     crate::sys::mask_signals(&HANDLED, false);
 }
 
+/// Blocks every handled signal in the calling thread for its whole life:
+/// for the runtime's blocking-pool thread, so that hotsup's signals reach
+/// the loop's thread only. Otherwise one sent while the loop's thread holds
+/// them (across the `execve` of `hotsup upgrade --self`) would go to that
+/// thread, whose handler would take it, and the exec would lose it.
+pub fn hold_in_this_thread() {
+    crate::sys::mask_signals(&HANDLED, true);
+}
+
 /// A signal's conventional name (`SIGTERM`), or `signal N`.
 pub fn name(raw: i32) -> String {
     hotsup_os::signals::name(raw).map_or_else(|| format!("signal {raw}"), str::to_string)

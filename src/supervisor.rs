@@ -36,6 +36,9 @@ use crate::pinned::Pinned;
 use crate::reload::{Prepared, Reload};
 use crate::settings::{Derived, Launch};
 
+mod selfup;
+pub use selfup::{CHECK_TIMEOUT, Setup};
+
 /// Channel events waiting for the loop; a child that floods its channel is
 /// slowed down by this bound instead of growing the supervisor.
 const CHANNEL_QUEUE: usize = 64;
@@ -67,6 +70,8 @@ pub struct Config {
     pub identity: Option<crate::identity::Identity>,
     /// `--watch`: the development loop; `None` (nothing at all) otherwise.
     pub watch: Option<crate::watch::Watch>,
+    /// `hotsup upgrade --self`.
+    pub selfup: Option<Setup>,
 }
 
 /// A live worker's resources.
@@ -75,6 +80,8 @@ struct WorkerHandle {
     task: Option<JoinHandle<()>>,
     /// Reads its `NOTIFY_SOCKET`; aborting it closes and removes the socket.
     notify_task: Option<JoinHandle<()>>,
+    /// Its notify socket's fd (the task owns it) and path.
+    notify: Option<(std::os::fd::RawFd, std::path::PathBuf)>,
     cgroup: Option<GenCgroup>,
 }
 
@@ -139,6 +146,7 @@ pub struct Supervisor {
     /// here too.
     aux: crate::aux::AuxProcesses,
     hooks: crate::hooks::Hooks,
+    selfup: selfup::SelfUp,
 }
 
 impl Supervisor {
@@ -154,6 +162,7 @@ impl Supervisor {
         let (chan_tx, chan_rx) = mpsc::channel(CHANNEL_QUEUE);
         let (notify_tx, notify_rx) = mpsc::channel(NOTIFY_QUEUE);
         let watch = cfg.watch.take();
+        let selfup = selfup::SelfUp::new(cfg.selfup.take());
         let reloading = cfg.reload.take().map(|reload| Reloading {
             reload,
             task: None,
@@ -192,6 +201,7 @@ impl Supervisor {
             watch,
             aux: crate::aux::AuxProcesses::default(),
             hooks,
+            selfup,
         }
     }
 
@@ -224,8 +234,10 @@ impl Supervisor {
         });
 
         crate::signals::release();
-        // With `--watch --build`, the first good build starts it.
-        if self
+        if self.selfup.adopted {
+            // Children that exited during the exec wait as zombies.
+            self.reap();
+        } else if self
             .watch
             .as_mut()
             .is_none_or(crate::watch::Watch::starts_at_once)
@@ -268,6 +280,10 @@ impl Supervisor {
                 }
                 () = sleep_until(self.hooks.next_deadline()) => self.hooks.expire(&self.aux),
                 input = crate::watch::next(&mut self.watch, &mut self.aux) => self.feed(input),
+                next = self.selfup.next() => match next {
+                    selfup::Next::CheckTimedOut => self.self_check_timed_out(),
+                    selfup::Next::Exec => self.exec_self(),
+                },
                 read = config_read(&mut self.reloading) => self.on_config_read(read),
             }
         }
@@ -628,6 +644,7 @@ impl Supervisor {
             notify = socket.as_ref().map(|s| s.path.display().to_string()),
             "exec"
         );
+        let notify_fd = socket.as_ref().map(|s| (s.raw_fd(), s.path.clone()));
         let notify_task = socket.map(|sock| {
             let owner = notify::Owner {
                 pid,
@@ -644,6 +661,7 @@ impl Supervisor {
         let mut handle = WorkerHandle {
             channel: None,
             task: None,
+            notify: notify_fd,
             notify_task,
             cgroup,
         };
@@ -1063,6 +1081,10 @@ impl Supervisor {
                             crate::aux::AuxKind::Build => {
                                 crate::watch::aux_exited(&mut self.watch, &exit)
                             }
+                            crate::aux::AuxKind::SelfCheck => {
+                                self.self_check_exited(&exit);
+                                None
+                            }
                             _ => self.hooks.reaped(&exit),
                         };
                         if let Some(input) = input {
@@ -1145,6 +1167,7 @@ impl Supervisor {
                     .reply
                     .send(Reply::error("events are streamed, not answered"));
             }
+            Request::SelfUpgrade { binary } => self.self_upgrade(binary, m.reply, m.written),
             Request::Scale { workers } => {
                 let t = self.ticket(m.reply);
                 self.feed(Input::Scale {
@@ -1232,6 +1255,7 @@ impl Supervisor {
             notify_dropped: self.strangers.total(),
             workers: snap.workers_target,
             log_lines_dropped: crate::logging::dropped_lines(),
+            binary: self.selfup.status(),
         }
     }
 }

@@ -707,7 +707,8 @@ pub async fn next(watch: &mut Option<Watch>, aux: &mut AuxProcesses) -> Input {
 pub fn aux_exited(watch: &mut Option<Watch>, exit: &AuxExit) -> Option<Input> {
     match exit.kind {
         AuxKind::Build => watch.as_mut()?.build_exited(exit),
-        // The hooks' (crate::hooks), routed by the supervisor.
+        // The hooks' (crate::hooks) and the self-upgrade's check, routed
+        // by the supervisor.
         _ => None,
     }
 }

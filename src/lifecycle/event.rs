@@ -3,7 +3,7 @@
 //! `hotsup events` clients; tests and tools match on names and fields, never
 //! on wording.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::outcome::{ExitInfo, FailureReason, ReadyVia};
 
@@ -17,7 +17,7 @@ pub enum Level {
 }
 
 /// Why a generation was started.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Origin {
     /// The first generation.

@@ -1815,6 +1815,173 @@ fn a_probe_that_never_succeeds_fails_the_upgrade_with_its_last_answer() {
     assert!(!events(&fx).contains(&"ready"));
 }
 
+// ----- export and import (`hotsup upgrade --self`) -----
+
+impl Harness {
+    /// A harness in the same place whose core went through export, JSON
+    /// and import, as across a self-upgrade's exec.
+    fn twin(&self) -> Harness {
+        let image = self.core.export(self.now);
+        let json = serde_json::to_string(&image).expect("serialize the image");
+        let back: CoreImage = serde_json::from_str(&json).expect("parse the image");
+        assert_eq!(back, image, "the image changed through JSON");
+        let core = Core::import(self.core.policy.clone(), &back, self.now).expect("import");
+        // Lossless: exporting the imported core gives the same image.
+        assert_eq!(core.export(self.now), image);
+        Harness {
+            core,
+            now: self.now,
+            next_pid: self.next_pid,
+            fail_spawns: self.fail_spawns,
+            log: Vec::new(),
+            exes: self.exes.clone(),
+            next_ticket: self.next_ticket,
+        }
+    }
+}
+
+/// Plays the same inputs on `h` and on its twin through export and import:
+/// every effect, and the state after, must be the same.
+fn same_after_import(h: &mut Harness, steps: impl Fn(&mut Harness) -> Vec<Effect>) {
+    let mut twin = h.twin();
+    assert_eq!(twin.core.next_deadline(), h.core.next_deadline());
+    assert_eq!(twin.core.busy_for_handover(), h.core.busy_for_handover());
+    let want = steps(h);
+    let got = steps(&mut twin);
+    assert!(!want.is_empty(), "the steps did nothing");
+    assert_eq!(got, want);
+    assert_eq!(twin.core.export(twin.now), h.core.export(h.now));
+}
+
+#[test]
+fn a_worker_mid_drain_carries_on_after_import() {
+    let mut h = Harness::serving(policy());
+    h.upgrade();
+    h.ready(2);
+    assert_eq!(h.phase(1), Some("draining"));
+    assert_eq!(h.core.busy_for_handover(), None);
+    // The drain deadline falls due while the new binary starts, then the
+    // old generation is reaped.
+    same_after_import(&mut h, |h| {
+        let mut fx = h.advance(Duration::from_secs(31));
+        fx.extend(h.exit(1, ExitInfo::killed(9)));
+        fx
+    });
+    assert_eq!(h.phase(1), None);
+}
+
+#[test]
+fn probation_with_a_paused_standby_carries_on_after_import() {
+    let mut h = Harness::serving(probation());
+    h.v2(1);
+    h.upgrade();
+    h.ready(2);
+    assert_eq!(h.phase(1), Some("standby"));
+    assert_eq!(h.core.busy_for_handover(), Some(Busy::Probation(2)));
+    // A crash on probation resumes the paused standby...
+    same_after_import(&mut h, |h| {
+        h.now += Duration::from_millis(700);
+        h.exit(2, ExitInfo::exited(4))
+    });
+    assert_eq!(h.phase(1), Some("serving"));
+
+    // ...and probation that passes drains it.
+    let mut h = Harness::serving(probation());
+    h.v2(1);
+    h.upgrade();
+    h.ready(2);
+    same_after_import(&mut h, |h| h.advance(Duration::from_secs(5)));
+}
+
+#[test]
+fn a_pending_backoff_carries_on_after_import() {
+    let mut h = Harness::serving(policy());
+    let fx = h.exit(1, CRASH);
+    assert_eq!(restart_delay(&fx), Some(100));
+    assert_eq!(h.core.busy_for_handover(), None);
+    same_after_import(&mut h, |h| {
+        let mut fx = h.advance(Duration::from_millis(100));
+        fx.extend(h.ready(2));
+        fx
+    });
+}
+
+#[test]
+fn pools_canaries_and_settling_carry_on_after_import() {
+    let mut h = Harness::new(Policy {
+        canary: Some(Duration::from_secs(3)),
+        rollout_batch: Some(1),
+        ready_settle: Some(Duration::from_millis(200)),
+        max_worker_age: Some(Duration::from_secs(600)),
+        ..pool(3)
+    });
+    h.feed(Input::Start);
+    h.ready_all(1);
+    h.advance(Duration::from_millis(200));
+    assert_eq!(h.phase(1), Some("serving"));
+    h.upgrade();
+    // The canary is settling.
+    let canary = h.ws(2, 0);
+    h.feed(Input::Worker {
+        worker: canary,
+        event: WorkerEvent::Ready(ReadyVia::Notify),
+    });
+    assert!(matches!(
+        h.core.busy_for_handover(),
+        Some(Busy::Upgrading(2))
+    ));
+    same_after_import(&mut h, |h| {
+        let mut fx = h.advance(Duration::from_millis(200));
+        fx.extend(h.advance(Duration::from_secs(3)));
+        fx
+    });
+    // A slot restart of a serving pool.
+    let mut h = Harness::new(pool(2));
+    h.feed(Input::Start);
+    h.ready_all(1);
+    let w = h.ws(1, 1);
+    let pid = h.pid_of(w);
+    h.feed(Input::Exited { pid, status: CRASH });
+    assert_eq!(h.core.busy_for_handover(), None);
+    same_after_import(&mut h, |h| h.until_deadline());
+    assert!(matches!(
+        h.core.busy_for_handover(),
+        Some(Busy::WorkerStarting {
+            generation: 1,
+            slot: 1
+        })
+    ));
+}
+
+#[test]
+fn a_shutting_down_core_is_busy_and_inconsistent_images_are_refused() {
+    let mut h = Harness::serving(policy());
+    h.term();
+    assert_eq!(h.core.busy_for_handover(), Some(Busy::ShuttingDown));
+    same_after_import(&mut h, |h| h.exit(1, CLEAN));
+
+    let h = Harness::serving(policy());
+    let good = h.core.export(h.now);
+    let import = |image: &CoreImage| Core::import(policy(), image, h.now);
+    assert!(import(&good).is_ok());
+    let mut bad = good.clone();
+    bad.next_generation = 1;
+    assert!(import(&bad).is_err());
+    let mut bad = good.clone();
+    bad.pins.clear();
+    assert!(import(&bad).is_err());
+    let mut bad = good.clone();
+    bad.generations[0].workers[0].id.generation = 7;
+    assert!(import(&bad).is_err());
+    let mut bad = good.clone();
+    bad.generations[0].workers[0].pid = Some(0);
+    assert!(import(&bad).is_err());
+    // A field this version does not know is refused, not dropped.
+    let mut json: serde_json::Value = serde_json::to_value(&good).unwrap();
+    json["generations"][0]["quota"] = serde_json::json!(3);
+    assert!(serde_json::from_value::<CoreImage>(json).is_err());
+}
+
 /// A config file read at an upgrade: the new rules hold from the upgrade
 /// on, for the old generation's drain as for the new generation's size.
 #[test]

@@ -162,6 +162,7 @@ fn status_json_has_a_stable_schema() {
         "previous_good",
         "workers",
         "log_lines_dropped",
+        "binary",
     ];
     expected.sort();
     let mut got = keys.clone();
@@ -169,6 +170,9 @@ fn status_json_has_a_stable_schema() {
     assert_eq!(got, expected);
     assert!(v["pid"].is_i64() && v["uptime_ms"].is_u64() && v["restarts"].is_u64());
     assert_eq!(v["log_lines_dropped"], 0, "stderr is read: nothing dropped");
+    // Which binary runs (`hotsup upgrade --self`).
+    assert!(v["binary"]["path"].is_string() && v["binary"]["build"].is_string());
+    assert_eq!(v["binary"]["self_upgrades"], 0);
     assert_eq!(v["listeners"][0]["name"], "http");
     assert_eq!(v["listeners"][0]["kind"], "tcp");
     assert!(

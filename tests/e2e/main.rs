@@ -22,6 +22,7 @@ mod probation;
 mod recipes;
 mod reliability_log;
 mod rollback;
+mod self_upgrade;
 mod sysd;
 mod systemd;
 mod systemd_real;

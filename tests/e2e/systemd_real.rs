@@ -442,3 +442,50 @@ fn a_killed_hotsup_comes_back_on_the_same_sockets_and_refuses_no_connection() {
         gaps[gaps.len() / 2].as_millis()
     );
 }
+
+#[test]
+fn a_self_upgrade_after_a_package_upgrade_keeps_the_main_pid_and_the_unit_active() {
+    let Some(g) = started(
+        "a_self_upgrade_after_a_package_upgrade_keeps_the_main_pid_and_the_unit_active",
+        |_| {},
+    ) else {
+        return;
+    };
+    let main = g.main_pid(UNIT);
+    let before = g.status();
+    let worker = before["serving"]["pid"].clone();
+    let traffic = g.in_netns(|| {
+        let t = Traffic::start(addr());
+        t.wait_ok(10);
+        t
+    });
+    // What a package's upgrade does to the file (a new inode renamed over
+    // the old), then what its postinst runs.
+    let replaced = g.exec(
+        "sh",
+        &[
+            "-c",
+            "cp /usr/bin/hotsup /usr/bin/hotsup.dpkg-new && mv /usr/bin/hotsup.dpkg-new /usr/bin/hotsup",
+        ],
+    );
+    assert!(replaced.status.success(), "{}", text(&replaced));
+    let up = g.hotsup(&["upgrade", "--self", "--name", "hotsup@app"]);
+    assert!(up.status.success(), "{}\n{}", text(&up), g.journal());
+    let after = g.status();
+    assert_eq!(after["binary"]["self_upgrades"], json!(1), "{after}");
+    assert_ne!(after["binary"]["build"], before["binary"]["build"]);
+    assert_eq!(after["serving"]["pid"], worker, "{after}");
+    assert_eq!(g.main_pid(UNIT), main, "MainPID changed");
+    assert_eq!(g.show(UNIT, "ActiveState"), "active");
+    assert_eq!(g.show(UNIT, "SubState"), "running");
+    assert_eq!(g.show(UNIT, "NRestarts"), "0");
+    traffic.wait_ok(10);
+    // systemd still talks to the same hotsup: a reload upgrades the app.
+    g.ok(&["reload", UNIT]);
+    assert_eq!(serving(&g), 2);
+    assert_eq!(g.main_pid(UNIT), main);
+    traffic.wait_ok(10);
+    assert_no_failures(&traffic.stop());
+    g.ok(&["stop", UNIT]);
+    assert_eq!(g.show(UNIT, "Result"), "success");
+}
