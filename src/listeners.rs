@@ -5,7 +5,6 @@ use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -816,8 +815,27 @@ fn clear_stale(spec: &ListenSpec, path: &Path) -> Result<(), BindError> {
             path: shown,
         });
     }
-    match UnixStream::connect(path) {
-        Ok(_) => Err(BindError::UnixInUse {
+    // Non-blocking: a blocking connect to a live listener whose backlog is
+    // full waits until it accepts, and this runs on the event loop when a
+    // config file adds a listener at an upgrade.
+    let probe = || -> io::Result<()> {
+        use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+        let fd = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+            None,
+        )?;
+        rustix::net::connect(&fd, &SocketAddrUnix::new(path)?)?;
+        Ok(())
+    };
+    match probe() {
+        // EAGAIN: someone listens there, with a full backlog.
+        Ok(()) => Err(BindError::UnixInUse {
+            spec: spec.raw.clone(),
+            path: shown,
+        }),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(BindError::UnixInUse {
             spec: spec.raw.clone(),
             path: shown,
         }),
@@ -988,5 +1006,44 @@ mod tests {
             name_all(&dup, &[]),
             Err(BindError::DuplicateName { .. })
         ));
+    }
+
+    /// A live listener whose backlog is full answers a blocking connect
+    /// only when it accepts: the probe must not wait for that.
+    #[test]
+    fn a_socket_file_whose_listener_is_full_is_in_use_at_once() {
+        use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("full.sock");
+        let listener = rustix::net::socket(AddressFamily::UNIX, SocketType::STREAM, None).unwrap();
+        let addr = SocketAddrUnix::new(&path).unwrap();
+        rustix::net::bind(&listener, &addr).unwrap();
+        rustix::net::listen(&listener, 0).unwrap();
+        // Fill the backlog with connections nobody accepts.
+        let mut held = Vec::new();
+        for _ in 0..64 {
+            let c = rustix::net::socket_with(
+                AddressFamily::UNIX,
+                SocketType::STREAM,
+                SocketFlags::NONBLOCK,
+                None,
+            )
+            .unwrap();
+            let full = rustix::net::connect(&c, &addr).is_err();
+            held.push(c);
+            if full {
+                break;
+            }
+        }
+        let spec = p(&format!("unix:{}", path.display())).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(clear_stale(&spec, &path));
+        });
+        let got = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("the probe blocked on a full backlog");
+        assert!(matches!(got, Err(BindError::UnixInUse { .. })), "{got:?}");
+        drop(listener);
     }
 }

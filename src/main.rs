@@ -378,7 +378,12 @@ fn run(
     // from the store.
     for l in stored.drain(..) {
         if let Some(store) = &fd_store {
+            // The removal is by name: a listener taken back under the same
+            // name (its address changed) is stored again.
             store.forget(&l.info.name);
+            for kept in bound.iter().filter(|b| b.info.name == l.info.name) {
+                store.keep(kept);
+            }
         }
         tracing::info!(name = %l.info.name, address = %l.info.address, "fd_store_dropped");
     }

@@ -813,7 +813,24 @@ impl Supervisor {
     /// A listener is about to close for good.
     fn closed(&mut self, l: &Listener) {
         if let Some(store) = &self.cfg.fd_store {
+            // FDSTOREREMOVE drops every fd stored under the name, and a
+            // listener that stays open may have the same name (a changed
+            // address, or names that moved): store those again.
             store.forget(&l.info.name);
+            let mut open: Vec<&Arc<Listener>> = Vec::new();
+            for o in std::iter::once(&self.outbox).chain(self.gen_outboxes.values()) {
+                for m in &o.listeners {
+                    if m.info.name == l.info.name
+                        && !std::ptr::eq(Arc::as_ptr(m), l)
+                        && !open.iter().any(|k| Arc::ptr_eq(k, m))
+                    {
+                        open.push(m);
+                    }
+                }
+            }
+            for m in open {
+                store.keep(m);
+            }
         }
         self.emit(Event::ListenerClosed {
             name: l.info.name.clone(),

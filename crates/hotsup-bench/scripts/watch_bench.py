@@ -50,7 +50,7 @@ hotsup-child = {{ path = "{repo}/crates/hotsup-child", features = ["tokio"] }}
 bytes = "1"
 http-body-util = "0.1"
 hyper = {{ version = "1", features = ["server", "http1"] }}
-hyper-util = {{ version = "0.1", features = ["tokio"] }}
+hyper-util = {{ version = "0.1", features = ["tokio", "server", "server-graceful", "http1"] }}
 tokio = {{ version = "1", features = ["full"] }}
 
 [workspace]
