@@ -772,16 +772,7 @@ impl Core {
                 failure,
                 serving,
             }));
-            if self.shutdown.is_none() {
-                let line = self.status_line();
-                if serving.is_some() {
-                    // The reload is over: the old generation serves on.
-                    fx.push(Effect::Manager(ManagerMessage::Ready(line)));
-                } else {
-                    fx.push(Effect::Manager(ManagerMessage::Status(line)));
-                }
-            }
-            self.after_attempt(now, fx);
+            self.attempt_failed(now, serving.is_some(), fx);
             return;
         }
         fx.push(Effect::Emit(Event::CheckPassed {
@@ -1640,7 +1631,7 @@ impl Core {
                 if self.pause_generation(now, p, fx) {
                     fallback = Fallback::Standby(p);
                 } else {
-                    self.drain_generation(now, p, fx);
+                    self.drain_generation(now, p, KillCause::Shutdown, fx);
                 }
             }
             self.enforce_max_draining(now, fx);
@@ -1669,7 +1660,7 @@ impl Core {
             g.role = Role::Serving { since: now };
         }
         for p in &previous {
-            self.drain_generation(now, *p, fx);
+            self.drain_generation(now, *p, KillCause::Shutdown, fx);
         }
         self.enforce_max_draining(now, fx);
         self.went_live(now, id, !previous.is_empty(), fx);
@@ -1774,7 +1765,7 @@ impl Core {
                 .get(&s)
                 .is_some_and(|g| matches!(g.role, Role::Standby { .. }))
         {
-            self.drain_generation(now, s, fx);
+            self.drain_generation(now, s, KillCause::Shutdown, fx);
             self.enforce_max_draining(now, fx);
         }
         self.went_live(now, id, true, fx);
@@ -2006,9 +1997,15 @@ impl Core {
                 return;
             }
         }
+        self.attempt_failed(now, serving.is_some(), fx);
+    }
+
+    /// After an attempt failed: tell the service manager the reload is over
+    /// (or what hotsup is doing), then carry on as after any attempt.
+    fn attempt_failed(&mut self, now: Instant, serving: bool, fx: &mut Vec<Effect>) {
         if self.shutdown.is_none() {
             let line = self.status_line();
-            if serving.is_some() {
+            if serving {
                 // The reload is over: the old generation serves on.
                 fx.push(Effect::Manager(ManagerMessage::Ready(line)));
             } else {
@@ -2066,8 +2063,17 @@ impl Core {
     }
 
     /// Asks every live worker of a generation to finish and exit before the
-    /// drain deadline.
-    fn drain_generation(&mut self, now: Instant, id: GenId, fx: &mut Vec<Effect>) {
+    /// drain deadline. A worker that serves, or that said it was ready and
+    /// is still in its settle time or `--ready-probe` (it may already accept
+    /// from the shared listeners), drains; one still starting serves
+    /// nothing yet and is killed with `starting`.
+    fn drain_generation(
+        &mut self,
+        now: Instant,
+        id: GenId,
+        starting: KillCause,
+        fx: &mut Vec<Effect>,
+    ) {
         let timeout = self.policy.drain_timeout;
         let sig = self.policy.drain_signal;
         let Some(g) = self.gens.get_mut(&id) else {
@@ -2077,47 +2083,24 @@ impl Core {
         g.slot_restarts.clear();
         for w in g.workers.iter_mut().filter(|w| w.present()) {
             match w.state {
-                WState::Serving { .. } | WState::Paused { .. } => {
-                    drain_worker(w, now, timeout, sig, fx)
-                }
-                // Serves nothing yet: nothing to finish.
-                WState::Starting { .. } => kill_worker(w, now, KillCause::Shutdown, fx),
+                WState::Serving { .. }
+                | WState::Paused { .. }
+                | WState::Starting {
+                    doomed: None,
+                    gate: Gate::Settling { .. } | Gate::Probing { .. },
+                    ..
+                } => drain_worker(w, now, timeout, sig, fx),
+                WState::Starting { .. } => kill_worker(w, now, starting, fx),
                 WState::Draining { .. } | WState::Killing { .. } => {}
             }
         }
         self.forget_if_gone(id);
     }
 
-    /// The new workers of a rollout that failed. Those already serving
-    /// drain: they are healthy (a sibling failed), and a kill would lose
-    /// the requests they accepted; so do those that said they were ready
-    /// but failed a later gate. Those still starting are killed.
+    /// The new workers of a rollout that failed: drained, not killed, where
+    /// they may have accepted (a sibling failed, not they).
     fn retire_failed_rollout(&mut self, now: Instant, id: GenId, fx: &mut Vec<Effect>) {
-        let timeout = self.policy.drain_timeout;
-        let sig = self.policy.drain_signal;
-        let Some(g) = self.gens.get_mut(&id) else {
-            return;
-        };
-        g.role = Role::Retiring;
-        g.slot_restarts.clear();
-        for w in g.workers.iter_mut().filter(|w| w.present()) {
-            match w.state {
-                WState::Serving { .. } | WState::Paused { .. } => {
-                    drain_worker(w, now, timeout, sig, fx)
-                }
-                // It said it was ready, then failed its settle time or its
-                // --ready-probe: it may already accept from the shared
-                // listeners.
-                WState::Starting {
-                    doomed: None,
-                    gate: Gate::Settling { .. } | Gate::Probing { .. },
-                    ..
-                } => drain_worker(w, now, timeout, sig, fx),
-                WState::Starting { .. } => kill_worker(w, now, KillCause::FailedStart, fx),
-                WState::Draining { .. } | WState::Killing { .. } => {}
-            }
-        }
-        self.forget_if_gone(id);
+        self.drain_generation(now, id, KillCause::FailedStart, fx);
         self.enforce_max_draining(now, fx);
     }
 
@@ -2205,7 +2188,7 @@ impl Core {
                 Shutdown::Forced => self.kill_generation(now, id, KillCause::Shutdown, fx),
                 // Every worker drains at once, under one deadline; one that
                 // serves nothing yet is killed.
-                Shutdown::Graceful => self.drain_generation(now, id, fx),
+                Shutdown::Graceful => self.drain_generation(now, id, KillCause::Shutdown, fx),
             }
         }
     }
@@ -2560,7 +2543,7 @@ impl Core {
                     );
                 }
                 if matches!(role, Role::Standby { .. }) {
-                    self.drain_generation(now, id, fx);
+                    self.drain_generation(now, id, KillCause::Shutdown, fx);
                     self.enforce_max_draining(now, fx);
                 }
             }

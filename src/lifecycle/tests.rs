@@ -2385,3 +2385,23 @@ fn a_worker_that_signalled_but_failed_its_probe_is_drained_not_killed() {
     h.exit(2, CLEAN);
     assert_eq!(h.core.live_workers().len(), 1);
 }
+
+/// A worker in its settle time said it was ready and may already accept:
+/// a shutdown drains it rather than killing what it accepted.
+#[test]
+fn a_shutdown_drains_a_worker_in_its_settle_time() {
+    let mut h = Harness::new(Policy {
+        ready_settle: Some(Duration::from_secs(5)),
+        ..policy()
+    });
+    h.feed(Input::Start);
+    h.ready(1);
+    assert_eq!(h.phase(1), Some("starting"));
+    let fx = h.term();
+    assert!(kills(&fx).is_empty(), "{fx:#?}");
+    assert_eq!(
+        drains(&fx).iter().map(|d| d.0).collect::<Vec<_>>(),
+        vec![1],
+        "{fx:#?}"
+    );
+}
